@@ -1,0 +1,275 @@
+//! Line and frame decoding shared by every text protocol, and the ordered
+//! `name: value` header block.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::ParseError;
+
+/// Splits a byte stream into lines (`\r\n`, a bare `\n` is accepted too),
+/// refusing any line longer than a limit. After an over-long line it skips to
+/// the next line end and goes on, so one bad line never wedges a connection.
+#[derive(Debug)]
+pub struct LineDecoder {
+    buf: Vec<u8>,
+    scanned: usize,
+    max_line: usize,
+    skipping: bool,
+}
+
+impl LineDecoder {
+    pub fn new(max_line: usize) -> Self {
+        LineDecoder { buf: Vec::new(), scanned: 0, max_line, skipping: false }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet returned as a line.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete line without its terminator, `None` when more input
+    /// is needed.
+    pub fn next_line(&mut self) -> Option<Result<String, ParseError>> {
+        loop {
+            let nl = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+            match nl {
+                None => {
+                    self.scanned = self.buf.len();
+                    if self.skipping {
+                        self.buf.clear();
+                        self.scanned = 0;
+                        return None;
+                    }
+                    if self.buf.len() > self.max_line {
+                        self.buf.clear();
+                        self.scanned = 0;
+                        self.skipping = true;
+                        return Some(Err(ParseError::TooLong { limit: self.max_line }));
+                    }
+                    return None;
+                }
+                Some(rel) => {
+                    let end = self.scanned + rel;
+                    let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                    self.scanned = 0;
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if self.skipping {
+                        self.skipping = false;
+                        continue;
+                    }
+                    if line.len() > self.max_line {
+                        return Some(Err(ParseError::TooLong { limit: self.max_line }));
+                    }
+                    return Some(String::from_utf8(line).map_err(|_| ParseError::NotUtf8));
+                }
+            }
+        }
+    }
+}
+
+/// Groups lines into frames: a first line, header lines, then an empty line.
+/// Blank lines between frames are ignored. A frame with a bad line is still
+/// consumed up to its empty line and then reported as one error, so a reply
+/// stream never gets out of step with the request stream.
+#[derive(Debug)]
+pub struct FrameAssembler {
+    lines: Vec<String>,
+    error: Option<ParseError>,
+    max_lines: usize,
+}
+
+impl FrameAssembler {
+    pub fn new(max_lines: usize) -> Self {
+        FrameAssembler { lines: Vec::new(), error: None, max_lines }
+    }
+
+    /// True while a frame has started but not ended.
+    pub fn in_frame(&self) -> bool {
+        !self.lines.is_empty() || self.error.is_some()
+    }
+
+    /// Feeds one decoded line; returns a whole frame (or its error) when the
+    /// line ended one.
+    pub fn feed(&mut self, line: Result<String, ParseError>) -> Option<Result<Vec<String>, ParseError>> {
+        match line {
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(e);
+                }
+                self.lines.clear();
+                None
+            }
+            Ok(l) if l.is_empty() => {
+                if let Some(e) = self.error.take() {
+                    self.lines.clear();
+                    return Some(Err(e));
+                }
+                if self.lines.is_empty() {
+                    return None;
+                }
+                Some(Ok(core::mem::take(&mut self.lines)))
+            }
+            Ok(l) => {
+                if self.error.is_some() {
+                    return None;
+                }
+                if self.lines.len() >= self.max_lines {
+                    self.lines.clear();
+                    self.error = Some(ParseError::TooMany { what: "lines in one request", limit: self.max_lines });
+                    return None;
+                }
+                self.lines.push(l);
+                None
+            }
+        }
+    }
+}
+
+/// A [`LineDecoder`] and a [`FrameAssembler`] together: bytes in, frames out.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    lines: LineDecoder,
+    frames: FrameAssembler,
+}
+
+impl FrameDecoder {
+    pub fn new(max_line: usize, max_lines: usize) -> Self {
+        FrameDecoder { lines: LineDecoder::new(max_line), frames: FrameAssembler::new(max_lines) }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.lines.push(data);
+    }
+
+    /// The next complete frame, `None` when more input is needed.
+    pub fn next_frame(&mut self) -> Option<Result<Vec<String>, ParseError>> {
+        while let Some(line) = self.lines.next_line() {
+            if let Some(frame) = self.frames.feed(line) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+}
+
+/// Header lines `name: value`, in arrival order, each name at most once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    fields: Vec<(String, String)>,
+}
+
+impl Headers {
+    pub fn new() -> Self {
+        Headers::default()
+    }
+
+    /// Parses header lines. The separator is `:`; one run of spaces after it
+    /// is dropped, so `to_tag: ` and `to_tag:` both give an empty value.
+    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Result<Self, ParseError> {
+        let mut headers = Headers::new();
+        for line in lines {
+            let line = line.as_ref();
+            let (name, value) = line.split_once(':').ok_or_else(|| ParseError::MalformedHeader(line.to_string()))?;
+            let name = name.trim();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(ParseError::MalformedHeader(line.to_string()));
+            }
+            if headers.get(name).is_some() {
+                return Err(ParseError::DuplicateHeader(name.to_string()));
+            }
+            headers.fields.push((name.to_string(), value.trim_start_matches(' ').to_string()));
+        }
+        Ok(headers)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A mandatory header.
+    pub fn require(&self, name: &'static str) -> Result<&str, ParseError> {
+        self.get(name).ok_or(ParseError::MissingHeader(name))
+    }
+
+    /// An optional header whose empty value means absent.
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+
+    pub fn push(&mut self, name: &str, value: &str) {
+        self.fields.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Writes `name: value\r\n` for every header.
+    pub fn write_to(&self, out: &mut String) {
+        for (n, v) in &self.fields {
+            out.push_str(n);
+            out.push_str(": ");
+            out.push_str(v);
+            out.push_str(crate::CRLF);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn frames_split_across_pushes() {
+        let mut d = FrameDecoder::new(1024, 32);
+        d.push(b"remove\r\ncall_id: a");
+        assert!(d.next_frame().is_none());
+        d.push(b"bc\r\nfrom_tag: x\r\n\r\n\r\nremove\r\n");
+        assert_eq!(d.next_frame().unwrap().unwrap(), vec!["remove", "call_id: abc", "from_tag: x"]);
+        assert!(d.next_frame().is_none());
+    }
+
+    #[test]
+    fn long_line_is_one_error_then_decoding_resumes() {
+        let mut d = FrameDecoder::new(16, 32);
+        d.push(&[b'x'; 40]);
+        assert!(d.next_frame().is_none(), "error waits for the frame end");
+        d.push(b"yyyy\r\n\r\nremove\r\ncall_id: a\r\n\r\n");
+        assert_eq!(d.next_frame().unwrap(), Err(ParseError::TooLong { limit: 16 }));
+        assert_eq!(d.next_frame().unwrap().unwrap(), vec!["remove", "call_id: a"]);
+    }
+
+    #[test]
+    fn too_many_lines_rejected() {
+        let mut d = FrameDecoder::new(100, 3);
+        d.push(b"update\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n");
+        assert!(matches!(d.next_frame(), Some(Err(ParseError::TooMany { .. }))));
+    }
+
+    #[test]
+    fn invalid_utf8_reported() {
+        let mut d = FrameDecoder::new(100, 3);
+        d.push(b"upd\xffate\r\n\r\n");
+        assert_eq!(d.next_frame(), Some(Err(ParseError::NotUtf8)));
+    }
+
+    #[test]
+    fn headers_empty_value_and_duplicates() {
+        let h = Headers::parse(&["to_tag: ", "from_tag:abc"]).unwrap();
+        assert_eq!(h.get("to_tag"), Some(""));
+        assert_eq!(h.non_empty("to_tag"), None);
+        assert_eq!(h.get("from_tag"), Some("abc"));
+        assert_eq!(Headers::parse(&["a: 1", "a: 2"]), Err(ParseError::DuplicateHeader("a".into())));
+        assert!(matches!(Headers::parse(&["no separator"]), Err(ParseError::MalformedHeader(_))));
+        assert!(matches!(Headers::parse(&[": v"]), Err(ParseError::MalformedHeader(_))));
+    }
+}

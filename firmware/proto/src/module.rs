@@ -1,0 +1,395 @@
+//! The proxy module's protocol (`update` / `remove` requests and their
+//! one-line replies). The relay link carries the same requests, so the
+//! dispatcher forwards them with the same codec.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::IpAddr;
+
+use crate::headers::Headers;
+use crate::media::MediaItem;
+use crate::{ParseError, CRLF};
+
+/// Limits applied while parsing a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most `media` items in one request.
+    pub max_media: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_media: 16 }
+    }
+}
+
+/// `type:` — which SIP message carried the SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PartyType {
+    /// A request (INVITE, re-INVITE, UPDATE, ACK with SDP).
+    Request,
+    /// A reply (183, 200).
+    Reply,
+}
+
+impl PartyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartyType::Request => "request",
+            PartyType::Reply => "reply",
+        }
+    }
+}
+
+/// `cseq: 1 INVITE`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CSeq {
+    pub number: u32,
+    pub method: String,
+}
+
+impl fmt::Display for CSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.number, self.method)
+    }
+}
+
+impl CSeq {
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.split_whitespace();
+        let number = parts.next()?.parse().ok()?;
+        let method = parts.next().unwrap_or("").to_string();
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(CSeq { number, method })
+    }
+}
+
+/// `signaling_ip:` — the source of the SIP message, and with `src_dst` also
+/// where it goes (`198.51.100.7_203.0.113.9`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SignalingIp {
+    pub src: IpAddr,
+    pub dst: Option<IpAddr>,
+}
+
+impl SignalingIp {
+    pub fn parse(v: &str) -> Option<Self> {
+        match v.split_once('_') {
+            Some((s, d)) => Some(SignalingIp { src: s.parse().ok()?, dst: Some(d.parse().ok()?) }),
+            None => Some(SignalingIp { src: v.parse().ok()?, dst: None }),
+        }
+    }
+}
+
+impl fmt::Display for SignalingIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dst {
+            Some(d) => write!(f, "{}_{}", self.src, d),
+            None => write!(f, "{}", self.src),
+        }
+    }
+}
+
+/// An `update` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRequest {
+    pub party: PartyType,
+    /// Dialog id from the dialog module; `None` when sent empty.
+    pub dialog_id: Option<String>,
+    pub call_id: String,
+    pub cseq: CSeq,
+    pub from_uri: String,
+    pub to_uri: String,
+    pub from_tag: String,
+    /// `None` when sent empty (initial INVITE).
+    pub to_tag: Option<String>,
+    pub user_agent: String,
+    pub signaling_ip: Option<SignalingIp>,
+    /// Preferred relay from `media_relay_avp`.
+    pub media_relay: Option<String>,
+    /// One item per `m=` line; empty when the message has no SDP.
+    pub media: Vec<MediaItem>,
+}
+
+fn opt(h: &Headers, name: &str) -> Option<String> {
+    h.non_empty(name).map(str::to_string)
+}
+
+impl UpdateRequest {
+    pub fn from_headers(h: &Headers, limits: &Limits) -> Result<Self, ParseError> {
+        let party = match h.require("type")? {
+            "request" => PartyType::Request,
+            "reply" => PartyType::Reply,
+            other => return Err(ParseError::InvalidValue { header: "type", value: other.to_string() }),
+        };
+        let call_id = h.require("call_id")?;
+        if call_id.is_empty() {
+            return Err(ParseError::InvalidValue { header: "call_id", value: String::new() });
+        }
+        let cseq = h.require("cseq")?;
+        let cseq =
+            CSeq::parse(cseq).ok_or_else(|| ParseError::InvalidValue { header: "cseq", value: cseq.to_string() })?;
+        let signaling_ip = match h.non_empty("signaling_ip") {
+            None => None,
+            Some(v) => Some(
+                SignalingIp::parse(v)
+                    .ok_or_else(|| ParseError::InvalidValue { header: "signaling_ip", value: v.to_string() })?,
+            ),
+        };
+        let media = match h.get("media") {
+            None => Vec::new(),
+            Some(v) => MediaItem::parse_list(v, limits.max_media)?,
+        };
+        Ok(UpdateRequest {
+            party,
+            dialog_id: opt(h, "dialog_id"),
+            call_id: call_id.to_string(),
+            cseq,
+            from_uri: h.require("from_uri")?.to_string(),
+            to_uri: h.require("to_uri")?.to_string(),
+            from_tag: h.require("from_tag")?.to_string(),
+            to_tag: opt(h, "to_tag"),
+            user_agent: h.get("user_agent").unwrap_or("").to_string(),
+            signaling_ip,
+            media_relay: opt(h, "media_relay"),
+            media,
+        })
+    }
+
+    /// The header block in the order SPEC.md gives.
+    pub fn to_headers(&self) -> Headers {
+        let mut h = Headers::new();
+        h.push("type", self.party.as_str());
+        h.push("dialog_id", self.dialog_id.as_deref().unwrap_or(""));
+        h.push("call_id", &self.call_id);
+        h.push("cseq", &self.cseq.to_string());
+        h.push("from_uri", &self.from_uri);
+        h.push("to_uri", &self.to_uri);
+        h.push("from_tag", &self.from_tag);
+        h.push("to_tag", self.to_tag.as_deref().unwrap_or(""));
+        h.push("user_agent", &self.user_agent);
+        if let Some(ip) = &self.signaling_ip {
+            h.push("signaling_ip", &ip.to_string());
+        }
+        if let Some(r) = &self.media_relay {
+            h.push("media_relay", r);
+        }
+        if !self.media.is_empty() {
+            h.push("media", &MediaItem::encode_list(&self.media));
+        }
+        h
+    }
+}
+
+/// A `remove` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveRequest {
+    pub call_id: String,
+    pub from_tag: String,
+    pub to_tag: Option<String>,
+}
+
+impl RemoveRequest {
+    pub fn from_headers(h: &Headers) -> Result<Self, ParseError> {
+        let call_id = h.require("call_id")?;
+        if call_id.is_empty() {
+            return Err(ParseError::InvalidValue { header: "call_id", value: String::new() });
+        }
+        Ok(RemoveRequest {
+            call_id: call_id.to_string(),
+            from_tag: h.require("from_tag")?.to_string(),
+            to_tag: opt(h, "to_tag"),
+        })
+    }
+
+    pub fn to_headers(&self) -> Headers {
+        let mut h = Headers::new();
+        h.push("call_id", &self.call_id);
+        h.push("from_tag", &self.from_tag);
+        h.push("to_tag", self.to_tag.as_deref().unwrap_or(""));
+        h
+    }
+}
+
+/// A request from the proxy module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleRequest {
+    Update(UpdateRequest),
+    Remove(RemoveRequest),
+}
+
+impl ModuleRequest {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModuleRequest::Update(_) => "update",
+            ModuleRequest::Remove(_) => "remove",
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        match self {
+            ModuleRequest::Update(u) => &u.call_id,
+            ModuleRequest::Remove(r) => &r.call_id,
+        }
+    }
+
+    /// Parses a frame (command line and header lines, without the empty
+    /// line) as the module sends it.
+    pub fn parse<S: AsRef<str>>(frame: &[S], limits: &Limits) -> Result<Self, ParseError> {
+        let (command, rest) = frame.split_first().ok_or_else(|| ParseError::UnknownCommand(String::new()))?;
+        Self::from_parts(command.as_ref().trim(), &Headers::parse(rest)?, limits)
+    }
+
+    pub(crate) fn from_parts(command: &str, h: &Headers, limits: &Limits) -> Result<Self, ParseError> {
+        match command {
+            "update" => Ok(ModuleRequest::Update(UpdateRequest::from_headers(h, limits)?)),
+            "remove" => Ok(ModuleRequest::Remove(RemoveRequest::from_headers(h)?)),
+            other => Err(ParseError::UnknownCommand(other.to_string())),
+        }
+    }
+
+    pub fn headers(&self) -> Headers {
+        match self {
+            ModuleRequest::Update(u) => u.to_headers(),
+            ModuleRequest::Remove(r) => r.to_headers(),
+        }
+    }
+
+    /// The request as the module writes it.
+    pub fn encode(&self) -> String {
+        let mut out = String::from(self.name());
+        out.push_str(CRLF);
+        self.headers().write_to(&mut out);
+        out.push_str(CRLF);
+        out
+    }
+}
+
+/// The relay's address and one port per media item (0: not relayed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPorts {
+    pub ip: IpAddr,
+    pub ports: Vec<u16>,
+}
+
+impl fmt::Display for RelayPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.ip)?;
+        for p in &self.ports {
+            write!(f, " {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl RelayPorts {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError::InvalidValue { header: "reply", value: s.to_string() };
+        let mut parts = s.split_whitespace();
+        let ip = parts.next().and_then(|i| i.parse().ok()).ok_or_else(bad)?;
+        let ports = parts.map(|p| p.parse::<u16>().map_err(|_| bad())).collect::<Result<Vec<_>, _>>()?;
+        Ok(RelayPorts { ip, ports })
+    }
+}
+
+/// The one-line reply to the module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleReply {
+    Ports(RelayPorts),
+    Removed,
+    Error,
+}
+
+impl ModuleReply {
+    /// The reply line with its `\r\n`, to be written in one go.
+    pub fn encode(&self) -> String {
+        let mut s = match self {
+            ModuleReply::Ports(p) => p.to_string(),
+            ModuleReply::Removed => "removed".to_string(),
+            ModuleReply::Error => "error".to_string(),
+        };
+        s.push_str(CRLF);
+        s
+    }
+
+    pub fn parse(line: &str) -> Result<Self, ParseError> {
+        match line.trim_end() {
+            "removed" => Ok(ModuleReply::Removed),
+            "error" => Ok(ModuleReply::Error),
+            other => RelayPorts::parse(other).map(ModuleReply::Ports),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::{Direction, MediaType};
+    use alloc::vec;
+
+    const SPEC_UPDATE: &str = "update\r\ntype: request\r\ndialog_id: 3456:91827\r\ncall_id: abc@host\r\ncseq: 1 INVITE\r\nfrom_uri: sip:alice@example.com\r\nto_uri: sip:bob@example.com\r\nfrom_tag: ft1\r\nto_tag: \r\nuser_agent: SIPp\r\nsignaling_ip: 198.51.100.7_203.0.113.9\r\nmedia_relay: 203.0.113.5\r\nmedia: audio:192.168.1.10:4000:sendrecv:ice=no,video:192.168.1.10:4002:sendrecv:ice=yes\r\n\r\n";
+
+    fn frame(s: &str) -> Vec<String> {
+        let mut d = crate::FrameDecoder::new(4096, 64);
+        d.push(s.as_bytes());
+        d.next_frame().unwrap().unwrap()
+    }
+
+    #[test]
+    fn spec_update_parses_and_round_trips() {
+        let req = ModuleRequest::parse(&frame(SPEC_UPDATE), &Limits::default()).unwrap();
+        let ModuleRequest::Update(u) = &req else { panic!("not an update") };
+        assert_eq!(u.party, PartyType::Request);
+        assert_eq!(u.dialog_id.as_deref(), Some("3456:91827"));
+        assert_eq!(u.cseq, CSeq { number: 1, method: "INVITE".into() });
+        assert_eq!(u.to_tag, None);
+        assert_eq!(
+            u.signaling_ip,
+            Some(SignalingIp { src: "198.51.100.7".parse().unwrap(), dst: Some("203.0.113.9".parse().unwrap()) })
+        );
+        assert_eq!(u.media_relay.as_deref(), Some("203.0.113.5"));
+        assert_eq!(u.media[1].media_type, MediaType::Video);
+        assert_eq!(u.media[0].direction, Direction::SendRecv);
+        assert_eq!(req.encode(), SPEC_UPDATE);
+    }
+
+    #[test]
+    fn spec_remove_and_replies() {
+        let req = ModuleRequest::parse(
+            &frame("remove\r\ncall_id: abc\r\nfrom_tag: f\r\nto_tag: t\r\n\r\n"),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            req,
+            ModuleRequest::Remove(RemoveRequest {
+                call_id: "abc".into(),
+                from_tag: "f".into(),
+                to_tag: Some("t".into())
+            })
+        );
+        let r = ModuleReply::parse("203.0.113.5 40000 40002").unwrap();
+        assert_eq!(r.encode(), "203.0.113.5 40000 40002\r\n");
+        assert_eq!(ModuleReply::parse("error").unwrap(), ModuleReply::Error);
+        assert_eq!(ModuleReply::Removed.encode(), "removed\r\n");
+        assert!(ModuleReply::parse("203.0.113.5 x").is_err());
+    }
+
+    #[test]
+    fn missing_and_bad_headers() {
+        let l = Limits::default();
+        assert_eq!(ModuleRequest::parse(&["remove", "from_tag: x"], &l), Err(ParseError::MissingHeader("call_id")));
+        assert!(matches!(ModuleRequest::parse(&["frobnicate"], &l), Err(ParseError::UnknownCommand(_))));
+        let mut lines = frame(SPEC_UPDATE);
+        lines[1] = "type: sideways".into();
+        assert!(matches!(ModuleRequest::parse(&lines, &l), Err(ParseError::InvalidValue { header: "type", .. })));
+        let mut lines = frame(SPEC_UPDATE);
+        lines[4] = "cseq: one INVITE".into();
+        assert!(matches!(ModuleRequest::parse(&lines, &l), Err(ParseError::InvalidValue { header: "cseq", .. })));
+        let empty: Vec<String> = vec![];
+        assert!(ModuleRequest::parse(&empty, &l).is_err());
+    }
+}
