@@ -9,6 +9,8 @@
 //! a bare-metal build.
 #![no_std]
 #![forbid(unsafe_code)]
+// Requests are built once per SIP message and moved, never stored in bulk.
+#![allow(clippy::large_enum_variant)]
 
 extern crate alloc;
 #[cfg(test)]

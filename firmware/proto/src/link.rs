@@ -117,7 +117,7 @@ impl RelayDecoder {
         self.lines.push(data);
     }
 
-    pub fn next(&mut self) -> Option<RelayInbound> {
+    pub fn next_inbound(&mut self) -> Option<RelayInbound> {
         while let Some(line) = self.lines.next_line() {
             if !self.frames.in_frame() && matches!(&line, Ok(l) if l == "pong") {
                 return Some(RelayInbound::Pong);
@@ -247,7 +247,7 @@ mod tests {
             d.push(PONG_LINE.as_bytes());
         }
         let mut got = Vec::new();
-        while let Some(x) = d.next() {
+        while let Some(x) = d.next_inbound() {
             got.push(x);
         }
         let mut expected = Vec::new();
@@ -263,13 +263,13 @@ mod tests {
     fn bad_commands_keep_their_seq() {
         let mut d = RelayDecoder::new(4096, 64, Limits::default());
         d.push(b"frobnicate 4\r\n\r\nupdate 5\r\ncall_id: x\r\n\r\nnoseq\r\n\r\n");
-        assert!(matches!(d.next(), Some(RelayInbound::Invalid(CommandError { seq: Some(4), .. }))));
+        assert!(matches!(d.next_inbound(), Some(RelayInbound::Invalid(CommandError { seq: Some(4), .. }))));
         assert!(matches!(
-            d.next(),
+            d.next_inbound(),
             Some(RelayInbound::Invalid(CommandError { seq: Some(5), error: ParseError::MissingHeader("type") }))
         ));
-        assert!(matches!(d.next(), Some(RelayInbound::Invalid(CommandError { seq: None, .. }))));
-        assert_eq!(d.next(), None);
+        assert!(matches!(d.next_inbound(), Some(RelayInbound::Invalid(CommandError { seq: None, .. }))));
+        assert_eq!(d.next_inbound(), None);
     }
 
     #[test]
