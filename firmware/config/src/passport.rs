@@ -1,0 +1,198 @@
+//! Passports: restrictions on a TLS peer's certificate subject, as MediaProxy
+//! writes them: `O:Example Ltd, CN:*relay`. A `*` at the start or the end of
+//! a value is a wildcard.
+
+use std::fmt;
+
+/// A certificate subject attribute a passport can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubjectAttr {
+    O,
+    OU,
+    CN,
+    C,
+    L,
+    ST,
+    Email,
+}
+
+impl SubjectAttr {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "O" => SubjectAttr::O,
+            "OU" => SubjectAttr::OU,
+            "CN" => SubjectAttr::CN,
+            "C" => SubjectAttr::C,
+            "L" => SubjectAttr::L,
+            "ST" => SubjectAttr::ST,
+            "EMAIL" | "E" | "EMAILADDRESS" => SubjectAttr::Email,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectAttr::O => "O",
+            SubjectAttr::OU => "OU",
+            SubjectAttr::CN => "CN",
+            SubjectAttr::C => "C",
+            SubjectAttr::L => "L",
+            SubjectAttr::ST => "ST",
+            SubjectAttr::Email => "EMAIL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Any,
+}
+
+impl Pattern {
+    fn parse(v: &str) -> Self {
+        let starts = v.starts_with('*');
+        let ends = v.len() > 1 && v.ends_with('*');
+        let inner = v.trim_start_matches('*').trim_end_matches('*').to_string();
+        match (starts, ends) {
+            _ if inner.is_empty() && starts => Pattern::Any,
+            (true, true) => Pattern::Contains(inner),
+            (true, false) => Pattern::Suffix(inner),
+            (false, true) => Pattern::Prefix(inner),
+            (false, false) => Pattern::Exact(v.to_string()),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => value == p,
+            Pattern::Prefix(p) => value.starts_with(p.as_str()),
+            Pattern::Suffix(p) => value.ends_with(p.as_str()),
+            Pattern::Contains(p) => value.contains(p.as_str()),
+            Pattern::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(p) => write!(f, "{p}"),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+            Pattern::Suffix(p) => write!(f, "*{p}"),
+            Pattern::Contains(p) => write!(f, "*{p}*"),
+            Pattern::Any => write!(f, "*"),
+        }
+    }
+}
+
+/// A parsed passport: every listed attribute must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passport {
+    rules: Vec<(SubjectAttr, Pattern)>,
+}
+
+/// Why a passport string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PassportError {
+    #[error("passport item {0:?} is not ATTR:value")]
+    Malformed(String),
+    #[error("passport attribute {0:?} is not one of O, OU, CN, C, L, ST, EMAIL")]
+    UnknownAttribute(String),
+    #[error("passport is empty")]
+    Empty,
+}
+
+impl Passport {
+    pub fn parse(s: &str) -> Result<Self, PassportError> {
+        let mut rules = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (attr, value) = item.split_once(':').ok_or_else(|| PassportError::Malformed(item.to_string()))?;
+            let attr = SubjectAttr::parse(attr).ok_or_else(|| PassportError::UnknownAttribute(attr.trim().into()))?;
+            let value = value.trim();
+            if value.is_empty() {
+                return Err(PassportError::Malformed(item.to_string()));
+            }
+            rules.push((attr, Pattern::parse(value)));
+        }
+        if rules.is_empty() {
+            return Err(PassportError::Empty);
+        }
+        Ok(Passport { rules })
+    }
+
+    /// `None` when the subject satisfies every rule, else a sentence naming
+    /// the first attribute that does not match (for the log line).
+    pub fn mismatch(&self, subject: &[(SubjectAttr, String)]) -> Option<String> {
+        for (attr, pattern) in &self.rules {
+            let values: Vec<&str> = subject.iter().filter(|(a, _)| a == attr).map(|(_, v)| v.as_str()).collect();
+            if !values.iter().any(|v| pattern.matches(v)) {
+                return Some(if values.is_empty() {
+                    format!("subject has no {} attribute, passport wants {}:{}", attr.as_str(), attr.as_str(), pattern)
+                } else {
+                    format!(
+                        "subject {}={:?} does not match passport {}:{}",
+                        attr.as_str(),
+                        values.join(","),
+                        attr.as_str(),
+                        pattern
+                    )
+                });
+            }
+        }
+        None
+    }
+
+    pub fn matches(&self, subject: &[(SubjectAttr, String)]) -> bool {
+        self.mismatch(subject).is_none()
+    }
+}
+
+impl fmt::Display for Passport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (a, p)) in self.rules.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{}:{}", a.as_str(), p)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subj(o: &str, cn: &str) -> Vec<(SubjectAttr, String)> {
+        vec![(SubjectAttr::O, o.into()), (SubjectAttr::CN, cn.into())]
+    }
+
+    #[test]
+    fn spec_example() {
+        let p = Passport::parse("O:Example Ltd, CN:*relay").unwrap();
+        assert!(p.matches(&subj("Example Ltd", "edge-relay")));
+        assert!(p.matches(&subj("Example Ltd", "relay")));
+        assert!(!p.matches(&subj("Example Ltd", "relay-2")));
+        assert!(!p.matches(&subj("Other", "relay")));
+        let why = p.mismatch(&subj("Other", "relay")).unwrap();
+        assert!(why.contains("O=") && why.contains("Example Ltd"), "{why}");
+        assert_eq!(p.to_string(), "O:Example Ltd, CN:*relay");
+    }
+
+    #[test]
+    fn wildcards_and_errors() {
+        let p = Passport::parse("CN:relay*").unwrap();
+        assert!(p.matches(&subj("x", "relay7")));
+        assert!(!p.matches(&subj("x", "myrelay")));
+        assert!(Passport::parse("CN:*lay*").unwrap().matches(&subj("x", "relay7")));
+        assert!(Passport::parse("CN:*").unwrap().matches(&subj("x", "anything")));
+        assert!(!Passport::parse("OU:*").unwrap().matches(&subj("x", "y")), "a missing attribute never matches");
+        assert_eq!(Passport::parse(""), Err(PassportError::Empty));
+        assert!(matches!(Passport::parse("XX:y"), Err(PassportError::UnknownAttribute(_))));
+        assert!(matches!(Passport::parse("CN"), Err(PassportError::Malformed(_))));
+    }
+}
