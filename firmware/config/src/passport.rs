@@ -89,6 +89,25 @@ impl fmt::Display for Pattern {
     }
 }
 
+/// Splits at commas, except `\,` which (as in MediaProxy) is a comma inside
+/// a value: `O:Example\, Inc., CN:relay`.
+fn split_items(s: &str) -> Vec<String> {
+    let mut items = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let current = items.last_mut().expect("never empty");
+        match c {
+            '\\' if chars.peek() == Some(&',') => {
+                current.push(',');
+                chars.next();
+            }
+            ',' => items.push(String::new()),
+            c => current.push(c),
+        }
+    }
+    items
+}
+
 /// A parsed passport: every listed attribute must match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Passport {
@@ -109,7 +128,7 @@ pub enum PassportError {
 impl Passport {
     pub fn parse(s: &str) -> Result<Self, PassportError> {
         let mut rules = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        for item in split_items(s).iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
             let (attr, value) = item.split_once(':').ok_or_else(|| PassportError::Malformed(item.to_string()))?;
             let attr = SubjectAttr::parse(attr).ok_or_else(|| PassportError::UnknownAttribute(attr.trim().into()))?;
             let value = value.trim();
@@ -157,7 +176,7 @@ impl fmt::Display for Passport {
             if i > 0 {
                 write!(f, ", ")?;
             }
-            write!(f, "{}:{}", a.as_str(), p)?;
+            write!(f, "{}:{}", a.as_str(), p.to_string().replace(',', "\\,"))?;
         }
         Ok(())
     }
@@ -194,5 +213,14 @@ mod tests {
         assert_eq!(Passport::parse(""), Err(PassportError::Empty));
         assert!(matches!(Passport::parse("XX:y"), Err(PassportError::UnknownAttribute(_))));
         assert!(matches!(Passport::parse("CN"), Err(PassportError::Malformed(_))));
+    }
+
+    #[test]
+    fn escaped_comma_is_part_of_the_value() {
+        let p = Passport::parse(r"O:Example\, Inc., CN:relay*").unwrap();
+        assert!(p.matches(&subj("Example, Inc.", "relay1")));
+        assert!(!p.matches(&subj("Example", "relay1")));
+        assert_eq!(p.to_string(), r"O:Example\, Inc., CN:relay*");
+        assert_eq!(Passport::parse(&p.to_string()).unwrap(), p);
     }
 }

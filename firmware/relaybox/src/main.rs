@@ -1,1 +1,76 @@
-fn main() {}
+//! `relaybox`: the relay, the dispatcher and their command-line tools in one
+//! static binary. This crate owns the I/O: sockets, TLS sessions, timers and
+//! signals. Protocol parsing lives in `relaybox-proto`, session logic in
+//! `relaybox-core`, settings in `relaybox-config`, TLS set-up in
+//! `relaybox-tls`; this crate only wires them to the operating system.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use relaybox_config::{Config, LogLevel, DEFAULT_CONFIG_PATH};
+
+mod clock;
+mod dispatcher;
+mod relay;
+
+#[derive(Parser)]
+#[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]
+struct Cli {
+    /// MediaProxy-style config.ini.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a media relay: connects to the configured dispatchers over TLS.
+    Relay,
+    /// Run a dispatcher: module socket, relay TLS port, management port.
+    Dispatcher,
+    /// Check a config file and print the settings it resolves to.
+    CheckConfig,
+}
+
+fn init_logging(level: LogLevel, config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_tracing_filter()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Config> {
+    if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
+        return Ok(Config::default());
+    }
+    Config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = load(&cli.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    match cli.command {
+        Command::Relay => {
+            init_logging(config.relay.log_level, &config);
+            runtime.block_on(relay::run(config))
+        }
+        Command::Dispatcher => {
+            init_logging(config.dispatcher.log_level, &config);
+            runtime.block_on(dispatcher::run(config))
+        }
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,476 @@
-//! Placeholder: being written.
+//! relaybox-tls owns the TLS side of the relay <-> dispatcher link and the management port (SPEC
+//! section 2): it reads a MediaProxy-style `certs_path` (`ca.pem`, optional `crl.pem`, the role's
+//! certificate and key), builds rustls configurations with the *ring* provider only (never
+//! aws-lc-rs: the firmware is cross-compiled for musl/aarch64), verifies that every peer chains to
+//! the CA and is not on the CRL, deliberately ignores the server *name* (MediaProxy identifies peers
+//! by passport and relays connect by IP), extracts a peer's identity (subject, serial, fingerprint),
+//! checks it against a [`Passport`], and turns handshake failures into short reasons for the log.
+//! It owns no sockets and no protocol: the daemons wrap their own streams with tokio-rustls.
+//! Making certificates is `relaybox-ca`'s job, not this crate's.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use relaybox_config::{Passport, SubjectAttr};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// Which side of the relay <-> dispatcher link we are; picks the certificate file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Relay,
+    Dispatcher,
+}
+
+impl Role {
+    /// `relay` or `dispatcher`: the stem of the `.crt` and `.key` files in `certs_path`.
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Role::Relay => "relay",
+            Role::Dispatcher => "dispatcher",
+        }
+    }
+}
+
+/// The files one daemon needs for TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates that peers must chain to (PEM, one or more).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM, one or more), when there are any.
+    pub crl: Option<PathBuf>,
+    /// Our certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Our private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// MediaProxy's layout: `ca.pem`, `crl.pem` (only when the file exists), and
+    /// `relay.crt`/`relay.key` or `dispatcher.crt`/`dispatcher.key`.
+    pub fn for_role(certs_path: &Path, role: Role) -> Self {
+        let crl = certs_path.join("crl.pem");
+        TlsFiles {
+            ca: certs_path.join("ca.pem"),
+            crl: crl.exists().then_some(crl),
+            cert: certs_path.join(format!("{}.crt", role.file_stem())),
+            key: certs_path.join(format!("{}.key", role.file_stem())),
+        }
+    }
+}
+
+/// Whether a TLS server insists on a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Refuse clients without a valid certificate (the relay link).
+    Required,
+    /// Verify a certificate when one is sent, accept clients without one (management port
+    /// deployments that rely on the network instead).
+    Optional,
+}
+
+/// Why TLS could not be set up or a peer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+    #[error("{}: no certificate found", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: no private key found", path.display())]
+    NoKey { path: PathBuf },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("certificate verifier: {0}")]
+    Verifier(String),
+    #[error("peer certificate does not satisfy the passport: {0}")]
+    Passport(String),
+    #[error("cannot parse peer certificate: {0}")]
+    Parse(String),
+}
+
+/// The only crypto provider relaybox uses.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS server configuration: presents `files.cert`, and verifies client certificates against
+/// `files.ca` and `files.crl`.
+///
+/// A CRL is applied to the certificates of the CA that signed it; a certificate whose issuer has
+/// no CRL in `files.crl` is accepted, as MediaProxy (GnuTLS) does. Expired CRLs are still used.
+pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let roots = load_roots(&files.ca)?;
+    let crls = load_crls(files.crl.as_deref())?;
+    check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .allow_unknown_revocation_status();
+    if client_auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| verifier_error(files, e))?;
+    let (chain, key) = load_identity(files)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| identity_error(files, e))?;
+    Ok(Arc::new(config))
+}
+
+/// A TLS client configuration: presents `files.cert`, verifies the server's chain against
+/// `files.ca` and `files.crl` but accepts any server name (peers are identified by passport).
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = load_roots(&files.ca)?;
+    let crls = load_crls(files.crl.as_deref())?;
+    check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .allow_unknown_revocation_status()
+        .build()
+        .map_err(|e| verifier_error(files, e))?;
+    let (chain, key) = load_identity(files)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyNameServerVerifier { inner }))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| identity_error(files, e))?;
+    Ok(Arc::new(config))
+}
+
+/// webpki server verification minus the name check. webpki checks the chain, validity, EKU and
+/// revocation first and the name last, so a name error means everything else was fine.
+#[derive(Debug)]
+struct AnyNameServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for AnyNameServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(v) => Ok(v),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
+}
+
+fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> TlsError {
+    TlsError::Pem { path: path.to_path_buf(), reason: format!("invalid PEM: {e:?}") }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let certs =
+        CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { path: path.to_path_buf() });
+    }
+    for cert in &certs {
+        x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("not an X.509 certificate: {e}"),
+        })?;
+    }
+    Ok(certs)
+}
+
+fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_path_buf(),
+            reason: format!("unusable as a trust anchor: {e}"),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn load_crls(path: Option<&Path>) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let Some(path) = path else { return Ok(Vec::new()) };
+    let bytes = read(path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem { path: path.to_path_buf(), reason: "no \"X509 CRL\" PEM block found".into() });
+    }
+    Ok(crls)
+}
+
+/// A CRL applies only to certificates of its issuer, and revocation status is allowed to be
+/// unknown (see [`server_config`]); so a CRL from a CA that is not in `ca.pem` would silently
+/// protect nothing. Refuse that configuration, naming the CRL file.
+fn check_crl_issuers(
+    ca_path: &Path,
+    crl_path: Option<&Path>,
+    crls: &[CertificateRevocationListDer<'_>],
+) -> Result<(), TlsError> {
+    let Some(crl_path) = crl_path else { return Ok(()) };
+    let ca_bytes = read(ca_path)?;
+    let mut subjects = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(&ca_bytes).flatten() {
+        if let Ok((_, x509)) = x509_parser::parse_x509_certificate(&cert) {
+            subjects.push(x509.subject().as_raw().to_vec());
+        }
+    }
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl)
+            .map_err(|e| TlsError::Pem { path: crl_path.to_path_buf(), reason: format!("not an X.509 CRL: {e}") })?;
+        if !subjects.iter().any(|s| s.as_slice() == parsed.issuer().as_raw()) {
+            return Err(TlsError::Pem {
+                path: crl_path.to_path_buf(),
+                reason: format!("CRL issued by \"{}\", which is not a CA in {}", parsed.issuer(), ca_path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn load_identity(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = load_certs(&files.cert)?;
+    let bytes = read(&files.key)?;
+    let key = match PrivateKeyDer::from_pem_slice(&bytes) {
+        Ok(key) => key,
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => {
+            return Err(TlsError::NoKey { path: files.key.clone() });
+        }
+        Err(e) => return Err(pem_error(&files.key, e)),
+    };
+    Ok((chain, key))
+}
+
+fn verifier_error(files: &TlsFiles, e: rustls::server::VerifierBuilderError) -> TlsError {
+    match (&e, &files.crl) {
+        (rustls::server::VerifierBuilderError::InvalidCrl(_), Some(crl)) => {
+            TlsError::Pem { path: crl.clone(), reason: format!("unusable CRL: {e}") }
+        }
+        _ => TlsError::Verifier(format!("{}: {e}", files.ca.display())),
+    }
+}
+
+/// Errors from installing our certificate and key: name the files.
+fn identity_error(files: &TlsFiles, e: rustls::Error) -> TlsError {
+    match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Pem {
+            path: files.key.clone(),
+            reason: format!("does not match the certificate in {}", files.cert.display()),
+        },
+        rustls::Error::General(reason) => TlsError::Pem {
+            path: files.key.clone(),
+            reason: format!("unusable with {}: {reason}", files.cert.display()),
+        },
+        other => TlsError::Rustls(other),
+    }
+}
+
+/// Who the peer is, from its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Subject attributes a passport can name, in certificate order.
+    pub subject: Vec<(SubjectAttr, String)>,
+    /// The whole subject as text, e.g. `O=Example Ltd, CN=edge-relay`.
+    pub subject_text: String,
+    /// Upper-case hex, no separators, no leading zero bytes (the form `relaybox-ca revoke` takes).
+    pub serial_hex: String,
+    /// SHA-256 over the DER, `AB:CD:...`.
+    pub fingerprint: String,
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (serial {}, sha256 {})", self.subject_text, self.serial_hex, self.fingerprint)
+    }
+}
+
+/// Reads a (verified) peer certificate.
+pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<PeerIdentity, TlsError> {
+    use x509_parser::oid_registry as oids;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::Parse(e.to_string()))?;
+    let mut subject = Vec::new();
+    for attr in x509.subject().iter_attributes() {
+        let oid = attr.attr_type();
+        let kind = if *oid == oids::OID_X509_COMMON_NAME {
+            SubjectAttr::CN
+        } else if *oid == oids::OID_X509_ORGANIZATION_NAME {
+            SubjectAttr::O
+        } else if *oid == oids::OID_X509_ORGANIZATIONAL_UNIT {
+            SubjectAttr::OU
+        } else if *oid == oids::OID_X509_COUNTRY_NAME {
+            SubjectAttr::C
+        } else if *oid == oids::OID_X509_LOCALITY_NAME {
+            SubjectAttr::L
+        } else if *oid == oids::OID_X509_STATE_OR_PROVINCE_NAME {
+            SubjectAttr::ST
+        } else if *oid == oids::OID_PKCS9_EMAIL_ADDRESS {
+            SubjectAttr::Email
+        } else {
+            continue;
+        };
+        if let Some(value) = attribute_text(attr) {
+            subject.push((kind, value));
+        }
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    Ok(PeerIdentity {
+        subject,
+        subject_text: x509.subject().to_string(),
+        serial_hex: hex_serial(x509.raw_serial()),
+        fingerprint: digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"),
+    })
+}
+
+/// The value of a name attribute as text, including the legacy string types old CAs wrote.
+fn attribute_text(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    if let Ok(s) = attr.as_str() {
+        return Some(s.to_string());
+    }
+    let raw = attr.as_slice();
+    match attr.attr_value().tag() {
+        Tag::BmpString => {
+            let pairs = raw.chunks_exact(2);
+            if !pairs.remainder().is_empty() {
+                return None;
+            }
+            String::from_utf16(&pairs.map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<_>>()).ok()
+        }
+        Tag::T61String | Tag::VisibleString => Some(raw.iter().map(|&b| char::from(b)).collect()),
+        _ => None,
+    }
+}
+
+fn hex_serial(bytes: &[u8]) -> String {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
+    bytes[start..].iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// `Ok` when there is no passport or the peer's subject satisfies it.
+pub fn check_passport(passport: Option<&Passport>, peer: &PeerIdentity) -> Result<(), TlsError> {
+    match passport.and_then(|p| p.mismatch(&peer.subject)) {
+        None => Ok(()),
+        Some(reason) => Err(TlsError::Passport(reason)),
+    }
+}
+
+/// A short reason for a failed TLS handshake or TLS read, for the log line: "certificate revoked",
+/// "certificate signed by an unknown CA", "certificate expired", "peer sent no certificate", ...
+/// Reasons that come from the peer's alert start with "peer refused our certificate".
+pub fn describe_handshake_error(e: &io::Error) -> String {
+    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        return describe_rustls_error(tls);
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => "connection closed during the TLS handshake".into(),
+        io::ErrorKind::ConnectionReset => "connection reset by peer".into(),
+        io::ErrorKind::TimedOut => "TLS handshake timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// [`describe_handshake_error`] for a bare rustls error.
+pub fn describe_rustls_error(e: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match e {
+        E::InvalidCertificate(c) => describe_certificate_error(c),
+        E::NoCertificatesPresented => "peer sent no certificate".into(),
+        E::AlertReceived(alert) => describe_alert(*alert),
+        E::InvalidCertRevocationList(e) => format!("invalid CRL: {e:?}"),
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            format!("peer does not speak TLS as expected ({e})")
+        }
+        E::PeerIncompatible(p) => format!("peer is incompatible: {p:?}"),
+        E::PeerMisbehaved(p) => format!("peer misbehaved: {p:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn describe_certificate_error(e: &CertificateError) -> String {
+    use CertificateError as C;
+    match e {
+        C::Revoked => "certificate revoked".into(),
+        C::UnknownIssuer => "certificate signed by an unknown CA".into(),
+        C::Expired | C::ExpiredContext { .. } => "certificate expired".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet (check the clocks)".into(),
+        C::BadSignature => "certificate has a bad signature".into(),
+        C::BadEncoding => "certificate is malformed".into(),
+        C::UnknownRevocationStatus => "certificate revocation status unknown".into(),
+        C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "the CRL has expired".into(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "certificate not valid for this purpose (extended key usage)".into()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => "certificate not valid for this name".into(),
+        C::UnhandledCriticalExtension => "certificate has an unsupported critical extension".into(),
+        other => format!("certificate rejected: {other:?}"),
+    }
+}
+
+fn describe_alert(alert: AlertDescription) -> String {
+    use AlertDescription as A;
+    let what = match alert {
+        A::CertificateRevoked => "certificate revoked",
+        A::UnknownCA => "signed by an unknown CA",
+        A::CertificateExpired => "certificate expired",
+        A::BadCertificate => "bad certificate",
+        A::UnsupportedCertificate => "unsupported certificate",
+        A::CertificateUnknown => "certificate unknown",
+        A::AccessDenied => "access denied",
+        A::CertificateRequired => return "peer requires a certificate and we sent none".into(),
+        A::HandshakeFailure => return "peer aborted the handshake (no common parameters?)".into(),
+        A::ProtocolVersion => return "no TLS version in common with the peer".into(),
+        A::DecryptError => return "peer could not verify our handshake signature".into(),
+        other => return format!("peer sent TLS alert {other:?}"),
+    };
+    format!("peer refused our certificate: {what}")
+}

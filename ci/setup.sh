@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what relaybox needs to build and test on a fresh Debian machine.
+# Idempotent: skips apt when every package is already there.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config ca-certificates
+  iproute2 nftables conntrack procps psmisc
+  kamailio kamailio-extra-modules sip-tester
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian starts kamailio as a service on install; the tests run their own.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop kamailio >/dev/null 2>&1 || true; fi
+pkill -x kamailio >/dev/null 2>&1 || true
+
+command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)"; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+echo "setup: ok"

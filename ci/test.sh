@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every relaybox check and test: formatting, lints, unit and property
+# tests, the TLS and daemon tests, and the end-to-end tests with Kamailio,
+# SIPp and NAT in network namespaces (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+ci/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --bins
+echo "== unit, property and daemon tests"
+cargo test --workspace --exclude relaybox-e2e -- --include-ignored
+echo "== demo (the README's main job) comes up and answers"
+ci/demo.sh --check
+echo "== end-to-end: Kamailio + SIPp + NAT namespaces"
+cargo test -p relaybox-e2e -- --include-ignored --test-threads=1
+echo "== all tests passed in $(( $(date +%s) - start )) s"

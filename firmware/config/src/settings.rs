@@ -1,0 +1,611 @@
+//! The sections of `config.ini`: one struct per section, its defaults, and
+//! the function that sets one option from its text. Option names and
+//! defaults are MediaProxy's (`mediaproxy/configuration/__init__.py` and
+//! `config.ini.sample`) unless marked as a relaybox extension.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::passport::Passport;
+use crate::value::{self, unset, AccountingBackend, HostPort, LogLevel, Parsed, PortRange, ValueError};
+use crate::{DEFAULT_DISPATCHER_PORT, DEFAULT_MANAGEMENT_PORT, MEDIAPROXY_RUNTIME_DIR};
+
+const MIB: u64 = 1024 * 1024;
+
+/// One option that a section accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownOption {
+    pub section: &'static str,
+    pub name: &'static str,
+    /// A relaybox setting that MediaProxy does not have.
+    pub extension: bool,
+}
+
+const fn mp(section: &'static str, name: &'static str) -> KnownOption {
+    KnownOption { section, name, extension: false }
+}
+
+const fn ext(section: &'static str, name: &'static str) -> KnownOption {
+    KnownOption { section, name, extension: true }
+}
+
+/// The sections, in the order the sample file lists them.
+pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork"];
+
+/// Every option relaybox accepts, by section. MediaProxy's options are all
+/// here, including the ones relaybox stores but does not act on yet, so that
+/// an existing MediaProxy file loads.
+pub const KNOWN_OPTIONS: &[KnownOption] = &[
+    mp("Relay", "dispatchers"),
+    mp("Relay", "passport"),
+    mp("Relay", "relay_ip"),
+    mp("Relay", "advertised_ip"),
+    mp("Relay", "port_range"),
+    mp("Relay", "stream_timeout"),
+    mp("Relay", "on_hold_timeout"),
+    mp("Relay", "dns_check_interval"),
+    mp("Relay", "keepalive_interval"),
+    mp("Relay", "reconnect_delay"),
+    mp("Relay", "traffic_sampling_period"),
+    mp("Relay", "userspace_transmit_every"),
+    mp("Relay", "auto_detect_interfaces"),
+    mp("Relay", "routable_private_ranges"),
+    mp("Relay", "log_level"),
+    ext("Relay", "max_sessions"),
+    ext("Relay", "max_streams_per_session"),
+    ext("Relay", "max_line_length"),
+    ext("Relay", "state_file"),
+    mp("Dispatcher", "socket_path"),
+    mp("Dispatcher", "listen"),
+    mp("Dispatcher", "listen_management"),
+    mp("Dispatcher", "management_use_tls"),
+    mp("Dispatcher", "management_passport"),
+    mp("Dispatcher", "passport"),
+    mp("Dispatcher", "relay_timeout"),
+    mp("Dispatcher", "relay_recover_interval"),
+    mp("Dispatcher", "accounting"),
+    mp("Dispatcher", "cleanup_dead_relays_after"),
+    mp("Dispatcher", "cleanup_expired_sessions_after"),
+    mp("Dispatcher", "log_level"),
+    ext("Dispatcher", "max_request_size"),
+    ext("Dispatcher", "max_module_connections"),
+    ext("Dispatcher", "max_relay_line"),
+    ext("Dispatcher", "module_timeout"),
+    mp("TLS", "certs_path"),
+    mp("TLS", "verify_interval"),
+    mp("Database", "dburi"),
+    mp("Database", "sessions_table"),
+    mp("Database", "callid_column"),
+    mp("Database", "fromtag_column"),
+    mp("Database", "totag_column"),
+    mp("Database", "info_column"),
+    mp("Database", "start_time_column"),
+    mp("Radius", "config_file"),
+    mp("Radius", "additional_dictionary"),
+    mp("OpenSIPS", "socket_path"),
+    mp("OpenSIPS", "max_connections"),
+    mp("OpenSIPS", "location_table"),
+    mp("ThorNetwork", "domain"),
+    mp("ThorNetwork", "node_ip"),
+];
+
+/// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
+pub(crate) const RENAMED: &[(&str, &str, &str)] = &[
+    ("Relay", "stats_collect_interval", "traffic_sampling_period"),
+    ("Dispatcher", "socket", "socket_path"),
+    ("Dispatcher", "cleanup_timeout", "cleanup_dead_relays_after"),
+];
+
+pub(crate) fn options_of(section: &str) -> impl Iterator<Item = &'static str> + '_ {
+    KNOWN_OPTIONS.iter().filter(move |o| o.section == section).map(|o| o.name)
+}
+
+fn unknown(name: &str) -> Parsed<()> {
+    Err(ValueError(format!("internal error: option {name} has no setter")))
+}
+
+fn optional_ip(v: &str) -> Parsed<Option<IpAddr>> {
+    if unset(v) {
+        Ok(None)
+    } else {
+        value::unicast_ip(v).map(Some)
+    }
+}
+
+/// `[Relay]`: the media relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayConfig {
+    /// Dispatchers to connect to, `host[:port]` separated by blanks or
+    /// commas; the port defaults to 25060. Default: none.
+    pub dispatchers: Vec<HostPort>,
+    /// Restriction on the dispatcher's certificate subject; `None`: any
+    /// certificate signed by the CA.
+    pub passport: Option<Passport>,
+    /// Address to relay on; `None` (default): the address of the interface
+    /// with the default route.
+    pub relay_ip: Option<IpAddr>,
+    /// Address put in replies instead of the relay's own (1:1 NAT). Default
+    /// `None`. When set, `auto_detect_interfaces` has no effect.
+    pub advertised_ip: Option<IpAddr>,
+    /// How long a new stream may stay without media from both sides (90 s).
+    pub stream_timeout: Duration,
+    /// How long a call may stay on hold (7200 s).
+    pub on_hold_timeout: Duration,
+    /// Period over which `bps_relayed` is averaged (15 s); zero turns it off.
+    pub traffic_sampling_period: Duration,
+    /// In userspace forwarding, send one packet in this many (1: all).
+    pub userspace_transmit_every: u32,
+    /// How often the dispatchers' SRV and A records are looked up again (60 s).
+    pub dns_check_interval: Duration,
+    /// How often the relay sends `ping` to a dispatcher (10 s).
+    pub keepalive_interval: Duration,
+    /// Wait before reconnecting to a dispatcher (10 s).
+    pub reconnect_delay: Duration,
+    /// UDP ports for media; see [`PortRange`] (`end` is exclusive).
+    /// relaybox default 40000:60000 (MediaProxy 4.x: 50000:60000).
+    pub port_range: PortRange,
+    /// Default DEBUG, as MediaProxy's media-relay.
+    pub log_level: LogLevel,
+    /// Offer, per side, the address of the interface that routes to that
+    /// side (found from `signaling_ip`). Default no.
+    pub auto_detect_interfaces: bool,
+    /// Private networks to treat as routable: an SDP address in one of them
+    /// is trusted like a public one. Default none.
+    pub routable_private_ranges: Vec<IpNet>,
+    /// relaybox: most sessions held at once; `update` for a new call beyond
+    /// it answers `error` (10000).
+    pub max_sessions: usize,
+    /// relaybox: most media streams in one session (16).
+    pub max_streams_per_session: usize,
+    /// relaybox: longest line accepted from a dispatcher, in bytes (65536).
+    pub max_line_length: usize,
+    /// relaybox: where sessions are saved so that they survive a restart
+    /// (`/var/lib/relaybox/sessions.bin`).
+    pub state_file: PathBuf,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            dispatchers: Vec::new(),
+            passport: None,
+            relay_ip: None,
+            advertised_ip: None,
+            stream_timeout: Duration::from_secs(90),
+            on_hold_timeout: Duration::from_secs(7200),
+            traffic_sampling_period: Duration::from_secs(15),
+            userspace_transmit_every: 1,
+            dns_check_interval: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            reconnect_delay: Duration::from_secs(10),
+            port_range: PortRange { start: 40000, end: 60000 },
+            log_level: LogLevel::Debug,
+            auto_detect_interfaces: false,
+            routable_private_ranges: Vec::new(),
+            max_sessions: 10_000,
+            max_streams_per_session: 16,
+            max_line_length: 65_536,
+            state_file: PathBuf::from("/var/lib/relaybox/sessions.bin"),
+        }
+    }
+}
+
+impl RelayConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "dispatchers" => self.dispatchers = value::dispatchers(v)?,
+            "passport" => self.passport = value::passport(v)?,
+            "relay_ip" => self.relay_ip = optional_ip(v)?,
+            "advertised_ip" => {
+                self.advertised_ip = optional_ip(v)?;
+                if self.advertised_ip.is_some_and(|ip| ip.is_unspecified()) {
+                    return Err("an unspecified address cannot be advertised".into());
+                }
+            }
+            "port_range" => self.port_range = v.parse()?,
+            "stream_timeout" => self.stream_timeout = value::seconds(v, 1)?,
+            "on_hold_timeout" => self.on_hold_timeout = value::seconds(v, 1)?,
+            "dns_check_interval" => self.dns_check_interval = value::seconds(v, 1)?,
+            "keepalive_interval" => self.keepalive_interval = value::seconds(v, 1)?,
+            "reconnect_delay" => self.reconnect_delay = value::seconds(v, 1)?,
+            "traffic_sampling_period" => self.traffic_sampling_period = value::seconds(v, 0)?,
+            "userspace_transmit_every" => {
+                self.userspace_transmit_every = value::count(v, 1, u64::from(u32::MAX))? as u32
+            }
+            "auto_detect_interfaces" => self.auto_detect_interfaces = value::boolean(v)?,
+            "routable_private_ranges" => self.routable_private_ranges = value::networks(v)?,
+            "log_level" => self.log_level = v.parse()?,
+            "max_sessions" => self.max_sessions = value::count(v, 1, 1_000_000)? as usize,
+            "max_streams_per_session" => self.max_streams_per_session = value::count(v, 1, 128)? as usize,
+            "max_line_length" => self.max_line_length = value::count(v, 1024, 16 * MIB)? as usize,
+            "state_file" => self.state_file = value::path(v, base)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[Dispatcher]`: the dispatcher next to the SIP proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatcherConfig {
+    /// UNIX socket the proxy's mediaproxy module connects to. A relative
+    /// path is taken from MediaProxy's runtime directory
+    /// `/var/run/mediaproxy` (default `dispatcher.sock` there), because that
+    /// is where the module looks.
+    pub socket_path: PathBuf,
+    /// Relay link address, `ip[:port]` or `any` (default 0.0.0.0:25060).
+    pub listen: SocketAddr,
+    /// Management interface address (default 0.0.0.0:25061).
+    pub listen_management: SocketAddr,
+    /// TLS on the management interface (default yes).
+    pub management_use_tls: bool,
+    /// Restriction on management clients' certificates; `None`: any.
+    pub management_passport: Option<Passport>,
+    /// Restriction on relays' certificates; `None`: any.
+    pub passport: Option<Passport>,
+    /// Wait for a relay's answer (5 s).
+    pub relay_timeout: Duration,
+    /// Wait for an unresponsive relay to recover before dropping it (60 s).
+    pub relay_recover_interval: Duration,
+    /// Backends that record finished sessions (default none).
+    pub accounting: Vec<AccountingBackend>,
+    /// Forget the sessions of a relay that stayed disconnected this long
+    /// (43200 s, 12 hours).
+    pub cleanup_dead_relays_after: Duration,
+    /// Forget expired sessions after this long (86400 s, 24 hours).
+    pub cleanup_expired_sessions_after: Duration,
+    /// Default DEBUG, as MediaProxy's media-dispatcher.
+    pub log_level: LogLevel,
+    /// relaybox: largest request accepted from the proxy module, in bytes (16384).
+    pub max_request_size: usize,
+    /// relaybox: most module connections at once (1024).
+    pub max_module_connections: usize,
+    /// relaybox: longest line accepted from a relay, in bytes; a `sessions`
+    /// reply carries every session (16 MiB).
+    pub max_relay_line: usize,
+    /// relaybox: the module's own time budget (its `mediaproxy_timeout`,
+    /// 500 ms); the dispatcher answers `error` before it runs out.
+    pub module_timeout: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        DispatcherConfig {
+            socket_path: Path::new(MEDIAPROXY_RUNTIME_DIR).join("dispatcher.sock"),
+            listen: SocketAddr::new(any, DEFAULT_DISPATCHER_PORT),
+            listen_management: SocketAddr::new(any, DEFAULT_MANAGEMENT_PORT),
+            management_use_tls: true,
+            management_passport: None,
+            passport: None,
+            relay_timeout: Duration::from_secs(5),
+            relay_recover_interval: Duration::from_secs(60),
+            accounting: Vec::new(),
+            cleanup_dead_relays_after: Duration::from_secs(43_200),
+            cleanup_expired_sessions_after: Duration::from_secs(86_400),
+            log_level: LogLevel::Debug,
+            max_request_size: 16_384,
+            max_module_connections: 1024,
+            max_relay_line: 16 * MIB as usize,
+            module_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+impl DispatcherConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str) -> Parsed<()> {
+        match name {
+            "socket_path" => self.socket_path = value::path(v, Path::new(MEDIAPROXY_RUNTIME_DIR))?,
+            "listen" => self.listen = value::listen_addr(v, DEFAULT_DISPATCHER_PORT)?,
+            "listen_management" => self.listen_management = value::listen_addr(v, DEFAULT_MANAGEMENT_PORT)?,
+            "management_use_tls" => self.management_use_tls = value::boolean(v)?,
+            "management_passport" => self.management_passport = value::passport(v)?,
+            "passport" => self.passport = value::passport(v)?,
+            "relay_timeout" => self.relay_timeout = value::seconds(v, 1)?,
+            "relay_recover_interval" => self.relay_recover_interval = value::seconds(v, 1)?,
+            "accounting" => self.accounting = value::accounting(v)?,
+            "cleanup_dead_relays_after" => self.cleanup_dead_relays_after = value::seconds(v, 0)?,
+            "cleanup_expired_sessions_after" => self.cleanup_expired_sessions_after = value::seconds(v, 0)?,
+            "log_level" => self.log_level = v.parse()?,
+            "max_request_size" => self.max_request_size = value::count(v, 1024, 16 * MIB)? as usize,
+            "max_module_connections" => self.max_module_connections = value::count(v, 1, 65_536)? as usize,
+            "max_relay_line" => self.max_relay_line = value::count(v, 1024, 1024 * MIB)? as usize,
+            "module_timeout" => {
+                self.module_timeout = value::fractional_seconds(v, Duration::from_millis(10), Duration::from_secs(60))?
+            }
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[TLS]`: certificates for the relay link and the management interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Directory of `ca.pem`, `crl.pem` and the role's certificate and key;
+    /// relative to the config file's directory (default `tls`).
+    pub certs_path: PathBuf,
+    /// How often the peer certificate is checked again for expiry and
+    /// revocation (300 s).
+    pub verify_interval: Duration,
+}
+
+impl TlsConfig {
+    pub(crate) fn defaults_in(base: &Path) -> Self {
+        TlsConfig { certs_path: base.join("tls"), verify_interval: Duration::from_secs(300) }
+    }
+
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "certs_path" => self.certs_path = value::path(v, base)?,
+            "verify_interval" => self.verify_interval = value::seconds(v, 1)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig::defaults_in(&crate::default_config_dir())
+    }
+}
+
+/// `[Database]`: the database accounting backend.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// `scheme://user:password@host/database`; `None` (default): not set.
+    /// `Debug` hides the password.
+    pub dburi: Option<String>,
+    pub sessions_table: String,
+    pub callid_column: String,
+    pub fromtag_column: String,
+    pub totag_column: String,
+    /// The column holding the statistics JSON (a BLOB).
+    pub info_column: String,
+    /// MediaProxy 2.0 only; accepted and ignored (the start time is in the
+    /// statistics JSON).
+    pub start_time_column: Option<String>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            dburi: None,
+            sessions_table: "media_sessions".into(),
+            callid_column: "call_id".into(),
+            fromtag_column: "from_tag".into(),
+            totag_column: "to_tag".into(),
+            info_column: "info".into(),
+            start_time_column: None,
+        }
+    }
+}
+
+fn dburi(v: &str) -> Parsed<Option<String>> {
+    if unset(v) {
+        return Ok(None);
+    }
+    let scheme_ok = v.split_once(':').is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    });
+    if !scheme_ok || v.contains(char::is_whitespace) {
+        // The value is not repeated: it may hold a password.
+        return Err("expected a URI such as mysql://user:password@host/database".into());
+    }
+    Ok(Some(v.to_string()))
+}
+
+/// `scheme://user:secret@host/db` shown as `scheme://user:***@host/db`.
+pub(crate) fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return uri.to_string() };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => uri.to_string(),
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("dburi", &self.dburi.as_deref().map(redact_uri))
+            .field("sessions_table", &self.sessions_table)
+            .field("callid_column", &self.callid_column)
+            .field("fromtag_column", &self.fromtag_column)
+            .field("totag_column", &self.totag_column)
+            .field("info_column", &self.info_column)
+            .field("start_time_column", &self.start_time_column)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str) -> Parsed<()> {
+        match name {
+            "dburi" => self.dburi = dburi(v)?,
+            "sessions_table" => self.sessions_table = value::sql_identifier(v)?,
+            "callid_column" => self.callid_column = value::sql_identifier(v)?,
+            "fromtag_column" => self.fromtag_column = value::sql_identifier(v)?,
+            "totag_column" => self.totag_column = value::sql_identifier(v)?,
+            "info_column" => self.info_column = value::sql_identifier(v)?,
+            "start_time_column" => {
+                self.start_time_column = if unset(v) { None } else { Some(value::sql_identifier(v)?) }
+            }
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[Radius]`: the RADIUS accounting backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadiusConfig {
+    /// The proxy's radiusclient configuration, where servers, secrets and
+    /// dictionaries are read from (`/etc/opensips/radius/client.conf`).
+    pub config_file: PathBuf,
+    /// Dictionary with MediaProxy's own attributes, relative to the config
+    /// file's directory (default `radius/dictionary`); empty or `None`: no
+    /// additional dictionary.
+    pub additional_dictionary: Option<PathBuf>,
+}
+
+impl RadiusConfig {
+    pub(crate) fn defaults_in(base: &Path) -> Self {
+        RadiusConfig {
+            config_file: PathBuf::from("/etc/opensips/radius/client.conf"),
+            additional_dictionary: Some(base.join("radius/dictionary")),
+        }
+    }
+
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "config_file" => self.config_file = value::path(v, base)?,
+            "additional_dictionary" => {
+                self.additional_dictionary = if unset(v) { None } else { Some(value::path(v, base)?) }
+            }
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+impl Default for RadiusConfig {
+    fn default() -> Self {
+        RadiusConfig::defaults_in(&crate::default_config_dir())
+    }
+}
+
+/// `[OpenSIPS]`: the proxy's management socket, used to end dialogs whose
+/// media timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenSipsConfig {
+    /// The proxy's management datagram socket (`/run/opensips/socket`);
+    /// relative to the config file's directory.
+    pub socket_path: PathBuf,
+    /// Most datagram sockets opened towards it at once (10).
+    pub max_connections: usize,
+    /// MediaProxy 4.x: the proxy's location table (`location`); stored, not used.
+    pub location_table: String,
+}
+
+impl Default for OpenSipsConfig {
+    fn default() -> Self {
+        OpenSipsConfig {
+            socket_path: PathBuf::from("/run/opensips/socket"),
+            max_connections: 10,
+            location_table: "location".into(),
+        }
+    }
+}
+
+impl OpenSipsConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "socket_path" => self.socket_path = value::path(v, base)?,
+            "max_connections" => self.max_connections = value::count(v, 1, 1000)? as usize,
+            "location_table" => self.location_table = value::sql_identifier(v)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[ThorNetwork]`: AG Projects' SIP Thor clustering. relaybox does not
+/// take part in SIP Thor; the section is accepted so that such files load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThorNetworkConfig {
+    /// SIP Thor domain; `None` (default): SIP Thor off.
+    pub domain: Option<String>,
+    /// This node's address; `None` (default): the default-route address.
+    pub node_ip: Option<IpAddr>,
+}
+
+impl ThorNetworkConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str) -> Parsed<()> {
+        match name {
+            "domain" => {
+                self.domain = if unset(v) {
+                    None
+                } else if value::is_hostname(v) {
+                    Some(v.to_string())
+                } else {
+                    return Err(format!("{v:?} is not a domain name").into());
+                }
+            }
+            "node_ip" => self.node_ip = optional_ip(v)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_redaction() {
+        assert_eq!(redact_uri("mysql://mp:secret@db.example/mp"), "mysql://mp:***@db.example/mp");
+        assert_eq!(redact_uri("mysql://mp@db.example/mp"), "mysql://mp@db.example/mp");
+        assert_eq!(redact_uri("sqlite:///var/lib/mp.db"), "sqlite:///var/lib/mp.db");
+        let db = DatabaseConfig { dburi: Some("mysql://u:pw@h/d".into()), ..Default::default() };
+        let shown = format!("{db:?}");
+        assert!(!shown.contains("pw") && shown.contains("u:***@h/d"), "{shown}");
+    }
+
+    #[test]
+    fn dburi_errors_do_not_echo_the_value() {
+        let e = dburi("not a uri with s3cret").unwrap_err();
+        assert!(!e.0.contains("s3cret"));
+        assert_eq!(dburi("None"), Ok(None));
+        assert_eq!(dburi("sqlite:/var/lib/x.db"), Ok(Some("sqlite:/var/lib/x.db".into())));
+    }
+
+    #[test]
+    fn every_known_option_has_a_setter() {
+        let base = Path::new("/etc/relaybox");
+        let sample_value = |name: &str| match name {
+            "dispatchers" => "a.example",
+            "passport" | "management_passport" => "CN:x",
+            "relay_ip" | "advertised_ip" | "node_ip" => "192.0.2.1",
+            "port_range" => "40000:40100",
+            "auto_detect_interfaces" | "management_use_tls" => "yes",
+            "routable_private_ranges" => "10.0.0.0/8",
+            "log_level" => "INFO",
+            "listen" | "listen_management" => "127.0.0.1",
+            "accounting" => "radius",
+            "dburi" => "mysql://a:b@c/d",
+            "domain" => "thor.example",
+            "module_timeout" => "0.5",
+            "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
+            n if n.ends_with("_path") || n.ends_with("_file") || n == "additional_dictionary" => "x",
+            n if n.ends_with("_table") || n.ends_with("_column") => "t",
+            _ => "7",
+        };
+        for o in KNOWN_OPTIONS {
+            let v = sample_value(o.name);
+            let r = match o.section {
+                "Relay" => RelayConfig::default().set(o.name, v, base),
+                "Dispatcher" => DispatcherConfig::default().set(o.name, v),
+                "TLS" => TlsConfig::default().set(o.name, v, base),
+                "Database" => DatabaseConfig::default().set(o.name, v),
+                "Radius" => RadiusConfig::default().set(o.name, v, base),
+                "OpenSIPS" => OpenSipsConfig::default().set(o.name, v, base),
+                "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
+                s => panic!("section {s} not in SECTIONS"),
+            };
+            assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);
+            assert!(SECTIONS.contains(&o.section));
+        }
+        for (section, old, new) in RENAMED {
+            assert!(options_of(section).any(|n| n == *new), "{old} -> {new}");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The dispatcher: answers the proxy module on a UNIX socket, forwards each
+//! request to a relay over the TLS link, keeps which relay holds which call,
+//! accounts finished sessions, and serves the management port.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::seq::SliceRandom;
+use relaybox_config::Config;
+use relaybox_proto::link::{LinkRequest, UpdateReply};
+use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
+use relaybox_proto::{SessionStats, Summary};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+mod management;
+mod module_socket;
+mod relay_link;
+
+/// One connected relay as the dispatcher sees it.
+#[derive(Clone)]
+pub(crate) struct RelayHandle {
+    pub id: u64,
+    /// The relay's address: the peer address of its TLS connection.
+    pub ip: std::net::IpAddr,
+    pub subject: String,
+    pub tx: mpsc::UnboundedSender<LinkCall>,
+    pub halting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A command for a relay's link task, with where to send the answer.
+pub(crate) struct LinkCall {
+    pub request: LinkRequest,
+    pub reply: oneshot::Sender<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    relay_id: u64,
+    dialog_id: Option<String>,
+}
+
+/// Shared dispatcher state.
+pub(crate) struct Dispatcher {
+    pub config: Config,
+    relays: Mutex<Vec<RelayHandle>>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    next_relay_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) enum RelayCallError {
+    Gone,
+    Timeout,
+}
+
+impl Dispatcher {
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            config,
+            relays: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            next_relay_id: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub fn new_relay_id(&self) -> u64 {
+        self.next_relay_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn add_relay(&self, relay: RelayHandle) {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).push(relay);
+    }
+
+    pub fn remove_relay(&self, id: u64) {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).retain(|r| r.id != id);
+    }
+
+    pub fn relays(&self) -> Vec<RelayHandle> {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn relay(&self, id: u64) -> Option<RelayHandle> {
+        self.relays().into_iter().find(|r| r.id == id)
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionEntry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends one command to one relay and waits at most `timeout`.
+    pub async fn call(
+        &self,
+        relay: &RelayHandle,
+        request: LinkRequest,
+        timeout: Duration,
+    ) -> Result<String, RelayCallError> {
+        let (tx, rx) = oneshot::channel();
+        relay.tx.send(LinkCall { request, reply: tx }).map_err(|_| RelayCallError::Gone)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(RelayCallError::Gone),
+            Err(_) => Err(RelayCallError::Timeout),
+        }
+    }
+
+    /// The whole budget for one module request: the module gives up after
+    /// `module_timeout`, so answer `error` a little before that.
+    fn module_deadline(&self) -> Instant {
+        let budget = self.config.dispatcher.module_timeout;
+        let margin = (budget / 10).max(Duration::from_millis(20)).min(budget / 2);
+        Instant::now() + (budget - margin)
+    }
+
+    pub async fn handle_module_request(&self, request: ModuleRequest) -> ModuleReply {
+        match request {
+            ModuleRequest::Update(u) => self.handle_update(u).await,
+            ModuleRequest::Remove(r) => self.handle_remove(r).await,
+        }
+    }
+
+    /// Relays to try for an update, in order: the one holding the call, the
+    /// preferred one, then the rest in random order.
+    fn candidates(&self, update: &UpdateRequest) -> Vec<RelayHandle> {
+        let relays = self.relays();
+        if let Some(entry) = self.sessions().get(&update.call_id) {
+            return relays.into_iter().filter(|r| r.id == entry.relay_id).collect();
+        }
+        let mut active: Vec<RelayHandle> =
+            relays.into_iter().filter(|r| !r.halting.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        active.shuffle(&mut rand::thread_rng());
+        if let Some(pref) = update.media_relay.as_deref().and_then(|p| p.parse::<std::net::IpAddr>().ok()) {
+            active.sort_by_key(|r| r.ip != pref);
+        }
+        active
+    }
+
+    async fn handle_update(&self, update: UpdateRequest) -> ModuleReply {
+        let deadline = self.module_deadline();
+        let call_id = update.call_id.clone();
+        let candidates = self.candidates(&update);
+        if candidates.is_empty() {
+            tracing::warn!(call_id = %call_id, "update: no relay available; the proxy leaves the SDP as it is");
+            return ModuleReply::Error;
+        }
+        for relay in candidates {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(call_id = %call_id, "update: module time budget spent, answering error");
+                break;
+            }
+            let wait = (deadline - now).min(self.config.dispatcher.relay_timeout);
+            let answer = self.call(&relay, LinkRequest::Update(update.clone()), wait).await;
+            let reply = match answer {
+                Ok(payload) => UpdateReply::parse(&payload),
+                Err(e) => {
+                    tracing::warn!(call_id = %call_id, relay = %relay.ip, "update: relay did not answer ({e:?}), trying the next");
+                    continue;
+                }
+            };
+            match reply {
+                Ok(UpdateReply::Ports(ports)) => {
+                    self.sessions()
+                        .entry(call_id.clone())
+                        .and_modify(|e| {
+                            if update.dialog_id.is_some() {
+                                e.dialog_id = update.dialog_id.clone();
+                            }
+                        })
+                        .or_insert(SessionEntry { relay_id: relay.id, dialog_id: update.dialog_id.clone() });
+                    tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %ports, "update relayed");
+                    return ModuleReply::Ports(ports);
+                }
+                Ok(UpdateReply::Halting) => {
+                    tracing::info!(call_id = %call_id, relay = %relay.ip, "relay is halting, trying the next");
+                    relay.halting.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(UpdateReply::Error) => {
+                    tracing::warn!(call_id = %call_id, relay = %relay.ip, "relay answered error, trying the next");
+                }
+                Err(e) => {
+                    tracing::warn!(call_id = %call_id, relay = %relay.ip, "relay sent a bad update answer: {e}");
+                }
+            }
+        }
+        ModuleReply::Error
+    }
+
+    async fn handle_remove(&self, remove: RemoveRequest) -> ModuleReply {
+        let entry = self.sessions().get(&remove.call_id).cloned();
+        let Some(entry) = entry else {
+            tracing::debug!(call_id = %remove.call_id, "remove for a call no relay holds");
+            return ModuleReply::Removed;
+        };
+        let Some(relay) = self.relay(entry.relay_id) else {
+            tracing::warn!(call_id = %remove.call_id, "remove: the relay holding the call is not connected");
+            self.sessions().remove(&remove.call_id);
+            return ModuleReply::Removed;
+        };
+        let call_id = remove.call_id.clone();
+        let wait = self.module_deadline().saturating_duration_since(Instant::now());
+        match self.call(&relay, LinkRequest::Remove(remove), wait.max(Duration::from_millis(50))).await {
+            Ok(payload) if payload.trim() == "error" => {
+                tracing::warn!(call_id = %call_id, relay = %relay.ip, "relay answered error to remove");
+                self.sessions().remove(&call_id);
+            }
+            Ok(payload) => match SessionStats::from_json(&payload) {
+                Ok(stats) => self.session_finished(&relay, stats, false),
+                Err(e) => {
+                    tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}");
+                    self.sessions().remove(&call_id);
+                }
+            },
+            Err(e) => {
+                // The relay may still answer later; its link task accounts
+                // late answers too (see relay_link), so nothing is lost.
+                tracing::warn!(call_id = %call_id, relay = %relay.ip, "remove: relay did not answer in time ({e:?})");
+            }
+        }
+        ModuleReply::Removed
+    }
+
+    /// A session ended on a relay (removed or expired): account it once.
+    pub fn session_finished(&self, relay: &RelayHandle, mut stats: SessionStats, expired: bool) {
+        let entry = self.sessions().remove(&stats.call_id);
+        if stats.relay_ip.is_none() {
+            stats.relay_ip = Some(relay.ip.to_string());
+        }
+        if stats.dialog_id.is_none() {
+            stats.dialog_id = entry.and_then(|e| e.dialog_id);
+        }
+        let how = if expired { "expired" } else { "removed" };
+        tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
+    }
+
+    /// A relay (re)connected and listed the sessions it holds.
+    pub fn adopt_sessions(&self, relay: &RelayHandle, sessions: Vec<SessionStats>) {
+        let mut table = self.sessions();
+        for s in sessions {
+            table.insert(s.call_id.clone(), SessionEntry { relay_id: relay.id, dialog_id: s.dialog_id.clone() });
+        }
+    }
+
+    pub async fn summaries(&self) -> Vec<Summary> {
+        let timeout = self.config.dispatcher.relay_timeout;
+        let mut out = Vec::new();
+        for relay in self.relays() {
+            match self.call(&relay, LinkRequest::Summary, timeout).await.map(|p| Summary::from_json(&p)) {
+                Ok(Ok(s)) => out.push(s),
+                Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad summary from relay: {e}"),
+                Err(e) => tracing::warn!(relay = %relay.ip, "summary: relay did not answer ({e:?})"),
+            }
+        }
+        out
+    }
+
+    pub async fn all_sessions(&self) -> Vec<SessionStats> {
+        let timeout = self.config.dispatcher.relay_timeout;
+        let mut out = Vec::new();
+        for relay in self.relays() {
+            match self.call(&relay, LinkRequest::Sessions, timeout).await.map(|p| SessionStats::list_from_json(&p)) {
+                Ok(Ok(list)) => out.extend(list.into_iter().map(|mut s| {
+                    s.relay_ip.get_or_insert_with(|| relay.ip.to_string());
+                    s
+                })),
+                Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad sessions list from relay: {e}"),
+                Err(e) => tracing::warn!(relay = %relay.ip, "sessions: relay did not answer ({e:?})"),
+            }
+        }
+        out
+    }
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let dispatcher = Dispatcher::new(config);
+    let module = module_socket::bind(&dispatcher).context("module socket")?;
+    let relays = relay_link::bind(&dispatcher).await.context("relay TLS port")?;
+    let management = management::bind(&dispatcher).await.context("management port")?;
+    tracing::info!(
+        socket = %dispatcher.config.dispatcher.socket_path.display(),
+        relays = %dispatcher.config.dispatcher.listen,
+        management = %dispatcher.config.dispatcher.listen_management,
+        "dispatcher ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = module => r.context("module socket task")??,
+        r = relays => r.context("relay listener task")??,
+        r = management => r.context("management task")??,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, exiting"),
+        _ = term.recv() => tracing::info!("terminated, exiting"),
+    }
+    let _ = std::fs::remove_file(&dispatcher.config.dispatcher.socket_path);
+    Ok(())
+}

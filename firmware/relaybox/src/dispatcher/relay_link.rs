@@ -1,0 +1,185 @@
+//! The dispatcher's side of the relay link: a mutual-TLS listener, and one
+//! task per connected relay that numbers commands, matches answers, answers
+//! `ping` and takes `expired` reports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use relaybox_proto::headers::LineDecoder;
+use relaybox_proto::link::{LinkCommand, LinkRequest, RelayLine, PONG_LINE};
+use relaybox_proto::SessionStats;
+use relaybox_tls::{ClientAuth, Role, TlsFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use super::{Dispatcher, LinkCall, RelayHandle};
+
+/// How long a relay gets to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let files = TlsFiles::for_role(&dispatcher.config.tls.certs_path, Role::Dispatcher);
+    let tls = relaybox_tls::server_config(&files, ClientAuth::Required).context("loading TLS credentials")?;
+    let acceptor = TlsAcceptor::from(tls);
+    let addr = dispatcher.config.dispatcher.listen;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let dispatcher = dispatcher.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accepting a relay connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let dispatcher = dispatcher.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Err(reason) = accept(dispatcher, acceptor, tcp, peer).await {
+                    tracing::warn!(peer = %peer, "relay connection refused: {reason}");
+                }
+            });
+        }
+    }))
+}
+
+async fn accept(
+    dispatcher: Arc<Dispatcher>,
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e))),
+        Err(_) => return Err("TLS handshake timed out".into()),
+    };
+    let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+    let cert = cert.ok_or("relay presented no certificate")?;
+    let identity = relaybox_tls::peer_identity(&cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+    relaybox_tls::check_passport(dispatcher.config.dispatcher.passport.as_ref(), &identity)
+        .map_err(|e| format!("certificate {} fails the passport: {e}", identity.subject_text))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let relay = RelayHandle {
+        id: dispatcher.new_relay_id(),
+        ip: peer.ip(),
+        subject: identity.subject_text.clone(),
+        tx,
+        halting: Arc::new(AtomicBool::new(false)),
+    };
+    tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
+    dispatcher.add_relay(relay.clone());
+    // Learn which calls the relay already holds before it gets new ones.
+    let startup = {
+        let dispatcher = dispatcher.clone();
+        let relay = relay.clone();
+        async move {
+            match dispatcher.call(&relay, LinkRequest::Sessions, dispatcher.config.dispatcher.relay_timeout).await {
+                Ok(payload) => match SessionStats::list_from_json(&payload) {
+                    Ok(list) => {
+                        tracing::info!(relay = %relay.ip, sessions = list.len(), "relay sessions adopted");
+                        dispatcher.adopt_sessions(&relay, list);
+                    }
+                    Err(e) => tracing::warn!(relay = %relay.ip, "bad sessions list: {e}"),
+                },
+                Err(e) => tracing::warn!(relay = %relay.ip, "sessions on connect: no answer ({e:?})"),
+            }
+        }
+    };
+    tokio::spawn(startup);
+    let result = run_link(&dispatcher, &relay, stream, rx).await;
+    dispatcher.remove_relay(relay.id);
+    match result {
+        Ok(()) => tracing::info!(peer = %peer, "relay disconnected"),
+        Err(e) => tracing::warn!(peer = %peer, "relay disconnected: {e:#}"),
+    }
+    Ok(())
+}
+
+struct Pending {
+    kind: &'static str,
+    reply: oneshot::Sender<String>,
+}
+
+async fn run_link(
+    dispatcher: &Arc<Dispatcher>,
+    relay: &RelayHandle,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    mut calls: mpsc::UnboundedReceiver<LinkCall>,
+) -> anyhow::Result<()> {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut seq: u64 = 0;
+    let mut lines = LineDecoder::new(dispatcher.config.dispatcher.max_relay_line);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            call = calls.recv() => {
+                let Some(call) = call else { return Ok(()) };
+                let command = LinkCommand { seq, request: call.request };
+                pending.insert(seq, Pending { kind: command.request.name(), reply: call.reply });
+                seq += 1;
+                writer.write_all(command.encode().as_bytes()).await.context("writing to relay")?;
+                writer.flush().await.context("flushing to relay")?;
+            }
+            read = reader.read(&mut buf) => {
+                let n = read.context("reading from relay")?;
+                if n == 0 {
+                    return Ok(());
+                }
+                lines.push(&buf[..n]);
+                while let Some(line) = lines.next_line() {
+                    let line = match line {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(relay = %relay.ip, "relay sent a bad line: {e}");
+                            continue;
+                        }
+                    };
+                    if line.is_empty() {
+                        continue;
+                    }
+                    match RelayLine::parse(&line) {
+                        Ok(RelayLine::Ping) => {
+                            writer.write_all(PONG_LINE.as_bytes()).await.context("writing pong")?;
+                            writer.flush().await.context("flushing pong")?;
+                        }
+                        Ok(RelayLine::Expired(stats)) => dispatcher.session_finished(relay, stats, true),
+                        Ok(RelayLine::Reply { seq, payload }) => match pending.remove(&seq) {
+                            Some(p) => {
+                                if let Err(payload) = p.reply.send(payload) {
+                                    late_answer(dispatcher, relay, p.kind, &payload);
+                                }
+                            }
+                            None => tracing::warn!(relay = %relay.ip, seq, "answer to a command never sent"),
+                        },
+                        Err(e) => tracing::warn!(relay = %relay.ip, "relay sent an unparsable line: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An answer that came after its caller stopped waiting. A late `remove`
+/// answer still carries the call's statistics: account them.
+fn late_answer(dispatcher: &Dispatcher, relay: &RelayHandle, kind: &str, payload: &str) {
+    if kind == "remove" {
+        match SessionStats::from_json(payload) {
+            Ok(stats) => dispatcher.session_finished(relay, stats, false),
+            Err(_) => tracing::warn!(relay = %relay.ip, "late remove answer without statistics: {payload}"),
+        }
+    } else {
+        tracing::debug!(relay = %relay.ip, "late {kind} answer dropped");
+    }
+}

@@ -1,0 +1,113 @@
+//! How media moves. The session table decides *where* each packet goes; a
+//! `Datapath` owns the sockets (or, later, kernel flows) that carry it.
+//! [`UserspaceDatapath`] binds a UDP socket per relay port and forwards each
+//! datagram itself.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use relaybox_core::Verdict;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use super::Relay;
+
+/// Largest datagram relayed; longer ones are truncated by the kernel and
+/// dropped here.
+const MAX_DATAGRAM: usize = 2048;
+
+/// The media path behind the session table.
+pub(crate) trait Datapath: Send + Sync {
+    /// `userspace` or `kernel`, for logs, `summary` and the status page.
+    fn name(&self) -> &'static str;
+    /// Start receiving on the even port `port` (RTP) and `port + 1` (RTCP).
+    fn open_ports(&self, port: u16) -> io::Result<()>;
+    /// Stop receiving on `port` and `port + 1`.
+    fn close_ports(&self, port: u16);
+}
+
+struct Bound {
+    socket: Arc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct UserspaceDatapath {
+    bind_ip: IpAddr,
+    relay: Weak<Relay>,
+    sockets: Arc<Mutex<HashMap<u16, Bound>>>,
+}
+
+impl UserspaceDatapath {
+    pub fn new(bind_ip: IpAddr, relay: Weak<Relay>) -> Self {
+        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn bind(&self, port: u16) -> io::Result<Arc<UdpSocket>> {
+        let std = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
+        std.set_nonblocking(true)?;
+        Ok(Arc::new(UdpSocket::from_std(std)?))
+    }
+
+    fn socket(sockets: &Mutex<HashMap<u16, Bound>>, port: u16) -> Option<Arc<UdpSocket>> {
+        sockets.lock().unwrap_or_else(|e| e.into_inner()).get(&port).map(|b| b.socket.clone())
+    }
+}
+
+async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, port: u16, socket: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(port, "receive error: {e}");
+                continue;
+            }
+        };
+        let Some(relay) = relay.upgrade() else { return };
+        let now = relay.clock.now_ms();
+        let verdict = relay.table().on_packet(port, src, &buf[..n], now);
+        match verdict {
+            Verdict::Forward { via_port, to } => {
+                let Some(out) = UserspaceDatapath::socket(&sockets, via_port) else { continue };
+                match out.send_to(&buf[..n], to).await {
+                    Ok(_) => {
+                        relay.bytes_relayed.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(port = via_port, to = %to, "send error: {e}"),
+                }
+            }
+            Verdict::Drop(reason) => tracing::trace!(port, src = %src, "dropped: {reason:?}"),
+        }
+    }
+}
+
+impl Datapath for UserspaceDatapath {
+    fn name(&self) -> &'static str {
+        "userspace"
+    }
+
+    fn open_ports(&self, port: u16) -> io::Result<()> {
+        let rtp = self.bind(port)?;
+        let rtcp = self.bind(port + 1)?;
+        let mut map = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, socket) in [(port, rtp), (port + 1, rtcp)] {
+            let task = tokio::spawn(receive(self.relay.clone(), self.sockets.clone(), p, socket.clone()));
+            if let Some(old) = map.insert(p, Bound { socket, task }) {
+                old.task.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn close_ports(&self, port: u16) {
+        let mut map = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        for p in [port, port + 1] {
+            if let Some(b) = map.remove(&p) {
+                b.task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! A small harness for driving the real `relaybox` binary: temp dirs with a
+//! CA and certificates, config files, child processes with log files, and
+//! clients for the module socket and the management port.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relaybox_ca::{CertificateAuthority, IssuedCert, Subject};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_relaybox");
+
+pub fn subject(cn: &str) -> Subject {
+    Subject { o: Some("Example Ltd".into()), ..Subject::new(cn) }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An even start port with `count` free UDP ports after it.
+pub fn free_port_range(count: u16) -> (u16, u16) {
+    loop {
+        let start = 20000 + (rand_u16() % 20000) * 2;
+        let ok = (start..start + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
+        if ok {
+            return (start, start + count);
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    ((t ^ (std::process::id() << 7)) % 20000) as u16
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if not.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let until = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return text;
+            }
+            if Instant::now() > until {
+                panic!("{:?} not in log {} within {timeout:?}:\n{text}", needle, self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test world: one CA, a dispatcher's certs and settings.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+    pub relay_port: u16,
+    pub mgmt_port: u16,
+    pub socket: PathBuf,
+}
+
+impl Rig {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::create(&Subject::new("relaybox test CA"), 30).unwrap();
+        let socket = dir.path().join("dispatcher.sock");
+        Rig { dir, ca, relay_port: free_port(), mgmt_port: free_port(), socket }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a certs_path directory with a relay and dispatcher certificate.
+    pub fn certs(&mut self, name: &str, relay_cn: &str) -> (PathBuf, IssuedCert) {
+        let relay = self.ca.issue(&subject(relay_cn), 30).unwrap();
+        let dispatcher = self.ca.issue(&subject("dispatcher"), 30).unwrap();
+        let out = self.path(name);
+        relaybox_ca::write_certs_dir(&self.ca, &out, &relay, &dispatcher).unwrap();
+        (out, relay)
+    }
+
+    pub fn dispatcher_config(&self, certs: &Path, extra: &str) -> PathBuf {
+        let text = format!(
+            "[Dispatcher]\nsocket_path = {}\nlisten = 127.0.0.1:{}\nlisten_management = 127.0.0.1:{}\nmanagement_use_tls = no\nrelay_timeout = 2\nlog_level = DEBUG\n{extra}\n[TLS]\ncerts_path = {}\n",
+            self.socket.display(),
+            self.relay_port,
+            self.mgmt_port,
+            certs.display()
+        );
+        let path = self.path(&format!("dispatcher-{}.ini", rand_u16()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn relay_config(&self, certs: &Path, ports: (u16, u16), extra: &str) -> PathBuf {
+        let text = format!(
+            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = 127.0.0.1\nport_range = {}:{}\nreconnect_delay = 1\nlog_level = DEBUG\n{extra}\n[TLS]\ncerts_path = {}\n",
+            self.relay_port,
+            ports.0,
+            ports.1,
+            certs.display()
+        );
+        let path = self.path(&format!("relay-{}-{}.ini", ports.0, rand_u16()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn spawn(&self, role: &str, config: &Path) -> Daemon {
+        let log = self.path(&format!("{role}-{}.log", rand_u16()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg(role)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    /// Starts a dispatcher and waits for its socket.
+    pub fn dispatcher(&mut self, extra: &str) -> Daemon {
+        let (certs, _) = self.certs("dispatcher-certs", "unused-relay");
+        let cfg = self.dispatcher_config(&certs, extra);
+        let d = self.spawn("dispatcher", &cfg);
+        d.wait_log("dispatcher ready", Duration::from_secs(10));
+        d
+    }
+
+    /// Starts a relay with a fresh certificate and waits until the
+    /// dispatcher logs it.
+    pub fn relay(&mut self, dispatcher: &Daemon, cn: &str, extra: &str) -> (Daemon, (u16, u16)) {
+        let before = dispatcher.log_text().matches("relay connected").count();
+        let (certs, _) = self.certs(&format!("relay-certs-{cn}-{}", rand_u16()), cn);
+        let ports = free_port_range(40);
+        let cfg = self.relay_config(&certs, ports, extra);
+        let r = self.spawn("relay", &cfg);
+        let until = Instant::now() + Duration::from_secs(10);
+        while dispatcher.log_text().matches("relay connected").count() <= before {
+            assert!(Instant::now() < until, "relay never connected:\n{}\n{}", r.log_text(), dispatcher.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (r, ports)
+    }
+}
+
+/// A connection to the module socket, like one proxy worker's.
+pub struct Module {
+    stream: BufReader<UnixStream>,
+}
+
+impl Module {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Module { stream: BufReader::new(stream) }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).unwrap();
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Sends one request and returns the reply line and how long it took.
+    pub fn request(&mut self, text: &str) -> (String, Duration) {
+        let start = Instant::now();
+        self.send_raw(text.as_bytes());
+        let line = self.read_line();
+        (line, start.elapsed())
+    }
+
+    /// True when nothing more is waiting to be read (no stray replies).
+    pub fn nothing_pending(&mut self) -> bool {
+        let s = self.stream.get_mut();
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        let r = s.read(&mut b);
+        s.set_nonblocking(false).unwrap();
+        matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+pub fn update(party: &str, call_id: &str, cseq: u32, to_tag: &str, media: &str) -> String {
+    format!(
+        "update\r\ntype: {party}\r\ndialog_id: 1:2\r\ncall_id: {call_id}\r\ncseq: {cseq} INVITE\r\nfrom_uri: sip:alice@example.com\r\nto_uri: sip:bob@example.com\r\nfrom_tag: ft-{call_id}\r\nto_tag: {to_tag}\r\nuser_agent: test-ua\r\nsignaling_ip: 127.0.0.1\r\nmedia: {media}\r\n\r\n"
+    )
+}
+
+pub fn remove(call_id: &str) -> String {
+    format!("remove\r\ncall_id: {call_id}\r\nfrom_tag: ft-{call_id}\r\nto_tag: tt\r\n\r\n")
+}
+
+/// Parses `<ip> <port> ...`.
+pub fn ports(reply: &str) -> (String, Vec<u16>) {
+    let mut parts = reply.split_whitespace();
+    let ip = parts.next().unwrap_or_default().to_string();
+    (ip, parts.map(|p| p.parse().unwrap()).collect())
+}
+
+/// One management command on a plain TCP connection; returns the line.
+pub fn management(port: u16, command: &str) -> String {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream);
+    reader.get_mut().write_all(format!("{command}\r\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line
+}
+
+/// A UDP endpoint standing in for a phone.
+pub struct Phone {
+    pub socket: UdpSocket,
+}
+
+impl Phone {
+    pub fn new() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        Phone { socket }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().unwrap().port()
+    }
+
+    pub fn send(&self, to: SocketAddr, payload: &[u8]) {
+        self.socket.send_to(payload, to).unwrap();
+    }
+
+    pub fn recv(&self) -> Option<(Vec<u8>, SocketAddr)> {
+        let mut buf = [0u8; 2048];
+        self.socket.recv_from(&mut buf).ok().map(|(n, from)| (buf[..n].to_vec(), from))
+    }
+}
+
+/// A minimal RTP packet with payload type 8 (PCMA).
+pub fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}

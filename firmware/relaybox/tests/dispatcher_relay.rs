@@ -1,0 +1,259 @@
+//! The dispatcher and the relay as real processes on 127.0.0.1: module
+//! socket, mutual TLS link, management port, failure handling.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MODULE_BUDGET: Duration = Duration::from_millis(500);
+
+fn audio(port: u16) -> String {
+    format!("audio:127.0.0.1:{port}:sendrecv:ice=no")
+}
+
+#[test]
+fn no_relay_connected_answers_error_within_the_module_budget() {
+    let mut rig = Rig::new();
+    let _d = rig.dispatcher("");
+    let mut m = Module::connect(&rig.socket);
+    let (reply, took) = m.request(&update("request", "norelay", 1, "", &audio(4000)));
+    assert_eq!(reply, "error\r\n");
+    assert!(took < MODULE_BUDGET, "took {took:?}");
+    eprintln!("no relay: error after {took:?}");
+}
+
+#[test]
+fn a_call_is_relayed_both_ways_and_accounted() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (_r, range) = rig.relay(&d, "relay1", "");
+    let caller = Phone::new();
+    let callee = Phone::new();
+    let mut m = Module::connect(&rig.socket);
+
+    let (offer, took) = m.request(&update("request", "call1", 1, "", &audio(caller.port())));
+    let (ip, offer_ports) = ports(&offer);
+    assert_eq!(ip, "127.0.0.1", "{offer}");
+    assert_eq!(offer_ports.len(), 1);
+    assert!((range.0..range.1).contains(&offer_ports[0]), "{offer} outside {range:?}");
+    eprintln!("update answered in {took:?}");
+    // A retransmitted INVITE gets the same ports.
+    assert_eq!(m.request(&update("request", "call1", 1, "", &audio(caller.port()))).0, offer);
+    let (answer, _) = m.request(&update("reply", "call1", 1, "tt", &audio(callee.port())));
+    let (_, answer_ports) = ports(&answer);
+    assert_ne!(answer_ports, offer_ports);
+
+    // The callee sends to the port in the offer, the caller to the one in the answer.
+    let to_callee_side: SocketAddr = format!("127.0.0.1:{}", offer_ports[0]).parse().unwrap();
+    let to_caller_side: SocketAddr = format!("127.0.0.1:{}", answer_ports[0]).parse().unwrap();
+    let mut got_at_callee = 0;
+    let mut got_at_caller = 0;
+    for seq in 0..20u16 {
+        caller.send(to_caller_side, &rtp(seq));
+        if let Some((data, from)) = callee.recv() {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_callee_side, "media must come from the relay port the callee was given");
+            got_at_callee += 1;
+        }
+        callee.send(to_callee_side, &rtp(seq));
+        if let Some((data, from)) = caller.recv() {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_caller_side);
+            got_at_caller += 1;
+        }
+    }
+    eprintln!("relayed: {got_at_callee}/20 caller->callee, {got_at_caller}/20 callee->caller");
+    assert!(got_at_callee >= 19 && got_at_caller >= 19);
+
+    let sessions = management(rig.mgmt_port, "sessions");
+    let list: serde_json::Value = serde_json::from_str(&sessions).unwrap();
+    let call = list.as_array().unwrap().iter().find(|s| s["call_id"] == "call1").expect("call in sessions");
+    assert!(call["streams"][0]["caller_packets"].as_u64().unwrap() >= 19, "{sessions}");
+    assert_eq!(call["streams"][0]["caller_codec"], "PCMA");
+
+    assert_eq!(m.request(&remove("call1")).0, "removed\r\n");
+    let log = d.wait_log("accounted", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("accounted") && l.contains("call1")).unwrap();
+    assert!(line.contains("\"caller_bytes\":"), "{line}");
+    assert!(!line.contains("\"caller_bytes\":0,"), "bytes must be counted: {line}");
+    let sessions = management(rig.mgmt_port, "sessions");
+    assert!(!sessions.contains("call1"), "{sessions}");
+}
+
+#[test]
+fn garbage_and_oversized_module_input_gets_error_and_the_connection_survives() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (_r, _) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    let mut other = Module::connect(&rig.socket);
+
+    assert_eq!(m.request("hello world\r\n\r\n").0, "error\r\n");
+    assert_eq!(m.request("update\r\nthis is not a header\r\n\r\n").0, "error\r\n");
+    assert_eq!(m.request("update\r\ntype: request\r\n\r\n").0, "error\r\n");
+    let mut big = vec![b'x'; 200_000];
+    big.extend_from_slice(b"\r\n\r\n");
+    m.send_raw(&big);
+    assert_eq!(m.read_line(), "error\r\n");
+    m.send_raw(b"\xff\xfe\r\n\r\n");
+    assert_eq!(m.read_line(), "error\r\n");
+    assert!(m.nothing_pending(), "exactly one reply per request");
+
+    let (ok, _) = m.request(&update("request", "after-garbage", 1, "", &audio(5000)));
+    assert_eq!(ports(&ok).1.len(), 1, "{ok}");
+    let (ok2, _) = other.request(&update("request", "other-conn", 1, "", &audio(5002)));
+    assert_eq!(ports(&ok2).1.len(), 1, "{ok2}");
+    let log = d.log_text();
+    assert!(log.contains("module request rejected"), "{log}");
+}
+
+#[test]
+fn relays_failing_tls_checks_are_refused_with_the_reason() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("passport = O:Example Ltd, CN:*relay");
+
+    // 1. a certificate from another CA
+    let mut other = relaybox_ca::CertificateAuthority::create(&relaybox_ca::Subject::new("evil CA"), 30).unwrap();
+    let relay_cert = other.issue(&subject("evil-relay"), 30).unwrap();
+    let disp_cert = other.issue(&subject("dispatcher"), 30).unwrap();
+    let evil = rig.path("evil-certs");
+    relaybox_ca::write_certs_dir(&other, &evil, &relay_cert, &disp_cert).unwrap();
+    // the relay must trust our dispatcher to get as far as presenting its cert
+    std::fs::copy(rig.path("dispatcher-certs/ca.pem"), evil.join("ca.pem")).unwrap();
+    std::fs::remove_file(evil.join("crl.pem")).unwrap();
+    let cfg = rig.relay_config(&evil, free_port_range(10), "");
+    let _evil = rig.spawn("relay", &cfg);
+    let log = d.wait_log("relay connection refused", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("relay connection refused")).unwrap().to_string();
+    assert!(line.to_lowercase().contains("unknown"), "should name an unknown issuer: {line}");
+
+    // 2. failing the passport
+    let (certs, _) = rig.certs("intruder-certs", "intruder");
+    let cfg = rig.relay_config(&certs, free_port_range(10), "");
+    let _intruder = rig.spawn("relay", &cfg);
+    let log = d.wait_log("fails the passport", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("fails the passport")).unwrap();
+    assert!(line.contains("CN"), "{line}");
+
+    // 3. revoked: a fresh dispatcher that loads a CRL listing the relay
+    let (certs, revoked) = rig.certs("revoked-certs", "edge-relay");
+    rig.ca.revoke(&revoked.serial_hex).unwrap();
+    let (dcerts, _) = rig.certs("dispatcher2-certs", "unused");
+    std::fs::write(dcerts.join("crl.pem"), rig.ca.crl_pem().unwrap()).unwrap();
+    rig.relay_port = free_port();
+    rig.mgmt_port = free_port();
+    rig.socket = rig.path("d2.sock");
+    let d2 = rig.spawn("dispatcher", &rig.dispatcher_config(&dcerts, ""));
+    d2.wait_log("dispatcher ready", Duration::from_secs(10));
+    let cfg = rig.relay_config(&certs, free_port_range(10), "");
+    let _revoked = rig.spawn("relay", &cfg);
+    let log = d2.wait_log("relay connection refused", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("relay connection refused")).unwrap();
+    assert!(line.to_lowercase().contains("revoked"), "{line}");
+
+    // None of them became a relay: calls get `error`.
+    let mut m = Module::connect(&rig.socket);
+    assert_eq!(m.request(&update("request", "x", 1, "", &audio(4000))).0, "error\r\n");
+    assert!(!d.log_text().contains("relay connected"));
+}
+
+#[test]
+fn killed_relay_new_calls_go_to_the_other_one_within_budget() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (mut r1, range1) = rig.relay(&d, "relay1", "");
+    let (_r2, range2) = rig.relay(&d, "relay2", "");
+    let mut m = Module::connect(&rig.socket);
+    // Find a call that landed on relay 1.
+    let mut on_r1 = None;
+    for i in 0..40 {
+        let call = format!("spread{i}");
+        let (_, p) = ports(&m.request(&update("request", &call, 1, "", &audio(6000))).0);
+        if (range1.0..range1.1).contains(&p[0]) {
+            on_r1 = Some(call);
+            break;
+        }
+    }
+    assert!(on_r1.is_some(), "random order never picked relay 1 in 40 calls");
+    r1.child.kill().unwrap();
+    r1.child.wait().unwrap();
+    d.wait_log("relay disconnected", Duration::from_secs(5));
+    for i in 0..5 {
+        let (reply, took) = m.request(&update("request", &format!("after-kill{i}"), 1, "", &audio(6000)));
+        let (_, p) = ports(&reply);
+        assert!((range2.0..range2.1).contains(&p[0]), "{reply}");
+        assert!(took < MODULE_BUDGET, "{took:?}");
+    }
+}
+
+#[test]
+fn sigterm_expires_every_session_and_the_dispatcher_accounts_them() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (mut r, _) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    for call in ["t1", "t2"] {
+        assert!(!m.request(&update("request", call, 1, "", &audio(7000))).0.starts_with("error"));
+    }
+    r.signal("TERM");
+    assert!(r.wait_exit(Duration::from_secs(10)).is_some(), "relay did not exit");
+    let log = d.wait_log("t2", Duration::from_secs(5));
+    for call in ["t1", "t2"] {
+        assert!(
+            log.lines().any(|l| l.contains("expired and accounted") && l.contains(call)),
+            "{call} not accounted:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn sighup_halts_new_calls_and_exits_after_the_last_one() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (mut r, _) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    assert!(!m.request(&update("request", "h1", 1, "", &audio(7000))).0.starts_with("error"));
+    r.signal("HUP");
+    r.wait_log("halting", Duration::from_secs(5));
+    // A new call is refused (only relay is halting), the old one still works.
+    assert_eq!(m.request(&update("request", "h2", 1, "", &audio(7002))).0, "error\r\n");
+    assert!(!m.request(&update("reply", "h1", 1, "tt", &audio(7004))).0.starts_with("error"));
+    let summary = management(rig.mgmt_port, "summary");
+    assert!(summary.contains("\"status\":\"halting\""), "{summary}");
+    assert!(r.wait_exit(Duration::from_millis(500)).is_none(), "exited with a call up");
+    assert_eq!(m.request(&remove("h1")).0, "removed\r\n");
+    assert!(r.wait_exit(Duration::from_secs(5)).is_some(), "relay did not exit after its last call");
+}
+
+#[test]
+fn management_commands() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (_r, _) = rig.relay(&d, "relay1", "");
+    assert_eq!(management(rig.mgmt_port, "version").trim(), env!("CARGO_PKG_VERSION"));
+    let summary: serde_json::Value = serde_json::from_str(&management(rig.mgmt_port, "summary")).unwrap();
+    assert_eq!(summary[0]["status"], "active");
+    assert_eq!(summary[0]["ip"], "127.0.0.1");
+    assert_eq!(summary[0]["datapath"], "userspace");
+    assert_eq!(management(rig.mgmt_port, "sessions").trim(), "[]");
+    assert_eq!(management(rig.mgmt_port, "drop tables"), "error\r\n");
+}
+
+#[test]
+fn update_times_out_to_error_when_the_relay_stops_answering() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (r, _) = rig.relay(&d, "relay1", "");
+    r.signal("STOP"); // the TCP link stays up but nothing answers
+    let mut m = Module::connect(&rig.socket);
+    let start = Instant::now();
+    let (reply, _) = m.request(&update("request", "frozen", 1, "", &audio(4000)));
+    let took = start.elapsed();
+    r.signal("CONT");
+    assert_eq!(reply, "error\r\n");
+    assert!(took < MODULE_BUDGET, "proxy waited {took:?}");
+    eprintln!("frozen relay: error after {took:?}");
+}

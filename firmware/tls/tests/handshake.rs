@@ -1,0 +1,320 @@
+//! Real TLS handshakes over TCP on 127.0.0.1 with certificates made by relaybox-ca.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relaybox_ca::{write_certs_dir, CertificateAuthority, IssuedCert, Subject};
+use relaybox_config::{Passport, SubjectAttr};
+use relaybox_tls::{
+    check_passport, client_config, describe_handshake_error, peer_identity, server_config, ClientAuth, PeerIdentity,
+    Role, TlsError, TlsFiles,
+};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ORG: &str = "Example Ltd";
+
+/// A CA, a certs_path with relay and dispatcher certificates, and the CA kept for revocations.
+struct Pki {
+    _tmp: tempfile::TempDir,
+    ca: CertificateAuthority,
+    certs: PathBuf,
+    relay: IssuedCert,
+    dispatcher: IssuedCert,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ca = CertificateAuthority::create(&Subject::new("Example CA").with_org(ORG), 30).unwrap();
+        let relay = ca.issue(&Subject::new("edge-relay").with_org(ORG).with_ou("Edge"), 30).unwrap();
+        let dispatcher = ca.issue(&Subject::new("dispatcher").with_org(ORG), 30).unwrap();
+        let certs = tmp.path().join("certs");
+        write_certs_dir(&ca, &certs, &relay, &dispatcher).unwrap();
+        Pki { _tmp: tmp, ca, certs, relay, dispatcher }
+    }
+
+    fn relay_files(&self) -> TlsFiles {
+        TlsFiles::for_role(&self.certs, Role::Relay)
+    }
+
+    fn dispatcher_files(&self) -> TlsFiles {
+        TlsFiles::for_role(&self.certs, Role::Dispatcher)
+    }
+
+    /// Writes `cert` as `<dir>/<name>.crt` and `.key`; returns TlsFiles that use them with this CA.
+    fn files_with(&self, name: &str, cert: &IssuedCert) -> TlsFiles {
+        let (crt, key) = relaybox_ca::write_issued(&self.certs, name, cert).unwrap();
+        TlsFiles { cert: crt, key, ..self.relay_files() }
+    }
+
+    fn rewrite_crl(&self) {
+        std::fs::write(self.certs.join("crl.pem"), self.ca.crl_pem().unwrap()).unwrap();
+    }
+}
+
+struct Outcome {
+    /// The client certificate as the server saw it, or the server's handshake error.
+    server: Result<Option<CertificateDer<'static>>, io::Error>,
+    /// The server certificate as the client saw it, or the client's error.
+    client: Result<CertificateDer<'static>, io::Error>,
+}
+
+/// One connection: the server accepts, sends one byte and closes; the client reads the byte (with
+/// TLS 1.3 a refused client certificate only shows on the client's first read).
+async fn handshake(
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let server_task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        let mut tls = acceptor.accept(tcp).await?;
+        let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+        tls.write_all(b"k").await?;
+        tls.shutdown().await?;
+        Ok::<_, io::Error>(peer)
+    });
+    let connector = tokio_rustls::TlsConnector::from(client);
+    let client = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let mut tls = connector.connect(name, tcp).await?;
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await?;
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).unwrap().clone().into_owned();
+        Ok::<_, io::Error>(cert)
+    };
+    let limit = Duration::from_secs(10);
+    let client = tokio::time::timeout(limit, client).await.expect("client timed out");
+    let server = tokio::time::timeout(limit, server_task).await.expect("server timed out").unwrap();
+    Outcome { server, client }
+}
+
+fn localhost() -> ServerName<'static> {
+    ServerName::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST).into())
+}
+
+fn identity(cert: &CertificateDer<'_>) -> PeerIdentity {
+    peer_identity(cert).unwrap()
+}
+
+#[tokio::test]
+async fn good_relay_is_accepted_and_its_passport_matches() {
+    let pki = Pki::new();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.relay_files()).unwrap();
+    // The relay connects by IP; the dispatcher's certificate names "dispatcher": accepted anyway.
+    let out = handshake(server, client, localhost()).await;
+    let relay_cert = out.server.expect("server accepted").expect("relay presented a certificate");
+    let dispatcher_cert = out.client.expect("client accepted");
+
+    let relay = identity(&relay_cert);
+    assert_eq!(relay.subject_text, "O=Example Ltd, OU=Edge, CN=edge-relay");
+    assert_eq!(
+        relay.subject,
+        vec![
+            (SubjectAttr::O, ORG.to_string()),
+            (SubjectAttr::OU, "Edge".to_string()),
+            (SubjectAttr::CN, "edge-relay".to_string())
+        ]
+    );
+    assert_eq!(relay.serial_hex, pki.relay.serial_hex);
+    assert_eq!(relay.fingerprint, relaybox_ca::fingerprint_sha256(&pki.relay.cert_pem).unwrap());
+    let passport = Passport::parse("O:Example Ltd, CN:*relay").unwrap();
+    check_passport(Some(&passport), &relay).unwrap();
+    check_passport(None, &relay).unwrap();
+
+    let dispatcher = identity(&dispatcher_cert);
+    assert_eq!(dispatcher.serial_hex, pki.dispatcher.serial_hex);
+    check_passport(Some(&Passport::parse("O:Example Ltd, CN:dispatcher").unwrap()), &dispatcher).unwrap();
+}
+
+#[tokio::test]
+async fn any_server_name_is_accepted_but_the_chain_is_not_skipped() {
+    let pki = Pki::new();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.relay_files()).unwrap();
+    let name = ServerName::try_from("some-other-host.example").unwrap();
+    assert!(handshake(server.clone(), client, name).await.client.is_ok());
+
+    // Plain webpki verification would have refused the name: the wrapper is what accepts it.
+    let plain = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(&pki))
+        .with_no_client_auth();
+    let err = handshake(server, Arc::new(plain), localhost()).await.client.unwrap_err();
+    assert_eq!(describe_handshake_error(&err), "certificate not valid for this name");
+
+    // A dispatcher certificate from another CA: the relay refuses it itself.
+    let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
+    let fake = other.issue(&Subject::new("dispatcher").with_org(ORG), 30).unwrap();
+    let server = server_config(&pki.files_with("fake-dispatcher", &fake), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.relay_files()).unwrap();
+    let out = handshake(server, client, localhost()).await;
+    let err = out.client.expect_err("relay must refuse a dispatcher from another CA");
+    assert_eq!(describe_handshake_error(&err), "certificate signed by an unknown CA");
+    let err = out.server.expect_err("the dispatcher sees the relay's alert");
+    assert!(describe_handshake_error(&err).contains("unknown CA"), "{}", describe_handshake_error(&err));
+}
+
+#[tokio::test]
+async fn relay_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
+    let intruder = other.issue(&Subject::new("edge-relay").with_org(ORG), 30).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.files_with("intruder", &intruder)).unwrap();
+    let out = handshake(server, client, localhost()).await;
+    let err = out.server.expect_err("dispatcher must refuse a relay from another CA");
+    assert_eq!(describe_handshake_error(&err), "certificate signed by an unknown CA");
+    let err = out.client.expect_err("the relay learns it was refused");
+    assert_eq!(describe_handshake_error(&err), "peer refused our certificate: signed by an unknown CA");
+}
+
+#[tokio::test]
+async fn revoked_relay_is_refused_after_a_new_crl() {
+    let mut pki = Pki::new();
+    let client = client_config(&pki.relay_files()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    assert!(handshake(server, client.clone(), localhost()).await.server.is_ok(), "accepted before revocation");
+
+    pki.ca.revoke(&pki.relay.serial_hex).unwrap();
+    pki.rewrite_crl();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let out = handshake(server, client, localhost()).await;
+    let err = out.server.expect_err("dispatcher must refuse a revoked relay");
+    let reason = describe_handshake_error(&err);
+    assert_eq!(reason, "certificate revoked");
+    let err = out.client.expect_err("the relay learns it was refused");
+    assert!(describe_handshake_error(&err).contains("revoked"), "{}", describe_handshake_error(&err));
+
+    // The relay honours the CRL too: a revoked dispatcher is refused.
+    pki.ca.revoke(&pki.dispatcher.serial_hex).unwrap();
+    pki.rewrite_crl();
+    let other_relay = pki.ca.issue(&Subject::new("relay2").with_org(ORG), 30).unwrap();
+    let client = client_config(&pki.files_with("relay2", &other_relay)).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let err = handshake(server, client, localhost()).await.client.expect_err("revoked dispatcher");
+    assert_eq!(describe_handshake_error(&err), "certificate revoked");
+}
+
+#[tokio::test]
+async fn expired_relay_is_refused() {
+    let mut pki = Pki::new();
+    let expired = pki.ca.issue_expired(&Subject::new("old-relay").with_org(ORG)).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.files_with("old-relay", &expired)).unwrap();
+    let out = handshake(server, client, localhost()).await;
+    assert_eq!(describe_handshake_error(&out.server.unwrap_err()), "certificate expired");
+    assert!(describe_handshake_error(&out.client.unwrap_err()).contains("expired"));
+}
+
+#[tokio::test]
+async fn client_without_certificate_needs_optional_auth() {
+    let pki = Pki::new();
+    let anonymous = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(&pki))
+            .with_no_client_auth(),
+    );
+    let name = ServerName::try_from("dispatcher").unwrap();
+
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let out = handshake(server, anonymous.clone(), name.clone()).await;
+    assert_eq!(describe_handshake_error(&out.server.unwrap_err()), "peer sent no certificate");
+    assert_eq!(describe_handshake_error(&out.client.unwrap_err()), "peer requires a certificate and we sent none");
+
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Optional).unwrap();
+    let out = handshake(server, anonymous, name).await;
+    assert_eq!(out.server.unwrap(), None);
+    assert!(out.client.is_ok());
+}
+
+#[tokio::test]
+async fn passport_mismatch_names_the_attribute() {
+    let pki = Pki::new();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.relay_files()).unwrap();
+    let relay = identity(&handshake(server, client, localhost()).await.server.unwrap().unwrap());
+
+    let wrong_org = Passport::parse("O:Other Corp, CN:*relay").unwrap();
+    match check_passport(Some(&wrong_org), &relay) {
+        Err(TlsError::Passport(reason)) => {
+            assert!(reason.contains("O=") && reason.contains("Other Corp"), "{reason}");
+        }
+        other => panic!("expected a passport error, got {other:?}"),
+    }
+    let wrong_cn = Passport::parse("O:Example Ltd, CN:dispatcher*").unwrap();
+    let err = check_passport(Some(&wrong_cn), &relay).unwrap_err();
+    assert!(matches!(&err, TlsError::Passport(r) if r.contains("CN=") && r.contains("edge-relay")), "{err}");
+    let missing = Passport::parse("L:Berlin").unwrap();
+    let err = check_passport(Some(&missing), &relay).unwrap_err().to_string();
+    assert!(err.contains("no L attribute"), "{err}");
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    let pki = Pki::new();
+    let files = pki.relay_files();
+    assert_eq!(files.crl.as_deref(), Some(pki.certs.join("crl.pem").as_path()));
+
+    let key = pki.certs.join("relay.key");
+    std::fs::remove_file(&key).unwrap();
+    for err in [client_config(&files).unwrap_err(), server_config(&files, ClientAuth::Required).unwrap_err()] {
+        assert!(matches!(&err, TlsError::Io { path, .. } if path == &key), "{err:?}");
+        assert!(err.to_string().contains(&key.display().to_string()), "{err}");
+    }
+
+    std::fs::write(&key, "not a key\n").unwrap();
+    let err = client_config(&files).unwrap_err();
+    assert!(matches!(&err, TlsError::NoKey { path } if path == &key), "{err:?}");
+
+    // A key that belongs to another certificate.
+    std::fs::copy(pki.certs.join("dispatcher.key"), &key).unwrap();
+    let err = client_config(&files).unwrap_err();
+    assert!(err.to_string().contains(&key.display().to_string()), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
+
+    let crt = pki.certs.join("relay.crt");
+    std::fs::write(&crt, "").unwrap();
+    let err = server_config(&pki.relay_files(), ClientAuth::Required).unwrap_err();
+    assert!(matches!(&err, TlsError::NoCertificate { path } if path == &crt), "{err:?}");
+
+    let crl = pki.certs.join("crl.pem");
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
+    let err = client_config(&pki.dispatcher_files()).unwrap_err();
+    assert!(err.to_string().contains(&crl.display().to_string()), "{err}");
+
+    // A CRL from a CA that is not in ca.pem would protect nothing: refused.
+    let other = CertificateAuthority::create(&Subject::new("Other CA"), 30).unwrap();
+    std::fs::write(&crl, other.crl_pem().unwrap()).unwrap();
+    let err = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap_err().to_string();
+    assert!(err.contains(&crl.display().to_string()) && err.contains("CN=Other CA"), "{err}");
+
+    std::fs::remove_file(&crl).unwrap();
+    assert_eq!(TlsFiles::for_role(&pki.certs, Role::Dispatcher).crl, None);
+    client_config(&pki.dispatcher_files()).expect("no crl.pem is fine");
+
+    let ca = pki.certs.join("ca.pem");
+    std::fs::remove_file(&ca).unwrap();
+    let err = client_config(&pki.dispatcher_files()).unwrap_err();
+    assert!(err.to_string().contains(&ca.display().to_string()), "{err}");
+    assert!(!Path::new(&ca).exists());
+}
+
+fn roots(pki: &Pki) -> rustls::RootCertStore {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap()).unwrap();
+    roots
+}
