@@ -1,1 +1,126 @@
-//! Placeholder: being written.
+//! The sans-I/O session core of the relaybox media relay. It owns the session
+//! table keyed by call-id, MediaProxy's offer/answer bookkeeping (the
+//! caller/callee CSeq pair), the allocation of relay port pairs from
+//! `port_range`, latching with RTP-bleed protection, the forwarding decision
+//! for every datagram, stream timeouts and the per-session statistics. It is a
+//! plain deterministic state machine: requests, datagrams and the current time
+//! (`now`, Unix milliseconds) come in as arguments; verdicts, port open/close
+//! requests and expiry reports come out ([`Verdict`], [`Event`]). It must not
+//! touch sockets, clocks, threads, async runtimes, the kernel (conntrack) or
+//! any wire format: the daemon does the I/O and `relaybox-proto` owns the
+//! codecs. No input can make it panic.
+#![forbid(unsafe_code)]
+
+mod address;
+mod ports;
+mod session;
+mod table;
+
+use std::net::SocketAddr;
+
+use relaybox_proto::SessionStats;
+
+/// The `ipnet` version used by [`CoreConfig::routable_private_ranges`].
+pub use ipnet;
+pub use table::SessionTable;
+
+/// Unix time, or a duration, in milliseconds.
+pub type Millis = u64;
+
+/// Settings of the session core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// `[start, end)`. Each stream side takes an even RTP port `p` and `p + 1`
+    /// for RTCP; an odd `start` is rounded up and port 0 is never used.
+    pub port_range: (u16, u16),
+    /// How long a stream may carry no packet before it times out.
+    pub stream_timeout: Millis,
+    /// The same for a stream on hold.
+    pub on_hold_timeout: Millis,
+    /// Announced addresses in these ranges are trusted like private ones
+    /// for latching, and reachable for forwarding.
+    pub routable_private_ranges: Vec<ipnet::IpNet>,
+    pub max_sessions: usize,
+    /// Most media items in one update (streams per session).
+    pub max_streams: usize,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            port_range: (40000, 60000),
+            stream_timeout: 90_000,
+            on_hold_timeout: 7_200_000,
+            routable_private_ranges: Vec::new(),
+            max_sessions: 10_000,
+            max_streams: 16,
+        }
+    }
+}
+
+/// Something the daemon must do, collected with [`SessionTable::poll_event`].
+// Unboxed on purpose: the daemon takes the stats by value, and events are
+// few (one per port pair or session), so the size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Bind UDP sockets on the even port `p` and on `p + 1`.
+    OpenPorts(u16),
+    /// Release the sockets of `p` and `p + 1`.
+    ClosePorts(u16),
+    /// The session ended by itself (its streams timed out) or by
+    /// [`SessionTable::expire_all`]; it is gone from the table.
+    Expired(SessionStats),
+}
+
+/// What to do with one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the same bytes out of our local port `via_port` to `to`.
+    Forward {
+        via_port: u16,
+        to: SocketAddr,
+    },
+    Drop(DropReason),
+}
+
+/// Why a datagram is not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// No live stream owns this port.
+    UnknownPort,
+    /// The sender is accepted but the other side's address is not known yet
+    /// (not learned, and its announced address is private or missing).
+    NotLatched,
+    /// The sending side has not announced any SDP yet, so its source cannot
+    /// be checked.
+    NoRemoteSdp,
+    /// RTP bleed: the source does not match the announced address, so it is
+    /// neither latched nor forwarded (counted in `bleed_drops`).
+    Bleed,
+    /// The side is latched to another address.
+    WrongSource,
+    /// The other side announced it does not want to receive
+    /// (`0.0.0.0`, `sendonly` or `inactive`).
+    OnHold,
+}
+
+/// Why an `update` or `remove` failed. A failed call leaves the table as it
+/// was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("too many sessions")]
+    TooManySessions,
+    #[error("too many streams in one session")]
+    TooManyStreams,
+    #[error("no free ports left in the port range")]
+    NoFreePorts,
+    #[error("unknown session")]
+    UnknownSession,
+    #[error("media type of an answer does not match the offer")]
+    MediaTypeMismatch,
+    /// The tags do not belong to the session's dialog (a call-id collision
+    /// or a stray request).
+    #[error("from/to tags do not match the session")]
+    TagMismatch,
+}

@@ -48,7 +48,7 @@ fn init_logging(level: LogLevel, config: &Config) {
     }
 }
 
-fn load(path: &PathBuf) -> anyhow::Result<Config> {
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
         return Ok(Config::default());
     }

@@ -26,7 +26,7 @@ use datapath::{Datapath, UserspaceDatapath};
 
 /// Something a link task writes to its dispatcher besides command answers.
 pub(crate) enum Outbound {
-    Line(RelayLine),
+    Line(Box<RelayLine>),
     /// Answered once everything queued before it has been written.
     Flush(oneshot::Sender<()>),
 }
@@ -137,7 +137,7 @@ impl Relay {
             let links = lock(&self.links);
             match links.iter().find(|l| Some(l.id) == origin).or_else(|| links.first()) {
                 Some(l) => {
-                    let _ = l.tx.send(Outbound::Line(RelayLine::Expired(stats)));
+                    let _ = l.tx.send(Outbound::Line(Box::new(RelayLine::Expired(stats))));
                 }
                 None => {
                     tracing::warn!(call_id = %stats.call_id, "no dispatcher connected to report the expired session to")

@@ -1,0 +1,513 @@
+//! One call: its streams, each with a caller-facing and a callee-facing leg,
+//! the offer/answer state, and the statistics it reports.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use relaybox_proto::{MediaItem, MediaType, SessionStats, StreamStats, StreamStatus};
+
+use crate::ports::PortPool;
+use crate::{CoreConfig, Event, Millis};
+
+/// A party of the call. The caller is the side with the session's from_tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Side {
+    Caller,
+    Callee,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+}
+
+/// What the relay knows about one party of one stream, and the relay port
+/// pair that faces that party.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Leg {
+    /// Our even port facing this party; 0 when the stream was never relayed.
+    pub port: u16,
+    /// The RTP address the party announced in its last SDP.
+    pub sdp: Option<SocketAddr>,
+    /// The party's last SDP said: do not send to me.
+    pub hold: bool,
+    pub ice: bool,
+    pub rtp_peer: Option<SocketAddr>,
+    pub rtcp_peer: Option<SocketAddr>,
+    pub codec: Option<String>,
+    /// Forwarded bytes and packets received from this party.
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+impl Leg {
+    fn reset_latch(&mut self) {
+        self.rtp_peer = None;
+        self.rtcp_peer = None;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Stream {
+    pub id: u32,
+    pub media_type: MediaType,
+    pub status: StreamStatus,
+    pub created_at: Millis,
+    pub answered_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    /// Creation, the last accepted packet, the last SDP address change or
+    /// the last resume from hold: the timeout counts from here.
+    pub last_activity: Millis,
+    pub first_media_at: Option<Millis>,
+    /// The timeout applied when the stream timed out, else 0.
+    pub timeout_wait: Millis,
+    pub caller: Leg,
+    pub callee: Leg,
+}
+
+impl Stream {
+    pub fn new(id: u32, media_type: MediaType, now: Millis) -> Self {
+        Stream {
+            id,
+            media_type,
+            status: StreamStatus::Active,
+            created_at: now,
+            answered_at: None,
+            ended_at: None,
+            last_activity: now,
+            first_media_at: None,
+            timeout_wait: 0,
+            caller: Leg::default(),
+            callee: Leg::default(),
+        }
+    }
+
+    /// A stream that is rejected from the start (port 0 in an offer).
+    pub fn rejected(id: u32, media_type: MediaType, now: Millis) -> Self {
+        let mut s = Stream::new(id, media_type, now);
+        s.status = StreamStatus::Rejected;
+        s.ended_at = Some(now);
+        s
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.status, StreamStatus::Active | StreamStatus::OnHold)
+    }
+
+    pub fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::Caller => &self.caller,
+            Side::Callee => &self.callee,
+        }
+    }
+
+    pub fn leg_mut(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::Caller => &mut self.caller,
+            Side::Callee => &mut self.callee,
+        }
+    }
+
+    /// The port the other party of `sender` sends to, 0 when not relayed.
+    pub fn reply_port(&self, sender: Side) -> u16 {
+        if self.is_live() {
+            self.leg(sender.other()).port
+        } else {
+            0
+        }
+    }
+
+    /// Takes in the SDP of one party for this stream (port not 0).
+    pub fn apply_sdp(&mut self, side: Side, item: &MediaItem, now: Millis) {
+        let leg = self.leg_mut(side);
+        leg.hold = item.is_hold();
+        leg.ice = item.ice;
+        let mut moved = false;
+        // 0.0.0.0 only means hold; the party keeps its address.
+        if !item.ip.is_unspecified() {
+            let addr = SocketAddr::new(item.ip, item.port);
+            if leg.sdp != Some(addr) {
+                leg.sdp = Some(addr);
+                leg.reset_latch();
+                moved = true;
+            }
+        }
+        if moved {
+            self.last_activity = self.last_activity.max(now);
+        }
+        self.refresh_hold(now);
+    }
+
+    fn refresh_hold(&mut self, now: Millis) {
+        if !self.is_live() {
+            return;
+        }
+        let held = self.caller.hold || self.callee.hold;
+        let status = if held { StreamStatus::OnHold } else { StreamStatus::Active };
+        if self.status == StreamStatus::OnHold && status == StreamStatus::Active {
+            // Resumed: the normal timeout counts from now, not from the
+            // last packet before the hold.
+            self.last_activity = self.last_activity.max(now);
+        }
+        self.status = status;
+    }
+
+    fn timeout(&self, config: &CoreConfig) -> Millis {
+        if self.status == StreamStatus::OnHold {
+            config.on_hold_timeout
+        } else {
+            config.stream_timeout
+        }
+    }
+
+    /// When a live stream times out.
+    pub fn deadline(&self, config: &CoreConfig) -> Option<Millis> {
+        self.is_live().then(|| self.last_activity.saturating_add(self.timeout(config)))
+    }
+
+    /// Times the stream out if its deadline has passed. True if it did.
+    pub fn check_timeout(
+        &mut self,
+        config: &CoreConfig,
+        now: Millis,
+        pool: &mut PortPool,
+        events: &mut VecDeque<Event>,
+    ) -> bool {
+        match self.deadline(config) {
+            Some(deadline) if deadline <= now => {}
+            _ => return false,
+        }
+        let wait = self.timeout(config);
+        let status = if self.status == StreamStatus::OnHold {
+            StreamStatus::OnHoldTimeout
+        } else if self.caller.ice && self.callee.ice && self.first_media_at.is_none() {
+            StreamStatus::UnselectedIceCandidate
+        } else {
+            StreamStatus::NoTrafficTimeout
+        };
+        self.timeout_wait = wait;
+        // The media stopped at the last activity; the wait is not billed.
+        let ended = self.last_activity.min(now);
+        self.end(status, ended, pool, events);
+        true
+    }
+
+    /// Ends a live stream and releases its ports.
+    pub fn end(&mut self, status: StreamStatus, at: Millis, pool: &mut PortPool, events: &mut VecDeque<Event>) {
+        if !self.is_live() {
+            return;
+        }
+        self.status = status;
+        self.ended_at = Some(at);
+        for port in [self.caller.port, self.callee.port] {
+            if port != 0 {
+                pool.release(port, events);
+            }
+        }
+    }
+
+    pub fn ended_by_timeout(&self) -> bool {
+        self.status.is_timeout() || self.status == StreamStatus::UnselectedIceCandidate
+    }
+
+    /// Learns the codec of one side from its first RTP packet.
+    pub fn note_codec(&mut self, side: Side, packet: &[u8]) {
+        let is_image = self.media_type == MediaType::Image;
+        let leg = self.leg_mut(side);
+        if leg.codec.is_none() {
+            leg.codec = if is_image { Some("T38".to_string()) } else { rtp_codec(packet) };
+        }
+    }
+
+    pub fn stats(&self, relay_ip: IpAddr, session_start: Option<Millis>) -> StreamStats {
+        let relative = |t: Millis| session_start.map(|s| t.saturating_sub(s) / 1000);
+        let local = |leg: &Leg| {
+            if leg.port == 0 {
+                "Unknown".to_string()
+            } else {
+                SocketAddr::new(relay_ip, leg.port).to_string()
+            }
+        };
+        let remote = |leg: &Leg| leg.rtp_peer.map_or_else(|| "Unknown".to_string(), |a| a.to_string());
+        let codec = |leg: &Leg| leg.codec.clone().unwrap_or_else(|| "Unknown".to_string());
+        StreamStats {
+            media_type: self.media_type.as_str().to_string(),
+            status: self.status,
+            timeout_wait: self.timeout_wait / 1000,
+            caller_codec: codec(&self.caller),
+            callee_codec: codec(&self.callee),
+            start_time: self.answered_at.and_then(relative),
+            end_time: self.ended_at.and_then(relative),
+            post_dial_delay: self.first_media_at.map(|t| t.saturating_sub(self.created_at) as f64 / 1000.0),
+            caller_bytes: self.caller.bytes,
+            callee_bytes: self.callee.bytes,
+            caller_packets: self.caller.packets,
+            callee_packets: self.callee.packets,
+            caller_local: local(&self.caller),
+            callee_local: local(&self.callee),
+            caller_remote: remote(&self.caller),
+            callee_remote: remote(&self.callee),
+        }
+    }
+}
+
+/// The codec name of an RTP packet, `None` for anything that is not RTP
+/// (STUN, RTCP multiplexed on the RTP port, garbage).
+pub(crate) fn rtp_codec(packet: &[u8]) -> Option<String> {
+    if packet.len() < 12 || packet.first().map(|b| b >> 6) != Some(2) {
+        return None;
+    }
+    let pt = packet.get(1)? & 0x7f;
+    let name = match pt {
+        // RTCP packet types 200..=204 with the marker bit masked off.
+        72..=76 => return None,
+        0 => "PCMU",
+        3 => "GSM",
+        4 => "G723",
+        8 => "PCMA",
+        9 => "G722",
+        13 => "CN",
+        15 => "G728",
+        18 => "G729",
+        other => return Some(format!("Dynamic({other})")),
+    };
+    Some(name.to_string())
+}
+
+/// The user part of a SIP URI: `sip:alice@example.com` → `alice`.
+pub(crate) fn username(uri: &str) -> String {
+    let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
+    let Some((scheme, rest)) = uri.split_once(':') else { return String::new() };
+    let scheme = scheme.to_ascii_lowercase();
+    let user = match scheme.as_str() {
+        "tel" => rest,
+        "sip" | "sips" => match rest.split_once('@') {
+            Some((user, _)) => user.split(':').next().unwrap_or(""),
+            None => "",
+        },
+        _ => return String::new(),
+    };
+    user.split(';').next().unwrap_or("").to_string()
+}
+
+/// The CSeq pair of the current offer and who made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OfferState {
+    /// Highest CSeq seen in the caller's dialog direction (From = caller).
+    pub caller_cseq: Option<u32>,
+    /// Highest CSeq seen in the callee's direction (callee re-INVITEs).
+    pub callee_cseq: Option<u32>,
+    /// The CSeq space of the current offer's transaction.
+    pub space: Side,
+    /// Who sent the current offer.
+    pub offerer: Side,
+}
+
+/// Where an update stands against the current offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// A higher CSeq pair: a new offer.
+    Newer,
+    /// The current transaction: an answer or a retransmission.
+    Same,
+    /// A late retransmission of an earlier transaction.
+    Older,
+}
+
+impl OfferState {
+    pub fn classify(this: Option<&OfferState>, space: Side, number: u32) -> Order {
+        let Some(o) = this else { return Order::Newer };
+        let current = match space {
+            Side::Caller => o.caller_cseq,
+            Side::Callee => o.callee_cseq,
+        };
+        match current {
+            None => Order::Newer,
+            Some(c) if number > c => Order::Newer,
+            Some(c) if number < c => Order::Older,
+            // Equal number in the other space than the current offer's: that
+            // transaction is over, so this is a late retransmission.
+            Some(_) if o.space == space => Order::Same,
+            Some(_) => Order::Older,
+        }
+    }
+
+    pub fn advanced(this: Option<&OfferState>, space: Side, number: u32, offerer: Side) -> OfferState {
+        let mut next = this.copied().unwrap_or(OfferState { caller_cseq: None, callee_cseq: None, space, offerer });
+        match space {
+            Side::Caller => next.caller_cseq = Some(number),
+            Side::Callee => next.callee_cseq = Some(number),
+        }
+        next.space = space;
+        next.offerer = offerer;
+        next
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub id: u64,
+    pub call_id: String,
+    pub from_tag: String,
+    pub from_uri: String,
+    pub to_uri: String,
+    /// The callee's tag; the latest one with forked replies.
+    pub to_tag: Option<String>,
+    pub dialog_id: Option<String>,
+    pub caller_ua: String,
+    pub callee_ua: String,
+    pub relay_ip: IpAddr,
+    pub offer: Option<OfferState>,
+    /// Every stream the session had, in creation order (for statistics).
+    pub streams: Vec<Stream>,
+    /// Stream ids of the current offer, by media position.
+    pub current: Vec<u32>,
+    pub next_stream_id: u32,
+    pub last_update: Millis,
+    pub answered_at: Option<Millis>,
+    pub ended_at: Option<Millis>,
+    /// The time this session is in the timer set under, if any.
+    pub scheduled: Option<Millis>,
+}
+
+impl Session {
+    pub fn stream(&self, id: u32) -> Option<&Stream> {
+        self.streams.iter().find(|s| s.id == id)
+    }
+
+    pub fn stream_mut(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.iter_mut().find(|s| s.id == id)
+    }
+
+    /// The stream at a media position of the current offer.
+    pub fn current_stream(&self, position: usize) -> Option<&Stream> {
+        self.current.get(position).and_then(|id| self.stream(*id))
+    }
+
+    /// One port per item: the current stream at each position as seen by
+    /// the party other than `sender`.
+    pub fn reply_ports(&self, sender: Side, items: &[MediaItem]) -> Vec<u16> {
+        (0..items.len()).map(|i| self.current_stream(i).map_or(0, |s| s.reply_port(sender))).collect()
+    }
+
+    pub fn has_live_stream(&self) -> bool {
+        self.streams.iter().any(Stream::is_live)
+    }
+
+    /// When the session ends by itself, given that no stream is live: at
+    /// once if a stream of the current offer timed out; else when a stream
+    /// would have timed out after the last one ended (no re-offer brought
+    /// media back); a session that never had streams waits `on_hold_timeout`
+    /// after its last update. `None` while a stream is live.
+    pub fn expiry(&self, config: &CoreConfig) -> Option<Millis> {
+        if self.has_live_stream() {
+            return None;
+        }
+        let current: Vec<&Stream> = self.current.iter().filter_map(|id| self.stream(*id)).collect();
+        if current.iter().any(|s| s.ended_by_timeout()) {
+            return Some(0);
+        }
+        match current.iter().filter_map(|s| s.ended_at).max() {
+            Some(end) => Some(end.max(self.last_update).saturating_add(config.stream_timeout)),
+            None => Some(self.last_update.saturating_add(config.on_hold_timeout)),
+        }
+    }
+
+    /// The earliest time something is due for this session.
+    pub fn next_deadline(&self, config: &CoreConfig) -> Option<Millis> {
+        self.streams.iter().filter_map(|s| s.deadline(config)).min().or_else(|| self.expiry(config))
+    }
+
+    /// Ends every live stream with `status`.
+    pub fn end_all(&mut self, status: StreamStatus, now: Millis, pool: &mut PortPool, events: &mut VecDeque<Event>) {
+        for stream in &mut self.streams {
+            stream.end(status, now, pool, events);
+        }
+    }
+
+    /// Drops the oldest finished streams that are no longer offered once the
+    /// history grows past `limit`, so endless re-INVITEs cannot grow memory.
+    pub fn trim_history(&mut self, limit: usize) {
+        while self.streams.len() > limit {
+            let current = &self.current;
+            let Some(pos) = self.streams.iter().position(|s| !s.is_live() && !current.contains(&s.id)) else {
+                break;
+            };
+            self.streams.remove(pos);
+        }
+    }
+
+    pub fn stats(&self, now: Millis) -> SessionStats {
+        let end = self.ended_at.unwrap_or(now);
+        SessionStats {
+            call_id: self.call_id.clone(),
+            from_tag: self.from_tag.clone(),
+            from_uri: self.from_uri.clone(),
+            to_tag: self.to_tag.clone(),
+            to_uri: self.to_uri.clone(),
+            start_time: self.answered_at.map(|t| t / 1000),
+            duration: self.answered_at.map_or(0, |t| end.saturating_sub(t) / 1000),
+            caller_ua: self.caller_ua.clone(),
+            callee_ua: self.callee_ua.clone(),
+            username: username(&self.from_uri),
+            relay_ip: None,
+            dialog_id: self.dialog_id.clone(),
+            streams: self.streams.iter().map(|s| s.stats(self.relay_ip, self.answered_at)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_names() {
+        let pkt = |b1: u8| {
+            let mut p = vec![0x80, b1];
+            p.resize(12, 0);
+            p
+        };
+        assert_eq!(rtp_codec(&pkt(0)).as_deref(), Some("PCMU"));
+        assert_eq!(rtp_codec(&pkt(0x80 | 8)).as_deref(), Some("PCMA"), "marker bit ignored");
+        for (pt, name) in [(3, "GSM"), (4, "G723"), (9, "G722"), (13, "CN"), (15, "G728"), (18, "G729")] {
+            assert_eq!(rtp_codec(&pkt(pt)).as_deref(), Some(name));
+        }
+        assert_eq!(rtp_codec(&pkt(96)).as_deref(), Some("Dynamic(96)"));
+        assert_eq!(rtp_codec(&pkt(200)), None, "RTCP on the RTP port");
+        assert_eq!(rtp_codec(&[0x80, 0]), None, "too short");
+        assert_eq!(rtp_codec(&[0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "STUN");
+        assert_eq!(rtp_codec(&[]), None);
+    }
+
+    #[test]
+    fn usernames() {
+        assert_eq!(username("sip:alice@example.com"), "alice");
+        assert_eq!(username("sips:bob:secret@example.com;transport=tls"), "bob");
+        assert_eq!(username("<sip:carol;ext=1@example.com>"), "carol");
+        assert_eq!(username("tel:+4930123;phone-context=x"), "+4930123");
+        assert_eq!(username("sip:example.com"), "");
+        assert_eq!(username("garbage"), "");
+        assert_eq!(username(""), "");
+    }
+
+    #[test]
+    fn cseq_pair_order() {
+        use Order::*;
+        assert_eq!(OfferState::classify(None, Side::Caller, 5), Newer);
+        let o = OfferState::advanced(None, Side::Caller, 5, Side::Caller);
+        assert_eq!(OfferState::classify(Some(&o), Side::Caller, 5), Same);
+        assert_eq!(OfferState::classify(Some(&o), Side::Caller, 6), Newer);
+        assert_eq!(OfferState::classify(Some(&o), Side::Caller, 4), Older);
+        assert_eq!(OfferState::classify(Some(&o), Side::Callee, 0), Newer, "first callee CSeq is newer");
+        let o2 = OfferState::advanced(Some(&o), Side::Callee, 0, Side::Callee);
+        assert_eq!((o2.caller_cseq, o2.callee_cseq), (Some(5), Some(0)));
+        assert_eq!(OfferState::classify(Some(&o2), Side::Callee, 0), Same);
+        assert_eq!(OfferState::classify(Some(&o2), Side::Caller, 5), Older, "finished caller transaction");
+        assert_eq!(OfferState::classify(Some(&o2), Side::Caller, 6), Newer);
+    }
+}

@@ -1,0 +1,500 @@
+//! The session table: updates and removes from the dispatcher, datagrams
+//! from the daemon's sockets, and the timer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamStatus, UpdateRequest};
+
+use crate::address::{may_latch, may_send_to};
+use crate::ports::{PortOwner, PortPool};
+use crate::session::{OfferState, Order, Session, Side, Stream};
+use crate::{CoreConfig, CoreError, DropReason, Event, Millis, Verdict};
+
+/// All sessions of one relay. See the crate documentation.
+#[derive(Debug)]
+pub struct SessionTable {
+    config: CoreConfig,
+    pool: PortPool,
+    /// By creation order, which is also the order of `sessions()`.
+    sessions: BTreeMap<u64, Session>,
+    by_call_id: HashMap<String, u64>,
+    /// `(due, session id)`; a session is listed at most once, at or before
+    /// its earliest real deadline (packets only push deadlines later).
+    timers: BTreeSet<(Millis, u64)>,
+    events: VecDeque<Event>,
+    next_session_id: u64,
+    bleed_drops: u64,
+}
+
+/// The parts of the table an update works with, borrowed apart from the
+/// session being updated.
+struct Ctx<'a> {
+    config: &'a CoreConfig,
+    pool: &'a mut PortPool,
+    events: &'a mut VecDeque<Event>,
+}
+
+/// What a new offer does at one media position.
+enum Plan {
+    /// Port 0 and no live stream of that type here: a rejected stream.
+    Rejected,
+    /// Port 0 removes the live stream at this position.
+    Remove(u32),
+    Reuse(u32),
+    New,
+}
+
+impl SessionTable {
+    pub fn new(config: CoreConfig) -> Self {
+        SessionTable {
+            pool: PortPool::new(config.port_range),
+            config,
+            sessions: BTreeMap::new(),
+            by_call_id: HashMap::new(),
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            next_session_id: 1,
+            bleed_drops: 0,
+        }
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Applies an update. `relay_ip` is the address this relay puts in
+    /// replies for this session; it is kept per session for the `*_local`
+    /// strings in the statistics. Returns one port per media item of the
+    /// request (0 for a rejected or unrelayed stream): the relay port the
+    /// party that receives this SDP will send to.
+    pub fn update(&mut self, req: &UpdateRequest, relay_ip: IpAddr, now: Millis) -> Result<Vec<u16>, CoreError> {
+        if req.media.len() > self.config.max_streams {
+            return Err(CoreError::TooManyStreams);
+        }
+        let mut ctx = Ctx { config: &self.config, pool: &mut self.pool, events: &mut self.events };
+        let id = match self.by_call_id.get(&req.call_id) {
+            Some(&id) => {
+                let session = self.sessions.get_mut(&id).ok_or(CoreError::UnknownSession)?;
+                let ports = apply_update(session, req, relay_ip, now, &mut ctx)?;
+                self.reschedule(id);
+                return Ok(ports);
+            }
+            None => {
+                if self.sessions.len() >= self.config.max_sessions {
+                    return Err(CoreError::TooManySessions);
+                }
+                self.next_session_id
+            }
+        };
+        let mut session = Session {
+            id,
+            call_id: req.call_id.clone(),
+            from_tag: req.from_tag.clone(),
+            from_uri: req.from_uri.clone(),
+            to_uri: req.to_uri.clone(),
+            to_tag: None,
+            dialog_id: None,
+            caller_ua: String::new(),
+            callee_ua: String::new(),
+            relay_ip,
+            offer: None,
+            streams: Vec::new(),
+            current: Vec::new(),
+            next_stream_id: 0,
+            last_update: now,
+            answered_at: None,
+            ended_at: None,
+            scheduled: None,
+        };
+        let ports = apply_update(&mut session, req, relay_ip, now, &mut ctx)?;
+        self.next_session_id += 1;
+        self.by_call_id.insert(session.call_id.clone(), id);
+        self.sessions.insert(id, session);
+        self.reschedule(id);
+        Ok(ports)
+    }
+
+    /// Ends a session on BYE or CANCEL and returns its final statistics.
+    /// The request's from_tag or to_tag must be the session's from_tag (BYE
+    /// from either side; CANCEL has no to_tag).
+    pub fn remove(&mut self, req: &RemoveRequest, now: Millis) -> Result<SessionStats, CoreError> {
+        let id = *self.by_call_id.get(&req.call_id).ok_or(CoreError::UnknownSession)?;
+        let session = self.sessions.get(&id).ok_or(CoreError::UnknownSession)?;
+        if req.from_tag != session.from_tag && req.to_tag.as_deref() != Some(session.from_tag.as_str()) {
+            return Err(CoreError::TagMismatch);
+        }
+        let mut session = self.take_session(id).ok_or(CoreError::UnknownSession)?;
+        session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
+        session.ended_at = Some(now);
+        Ok(session.stats(now))
+    }
+
+    /// A UDP datagram arrived on one of our ports (even = RTP, odd = RTCP).
+    pub fn on_packet(&mut self, local_port: u16, src: SocketAddr, packet: &[u8], now: Millis) -> Verdict {
+        let base = local_port & !1;
+        let rtcp = local_port & 1 == 1;
+        let Some(PortOwner { session, stream, side }) = self.pool.owner(base) else {
+            return Verdict::Drop(DropReason::UnknownPort);
+        };
+        let Some(stream) = self.sessions.get_mut(&session).and_then(|s| s.stream_mut(stream)) else {
+            return Verdict::Drop(DropReason::UnknownPort);
+        };
+        if !stream.is_live() {
+            return Verdict::Drop(DropReason::UnknownPort);
+        }
+        let routable = &self.config.routable_private_ranges;
+
+        // Is the sender who we expect on this port?
+        let leg = stream.leg_mut(side);
+        let learned = if rtcp { &mut leg.rtcp_peer } else { &mut leg.rtp_peer };
+        match *learned {
+            Some(addr) if addr == src => {}
+            Some(_) => return Verdict::Drop(DropReason::WrongSource),
+            None => {
+                let Some(announced) = leg.sdp else { return Verdict::Drop(DropReason::NoRemoteSdp) };
+                if !may_latch(announced.ip(), src.ip(), routable) {
+                    self.bleed_drops += 1;
+                    return Verdict::Drop(DropReason::Bleed);
+                }
+                *learned = Some(src);
+            }
+        }
+        stream.last_activity = stream.last_activity.max(now);
+        stream.first_media_at.get_or_insert(now);
+        if !rtcp {
+            stream.note_codec(side, packet);
+        }
+
+        // Where does it go?
+        let other = stream.leg(side.other());
+        if other.hold {
+            return Verdict::Drop(DropReason::OnHold);
+        }
+        let learned = if rtcp { other.rtcp_peer } else { other.rtp_peer };
+        let to = learned.or_else(|| {
+            let announced = other.sdp.filter(|a| may_send_to(*a, routable))?;
+            let port = if rtcp { announced.port().checked_add(1)? } else { announced.port() };
+            Some(SocketAddr::new(announced.ip(), port))
+        });
+        let Some(to) = to else { return Verdict::Drop(DropReason::NotLatched) };
+        let via_port = other.port | u16::from(rtcp);
+        let leg = stream.leg_mut(side);
+        leg.bytes = leg.bytes.saturating_add(packet.len() as u64);
+        leg.packets = leg.packets.saturating_add(1);
+        Verdict::Forward { via_port, to }
+    }
+
+    /// The earliest time [`handle_timeout`](Self::handle_timeout) has work;
+    /// it may be early (then it just reschedules), never late.
+    pub fn next_timeout(&self) -> Option<Millis> {
+        self.timers.first().map(|(due, _)| *due)
+    }
+
+    /// Times out every stream whose deadline has passed and expires sessions
+    /// that have no live stream left.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > now {
+                break;
+            }
+            self.timers.remove(&(due, id));
+            let Some(session) = self.sessions.get_mut(&id) else { continue };
+            session.scheduled = None;
+            for stream in &mut session.streams {
+                stream.check_timeout(&self.config, now, &mut self.pool, &mut self.events);
+            }
+            match session.expiry(&self.config) {
+                Some(at) if at <= now => self.expire(id, now),
+                _ => self.reschedule(id),
+            }
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Statistics of every session, oldest first.
+    pub fn sessions(&self, now: Millis) -> Vec<SessionStats> {
+        self.sessions.values().map(|s| s.stats(now)).collect()
+    }
+
+    /// Statistics of one session.
+    pub fn session(&self, call_id: &str, now: Millis) -> Option<SessionStats> {
+        let id = self.by_call_id.get(call_id)?;
+        self.sessions.get(id).map(|s| s.stats(now))
+    }
+
+    pub fn has_session(&self, call_id: &str) -> bool {
+        self.by_call_id.contains_key(call_id)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Live (active or on hold) streams by media type.
+    pub fn stream_counts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for stream in self.sessions.values().flat_map(|s| s.streams.iter()).filter(|s| s.is_live()) {
+            *counts.entry(stream.media_type.as_str().to_string()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// UDP ports held by streams (two per port pair, four per stream).
+    pub fn ports_in_use(&self) -> usize {
+        self.pool.pairs_in_use() * 2
+    }
+
+    /// UDP ports left to hand out.
+    pub fn ports_free(&self) -> usize {
+        self.pool.free_pairs() * 2
+    }
+
+    /// Packets dropped by the RTP-bleed rule since start.
+    pub fn bleed_drops(&self) -> u64 {
+        self.bleed_drops
+    }
+
+    /// Ends every session now (SIGTERM); each is reported as
+    /// [`Event::Expired`] with its live streams `closed`.
+    pub fn expire_all(&mut self, now: Millis) {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.expire(id, now);
+        }
+    }
+
+    /// Removes a session, closes what is still live and reports it.
+    fn expire(&mut self, id: u64, now: Millis) {
+        let Some(mut session) = self.take_session(id) else { return };
+        session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
+        // A session that timed out ended when its media stopped.
+        let end = if session.streams.iter().any(|s| s.ended_by_timeout()) {
+            session.streams.iter().filter_map(|s| s.ended_at).max().unwrap_or(now).min(now)
+        } else {
+            now
+        };
+        session.ended_at = Some(end);
+        self.events.push_back(Event::Expired(session.stats(now)));
+    }
+
+    fn take_session(&mut self, id: u64) -> Option<Session> {
+        let session = self.sessions.remove(&id)?;
+        self.by_call_id.remove(&session.call_id);
+        if let Some(due) = session.scheduled {
+            self.timers.remove(&(due, id));
+        }
+        Some(session)
+    }
+
+    fn reschedule(&mut self, id: u64) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        if let Some(due) = session.scheduled.take() {
+            self.timers.remove(&(due, id));
+        }
+        if let Some(due) = session.next_deadline(&self.config) {
+            session.scheduled = Some(due);
+            self.timers.insert((due, id));
+        }
+    }
+}
+
+/// Who sent the SDP and whose CSeq space the request's CSeq is in. The CSeq
+/// space is the dialog direction: the caller's when From is the caller.
+fn sender_of(session: &Session, req: &UpdateRequest) -> Result<(Side, Side), CoreError> {
+    let caller_dialog = req.from_tag == session.from_tag;
+    if !caller_dialog && req.to_tag.as_deref() != Some(session.from_tag.as_str()) {
+        return Err(CoreError::TagMismatch);
+    }
+    let space = if caller_dialog { Side::Caller } else { Side::Callee };
+    let sender = match (req.party, caller_dialog) {
+        (PartyType::Request, true) | (PartyType::Reply, false) => Side::Caller,
+        (PartyType::Request, false) | (PartyType::Reply, true) => Side::Callee,
+    };
+    Ok((sender, space))
+}
+
+/// Applies one update to a session. Everything that can fail is checked
+/// before anything changes, so an error leaves the session as it was.
+fn apply_update(
+    session: &mut Session,
+    req: &UpdateRequest,
+    relay_ip: IpAddr,
+    now: Millis,
+    ctx: &mut Ctx<'_>,
+) -> Result<Vec<u16>, CoreError> {
+    let (sender, space) = sender_of(session, req)?;
+    let order = if req.media.is_empty() {
+        // No SDP: the message carries no offer or answer, and the CSeq pair
+        // stays (the SDP may come in the reply or the ACK).
+        None
+    } else {
+        Some(OfferState::classify(session.offer.as_ref(), space, req.cseq.number))
+    };
+    if order == Some(Order::Older) {
+        return Ok(session.reply_ports(sender, &req.media));
+    }
+    match order {
+        Some(Order::Newer) => check_offer(session, &req.media, ctx)?,
+        Some(Order::Same) => check_answer(session, &req.media)?,
+        _ => {}
+    }
+
+    // From here on nothing fails.
+    note_dialog(session, req, sender, relay_ip, now);
+    match order {
+        Some(Order::Newer) => {
+            apply_offer(session, &req.media, sender, now, ctx);
+            session.offer = Some(OfferState::advanced(session.offer.as_ref(), space, req.cseq.number, sender));
+        }
+        Some(Order::Same) => apply_answer(session, &req.media, sender, now, ctx),
+        _ => return Ok(Vec::new()),
+    }
+    session.trim_history(ctx.config.max_streams.saturating_mul(4).max(16));
+    Ok(session.reply_ports(sender, &req.media))
+}
+
+fn note_dialog(session: &mut Session, req: &UpdateRequest, sender: Side, relay_ip: IpAddr, now: Millis) {
+    session.relay_ip = relay_ip;
+    session.last_update = session.last_update.max(now);
+    let callee_tag = if req.from_tag == session.from_tag { req.to_tag.clone() } else { Some(req.from_tag.clone()) };
+    if callee_tag.is_some() {
+        session.to_tag = callee_tag;
+    }
+    if req.dialog_id.is_some() {
+        session.dialog_id.clone_from(&req.dialog_id);
+    }
+    if !req.user_agent.is_empty() {
+        match sender {
+            Side::Caller => session.caller_ua.clone_from(&req.user_agent),
+            Side::Callee => session.callee_ua.clone_from(&req.user_agent),
+        }
+    }
+}
+
+/// What a new offer does at each position.
+fn plan_offer(session: &Session, items: &[MediaItem]) -> Vec<Plan> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let reusable = session.current_stream(i).filter(|s| s.is_live() && s.media_type == item.media_type);
+            match (item.is_rejected(), reusable) {
+                (true, Some(s)) => Plan::Remove(s.id),
+                (true, None) => Plan::Rejected,
+                (false, Some(s)) => Plan::Reuse(s.id),
+                (false, None) => Plan::New,
+            }
+        })
+        .collect()
+}
+
+fn check_offer(session: &Session, items: &[MediaItem], ctx: &Ctx<'_>) -> Result<(), CoreError> {
+    let new = plan_offer(session, items).iter().filter(|p| matches!(p, Plan::New)).count();
+    if ctx.pool.free_pairs() < new.saturating_mul(2) {
+        return Err(CoreError::NoFreePorts);
+    }
+    Ok(())
+}
+
+/// A new offer: builds the new stream list by position. A live stream of
+/// the same type at the same position is kept; others get new ports; the
+/// streams of the old offer that are not kept are closed.
+fn apply_offer(session: &mut Session, items: &[MediaItem], sender: Side, now: Millis, ctx: &mut Ctx<'_>) {
+    let plans = plan_offer(session, items);
+    let mut current = Vec::with_capacity(items.len());
+    for (item, plan) in items.iter().zip(plans) {
+        let id = match plan {
+            Plan::Rejected => {
+                let id = next_stream_id(session);
+                session.streams.push(Stream::rejected(id, item.media_type.clone(), now));
+                id
+            }
+            Plan::Remove(id) => {
+                if let Some(s) = session.stream_mut(id) {
+                    s.end(StreamStatus::Closed, now, ctx.pool, ctx.events);
+                }
+                id
+            }
+            Plan::Reuse(id) => {
+                if let Some(s) = session.stream_mut(id) {
+                    s.apply_sdp(sender, item, now);
+                }
+                id
+            }
+            Plan::New => {
+                let id = next_stream_id(session);
+                let mut stream = Stream::new(id, item.media_type.clone(), now);
+                let owner = |side| PortOwner { session: session.id, stream: id, side };
+                // check_offer made sure both pairs are free.
+                stream.caller.port = ctx.pool.allocate(owner(Side::Caller), ctx.events).unwrap_or(0);
+                stream.callee.port = ctx.pool.allocate(owner(Side::Callee), ctx.events).unwrap_or(0);
+                if stream.caller.port == 0 || stream.callee.port == 0 {
+                    stream.status = StreamStatus::Rejected;
+                    stream.ended_at = Some(now);
+                    for port in [stream.caller.port, stream.callee.port] {
+                        if port != 0 {
+                            ctx.pool.release(port, ctx.events);
+                        }
+                    }
+                } else {
+                    stream.apply_sdp(sender, item, now);
+                }
+                session.streams.push(stream);
+                id
+            }
+        };
+        current.push(id);
+    }
+    let old = std::mem::replace(&mut session.current, current);
+    for id in old {
+        if !session.current.contains(&id) {
+            if let Some(s) = session.stream_mut(id) {
+                s.end(StreamStatus::Closed, now, ctx.pool, ctx.events);
+            }
+        }
+    }
+}
+
+fn next_stream_id(session: &mut Session) -> u32 {
+    let id = session.next_stream_id;
+    session.next_stream_id = session.next_stream_id.wrapping_add(1);
+    id
+}
+
+fn check_answer(session: &Session, items: &[MediaItem]) -> Result<(), CoreError> {
+    for (i, item) in items.iter().enumerate() {
+        if let Some(stream) = session.current_stream(i) {
+            if stream.media_type != item.media_type {
+                return Err(CoreError::MediaTypeMismatch);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The same CSeq pair: an answer (or the offerer repeating itself). Items
+/// match the current streams by position; port 0 or a missing item rejects
+/// the stream.
+fn apply_answer(session: &mut Session, items: &[MediaItem], sender: Side, now: Millis, ctx: &mut Ctx<'_>) {
+    let is_answer = session.offer.is_some_and(|o| o.offerer != sender);
+    if is_answer {
+        session.answered_at.get_or_insert(now);
+    }
+    for (i, id) in session.current.clone().into_iter().enumerate() {
+        let Some(stream) = session.stream_mut(id) else { continue };
+        if is_answer {
+            stream.answered_at.get_or_insert(now);
+        }
+        if !stream.is_live() {
+            continue;
+        }
+        match items.get(i) {
+            Some(item) if !item.is_rejected() => stream.apply_sdp(sender, item, now),
+            _ => stream.end(StreamStatus::Rejected, now, ctx.pool, ctx.events),
+        }
+    }
+}
