@@ -29,7 +29,7 @@ pub use error::{ConfigError, ConfigWarning};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
     DatabaseConfig, DispatcherConfig, KnownOption, OpenSipsConfig, RadiusConfig, RelayConfig, ThorNetworkConfig,
-    TlsConfig, KNOWN_OPTIONS, SECTIONS,
+    TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
 
@@ -60,6 +60,8 @@ pub struct Config {
     pub radius: RadiusConfig,
     pub opensips: OpenSipsConfig,
     pub thor_network: ThorNetworkConfig,
+    /// relaybox: the box's web page.
+    pub web: WebConfig,
     /// Things the file does that work but deserve a log line at start-up
     /// (old option names, settings relaybox ignores).
     pub warnings: Vec<ConfigWarning>,
@@ -86,6 +88,7 @@ impl Config {
             radius: RadiusConfig::defaults_in(base),
             opensips: OpenSipsConfig::default(),
             thor_network: ThorNetworkConfig::default(),
+            web: WebConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -163,6 +166,7 @@ impl Config {
             "Radius" => self.radius.set(option, v, base),
             "OpenSIPS" => self.opensips.set(option, v, base),
             "ThorNetwork" => self.thor_network.set(option, v),
+            "Web" => self.web.set(option, v),
             _ => Err(ValueError(format!("internal error: section {section} has no setter"))),
         }
     }
@@ -192,6 +196,14 @@ impl Config {
                 "Dispatcher",
                 option,
                 format!("the relay port {} and the management port {} collide", d.listen, d.listen_management),
+            ));
+        }
+        let w = &self.web;
+        if w.http_listen.is_some_and(|http| w.listen.port() != 0 && collide(w.listen, http)) {
+            return Err(error(
+                "Web",
+                "http_listen",
+                format!("the HTTPS address {} and the HTTP address collide", w.listen),
             ));
         }
         if d.accounting.contains(&AccountingBackend::Database) && self.database.dburi.is_none() {

@@ -34,7 +34,7 @@ const fn ext(section: &'static str, name: &'static str) -> KnownOption {
 }
 
 /// The sections, in the order the sample file lists them.
-pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork"];
+pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web"];
 
 /// Every option relaybox accepts, by section. MediaProxy's options are all
 /// here, including the ones relaybox stores but does not act on yet, so that
@@ -59,6 +59,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Relay", "max_streams_per_session"),
     ext("Relay", "max_line_length"),
     ext("Relay", "state_file"),
+    ext("Relay", "control_socket"),
     mp("Dispatcher", "socket_path"),
     mp("Dispatcher", "listen"),
     mp("Dispatcher", "listen_management"),
@@ -75,6 +76,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Dispatcher", "max_module_connections"),
     ext("Dispatcher", "max_relay_line"),
     ext("Dispatcher", "module_timeout"),
+    ext("Dispatcher", "spool_dir"),
     mp("TLS", "certs_path"),
     mp("TLS", "verify_interval"),
     mp("Database", "dburi"),
@@ -91,6 +93,14 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     mp("OpenSIPS", "location_table"),
     mp("ThorNetwork", "domain"),
     mp("ThorNetwork", "node_ip"),
+    ext("Web", "listen"),
+    ext("Web", "http_listen"),
+    ext("Web", "session_timeout"),
+    ext("Web", "max_body"),
+    ext("Web", "login_attempts"),
+    ext("Web", "lockout"),
+    ext("Web", "metrics"),
+    ext("Web", "metrics_lan_only"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -166,6 +176,10 @@ pub struct RelayConfig {
     /// relaybox: where sessions are saved so that they survive a restart
     /// (`/var/lib/relaybox/sessions.bin`).
     pub state_file: PathBuf,
+    /// relaybox: local UNIX socket on which the relay answers `summary`,
+    /// `sessions` and `metrics` for the box's web page
+    /// (`/run/relaybox/relay.sock`); relative to the config file's directory.
+    pub control_socket: PathBuf,
 }
 
 impl Default for RelayConfig {
@@ -190,6 +204,7 @@ impl Default for RelayConfig {
             max_streams_per_session: 16,
             max_line_length: 65_536,
             state_file: PathBuf::from("/var/lib/relaybox/sessions.bin"),
+            control_socket: PathBuf::from("/run/relaybox/relay.sock"),
         }
     }
 }
@@ -223,6 +238,7 @@ impl RelayConfig {
             "max_streams_per_session" => self.max_streams_per_session = value::count(v, 1, 128)? as usize,
             "max_line_length" => self.max_line_length = value::count(v, 1024, 16 * MIB)? as usize,
             "state_file" => self.state_file = value::path(v, base)?,
+            "control_socket" => self.control_socket = value::path(v, base)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -270,6 +286,9 @@ pub struct DispatcherConfig {
     /// relaybox: the module's own time budget (its `mediaproxy_timeout`,
     /// 500 ms); the dispatcher answers `error` before it runs out.
     pub module_timeout: Duration,
+    /// relaybox: where accounting records wait until every backend has them
+    /// (`/var/spool/relaybox`; relative paths are under `/var/spool`).
+    pub spool_dir: PathBuf,
 }
 
 impl Default for DispatcherConfig {
@@ -292,6 +311,7 @@ impl Default for DispatcherConfig {
             max_module_connections: 1024,
             max_relay_line: 16 * MIB as usize,
             module_timeout: Duration::from_millis(500),
+            spool_dir: PathBuf::from("/var/spool/relaybox"),
         }
     }
 }
@@ -317,6 +337,7 @@ impl DispatcherConfig {
             "module_timeout" => {
                 self.module_timeout = value::fractional_seconds(v, Duration::from_millis(10), Duration::from_secs(60))?
             }
+            "spool_dir" => self.spool_dir = value::path(v, Path::new("/var/spool"))?,
             _ => return unknown(name),
         }
         Ok(())
@@ -546,6 +567,71 @@ impl ThorNetworkConfig {
     }
 }
 
+/// `[Web]` (relaybox): the box's configuration page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// HTTPS address of the page (`0.0.0.0:443`).
+    pub listen: SocketAddr,
+    /// Plain HTTP address that only redirects to HTTPS (`0.0.0.0:80`);
+    /// `None`: no plain HTTP listener.
+    pub http_listen: Option<SocketAddr>,
+    /// A login session ends after this long without a request (1800 s).
+    pub session_timeout: Duration,
+    /// Largest request body accepted, in bytes (65536); larger: 413.
+    pub max_body: usize,
+    /// Wrong passwords from one address before it is locked out (5).
+    pub login_attempts: u32,
+    /// How long a locked-out address must wait (60 s).
+    pub lockout: Duration,
+    /// Serve Prometheus metrics at `/metrics` (yes).
+    pub metrics: bool,
+    /// `/metrics` without logging in, but only to clients on loopback or
+    /// private (LAN) addresses (no: logging in is required).
+    pub metrics_lan_only: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        WebConfig {
+            listen: SocketAddr::new(any, 443),
+            http_listen: Some(SocketAddr::new(any, 80)),
+            session_timeout: Duration::from_secs(1800),
+            max_body: 65_536,
+            login_attempts: 5,
+            lockout: Duration::from_secs(60),
+            metrics: true,
+            metrics_lan_only: false,
+        }
+    }
+}
+
+/// A listening address as [`value::listen_addr`], where port 0 (a port
+/// the system picks, for tests) is allowed too.
+fn web_addr(v: &str, default_port: u16) -> Parsed<SocketAddr> {
+    match v.strip_suffix(":0") {
+        Some(host) => value::listen_addr(host, default_port).map(|a| SocketAddr::new(a.ip(), 0)),
+        None => value::listen_addr(v, default_port),
+    }
+}
+
+impl WebConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str) -> Parsed<()> {
+        match name {
+            "listen" => self.listen = web_addr(v, 443)?,
+            "http_listen" => self.http_listen = if unset(v) { None } else { Some(web_addr(v, 80)?) },
+            "session_timeout" => self.session_timeout = value::seconds(v, 60)?,
+            "max_body" => self.max_body = value::count(v, 4096, 16 * MIB)? as usize,
+            "login_attempts" => self.login_attempts = value::count(v, 1, 1000)? as u32,
+            "lockout" => self.lockout = value::seconds(v, 1)?,
+            "metrics" => self.metrics = value::boolean(v)?,
+            "metrics_lan_only" => self.metrics_lan_only = value::boolean(v)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,7 +665,10 @@ mod tests {
             "auto_detect_interfaces" | "management_use_tls" => "yes",
             "routable_private_ranges" => "10.0.0.0/8",
             "log_level" => "INFO",
-            "listen" | "listen_management" => "127.0.0.1",
+            "listen" | "listen_management" | "http_listen" => "127.0.0.1",
+            "metrics" | "metrics_lan_only" => "no",
+            "session_timeout" => "600",
+            "max_body" => "8192",
             "accounting" => "radius",
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",
@@ -599,6 +688,7 @@ mod tests {
                 "Radius" => RadiusConfig::default().set(o.name, v, base),
                 "OpenSIPS" => OpenSipsConfig::default().set(o.name, v, base),
                 "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
+                "Web" => WebConfig::default().set(o.name, v),
                 s => panic!("section {s} not in SECTIONS"),
             };
             assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);

@@ -245,10 +245,10 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Relay]\nstream_timeout = -5\n", "config.ini:2: [Relay] stream_timeout: must not be negative (got -5) (seconds)"),
         ("[Relay]\nreconnect_delay = soon\n", "config.ini:2: [Relay] reconnect_delay: expected a number, got \"soon\" (seconds)"),
         ("[Relay]\nstream_timout = 90\n", "config.ini:2: [Relay] stream_timout: unknown option; did you mean `stream_timeout`?"),
-        ("[Relay]\nlisten = 0.0.0.0\n", "config.ini:2: [Relay] listen: unknown option here; `listen` belongs in [Dispatcher]"),
-        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file"),
+        ("[Relay]\nlisten = 0.0.0.0\n", "config.ini:2: [Relay] listen: unknown option here; `listen` belongs in [Dispatcher] or [Web]"),
+        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket"),
         ("[relay]\n", "config.ini:1: unknown section [relay]; did you mean [Relay]? (section names are case-sensitive)"),
-        ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork]"),
+        ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork], [Web]"),
         ("[Relay]\n[TLS]\n[Relay]\n", "config.ini:3: section [Relay] appears twice (first at line 1)"),
         ("[Relay\n", "config.ini:1: section header has no closing `]`"),
         ("[Relay]\nauto_detect_interfaces\n", "config.ini:2: [Relay] expected `name = value` or a `[Section]` header, got \"auto_detect_interfaces\""),
@@ -333,12 +333,11 @@ fn the_sample_documents_every_option_with_its_default() {
     // Extensions say so in the comment right above them; MediaProxy's don't.
     let lines: Vec<&str> = text.lines().collect();
     for o in KNOWN_OPTIONS {
-        let at = lines.iter().position(|l| l.starts_with(&format!(";{} =", o.name))).unwrap();
+        let section_at = lines.iter().position(|l| *l == format!("[{}]", o.section)).unwrap();
+        let at =
+            section_at + lines[section_at..].iter().position(|l| l.starts_with(&format!(";{} =", o.name))).unwrap();
         let comment_start = (0..at).rev().take_while(|&i| lines[i].starts_with(';')).last().unwrap_or(at);
         let marked = lines[comment_start].starts_with("; [relaybox]");
-        if o.section == "Dispatcher" && ["passport", "log_level"].contains(&o.name) {
-            continue; // the first match is the [Relay] one
-        }
         assert_eq!(marked, o.extension, "[{}] {}: [relaybox] mark", o.section, o.name);
     }
 }
@@ -386,4 +385,56 @@ fn load_errors_name_the_file() {
     let e = Config::load(&bad).unwrap_err();
     assert_eq!(e.to_string(), format!("{}:2: [Relay] port_range: start must be even (got 40001)", bad.display()));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn web_section_defaults_values_and_errors() {
+    let c = parse("").unwrap();
+    let w = &c.web;
+    assert_eq!(w.listen, addr("0.0.0.0:443"));
+    assert_eq!(w.http_listen, Some(addr("0.0.0.0:80")));
+    assert_eq!(w.session_timeout, secs(1800));
+    assert_eq!(w.max_body, 65_536);
+    assert_eq!(w.login_attempts, 5);
+    assert_eq!(w.lockout, secs(60));
+    assert!(w.metrics);
+    assert!(!w.metrics_lan_only);
+    assert_eq!(c.relay.control_socket, PathBuf::from("/run/relaybox/relay.sock"));
+
+    let c = parse(
+        "[Relay]\ncontrol_socket = run/relay.sock\n[Web]\nlisten = 127.0.0.1:8443\nhttp_listen = None\n\
+         session_timeout = 600\nmax_body = 8192\nlogin_attempts = 3\nlockout = 5\nmetrics = no\nmetrics_lan_only = yes\n",
+    )
+    .unwrap();
+    let w = &c.web;
+    assert_eq!(w.listen, addr("127.0.0.1:8443"));
+    assert_eq!(w.http_listen, None);
+    assert_eq!(w.session_timeout, secs(600));
+    assert_eq!(w.max_body, 8192);
+    assert_eq!((w.login_attempts, w.lockout), (3, secs(5)));
+    assert!(!w.metrics && w.metrics_lan_only);
+    assert!(c.relay.control_socket.ends_with("run/relay.sock") && c.relay.control_socket.is_absolute());
+    assert_eq!(parse("[Web]\nlisten = 10.0.0.1\nhttp_listen = any\n").unwrap().web.listen, addr("10.0.0.1:443"));
+    assert_eq!(parse("[Web]\nhttp_listen = 10.0.0.1\n").unwrap().web.http_listen, Some(addr("10.0.0.1:80")));
+    assert_eq!(
+        parse("[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\n").unwrap().web.listen,
+        addr("127.0.0.1:0")
+    );
+
+    for (text, message) in [
+        ("[Web]\nlisten = example.com\n", "config.ini:2: [Web] listen: expected ip[:port]"),
+        ("[Web]\nmax_body = 10\n", "config.ini:2: [Web] max_body: must be between 4096 and"),
+        ("[Web]\nlogin_attempts = 0\n", "config.ini:2: [Web] login_attempts: must be between 1 and 1000"),
+        ("[Web]\nsession_timeout = 5\n", "config.ini:2: [Web] session_timeout: must be at least 60 seconds"),
+        ("[Web]\nmetrics = maybe\n", "config.ini:2: [Web] metrics: expected yes/no"),
+        ("[Web]\nlisten = 0.0.0.0:80\n", "config.ini: [Web] http_listen: the HTTPS address 0.0.0.0:80 and the HTTP"),
+        ("[Web]\nlisten = 0.0.0.0:8443\nhttp_listen = :8443\n", "config.ini:3: [Web] http_listen: the HTTPS"),
+        (
+            "[Web]\ncontrol_socket = x\n",
+            "config.ini:2: [Web] control_socket: unknown option here; `control_socket` belongs in [Relay]",
+        ),
+    ] {
+        let e = parse(text).unwrap_err().to_string();
+        assert!(e.starts_with(message), "{text:?}: {e}");
+    }
 }

@@ -16,7 +16,7 @@ mod ports;
 mod session;
 mod table;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use relaybox_proto::SessionStats;
 
@@ -43,6 +43,9 @@ pub struct CoreConfig {
     pub max_sessions: usize,
     /// Most media items in one update (streams per session).
     pub max_streams: usize,
+    /// Hand latched streams to the kernel: emit [`Event::FlowUp`] and
+    /// [`Event::FlowDown`]. Off for the userspace datapath.
+    pub kernel_flows: bool,
 }
 
 impl Default for CoreConfig {
@@ -54,6 +57,7 @@ impl Default for CoreConfig {
             routable_private_ranges: Vec::new(),
             max_sessions: 10_000,
             max_streams: 16,
+            kernel_flows: false,
         }
     }
 }
@@ -71,6 +75,43 @@ pub enum Event {
     /// The session ended by itself (its streams timed out) or by
     /// [`SessionTable::expire_all`]; it is gone from the table.
     Expired(SessionStats),
+    /// Both sides of a stream's RTP (or RTCP) are latched and the stream is
+    /// active: the kernel may forward this flow from now on.
+    FlowUp(Flow),
+    /// The flow ended (stream ended or on hold, an endpoint moved, session
+    /// removed): remove it from the kernel. Its counters are final as last
+    /// fed with [`SessionTable::set_flow_counters`].
+    FlowDown(FlowId),
+}
+
+/// Names one kernel flow for its whole life; never reused by a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// A stream's RTP or RTCP flow between two latched parties. Packets from
+/// `caller` arrive at `relay_ip:caller_port` and leave from
+/// `relay_ip:callee_port` to `callee`; the reverse for the callee's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub id: FlowId,
+    /// The session's reply address (the daemon may know a better local one).
+    pub relay_ip: IpAddr,
+    pub caller: SocketAddr,
+    pub caller_port: u16,
+    pub callee_port: u16,
+    pub callee: SocketAddr,
+    pub rtcp: bool,
+}
+
+/// What the kernel forwarded on one flow, per sending party, as absolute
+/// totals since the flow went up. Bytes are UDP payload bytes, as the
+/// userspace path counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowCounters {
+    pub caller_packets: u64,
+    pub caller_bytes: u64,
+    pub callee_packets: u64,
+    pub callee_bytes: u64,
 }
 
 /// What to do with one received datagram.

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use relaybox_proto::{MediaItem, MediaType, SessionStats, StreamStats, StreamStatus};
 
 use crate::ports::PortPool;
-use crate::{CoreConfig, Event, Millis};
+use crate::{CoreConfig, Event, FlowCounters, FlowId, Millis};
 
 /// A party of the call. The caller is the side with the session's from_tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +51,15 @@ impl Leg {
     }
 }
 
+/// A flow the kernel forwards, with what it counted so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KernelFlow {
+    pub id: FlowId,
+    pub caller: SocketAddr,
+    pub callee: SocketAddr,
+    pub counters: FlowCounters,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Stream {
     pub id: u32,
@@ -67,6 +76,8 @@ pub(crate) struct Stream {
     pub timeout_wait: Millis,
     pub caller: Leg,
     pub callee: Leg,
+    /// The kernel flows of this stream: `[RTP, RTCP]`.
+    pub flows: [Option<KernelFlow>; 2],
 }
 
 impl Stream {
@@ -83,6 +94,7 @@ impl Stream {
             timeout_wait: 0,
             caller: Leg::default(),
             callee: Leg::default(),
+            flows: [None, None],
         }
     }
 
@@ -164,9 +176,49 @@ impl Stream {
         }
     }
 
-    /// When a live stream times out.
+    /// When a live stream times out. Not while the kernel forwards its RTP:
+    /// then the kernel's UDP timeout ends it ([`Event::FlowDown`] after a
+    /// DESTROY event).
     pub fn deadline(&self, config: &CoreConfig) -> Option<Millis> {
-        self.is_live().then(|| self.last_activity.saturating_add(self.timeout(config)))
+        (self.is_live() && self.flows[0].is_none()).then(|| self.last_activity.saturating_add(self.timeout(config)))
+    }
+
+    /// The flow `[RTP, RTCP][index]` should have now: both parties latched,
+    /// the stream active (not on hold) and relayed.
+    pub fn wanted_flow(&self, index: usize) -> Option<(SocketAddr, SocketAddr)> {
+        if self.status != StreamStatus::Active || self.caller.port == 0 || self.callee.port == 0 {
+            return None;
+        }
+        let peer = |leg: &Leg| if index == 0 { leg.rtp_peer } else { leg.rtcp_peer };
+        Some((peer(&self.caller)?, peer(&self.callee)?))
+    }
+
+    /// Ends a kernel flow: its counters become the legs' own.
+    pub fn drop_flow(&mut self, index: usize) -> Option<FlowId> {
+        let flow = self.flows.get_mut(index)?.take()?;
+        let c = flow.counters;
+        self.caller.packets = self.caller.packets.saturating_add(c.caller_packets);
+        self.caller.bytes = self.caller.bytes.saturating_add(c.caller_bytes);
+        self.callee.packets = self.callee.packets.saturating_add(c.callee_packets);
+        self.callee.bytes = self.callee.bytes.saturating_add(c.callee_bytes);
+        Some(flow.id)
+    }
+
+    /// Packets and bytes per party, including what live kernel flows counted.
+    fn totals(&self) -> FlowCounters {
+        let mut t = FlowCounters {
+            caller_packets: self.caller.packets,
+            caller_bytes: self.caller.bytes,
+            callee_packets: self.callee.packets,
+            callee_bytes: self.callee.bytes,
+        };
+        for c in self.flows.iter().flatten().map(|f| f.counters) {
+            t.caller_packets = t.caller_packets.saturating_add(c.caller_packets);
+            t.caller_bytes = t.caller_bytes.saturating_add(c.caller_bytes);
+            t.callee_packets = t.callee_packets.saturating_add(c.callee_packets);
+            t.callee_bytes = t.callee_bytes.saturating_add(c.callee_bytes);
+        }
+        t
     }
 
     /// Times the stream out if its deadline has passed. True if it did.
@@ -234,6 +286,7 @@ impl Stream {
         };
         let remote = |leg: &Leg| leg.rtp_peer.map_or_else(|| "Unknown".to_string(), |a| a.to_string());
         let codec = |leg: &Leg| leg.codec.clone().unwrap_or_else(|| "Unknown".to_string());
+        let totals = self.totals();
         StreamStats {
             media_type: self.media_type.as_str().to_string(),
             status: self.status,
@@ -243,10 +296,10 @@ impl Stream {
             start_time: self.answered_at.and_then(relative),
             end_time: self.ended_at.and_then(relative),
             post_dial_delay: self.first_media_at.map(|t| t.saturating_sub(self.created_at) as f64 / 1000.0),
-            caller_bytes: self.caller.bytes,
-            callee_bytes: self.callee.bytes,
-            caller_packets: self.caller.packets,
-            callee_packets: self.callee.packets,
+            caller_bytes: totals.caller_bytes,
+            callee_bytes: totals.callee_bytes,
+            caller_packets: totals.caller_packets,
+            callee_packets: totals.callee_packets,
             caller_local: local(&self.caller),
             callee_local: local(&self.callee),
             caller_remote: remote(&self.caller),

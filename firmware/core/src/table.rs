@@ -8,8 +8,8 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 
 use crate::address::{may_latch, may_send_to};
 use crate::ports::{PortOwner, PortPool};
-use crate::session::{OfferState, Order, Session, Side, Stream};
-use crate::{CoreConfig, CoreError, DropReason, Event, Millis, Verdict};
+use crate::session::{KernelFlow, OfferState, Order, Session, Side, Stream};
+use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Verdict};
 
 /// All sessions of one relay. See the crate documentation.
 #[derive(Debug)]
@@ -25,6 +25,14 @@ pub struct SessionTable {
     events: VecDeque<Event>,
     next_session_id: u64,
     bleed_drops: u64,
+    flows: Flows,
+}
+
+/// Where each live kernel flow is, and the next id to hand out.
+#[derive(Debug, Default)]
+struct Flows {
+    owner: HashMap<FlowId, (u64, u32)>,
+    next_id: u64,
 }
 
 /// The parts of the table an update works with, borrowed apart from the
@@ -56,6 +64,7 @@ impl SessionTable {
             events: VecDeque::new(),
             next_session_id: 1,
             bleed_drops: 0,
+            flows: Flows::default(),
         }
     }
 
@@ -77,6 +86,7 @@ impl SessionTable {
             Some(&id) => {
                 let session = self.sessions.get_mut(&id).ok_or(CoreError::UnknownSession)?;
                 let ports = apply_update(session, req, relay_ip, now, &mut ctx)?;
+                self.sync_flows(id);
                 self.reschedule(id);
                 return Ok(ports);
             }
@@ -126,12 +136,32 @@ impl SessionTable {
         }
         let mut session = self.take_session(id).ok_or(CoreError::UnknownSession)?;
         session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
+        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
         session.ended_at = Some(now);
         Ok(session.stats(now))
     }
 
     /// A UDP datagram arrived on one of our ports (even = RTP, odd = RTCP).
+    /// With `kernel_flows`, the packet that latches the second party of a
+    /// flow queues [`Event::FlowUp`].
     pub fn on_packet(&mut self, local_port: u16, src: SocketAddr, packet: &[u8], now: Millis) -> Verdict {
+        let mut latched = None;
+        let verdict = self.packet_verdict(local_port, src, packet, now, &mut latched);
+        if let Some(session) = latched {
+            self.sync_flows(session);
+            self.reschedule(session);
+        }
+        verdict
+    }
+
+    fn packet_verdict(
+        &mut self,
+        local_port: u16,
+        src: SocketAddr,
+        packet: &[u8],
+        now: Millis,
+        latched: &mut Option<u64>,
+    ) -> Verdict {
         let base = local_port & !1;
         let rtcp = local_port & 1 == 1;
         let Some(PortOwner { session, stream, side }) = self.pool.owner(base) else {
@@ -158,6 +188,9 @@ impl SessionTable {
                     return Verdict::Drop(DropReason::Bleed);
                 }
                 *learned = Some(src);
+                if self.config.kernel_flows {
+                    *latched = Some(session);
+                }
             }
         }
         stream.last_activity = stream.last_activity.max(now);
@@ -204,6 +237,7 @@ impl SessionTable {
             for stream in &mut session.streams {
                 stream.check_timeout(&self.config, now, &mut self.pool, &mut self.events);
             }
+            sync_session(session, self.config.kernel_flows, &mut self.flows, &mut self.events);
             match session.expiry(&self.config) {
                 Some(at) if at <= now => self.expire(id, now),
                 _ => self.reschedule(id),
@@ -271,6 +305,7 @@ impl SessionTable {
     fn expire(&mut self, id: u64, now: Millis) {
         let Some(mut session) = self.take_session(id) else { return };
         session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
+        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
         // A session that timed out ended when its media stopped.
         let end = if session.streams.iter().any(|s| s.ended_by_timeout()) {
             session.streams.iter().filter_map(|s| s.ended_at).max().unwrap_or(now).min(now)
@@ -279,6 +314,86 @@ impl SessionTable {
         };
         session.ended_at = Some(end);
         self.events.push_back(Event::Expired(session.stats(now)));
+    }
+
+    /// Brings a session's kernel flows in line with its streams.
+    fn sync_flows(&mut self, id: u64) {
+        if let Some(session) = self.sessions.get_mut(&id) {
+            sync_session(session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        }
+    }
+
+    fn flow_mut(&mut self, id: FlowId) -> Option<(u64, &mut Stream, usize)> {
+        let &(session, stream) = self.flows.owner.get(&id)?;
+        let stream = self.sessions.get_mut(&session)?.stream_mut(stream)?;
+        let index = stream.flows.iter().position(|f| f.is_some_and(|f| f.id == id))?;
+        Some((session, stream, index))
+    }
+
+    /// Every live kernel flow.
+    pub fn flow_ids(&self) -> Vec<FlowId> {
+        let mut ids: Vec<FlowId> = self.flows.owner.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The live kernel flows of one call (read their counters before
+    /// [`remove`](Self::remove), so the final statistics carry them).
+    pub fn session_flow_ids(&self, call_id: &str) -> Vec<FlowId> {
+        let Some(session) = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id)) else {
+            return Vec::new();
+        };
+        session.streams.iter().flat_map(|s| s.flows.iter().flatten().map(|f| f.id)).collect()
+    }
+
+    /// What the kernel counted on a live flow (absolute totals; smaller
+    /// values than already known are ignored). New packets count as stream
+    /// activity. False for an unknown or ended flow.
+    pub fn set_flow_counters(&mut self, id: FlowId, counters: FlowCounters, now: Millis) -> bool {
+        let Some((_, stream, index)) = self.flow_mut(id) else { return false };
+        let Some(flow) = stream.flows[index].as_mut() else { return false };
+        let old = flow.counters;
+        let new = FlowCounters {
+            caller_packets: old.caller_packets.max(counters.caller_packets),
+            caller_bytes: old.caller_bytes.max(counters.caller_bytes),
+            callee_packets: old.callee_packets.max(counters.callee_packets),
+            callee_bytes: old.callee_bytes.max(counters.callee_bytes),
+        };
+        flow.counters = new;
+        if new.caller_packets + new.callee_packets > old.caller_packets + old.callee_packets {
+            stream.last_activity = stream.last_activity.max(now);
+        }
+        true
+    }
+
+    /// The kernel destroyed a flow's entry by itself (its UDP timeout
+    /// expired) with these final counters. An RTP flow ends its stream as
+    /// `conntrack timeout` (and the session when nothing is left); an RTCP
+    /// flow goes back to userspace and is latched anew. False for an
+    /// unknown flow (one we removed ourselves).
+    pub fn flow_expired(&mut self, id: FlowId, counters: FlowCounters, now: Millis) -> bool {
+        if !self.set_flow_counters(id, counters, now) {
+            return false;
+        }
+        let Some(&(session, stream_id)) = self.flows.owner.get(&id) else { return false };
+        let Some(stream) = self.sessions.get_mut(&session).and_then(|s| s.stream_mut(stream_id)) else {
+            return false;
+        };
+        let index = usize::from(stream.flows[1].is_some_and(|f| f.id == id));
+        if index == 0 {
+            let ended = stream.last_activity.min(now);
+            stream.end(StreamStatus::ConntrackTimeout, ended, &mut self.pool, &mut self.events);
+        } else {
+            stream.caller.rtcp_peer = None;
+            stream.callee.rtcp_peer = None;
+        }
+        self.sync_flows(session);
+        let expiry = self.sessions.get(&session).and_then(|s| s.expiry(&self.config));
+        match expiry {
+            Some(at) if at <= now => self.expire(session, now),
+            _ => self.reschedule(session),
+        }
+        true
     }
 
     fn take_session(&mut self, id: u64) -> Option<Session> {
@@ -495,6 +610,42 @@ fn apply_answer(session: &mut Session, items: &[MediaItem], sender: Side, now: M
         match items.get(i) {
             Some(item) if !item.is_rejected() => stream.apply_sdp(sender, item, now),
             _ => stream.end(StreamStatus::Rejected, now, ctx.pool, ctx.events),
+        }
+    }
+}
+
+/// Compares each stream's kernel flows with the flows it should have and
+/// queues [`Event::FlowDown`] / [`Event::FlowUp`] for the difference (down
+/// first, so a moved endpoint is replaced, not doubled).
+fn sync_session(session: &mut Session, enabled: bool, flows: &mut Flows, events: &mut VecDeque<Event>) {
+    let relay_ip = session.relay_ip;
+    let session_id = session.id;
+    for stream in &mut session.streams {
+        for index in 0..2 {
+            let wanted = if enabled { stream.wanted_flow(index) } else { None };
+            let current = stream.flows[index].map(|f| (f.caller, f.callee));
+            if current == wanted {
+                continue;
+            }
+            if let Some(id) = stream.drop_flow(index) {
+                flows.owner.remove(&id);
+                events.push_back(Event::FlowDown(id));
+            }
+            let Some((caller, callee)) = wanted else { continue };
+            flows.next_id += 1;
+            let id = FlowId(flows.next_id);
+            flows.owner.insert(id, (session_id, stream.id));
+            stream.flows[index] = Some(KernelFlow { id, caller, callee, counters: FlowCounters::default() });
+            let rtcp = index == 1;
+            events.push_back(Event::FlowUp(Flow {
+                id,
+                relay_ip,
+                caller,
+                caller_port: stream.caller.port | u16::from(rtcp),
+                callee_port: stream.callee.port | u16::from(rtcp),
+                callee,
+                rtcp,
+            }));
         }
     }
 }

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
-use relaybox_core::{CoreConfig, Event, SessionTable, Verdict};
+use relaybox_core::{CoreConfig, Event, Flow, FlowId, SessionTable, Verdict};
 use relaybox_proto::{CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, StreamStatus, UpdateRequest};
 
 const CALLS: u8 = 3;
@@ -101,6 +101,8 @@ fn build_update(
 #[derive(Default)]
 struct Sockets {
     open: BTreeSet<u16>,
+    /// Kernel flows the daemon would hold.
+    flows: BTreeMap<FlowId, Flow>,
 }
 
 impl Sockets {
@@ -114,6 +116,13 @@ impl Sockets {
                 }
                 Event::ClosePorts(p) => prop_assert!(self.open.remove(p), "port {} closed but not open", p),
                 Event::Expired(_) => {}
+                Event::FlowUp(f) => {
+                    prop_assert!(self.open.contains(&(f.caller_port & !1)), "flow on a closed port {:?}", f);
+                    prop_assert!(self.open.contains(&(f.callee_port & !1)), "flow on a closed port {:?}", f);
+                    prop_assert_eq!(f.caller_port & 1, u16::from(f.rtcp));
+                    prop_assert!(self.flows.insert(f.id, *f).is_none(), "flow {:?} up twice", f.id);
+                }
+                Event::FlowDown(id) => prop_assert!(self.flows.remove(id).is_some(), "flow {:?} down, not up", id),
             }
             seen.push(event);
         }
@@ -139,11 +148,21 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
         }
     }
     prop_assert_eq!(live_ports.len(), sockets.open.len());
+    prop_assert_eq!(t.flow_ids(), sockets.flows.keys().copied().collect::<Vec<_>>());
+    for f in sockets.flows.values() {
+        prop_assert!(live_ports.contains(&(f.caller_port & !1)), "flow {:?} outlived its stream", f.id);
+    }
     Ok(())
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let config = CoreConfig { port_range: (40000, 40040), max_sessions: 2, max_streams: 4, ..CoreConfig::default() };
+    let config = CoreConfig {
+        port_range: (40000, 40040),
+        max_sessions: 2,
+        max_streams: 4,
+        kernel_flows: true,
+        ..CoreConfig::default()
+    };
     let mut t = SessionTable::new(config);
     let total = t.ports_free();
     let relay_ip: IpAddr = "203.0.113.1".parse().unwrap();

@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 use relaybox_config::{Config, LogLevel, DEFAULT_CONFIG_PATH};
 
 mod clock;
+/// The relay's local control socket for the web page; declared here so that
+/// it builds on its own, started from `relay::run()`.
+#[path = "relay/control.rs"]
+mod control;
 mod dispatcher;
 mod relay;
 
@@ -32,6 +36,18 @@ enum Command {
     Dispatcher,
     /// Check a config file and print the settings it resolves to.
     CheckConfig,
+    /// Serve the box's configuration page over HTTPS ([Web] section).
+    Web {
+        #[command(subcommand)]
+        action: Option<WebAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebAction {
+    /// Read a new page password from standard input (one line) and store its
+    /// argon2 hash next to the config file (web.passwd, mode 0600).
+    SetPassword,
 }
 
 fn init_logging(level: LogLevel, config: &Config) {
@@ -67,6 +83,18 @@ fn main() -> anyhow::Result<()> {
         Command::Dispatcher => {
             init_logging(config.dispatcher.log_level, &config);
             runtime.block_on(dispatcher::run(config))
+        }
+        Command::Web { action: None } => {
+            init_logging(LogLevel::Info, &config);
+            runtime.block_on(relaybox_web::run(cli.config.clone()))
+        }
+        Command::Web { action: Some(WebAction::SetPassword) } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            let path = relaybox_web::set_password(&cli.config, password)?;
+            eprintln!("password hash stored in {}", path.display());
+            Ok(())
         }
         Command::CheckConfig => {
             println!("{config:#?}");

@@ -257,3 +257,45 @@ fn update_times_out_to_error_when_the_relay_stops_answering() {
     assert!(took < MODULE_BUDGET, "proxy waited {took:?}");
     eprintln!("frozen relay: error after {took:?}");
 }
+
+#[test]
+fn finished_sessions_reach_the_database() {
+    let mut rig = Rig::new();
+    let db = rig.path("acct.db");
+    let spool = rig.path("spool");
+    let extra = format!(
+        "accounting = database\nspool_dir = {}\n[Database]\ndburi = sqlite://{}\n",
+        spool.display(),
+        db.display()
+    );
+    let d = rig.dispatcher(&extra);
+    let (_r, _) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    for call in ["db1", "db2"] {
+        assert!(!m.request(&update("request", call, 1, "", &audio(4000))).0.starts_with("error"));
+        assert_eq!(m.request(&remove(call)).0, "removed\r\n");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rows: Vec<(String, String)> = rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}", db.display());
+        for _ in 0..100 {
+            if let Ok(pool) = sqlx::AnyPool::connect(&url).await {
+                let q = sqlx::query_as::<_, (String, String)>("SELECT call_id, info FROM media_sessions ORDER BY id");
+                if let Ok(rows) = q.fetch_all(&pool).await {
+                    if rows.len() == 2 {
+                        return rows;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("rows never arrived:\n{}", d.log_text());
+    });
+    assert_eq!(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["db1", "db2"]);
+    let info: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
+    assert_eq!(info["relay_ip"], "127.0.0.1");
+    assert_eq!(info["streams"][0]["status"], "closed");
+    let left = std::fs::read_dir(spool.join("database")).unwrap().count();
+    assert_eq!(left, 0, "delivered records leave the spool");
+}

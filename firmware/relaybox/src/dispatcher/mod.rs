@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::seq::SliceRandom;
-use relaybox_config::Config;
+use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
+use relaybox_config::{AccountingBackend, Config};
 use relaybox_proto::link::{LinkRequest, UpdateReply};
 use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
@@ -45,6 +46,7 @@ struct SessionEntry {
 /// Shared dispatcher state.
 pub(crate) struct Dispatcher {
     pub config: Config,
+    accounting: Accounting,
     relays: Mutex<Vec<RelayHandle>>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     next_relay_id: std::sync::atomic::AtomicU64,
@@ -56,14 +58,42 @@ pub(crate) enum RelayCallError {
     Timeout,
 }
 
+/// The configured accounting backends, each behind its own spool.
+fn accounting(config: &Config) -> anyhow::Result<Accounting> {
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    for backend in &config.dispatcher.accounting {
+        match backend {
+            AccountingBackend::Database => {
+                let db = &config.database;
+                let dburi = db.dburi.clone().context("accounting = database, but [Database] dburi is not set")?;
+                let settings = DatabaseSettings {
+                    dburi,
+                    sessions_table: db.sessions_table.clone(),
+                    callid_column: db.callid_column.clone(),
+                    fromtag_column: db.fromtag_column.clone(),
+                    totag_column: db.totag_column.clone(),
+                    info_column: db.info_column.clone(),
+                };
+                let backend = DatabaseBackend::new(settings).map_err(|e| anyhow::anyhow!("[Database] {e}"))?;
+                backends.push(Arc::new(backend));
+            }
+            AccountingBackend::Radius => backends.push(Arc::new(relaybox_accounting::Unsupported::radius())),
+        }
+    }
+    let spool = &config.dispatcher.spool_dir;
+    Accounting::start(spool, backends, Retry::default())
+        .with_context(|| format!("accounting spool {}", spool.display()))
+}
+
 impl Dispatcher {
-    pub fn new(config: Config) -> Arc<Self> {
-        Arc::new(Dispatcher {
+    pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Dispatcher {
+            accounting: accounting(&config)?,
             config,
             relays: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             next_relay_id: std::sync::atomic::AtomicU64::new(1),
-        })
+        }))
     }
 
     pub fn new_relay_id(&self) -> u64 {
@@ -233,6 +263,7 @@ impl Dispatcher {
         }
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
+        self.accounting.record(&stats);
     }
 
     /// A relay (re)connected and listed the sessions it holds.
@@ -274,7 +305,7 @@ impl Dispatcher {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let dispatcher = Dispatcher::new(config);
+    let dispatcher = Dispatcher::new(config)?;
     let module = module_socket::bind(&dispatcher).context("module socket")?;
     let relays = relay_link::bind(&dispatcher).await.context("relay TLS port")?;
     let management = management::bind(&dispatcher).await.context("management port")?;

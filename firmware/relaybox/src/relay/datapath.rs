@@ -1,7 +1,8 @@
 //! How media moves. The session table decides *where* each packet goes; a
-//! `Datapath` owns the sockets (or, later, kernel flows) that carry it.
+//! `Datapath` owns the sockets and kernel flows that carry it.
 //! [`UserspaceDatapath`] binds a UDP socket per relay port and forwards each
-//! datagram itself.
+//! datagram itself; `super::kernel::KernelDatapath` wraps it and hands
+//! latched flows to conntrack.
 
 use std::collections::HashMap;
 use std::io;
@@ -9,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
-use relaybox_core::Verdict;
+use relaybox_core::{Flow, FlowCounters, FlowId, Verdict};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -27,6 +28,16 @@ pub(crate) trait Datapath: Send + Sync {
     fn open_ports(&self, port: u16) -> io::Result<()>;
     /// Stop receiving on `port` and `port + 1`.
     fn close_ports(&self, port: u16);
+    /// Forward this flow without userspace from now on (kernel datapath).
+    fn flow_up(&self, _flow: &Flow) {}
+    /// Stop forwarding this flow in the kernel.
+    fn flow_down(&self, _id: FlowId) {}
+    /// What the kernel forwarded on a flow so far.
+    fn flow_counters(&self, _id: FlowId) -> Option<FlowCounters> {
+        None
+    }
+    /// The relay exits: remove what was installed outside the process.
+    fn shutdown(&self) {}
 }
 
 struct Bound {
@@ -67,8 +78,15 @@ async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, p
             }
         };
         let Some(relay) = relay.upgrade() else { return };
+        relay.userspace_packets.fetch_add(1, Ordering::Relaxed);
         let now = relay.clock.now_ms();
-        let verdict = relay.table().on_packet(port, src, &buf[..n], now);
+        let (verdict, expired) = {
+            let mut table = relay.table();
+            let verdict = table.on_packet(port, src, &buf[..n], now);
+            // A latching packet may hand the flow to the kernel.
+            (verdict, relay.apply_events(&mut table))
+        };
+        relay.report_expired(expired);
         match verdict {
             Verdict::Forward { via_port, to } => {
                 let Some(out) = UserspaceDatapath::socket(&sockets, via_port) else { continue };

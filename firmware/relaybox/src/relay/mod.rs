@@ -20,9 +20,11 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::clock::Clock;
 
 pub(crate) mod datapath;
+mod kernel;
 mod link;
 
 use datapath::{Datapath, UserspaceDatapath};
+use kernel::KernelDatapath;
 
 /// Something a link task writes to its dispatcher besides command answers.
 pub(crate) enum Outbound {
@@ -52,6 +54,11 @@ pub(crate) struct Relay {
     next_link_id: AtomicU64,
     pub bytes_relayed: AtomicU64,
     bps: AtomicU64,
+    /// Datagrams the userspace forwarder received (with the kernel datapath,
+    /// only the first packets of each flow).
+    pub userspace_packets: AtomicU64,
+    /// Why this datapath, for the start-up log.
+    datapath_reason: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,6 +68,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Relay {
     fn new(config: Config) -> Arc<Self> {
         let r = &config.relay;
+        let readiness = kernel::prepare(r.relay_ip);
+        let mut reason = readiness.report.join("; ");
+        if !readiness.missing.is_empty() {
+            reason = format!("kernel forwarding unavailable: {}", readiness.missing.join("; "));
+        }
+        let kernel_flows = readiness.flows;
         let core = CoreConfig {
             port_range: (r.port_range.start, r.port_range.end),
             stream_timeout: r.stream_timeout.as_millis() as u64,
@@ -68,10 +81,25 @@ impl Relay {
             routable_private_ranges: r.routable_private_ranges.clone(),
             max_sessions: r.max_sessions,
             max_streams: r.max_streams_per_session,
+            kernel_flows: kernel_flows.is_some(),
         };
         let bind_ip = r.relay_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         Arc::new_cyclic(|weak| Relay {
-            datapath: Arc::new(UserspaceDatapath::new(bind_ip, weak.clone())),
+            datapath: {
+                let userspace = UserspaceDatapath::new(bind_ip, weak.clone());
+                match kernel_flows {
+                    Some(table) => {
+                        let dp = KernelDatapath::new(userspace, table, bind_ip);
+                        if let Err(e) = dp.watch_destroy_events(weak.clone()) {
+                            tracing::error!("conntrack DESTROY events unavailable ({e}): kernel timeouts end streams only at remove");
+                        }
+                        Arc::new(dp) as Arc<dyn Datapath>
+                    }
+                    None => Arc::new(userspace),
+                }
+            },
+            datapath_reason: reason,
+            userspace_packets: AtomicU64::new(0),
             config,
             clock: Clock::new(),
             table: Mutex::new(SessionTable::new(core)),
@@ -122,9 +150,22 @@ impl Relay {
                 }
                 Event::ClosePorts(p) => self.datapath.close_ports(p),
                 Event::Expired(stats) => expired.push(stats),
+                Event::FlowUp(flow) => self.datapath.flow_up(&flow),
+                Event::FlowDown(id) => self.datapath.flow_down(id),
             }
         }
         expired
+    }
+
+    /// Reads the kernel's counters of the given flows into the table (before
+    /// an update or remove may end them, and periodically).
+    fn poll_flow_counters(&self, table: &mut SessionTable, ids: Vec<relaybox_core::FlowId>) {
+        let now = self.clock.now_ms();
+        for id in ids {
+            if let Some(c) = self.datapath.flow_counters(id) {
+                table.set_flow_counters(id, c, now);
+            }
+        }
     }
 
     fn report_expired(&self, expired: Vec<SessionStats>) {
@@ -164,6 +205,8 @@ impl Relay {
                     return UpdateReply::Halting.payload();
                 }
                 let ip = self.reply_ip(link_local);
+                let flows = table.session_flow_ids(&update.call_id);
+                self.poll_flow_counters(&mut table, flows);
                 let result = table.update(&update, ip, now);
                 let expired = self.apply_events(&mut table);
                 drop(table);
@@ -182,6 +225,8 @@ impl Relay {
             }
             LinkRequest::Remove(remove) => {
                 let mut table = self.table();
+                let flows = table.session_flow_ids(&remove.call_id);
+                self.poll_flow_counters(&mut table, flows);
                 let result = table.remove(&remove, now);
                 let expired = self.apply_events(&mut table);
                 drop(table);
@@ -190,7 +235,11 @@ impl Relay {
                 self.check_halted();
                 match result {
                     Ok(stats) => {
-                        tracing::info!(call_id = %remove.call_id, "session removed");
+                        tracing::info!(
+                            call_id = %remove.call_id,
+                            userspace_packets = self.userspace_packets.load(Ordering::Relaxed),
+                            "session removed"
+                        );
                         stats.to_json()
                     }
                     Err(e) => {
@@ -246,6 +295,11 @@ impl Relay {
         let mut last = 0u64;
         loop {
             tick.tick().await;
+            {
+                let mut table = self.table();
+                let flows = table.flow_ids();
+                self.poll_flow_counters(&mut table, flows);
+            }
             let total = self.bytes_relayed.load(Ordering::Relaxed);
             let bps = (total - last) * 8 / period.as_secs().max(1);
             self.bps.store(bps, Ordering::Relaxed);
@@ -287,11 +341,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Relay);
     let tls = relaybox_tls::client_config(&files).context("loading TLS credentials")?;
     let relay = Relay::new(config);
-    tracing::info!(
-        datapath = relay.datapath.name(),
-        ports = %format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end),
-        "relay starting; media is forwarded in userspace"
-    );
+    let ports = format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end);
+    if relay.datapath.name() == "kernel" {
+        tracing::info!(datapath = "kernel", ports = %ports, "relay starting; the kernel forwards latched media ({})", relay.datapath_reason);
+    } else {
+        tracing::warn!(
+            datapath = "userspace",
+            ports = %ports,
+            "relay starting; media is forwarded in userspace, falling back from the kernel: {}",
+            relay.datapath_reason
+        );
+    }
     tokio::spawn(relay.clone().run_timers());
     tokio::spawn(relay.clone().run_sampling());
     for target in relay.config.relay.dispatchers.clone() {
@@ -312,11 +372,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = relay.exit.notified() => {
                 relay.flush_links().await;
+                relay.datapath.shutdown();
                 return Ok(());
             }
         }
     }
     tracing::info!("terminating: expiring all sessions");
     relay.expire_all_and_flush().await;
+    relay.datapath.shutdown();
     Ok(())
 }

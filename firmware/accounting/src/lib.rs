@@ -1,0 +1,282 @@
+//! Accounting for finished sessions. Owns the promise that no record is
+//! lost: every record is first written to a durable spool (one file per
+//! record per backend, fsynced) and a worker per backend delivers the spool
+//! in order, retrying with back-off while the backend is down. Owns the
+//! database and RADIUS backends; knows nothing of sockets to relays or the
+//! proxy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relaybox_proto::SessionStats;
+use tokio::sync::Notify;
+
+pub mod database;
+mod spool;
+
+pub use database::{DatabaseBackend, DatabaseSettings};
+pub use spool::Spool;
+
+/// Why one delivery failed; the record stays spooled and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A place records go to.
+pub trait Backend: Send + Sync + 'static {
+    /// Short name, also the spool sub-directory.
+    fn name(&self) -> &str;
+    /// Delivers one record. Must be idempotent: after a failure whose
+    /// outcome is unknown the same record is delivered again.
+    fn deliver<'a>(
+        &'a self,
+        record: &'a SessionStats,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
+}
+
+/// A configured backend this build cannot deliver to yet. Its records are
+/// spooled all the same, so none is lost, and every attempt says why.
+pub struct Unsupported {
+    name: &'static str,
+    why: &'static str,
+}
+
+impl Unsupported {
+    pub fn radius() -> Self {
+        Unsupported { name: "radius", why: "RADIUS accounting is not available in this relaybox version" }
+    }
+}
+
+impl Backend for Unsupported {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _record: &'a SessionStats,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>> {
+        Box::pin(async move { Err(BackendError::Unavailable(format!("{}; records stay spooled", self.why))) })
+    }
+}
+
+/// Retry timing for a backend that is down.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { first: Duration::from_millis(500), max: Duration::from_secs(30) }
+    }
+}
+
+struct Queue {
+    spool: Spool,
+    wake: Notify,
+}
+
+/// The accounting front: `record` spools, workers deliver.
+#[derive(Clone)]
+pub struct Accounting {
+    queues: Arc<Vec<Arc<Queue>>>,
+}
+
+impl Accounting {
+    /// Opens (creating if needed) `spool_dir/<backend>` for each backend and
+    /// starts one delivery task per backend on the current tokio runtime.
+    /// Records left in the spool by an earlier run are delivered first.
+    pub fn start(spool_dir: &Path, backends: Vec<Arc<dyn Backend>>, retry: Retry) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        for backend in backends {
+            let spool = Spool::open(spool_dir.join(backend.name()))?;
+            let pending = spool.pending()?.len();
+            if pending > 0 {
+                tracing::info!(backend = backend.name(), pending, "accounting: records left in the spool, delivering");
+            }
+            let queue = Arc::new(Queue { spool, wake: Notify::new() });
+            tokio::spawn(deliver(queue.clone(), backend, retry));
+            queues.push(queue);
+        }
+        Ok(Accounting { queues: Arc::new(queues) })
+    }
+
+    /// No backend configured.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Spools one record for every backend. Returns once it is on disk.
+    pub fn record(&self, stats: &SessionStats) {
+        let json = stats.to_json();
+        for q in self.queues.iter() {
+            match q.spool.push(&json) {
+                Ok(_) => q.wake.notify_one(),
+                Err(e) => tracing::error!(
+                    call_id = %stats.call_id,
+                    spool = %q.spool.dir().display(),
+                    "accounting: cannot spool the record ({e}); it is only in this log line: {json}"
+                ),
+            }
+        }
+    }
+
+    /// Records not delivered yet, over all backends.
+    pub fn pending(&self) -> usize {
+        self.queues.iter().map(|q| q.spool.pending().map(|p| p.len()).unwrap_or(0)).sum()
+    }
+
+    /// The spool directories, for status output.
+    pub fn spool_dirs(&self) -> Vec<PathBuf> {
+        self.queues.iter().map(|q| q.spool.dir().to_path_buf()).collect()
+    }
+}
+
+async fn deliver(queue: Arc<Queue>, backend: Arc<dyn Backend>, retry: Retry) {
+    let mut delay = retry.first;
+    let mut failing = false;
+    loop {
+        let pending = match queue.spool.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(backend = backend.name(), "accounting: cannot read the spool: {e}");
+                tokio::time::sleep(retry.max).await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            // A record spooled between the listing and here has notified
+            // already; notify_one keeps that permit, so nothing is missed.
+            let _ = tokio::time::timeout(Duration::from_secs(5), queue.wake.notified()).await;
+            continue;
+        }
+        for path in pending {
+            let record = match queue.spool.read(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(backend = backend.name(), file = %path.display(), "accounting: unreadable spool file set aside: {e}");
+                    queue.spool.set_aside(&path);
+                    continue;
+                }
+            };
+            match backend.deliver(&record).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!(backend = backend.name(), "accounting: backend is back, delivering the spool");
+                        failing = false;
+                    }
+                    delay = retry.first;
+                    queue.spool.done(&path);
+                    tracing::debug!(backend = backend.name(), call_id = %record.call_id, "accounting: delivered");
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(backend = backend.name(), call_id = %record.call_id, "accounting: backend down, records stay spooled: {e}");
+                    }
+                    failing = true;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(retry.max);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    pub(crate) fn stats(call_id: &str) -> SessionStats {
+        SessionStats {
+            call_id: call_id.into(),
+            from_tag: "f".into(),
+            from_uri: "sip:a@x".into(),
+            to_tag: Some("t".into()),
+            to_uri: "sip:b@x".into(),
+            start_time: Some(1_700_000_000),
+            duration: 5,
+            caller_ua: "A".into(),
+            callee_ua: "B".into(),
+            username: "a".into(),
+            relay_ip: Some("203.0.113.1".into()),
+            dialog_id: None,
+            streams: vec![],
+        }
+    }
+
+    /// Fails its first `fail` deliveries, then records what it gets.
+    struct Flaky {
+        fail: AtomicUsize,
+        got: Mutex<Vec<String>>,
+    }
+
+    impl Backend for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn deliver<'a>(
+            &'a self,
+            record: &'a SessionStats,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>> {
+            Box::pin(async move {
+                if self.fail.load(Ordering::SeqCst) > 0 {
+                    self.fail.fetch_sub(1, Ordering::SeqCst);
+                    return Err(BackendError::Unavailable("down".into()));
+                }
+                self.got.lock().unwrap().push(record.call_id.clone());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_is_down_loses_nothing_and_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(Flaky { fail: AtomicUsize::new(5), got: Mutex::new(vec![]) });
+        let retry = Retry { first: Duration::from_millis(5), max: Duration::from_millis(20) };
+        let acc = Accounting::start(dir.path(), vec![backend.clone()], retry).unwrap();
+        for i in 0..20 {
+            acc.record(&stats(&format!("c{i}")));
+        }
+        for _ in 0..400 {
+            if backend.got.lock().unwrap().len() == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = backend.got.lock().unwrap().clone();
+        assert_eq!(got, (0..20).map(|i| format!("c{i}")).collect::<Vec<_>>());
+        assert_eq!(acc.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn records_spooled_by_an_earlier_run_are_delivered_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("flaky")).unwrap();
+        spool.push(&stats("left-over").to_json()).unwrap();
+        std::fs::write(dir.path().join("flaky").join("00000000000000000001-000000.json"), "{broken").unwrap();
+        let backend = Arc::new(Flaky { fail: AtomicUsize::new(0), got: Mutex::new(vec![]) });
+        let _acc = Accounting::start(dir.path(), vec![backend.clone()], Retry::default()).unwrap();
+        for _ in 0..200 {
+            if !backend.got.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(backend.got.lock().unwrap().clone(), vec!["left-over".to_string()]);
+        let bad: Vec<_> = std::fs::read_dir(dir.path().join("flaky"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".bad"))
+            .collect();
+        assert_eq!(bad.len(), 1, "the broken file is set aside, not retried forever");
+    }
+}

@@ -1,0 +1,383 @@
+//! The kernel datapath: start-up checks that make conntrack forwarding work
+//! (or say exactly why it cannot), and [`KernelDatapath`], which lets the
+//! userspace forwarder latch the first packets and then installs one NAT'd
+//! conntrack entry per latched flow so the kernel forwards the rest.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+
+use relaybox_conntrack::{Conntrack, Counters, DestroyEvents, Error as CtError, FlowSpec, FlowTable, Tuple};
+use relaybox_core::{Flow, FlowCounters, FlowId};
+
+use super::datapath::{Datapath, UserspaceDatapath};
+use super::Relay;
+
+/// The conntrack mark of every entry relaybox installs ("rb" + 1).
+pub(crate) const RELAYBOX_MARK: u32 = 0x7262_0001;
+/// First timeout of a new entry; packets then re-arm the kernel's UDP
+/// timeouts (`nf_conntrack_udp_timeout_stream`, 120 s by default).
+const INITIAL_TIMEOUT_SECS: u32 = 60;
+/// Attempts to replace a plain entry that the first packets created.
+const INSTALL_ATTEMPTS: usize = 3;
+const NFT_TABLE: &str = "relaybox";
+
+/// The nft table that turns on the conntrack hooks (a `ct` expression) and
+/// the NAT hooks (empty `nat` chains) in this network namespace.
+const NFT_RULES: &str = "table inet relaybox {
+  chain conntrack_pre { type filter hook prerouting priority -150; ct state invalid counter; }
+  chain conntrack_out { type filter hook output priority -150; ct state invalid counter; }
+  chain nat_pre { type nat hook prerouting priority -100; }
+  chain nat_post { type nat hook postrouting priority 100; }
+}
+";
+
+/// What the start-up checks found.
+pub(crate) struct Readiness {
+    /// Present when the kernel can forward.
+    pub flows: Option<Arc<Conntrack>>,
+    /// One line per check, for the start-up log.
+    pub report: Vec<String>,
+    /// What is missing, when `flows` is `None`.
+    pub missing: Vec<String>,
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+/// Makes a boolean sysctl 1; says what it did.
+fn ensure_sysctl(path: &str, report: &mut Vec<String>, missing: &mut Vec<String>) {
+    let name = path.trim_start_matches("/proc/sys/").replace('/', ".");
+    match read_sysctl(path).as_deref() {
+        Some("1") => report.push(format!("{name}=1")),
+        Some(_) => match std::fs::write(path, "1") {
+            Ok(()) if read_sysctl(path).as_deref() == Some("1") => report.push(format!("{name}: was 0, set to 1")),
+            Ok(()) => missing.push(format!("{name} is 0 and did not change when set to 1")),
+            Err(e) => missing.push(format!("{name} is 0 and cannot be set ({e}): run `sysctl -w {name}=1`")),
+        },
+        None => missing.push(format!("{name} does not exist (is nf_conntrack loaded?)")),
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Removes relaybox's nft table (at exit, and before adding it anew).
+pub(crate) fn remove_nft_table() {
+    let _ = nft(&["delete", "table", "inet", NFT_TABLE], None);
+}
+
+/// Checks, and fixes where it may, what kernel forwarding needs:
+/// a real relay address, `ip_forward`, conntrack and NAT hooks (through
+/// relaybox's own nft table), `nf_conntrack_acct`, ctnetlink with NAT (a
+/// probe entry), and DESTROY events.
+pub(crate) fn prepare(relay_ip: Option<IpAddr>) -> Readiness {
+    let mut report = Vec::new();
+    let mut missing = Vec::new();
+    let ip = match relay_ip {
+        Some(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
+        Some(ip) => {
+            missing.push(format!("relay_ip {ip} is a loopback address; the kernel routes media only for a real one"));
+            return Readiness { flows: None, report, missing };
+        }
+        None => {
+            missing.push("[Relay] relay_ip is not set; kernel flows need the relay's own address".to_string());
+            return Readiness { flows: None, report, missing };
+        }
+    };
+    if ip.is_ipv4() {
+        ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
+    } else {
+        ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", &mut report, &mut missing);
+    }
+    remove_nft_table();
+    match nft(&["-f", "-"], Some(NFT_RULES)) {
+        Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
+        Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),
+    }
+    ensure_sysctl("/proc/sys/net/netfilter/nf_conntrack_acct", &mut report, &mut missing);
+    let flows = match Conntrack::open() {
+        Ok(ct) => Some(ct),
+        Err(e) => {
+            missing.push(format!("ctnetlink: {e}"));
+            None
+        }
+    };
+    if let Some(ct) = &flows {
+        match probe_nat(ct, ip) {
+            Ok(()) => report.push("ctnetlink NAT entries work".to_string()),
+            Err(e) => missing.push(format!("ctnetlink cannot create a NAT'd entry: {e}")),
+        }
+    }
+    if missing.is_empty() {
+        Readiness { flows: flows.map(Arc::new), report, missing }
+    } else {
+        remove_nft_table();
+        Readiness { flows: None, report, missing }
+    }
+}
+
+/// Creates and deletes one entry from a documentation address, proving
+/// that ctnetlink and NAT work in this network namespace.
+fn probe_nat(ct: &Conntrack, relay: IpAddr) -> Result<(), CtError> {
+    let peer = |last: u8| match relay {
+        IpAddr::V4(_) => SocketAddr::new(IpAddr::from([192, 0, 2, last]), 9),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(last)]), 9),
+    };
+    let spec = FlowSpec {
+        caller: peer(1),
+        relay_caller_side: SocketAddr::new(relay, 9),
+        relay_callee_side: SocketAddr::new(relay, 11),
+        callee: peer(2),
+        timeout_secs: 5,
+        mark: RELAYBOX_MARK,
+    };
+    let _ = ct.delete(&spec.orig());
+    ct.create(&spec)?;
+    ct.delete(&spec.orig())
+}
+
+/// A flow the kernel forwards for us.
+struct Installed {
+    spec: FlowSpec,
+}
+
+/// Userspace latches; the kernel forwards what is latched.
+pub(crate) struct KernelDatapath {
+    userspace: UserspaceDatapath,
+    table: Arc<dyn FlowTable>,
+    /// The address the relay's ports are bound to (the NAT's relay side).
+    local_ip: IpAddr,
+    flows: Mutex<HashMap<FlowId, Installed>>,
+    /// Original tuple → flow, to match DESTROY events.
+    by_orig: Arc<Mutex<HashMap<Tuple, FlowId>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// IP-level bytes from conntrack to UDP payload bytes, as userspace counts.
+fn payload_counters(c: Counters, v4: bool) -> FlowCounters {
+    let header: u64 = if v4 { 20 + 8 } else { 40 + 8 };
+    FlowCounters {
+        caller_packets: c.orig_packets,
+        caller_bytes: c.orig_bytes.saturating_sub(c.orig_packets.saturating_mul(header)),
+        callee_packets: c.reply_packets,
+        callee_bytes: c.reply_bytes.saturating_sub(c.reply_packets.saturating_mul(header)),
+    }
+}
+
+impl KernelDatapath {
+    pub fn new(userspace: UserspaceDatapath, table: Arc<dyn FlowTable>, local_ip: IpAddr) -> Self {
+        KernelDatapath {
+            userspace,
+            table,
+            local_ip,
+            flows: Mutex::new(HashMap::new()),
+            by_orig: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Watches DESTROY events on a thread of its own: a flow whose entry the
+    /// kernel timed out ends in the session table as `conntrack timeout`.
+    pub fn watch_destroy_events(&self, relay: Weak<Relay>) -> Result<(), CtError> {
+        let mut events = DestroyEvents::subscribe()?;
+        let by_orig = self.by_orig.clone();
+        std::thread::Builder::new()
+            .name("conntrack-events".to_string())
+            .spawn(move || loop {
+                let entries = match events.recv() {
+                    Ok(entries) => entries,
+                    Err(CtError::EventsLost) => {
+                        tracing::warn!("conntrack DESTROY events were lost; timed-out flows end at remove");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!("conntrack events: {e}; kernel timeouts are no longer seen");
+                        return;
+                    }
+                };
+                let Some(relay) = relay.upgrade() else { return };
+                for entry in entries.into_iter().filter(|e| e.mark == RELAYBOX_MARK) {
+                    let Some(id) = lock(&by_orig).remove(&entry.orig) else { continue };
+                    let counters = payload_counters(entry.counters, entry.orig.src.is_ipv4());
+                    tracing::info!(flow = id.0, "kernel flow timed out (conntrack DESTROY)");
+                    let now = relay.clock.now_ms();
+                    let expired = {
+                        let mut table = relay.table();
+                        table.flow_expired(id, counters, now);
+                        relay.apply_events(&mut table)
+                    };
+                    relay.report_expired(expired);
+                }
+            })
+            .map(drop)
+            .map_err(CtError::Io)
+    }
+
+    /// Installs one flow: deletes the plain entries the first packets made
+    /// (caller → relay:A and callee → relay:B, which clash with ours), then
+    /// creates ours; a packet racing in between makes a new plain entry, so
+    /// this is retried a few times.
+    fn install(&self, spec: &FlowSpec) -> Result<(), CtError> {
+        let mut last = CtError::Exists;
+        for _ in 0..INSTALL_ATTEMPTS {
+            for tuple in [spec.orig(), spec.reply()] {
+                match self.table.delete(&tuple) {
+                    Ok(()) | Err(CtError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.table.create(spec) {
+                Ok(()) => return Ok(()),
+                Err(CtError::Exists) => last = CtError::Exists,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Datapath for KernelDatapath {
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+
+    fn open_ports(&self, port: u16) -> std::io::Result<()> {
+        self.userspace.open_ports(port)
+    }
+
+    fn close_ports(&self, port: u16) {
+        self.userspace.close_ports(port)
+    }
+
+    fn flow_up(&self, flow: &Flow) {
+        let spec = FlowSpec {
+            caller: flow.caller,
+            relay_caller_side: SocketAddr::new(self.local_ip, flow.caller_port),
+            relay_callee_side: SocketAddr::new(self.local_ip, flow.callee_port),
+            callee: flow.callee,
+            timeout_secs: INITIAL_TIMEOUT_SECS,
+            mark: RELAYBOX_MARK,
+        };
+        match self.install(&spec) {
+            Ok(()) => {
+                tracing::debug!(
+                    flow = flow.id.0,
+                    caller = %flow.caller,
+                    callee = %flow.callee,
+                    ports = %format!("{}/{}", flow.caller_port, flow.callee_port),
+                    "flow handed to the kernel"
+                );
+                lock(&self.by_orig).insert(spec.orig(), flow.id);
+                lock(&self.flows).insert(flow.id, Installed { spec });
+            }
+            Err(e) => tracing::warn!(flow = flow.id.0, "cannot install kernel flow, it stays in userspace: {e}"),
+        }
+    }
+
+    fn flow_down(&self, id: FlowId) {
+        let Some(installed) = lock(&self.flows).remove(&id) else { return };
+        let orig = installed.spec.orig();
+        lock(&self.by_orig).remove(&orig);
+        match self.table.delete(&orig) {
+            Ok(()) | Err(CtError::NotFound) => tracing::debug!(flow = id.0, "kernel flow removed"),
+            Err(e) => tracing::warn!(flow = id.0, "cannot delete kernel flow: {e}"),
+        }
+    }
+
+    fn flow_counters(&self, id: FlowId) -> Option<FlowCounters> {
+        let orig = lock(&self.flows).get(&id)?.spec.orig();
+        match self.table.counters(&orig) {
+            Ok(c) => Some(payload_counters(c, orig.src.is_ipv4())),
+            Err(e) => {
+                tracing::debug!(flow = id.0, "no counters: {e}");
+                None
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let left: Vec<FlowId> = lock(&self.flows).keys().copied().collect();
+        for id in left {
+            self.flow_down(id);
+        }
+        if let Ok(entries) = self.table.dump(RELAYBOX_MARK) {
+            for e in entries {
+                let _ = self.table.delete(&e.orig);
+            }
+        }
+        remove_nft_table();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaybox_conntrack::MemoryFlowTable;
+
+    fn flow() -> Flow {
+        Flow {
+            id: FlowId(1),
+            relay_ip: "198.51.100.1".parse().unwrap(),
+            caller: "192.0.2.10:4000".parse().unwrap(),
+            caller_port: 40000,
+            callee_port: 40002,
+            callee: "203.0.113.20:5000".parse().unwrap(),
+            rtcp: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn replaces_the_plain_entries_of_the_first_packets_and_cleans_up() {
+        let table = Arc::new(MemoryFlowTable::new());
+        let local: IpAddr = "10.0.0.1".parse().unwrap();
+        let dp = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        let f = flow();
+        let orig = Tuple { src: f.caller, dst: SocketAddr::new(local, 40000) };
+        let reply = Tuple { src: f.callee, dst: SocketAddr::new(local, 40002) };
+        table.insert_plain(orig);
+        table.insert_plain(reply);
+        dp.flow_up(&f);
+        let ours = table.dump(RELAYBOX_MARK).unwrap();
+        assert_eq!(ours.len(), 1);
+        assert_eq!((ours[0].orig, ours[0].reply), (orig, reply));
+        assert_eq!(table.len(), 1, "the plain entries are gone");
+
+        let ip_bytes = |packets: u64, payload: u64| packets * (payload + 28);
+        let c = Counters {
+            orig_packets: 10,
+            orig_bytes: ip_bytes(10, 172),
+            reply_packets: 9,
+            reply_bytes: ip_bytes(9, 172),
+        };
+        table.set_counters(&orig, c);
+        assert_eq!(
+            dp.flow_counters(f.id),
+            Some(FlowCounters { caller_packets: 10, caller_bytes: 1720, callee_packets: 9, callee_bytes: 1548 })
+        );
+        dp.flow_down(f.id);
+        assert!(table.is_empty());
+        assert_eq!(dp.flow_counters(f.id), None);
+    }
+}

@@ -1,0 +1,390 @@
+//! Login, logout and the relay settings form (validate with the daemon's own
+//! parser, save atomically, keep `.prev`, roll back, apply by SIGHUP).
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use relaybox_config::Config;
+use serde::Deserialize;
+
+use crate::app::{cookie, forbidden, html_page, Authed, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::html::{csrf_field, esc, page};
+use crate::{auth, control, files, ini_edit};
+
+fn session_cookie(id: &str, max_age: u64) -> String {
+    format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict")
+}
+
+fn origin_ok(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    matches!((origin.to_str().ok(), host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(&format!("https://{h}")))
+}
+
+fn login_page(state: &State, token: &str, message: Option<&str>, status: StatusCode) -> Response {
+    let mut body = String::new();
+    if let Some(m) = message {
+        body.push_str(&format!(r#"<p class="bad">{}</p>"#, esc(m)));
+    }
+    if auth::stored_hash(&state.config_path).is_none() {
+        body.push_str(&format!(
+            r#"<section><p class="warn">No password is set, so nobody can log in. There is no default password.</p>
+<p>On the box, as root, run</p><pre class="mono">relaybox --config {} web set-password</pre>
+<p>and type the new password (at least {} characters) followed by Enter. Then reload this page.</p></section>"#,
+            esc(&state.config_path.display().to_string()),
+            auth::MIN_PASSWORD_LEN
+        ));
+    } else {
+        body.push_str(&format!(
+            r#"<section><form method="post" action="/login">{}
+<label for="password">Password</label><input type="password" id="password" name="password" autocomplete="current-password" autofocus>
+<button type="submit">Log in</button></form></section>"#,
+            csrf_field(token)
+        ));
+    }
+    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; Max-Age=900; Secure; HttpOnly; SameSite=Strict");
+    (status, [(header::SET_COOKIE, cookie)], axum::response::Html(page("Log in", "", None, &body))).into_response()
+}
+
+pub async fn login_form(AxState(state): AxState<State>, headers: HeaderMap) -> Response {
+    if cookie(&headers, SESSION_COOKIE).is_some_and(|id| state.sessions.touch(&id).is_some()) {
+        return Redirect::to("/status").into_response();
+    }
+    login_page(&state, &auth::random_hex(32), None, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn login(
+    AxState(state): AxState<State>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !origin_ok(&headers) {
+        return forbidden("Cross-origin requests are refused.");
+    }
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !auth::same_secret(&expected, &form.csrf) {
+        return forbidden("The form's security token is missing or stale. Reload the page and try again.");
+    }
+    let token = auth::random_hex(32);
+    let Some(hash) = auth::stored_hash(&state.config_path) else {
+        return login_page(&state, &token, Some("No password is set; login is refused."), StatusCode::FORBIDDEN);
+    };
+    if let Some(wait) = state.limiter.locked(ip) {
+        let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", wait.as_secs() + 1);
+        return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let password = form.password;
+    let ok = tokio::task::spawn_blocking(move || auth::verify(&hash, &password)).await.unwrap_or(false);
+    if !ok {
+        tracing::warn!(client = %ip, "web: wrong password");
+        if state.limiter.failure(ip) {
+            let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", state.web.lockout.as_secs());
+            return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
+        }
+        return login_page(&state, &token, Some("Wrong password."), StatusCode::UNAUTHORIZED);
+    }
+    state.limiter.success(ip);
+    let (id, _) = state.sessions.create();
+    tracing::info!(client = %ip, "web: logged in");
+    let mut response = Redirect::to("/status").into_response();
+    let h = response.headers_mut();
+    h.append(header::SET_COOKIE, session_cookie(&id, state.web.session_timeout.as_secs()).parse().unwrap());
+    h.append(
+        header::SET_COOKIE,
+        format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict").parse().unwrap(),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
+    if let Err(r) = auth.check(&form.csrf) {
+        return r;
+    }
+    state.sessions.remove(&auth.id);
+    ([(header::SET_COOKIE, session_cookie("", 0))], Redirect::to("/login")).into_response()
+}
+
+/// How a relay setting is edited.
+enum Kind {
+    Text,
+    YesNo,
+    LogLevel,
+}
+
+struct Field {
+    name: &'static str,
+    label: &'static str,
+    help: &'static str,
+    default: &'static str,
+    kind: Kind,
+}
+
+const FIELDS: &[Field] = &[
+    Field { name: "dispatchers", label: "Dispatchers", help: "host[:port] of each dispatcher, separated by spaces or commas (port 25060 by default).", default: "", kind: Kind::Text },
+    Field { name: "passport", label: "Dispatcher passport", help: "Extra check on the dispatcher's certificate, e.g. O:Example Ltd, CN:*dispatcher. Empty: any certificate from the CA.", default: "None", kind: Kind::Text },
+    Field { name: "relay_ip", label: "Relay address", help: "Address used for media. Empty: the address of the interface with the default route.", default: "None", kind: Kind::Text },
+    Field { name: "advertised_ip", label: "Advertised address", help: "Address put in replies instead of the relay's own (1:1 NAT). Empty: none.", default: "None", kind: Kind::Text },
+    Field { name: "auto_detect_interfaces", label: "Auto-detect interfaces", help: "Offer each side the address of the interface that routes to it.", default: "no", kind: Kind::YesNo },
+    Field { name: "port_range", label: "Port range", help: "UDP ports for media, start:end, both even, 1024 <= start < end <= 65534.", default: "40000:60000", kind: Kind::Text },
+    Field { name: "stream_timeout", label: "Stream timeout (s)", help: "How long a new stream may wait for media from both sides.", default: "90", kind: Kind::Text },
+    Field { name: "on_hold_timeout", label: "On-hold timeout (s)", help: "How long a call may stay on hold.", default: "7200", kind: Kind::Text },
+    Field { name: "routable_private_ranges", label: "Routable private ranges", help: "Private networks reached directly (VPN, LAN), e.g. 10.8.0.0/16, 192.168.5.0/24.", default: "", kind: Kind::Text },
+    Field { name: "log_level", label: "Log level", help: "How much the relay logs.", default: "DEBUG", kind: Kind::LogLevel },
+];
+
+fn input(field: &Field, value: &str) -> String {
+    let id = field.name;
+    match field.kind {
+        Kind::Text => format!(
+            r#"<input type="text" id="{id}" name="{id}" value="{}" placeholder="{}">"#,
+            esc(value),
+            esc(if field.default.is_empty() { "(none)" } else { field.default })
+        ),
+        Kind::YesNo | Kind::LogLevel => {
+            let choices: &[&str] = match field.kind {
+                Kind::YesNo => &["no", "yes"],
+                _ => &["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+            };
+            let current = if value.is_empty() { field.default } else { value };
+            let mut known = false;
+            let mut options: String = choices
+                .iter()
+                .map(|c| {
+                    let selected = c.eq_ignore_ascii_case(current);
+                    known |= selected;
+                    format!(r#"<option{}>{c}</option>"#, if selected { " selected" } else { "" })
+                })
+                .collect();
+            if !known {
+                options.push_str(&format!(r#"<option selected>{}</option>"#, esc(current)));
+            }
+            format!(r#"<select id="{id}" name="{id}">{options}</select>"#)
+        }
+    }
+}
+
+fn settings_page(
+    state: &State,
+    auth: &Authed,
+    values: &HashMap<String, String>,
+    errors: &HashMap<String, String>,
+    message: &str,
+) -> String {
+    let mut fields = String::new();
+    for f in FIELDS {
+        let value = values.get(f.name).map(String::as_str).unwrap_or("");
+        let error = errors.get(f.name);
+        fields.push_str(&format!(
+            r#"<div class="field{}" id="field-{name}"><label for="{name}">{label}</label>{input}{err}<p class="help">{help}</p></div>"#,
+            if error.is_some() { " field-error" } else { "" },
+            name = f.name,
+            label = esc(f.label),
+            input = input(f, value),
+            err = error.map(|e| format!(r#"<p class="err" id="error-{}">{}</p>"#, f.name, esc(e))).unwrap_or_default(),
+            help = esc(f.help),
+        ));
+    }
+    let general =
+        errors.get("").map(|e| format!(r#"<p class="bad" id="error-file">{}</p>"#, esc(e))).unwrap_or_default();
+    let prev = files::prev_path(&state.config_path);
+    let rollback = if prev.exists() {
+        format!(
+            r#"<section><h2>Previous file</h2><p>The file before the last save is kept as <span class="mono">{}</span>.</p>
+<form method="post" action="/settings/rollback">{}<button type="submit" class="secondary">Roll back to the previous file</button></form></section>"#,
+            esc(&prev.display().to_string()),
+            csrf_field(&auth.csrf)
+        )
+    } else {
+        String::new()
+    };
+    let body = format!(
+        r#"{message}{general}<section><form method="post" action="/settings">{csrf}
+<p class="help">File: <span class="mono">{path}</span>. Every value is checked by the relay's own configuration parser before it is saved; other sections and comments in the file are kept.</p>
+{fields}
+<button type="submit" name="action" value="save">Save</button>
+<button type="submit" name="action" value="apply">Save and apply</button></form></section>
+<section><h2>Applying</h2><p>Saving writes the file only. <b>Apply</b> sends the running relay SIGHUP: it stops taking new calls at once,
+lets the calls in progress go on, and exits when the last one has ended; the box's init then starts it again with the new settings.
+So no call is dropped, and with calls up the new settings take effect after the last of them ends.</p>
+<form method="post" action="/settings/apply">{csrf}<button type="submit" class="secondary">Apply saved settings now</button></form></section>
+{rollback}"#,
+        csrf = csrf_field(&auth.csrf),
+        path = esc(&state.config_path.display().to_string()),
+    );
+    page("Relay settings", "/settings", Some(&auth.csrf), &body)
+}
+
+fn file_text(state: &State) -> String {
+    std::fs::read_to_string(&state.config_path).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+pub struct Flash {
+    #[serde(default)]
+    done: String,
+    #[serde(default)]
+    pid: String,
+}
+
+fn flash(f: &Flash) -> String {
+    let pid = esc(&f.pid);
+    match f.done.as_str() {
+        "saved" => r#"<p class="ok" id="flash">Saved. Apply to restart the relay with the new settings.</p>"#.into(),
+        "applied" => format!(
+            r#"<p class="ok" id="flash">Saved and applied: the relay (pid {pid}) was told to halt gracefully and will be restarted with the new settings once its calls have ended.</p>"#
+        ),
+        "notified" => format!(
+            r#"<p class="ok" id="flash">The relay (pid {pid}) was told to halt gracefully; it will be restarted with the saved settings once its calls have ended.</p>"#
+        ),
+        "rolledback" => {
+            r#"<p class="ok" id="flash">The previous file is back in place. Apply to restart the relay with it.</p>"#
+                .into()
+        }
+        _ => String::new(),
+    }
+}
+
+pub async fn settings_form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
+    let values = ini_edit::section_values(&file_text(&state), "Relay");
+    let mut errors = HashMap::new();
+    if let Err(e) = Config::load(&state.config_path) {
+        if state.config_path.exists() {
+            errors.insert(String::new(), format!("The file on disk does not load: {e}"));
+        }
+    }
+    html_page(settings_page(&state, &auth, &values, &errors, &flash(&f)))
+}
+
+/// Validates the form: each field alone, then the whole would-be file, with
+/// the daemon's parser. Returns the new file text or the errors by field
+/// ("" for the file as a whole).
+fn validate(state: &State, form: &HashMap<String, String>) -> Result<String, HashMap<String, String>> {
+    let base = crate::app::config_dir_of(&state.config_path);
+    let origin = state.config_path.display().to_string();
+    let value_of = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
+    let mut errors = HashMap::new();
+    let mut options: Vec<(&str, Option<String>)> = Vec::new();
+    for f in FIELDS {
+        let value = value_of(f.name);
+        if value.contains(['\n', '\r']) {
+            errors.insert(f.name.to_string(), "must fit on one line".to_string());
+        }
+        options.push((f.name, (!value.is_empty()).then_some(value)));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let text = ini_edit::set_options(&file_text(state), "Relay", &options);
+    let whole = match Config::parse(&text, &origin, &base) {
+        Ok(_) => return Ok(text),
+        Err(e) => e,
+    };
+    // Each field alone, so that every wrong field is marked, not only the
+    // first the parser met.
+    for (name, value) in &options {
+        let Some(value) = value else { continue };
+        let mut one = format!("[Relay]\n{name} = {value}\n");
+        if *name == "relay_ip" && !value_of("advertised_ip").is_empty() {
+            one.push_str(&format!("advertised_ip = {}\n", value_of("advertised_ip")));
+        }
+        if let Err(e) = Config::parse(&one, &origin, &base) {
+            if e.option.as_deref() == Some(name) {
+                errors.insert(name.to_string(), e.reason);
+            }
+        }
+    }
+    match (&whole.section, &whole.option) {
+        (Some(s), Some(o)) if s == "Relay" && FIELDS.iter().any(|f| f.name == o) => {
+            errors.entry(o.clone()).or_insert(whole.reason);
+        }
+        _ => {
+            errors.insert(String::new(), whole.to_string());
+        }
+    }
+    Err(errors)
+}
+
+pub async fn settings_save(
+    AxState(state): AxState<State>,
+    auth: Authed,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return r;
+    }
+    let text = match validate(&state, &form) {
+        Ok(text) => text,
+        Err(errors) => {
+            let values: HashMap<String, String> = form.clone();
+            let message = r#"<p class="bad" id="flash">Nothing was saved: correct the marked settings.</p>"#;
+            let body = settings_page(&state, &auth, &values, &errors, message);
+            return (StatusCode::UNPROCESSABLE_ENTITY, axum::response::Html(body)).into_response();
+        }
+    };
+    if let Err(e) = files::save_config(&state.config_path, &text) {
+        tracing::error!("web: saving {}: {e}", state.config_path.display());
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("saving failed: {e}\n")).into_response();
+    }
+    tracing::info!("web: saved {}", state.config_path.display());
+    if form.get("action").map(String::as_str) == Some("apply") {
+        return match control::halt_relay(&state.control_socket()).await {
+            Ok(pid) => {
+                tracing::info!(pid, "web: relay told to halt gracefully (SIGHUP) to apply the settings");
+                Redirect::to(&format!("/settings?done=applied&pid={pid}")).into_response()
+            }
+            Err(e) => apply_failed(&state, &auth, &e.to_string()),
+        };
+    }
+    Redirect::to("/settings?done=saved").into_response()
+}
+
+fn apply_failed(state: &State, auth: &Authed, why: &str) -> Response {
+    let values = ini_edit::section_values(&file_text(state), "Relay");
+    let message = format!(
+        r#"<p class="bad" id="flash">The settings are saved, but the relay could not be told to restart: {}</p>"#,
+        esc(why)
+    );
+    let body = settings_page(state, auth, &values, &HashMap::new(), &message);
+    (StatusCode::BAD_GATEWAY, axum::response::Html(body)).into_response()
+}
+
+pub async fn settings_apply(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
+    if let Err(r) = auth.check(&form.csrf) {
+        return r;
+    }
+    match control::halt_relay(&state.control_socket()).await {
+        Ok(pid) => Redirect::to(&format!("/settings?done=notified&pid={pid}")).into_response(),
+        Err(e) => apply_failed(&state, &auth, &e.to_string()),
+    }
+}
+
+pub async fn settings_rollback(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
+    if let Err(r) = auth.check(&form.csrf) {
+        return r;
+    }
+    match files::rollback(&state.config_path) {
+        Ok(()) => {
+            tracing::info!("web: rolled back {}", state.config_path.display());
+            Redirect::to("/settings?done=rolledback").into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("cannot roll back: {e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,178 @@
+//! HTTPS with the box's certificate (`web.crt`/`web.key` in `certs_path`,
+//! else `relay.crt`/`relay.key`, else a self-signed one made on first start),
+//! rustls with the ring provider; the accept loop with a connection cap and
+//! handshake/header timeouts; plain HTTP that only redirects to HTTPS.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_service::Service;
+
+use crate::app::ClientIp;
+
+const MAX_CONNECTIONS: usize = 64;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A rustls server configuration for the page from PEM files.
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("{}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: invalid PEM", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{}: no certificate found", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("{}: no usable private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the key does not match the certificate")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The page's certificate and key files, making a self-signed pair when the
+/// box has none yet.
+pub fn identity(certs: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    for stem in ["web", "relay"] {
+        let (crt, key) = (certs.join(format!("{stem}.crt")), certs.join(format!("{stem}.key")));
+        if crt.exists() && key.exists() {
+            return Ok((crt, key));
+        }
+    }
+    let (crt, key) = (certs.join("web.crt"), certs.join("web.key"));
+    std::fs::create_dir_all(certs).with_context(|| format!("creating {}", certs.display()))?;
+    let made = rcgen::generate_simple_self_signed(vec!["relaybox".to_string(), "localhost".to_string()])?;
+    crate::files::write_atomic(&key, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
+    crate::files::write_atomic(&crt, made.cert.pem().as_bytes(), 0o644)?;
+    tracing::warn!(cert = %crt.display(), "no certificate for the web page: made a self-signed one; upload the box's own");
+    Ok((crt, key))
+}
+
+/// The current TLS configuration, replaceable after an upload.
+pub struct TlsHolder {
+    certs: PathBuf,
+    current: RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsHolder {
+    pub fn load(certs: &Path) -> anyhow::Result<Arc<Self>> {
+        let (crt, key) = identity(certs)?;
+        let config = tls_config(&crt, &key)?;
+        Ok(Arc::new(TlsHolder { certs: certs.to_path_buf(), current: RwLock::new(config) }))
+    }
+
+    pub fn reload(&self) {
+        match identity(&self.certs).and_then(|(c, k)| tls_config(&c, &k)) {
+            Ok(config) => *self.current.write().unwrap_or_else(|e| e.into_inner()) = config,
+            Err(e) => tracing::error!("web: keeping the old certificate: {e:#}"),
+        }
+    }
+
+    fn get(&self) -> Arc<rustls::ServerConfig> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Serves `router` over TLS on `listener` until the task is aborted.
+pub async fn serve_https(listener: TcpListener, tls: Arc<TlsHolder>, router: Router) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("web: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // too many connections: drop this one
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, "web: TLS handshake: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientIp(peer.ip()));
+                let mut router = router.clone();
+                async move { router.call(req).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `Host` without its port, when it is a plain host name or address.
+fn host_name(host: &str) -> Option<&str> {
+    let name = if host.starts_with('[') {
+        &host[..host.find(']')? + 1]
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let ok =
+        !name.is_empty() && name.len() <= 253 && name.chars().all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c));
+    ok.then_some(name)
+}
+
+/// The answer of the plain HTTP listener: a redirect to the same path over HTTPS.
+pub fn redirect(req: &Request<Incoming>, https: SocketAddr) -> Response<Body> {
+    let fallback = https.ip().to_string();
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).and_then(host_name).unwrap_or(&fallback);
+    let port = if https.port() == 443 { String::new() } else { format!(":{}", https.port()) };
+    let path = req.uri().path_and_query().map(|p| p.as_str()).filter(|p| p.starts_with('/')).unwrap_or("/");
+    Response::builder()
+        .status(StatusCode::MOVED_PERMANENTLY)
+        .header(header::LOCATION, format!("https://{host}{port}{path}"))
+        .body(Body::from("use HTTPS\n"))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub async fn serve_redirect(listener: TcpListener, https: SocketAddr) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(redirect(&req, https))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}

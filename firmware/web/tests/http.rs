@@ -1,0 +1,474 @@
+//! Every route of the page over real HTTPS, in-process against a temp
+//! config dir: authentication, sessions, CSRF and Origin checks, the
+//! settings form (validation, atomic save, rollback, apply), rate limiting,
+//! body limits, path traversal, the HTTP redirect, status, metrics,
+//! certificates and network pages.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use relaybox_config::Config;
+
+fn parses(text: &str) -> Config {
+    Config::parse(text, "config.ini", Path::new("/tmp")).unwrap()
+}
+
+#[test]
+fn every_page_requires_a_login() {
+    let web = Web::start("");
+    for path in ["/status", "/settings", "/certs", "/network", "/certs/file/ca.pem", "/", "/status?x=1"] {
+        let r = web.get(path, None);
+        if path == "/" {
+            assert_eq!(r.header("location"), Some("/status"));
+            continue;
+        }
+        assert_eq!(r.status, 303, "{path}");
+        assert_eq!(r.header("location"), Some("/login"), "{path}");
+    }
+    assert_eq!(web.get("/api/status", None).status, 401);
+    assert_eq!(web.get("/metrics", None).status, 401);
+    let forged = Session { id: "0".repeat(64), csrf: String::new() };
+    assert_eq!(web.get("/status", Some(&forged)).status, 303);
+    for path in ["/settings", "/settings/apply", "/settings/rollback", "/certs/upload", "/certs/csr", "/logout"] {
+        let r = web.req("POST", path, &[], &form(&[("port_range", "50000:50100")]));
+        assert_eq!(r.status, 401, "{path}");
+    }
+    assert!(web.config_text().contains("port_range = 40000:40100"));
+    let css = web.get("/static/style.css", None);
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+    let login = web.get("/login", None);
+    assert!(login.header("content-security-policy").unwrap().contains("default-src 'self'"));
+    assert_eq!(login.header("x-frame-options"), Some("DENY"));
+}
+
+#[test]
+fn login_and_logout() {
+    let web = Web::start("");
+    let wrong = web.try_login("not the password");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong password"));
+    assert!(wrong.cookie("relaybox_session").is_none());
+
+    let ok = web.try_login(PASSWORD);
+    assert_eq!(ok.status, 303);
+    let set = ok.set_cookies().into_iter().find(|c| c.starts_with("relaybox_session=")).unwrap().to_string();
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let id = ok.cookie("relaybox_session").unwrap();
+    assert_eq!(id.len(), 64, "256-bit id as hex");
+    let s = web.login();
+    assert_ne!(s.id, id, "every login gets a new id");
+    let status = web.get("/status", Some(&s));
+    assert_eq!(status.status, 200);
+    assert!(status.body.contains("Log out"));
+
+    let no_token = web.post("/logout", &s, &[]);
+    assert_eq!(no_token.status, 403);
+    let out = web.post("/logout", &s, &[("csrf", &s.csrf)]);
+    assert_eq!(out.status, 303);
+    assert_eq!(out.header("location"), Some("/login"));
+    assert!(out.set_cookies().iter().any(|c| c.starts_with("relaybox_session=;") && c.contains("Max-Age=0")));
+    assert_eq!(web.get("/status", Some(&s)).status, 303, "the session is gone on the server");
+}
+
+#[test]
+fn without_a_password_the_page_says_how_to_set_one_and_refuses_login() {
+    let web = Web::start("");
+    std::fs::remove_file(relaybox_web::password_path(&web.config)).unwrap();
+    let page = web.get("/login", None);
+    assert!(page.body.contains("No password is set"), "{}", page.body);
+    assert!(page.body.contains("web set-password"));
+    assert!(!page.body.contains(r#"type="password""#));
+    let token = page.cookie("relaybox_login").unwrap();
+    let cookie = format!("relaybox_login={token}");
+    let r = web.req("POST", "/login", &[("Cookie", &cookie)], &form(&[("csrf", &token), ("password", "")]));
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("No password is set"));
+    assert!(r.cookie("relaybox_session").is_none());
+}
+
+#[test]
+fn posts_need_the_csrf_token_and_a_same_origin() {
+    let web = Web::start("");
+    let s = web.login();
+    let change = [("port_range", "50000:50100"), ("dispatchers", "127.0.0.1")];
+    assert_eq!(web.post("/settings", &s, &change).status, 403, "no token");
+    let mut wrong = change.to_vec();
+    wrong.push(("csrf", "00"));
+    assert_eq!(web.post("/settings", &s, &wrong).status, 403, "wrong token");
+    let mut right = change.to_vec();
+    right.push(("csrf", &s.csrf));
+    let cookie = s.cookie();
+    for origin in ["https://evil.example", "null", "http://127.0.0.1"] {
+        let r = web.req("POST", "/settings", &[("Cookie", &cookie), ("Origin", origin)], &form(&right));
+        assert_eq!(r.status, 403, "{origin}");
+    }
+    assert!(web.config_text().contains("port_range = 40000:40100"), "nothing saved");
+    // A login form posted from another site is refused too.
+    let page = web.get("/login", None);
+    let token = page.cookie("relaybox_login").unwrap();
+    let r = web.req(
+        "POST",
+        "/login",
+        &[("Cookie", &format!("relaybox_login={token}")), ("Origin", "https://evil.example")],
+        &form(&[("csrf", &token), ("password", PASSWORD)]),
+    );
+    assert_eq!(r.status, 403);
+    // The same form from the page's own origin works.
+    let origin = format!("https://{}", web.https);
+    let r = web.req("POST", "/settings", &[("Cookie", &cookie), ("Origin", &origin)], &form(&right));
+    assert_eq!(r.status, 303, "{}", r.body);
+}
+
+#[test]
+fn validation_errors_are_shown_next_to_their_field_and_nothing_is_saved() {
+    let web = Web::start("");
+    let s = web.login();
+    let before = web.config_text();
+    let r = web.post(
+        "/settings",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("port_range", "40001:40100"),
+            ("stream_timeout", "soon"),
+            ("relay_ip", "224.0.0.1"),
+            ("dispatchers", "127.0.0.1"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    let field = |name: &str| {
+        let at = r.body.find(&format!(r#"id="field-{name}""#)).unwrap_or_else(|| panic!("no field {name}"));
+        let end = r.body[at..].find("</div>").unwrap() + at;
+        r.body[at..end].to_string()
+    };
+    assert!(field("port_range").contains("start must be even (got 40001)"), "{}", field("port_range"));
+    assert!(
+        field("port_range").contains("field-error") || r.body.contains(r#"field field-error" id="field-port_range""#)
+    );
+    assert!(field("stream_timeout").contains(r#"id="error-stream_timeout""#));
+    assert!(field("relay_ip").contains("not a unicast address"), "{}", field("relay_ip"));
+    assert!(!field("dispatchers").contains("class=\"err\""));
+    assert!(field("port_range").contains(r#"value="40001:40100""#), "the typed value stays in the form");
+    assert_eq!(web.config_text(), before);
+    assert!(!relaybox_web::files::prev_path(&web.config).exists());
+}
+
+#[test]
+fn saving_is_atomic_keeps_the_rest_of_the_file_and_rolls_back() {
+    let web = Web::start("");
+    let s = web.login();
+    let before = web.config_text();
+    let r = web.post(
+        "/settings",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("dispatchers", "127.0.0.1:25060 192.0.2.9"),
+            ("port_range", "50000:50100"),
+            ("log_level", "INFO"),
+            ("auto_detect_interfaces", "yes"),
+            ("stream_timeout", "60"),
+            ("action", "save"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/settings?done=saved"));
+    let after = web.config_text();
+    let c = parses(&after);
+    assert_eq!((c.relay.port_range.start, c.relay.port_range.end), (50000, 50100));
+    assert_eq!(c.relay.stream_timeout, Duration::from_secs(60));
+    assert!(c.relay.auto_detect_interfaces);
+    assert_eq!(c.relay.dispatchers.len(), 2);
+    assert!(after.contains("; the operator's comment") && after.contains("; keep me") && after.contains("[Web]"));
+    assert_eq!(std::fs::read_to_string(relaybox_web::files::prev_path(&web.config)).unwrap(), before);
+    let page = web.get("/settings?done=saved", Some(&s));
+    assert!(page.body.contains(r#"value="50000:50100""#));
+    assert!(page.body.contains("Saved."));
+    let leftovers: Vec<_> = std::fs::read_dir(web.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    let back = web.post("/settings/rollback", &s, &[("csrf", &s.csrf)]);
+    assert_eq!(back.status, 303);
+    assert_eq!(web.config_text(), before, "rollback restores the previous file exactly");
+    assert_eq!(std::fs::read_to_string(relaybox_web::files::prev_path(&web.config)).unwrap(), after);
+    assert!(web.get("/settings", Some(&s)).body.contains(r#"value="40000:40100""#));
+}
+
+#[test]
+fn a_crash_between_temp_write_and_rename_leaves_the_old_file_intact() {
+    let web = Web::start("");
+    let before = web.config_text();
+    // The first half of an atomic save, then "power cut": no rename.
+    let tmp = relaybox_web::files::write_temp(&web.config, b"[Relay]\nport_range = 50000:", 0o640).unwrap();
+    assert!(tmp.exists() && tmp.parent() == web.config.parent());
+    assert_eq!(web.config_text(), before);
+    Config::load(&web.config).expect("the old file still parses");
+    let s = web.login();
+    assert!(web.get("/settings", Some(&s)).body.contains(r#"value="40000:40100""#));
+    // The next save completes and sweeps the stray temporary file.
+    let r =
+        web.post("/settings", &s, &[("csrf", &s.csrf), ("port_range", "40000:40200"), ("dispatchers", "127.0.0.1")]);
+    assert_eq!(r.status, 303);
+    assert!(!tmp.exists());
+    assert!(Config::load(&web.config).unwrap().relay.port_range.end == 40200);
+}
+
+#[test]
+fn wrong_passwords_lock_the_address_out() {
+    let web = Web::start(""); // login_attempts = 3, lockout = 2
+    assert_eq!(web.try_login("wrong-1").status, 401);
+    assert_eq!(web.try_login("wrong-2").status, 401);
+    let third = web.try_login("wrong-3");
+    assert_eq!(third.status, 429);
+    assert!(third.body.contains("Too many wrong passwords"));
+    let right = web.try_login(PASSWORD);
+    assert_eq!(right.status, 429, "locked out even with the right password");
+    assert!(right.cookie("relaybox_session").is_none());
+    std::thread::sleep(Duration::from_millis(2300));
+    assert_eq!(web.try_login(PASSWORD).status, 303);
+}
+
+#[test]
+fn oversize_bodies_are_refused() {
+    let web = Web::start(""); // max_body = 8192
+    let s = web.login();
+    let big = "x".repeat(20_000);
+    let r = web.post("/settings", &s, &[("csrf", &s.csrf), ("dispatchers", &big)]);
+    assert_eq!(r.status, 413);
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "ca"), ("pem", &big)]);
+    assert_eq!(r.status, 413);
+    let page = web.get("/login", None);
+    let token = page.cookie("relaybox_login").unwrap();
+    let r = web.req(
+        "POST",
+        "/login",
+        &[("Cookie", &format!("relaybox_login={token}"))],
+        &form(&[("csrf", &token), ("password", &big)]),
+    );
+    assert_eq!(r.status, 413);
+    assert!(web.config_text().contains("port_range = 40000:40100"));
+}
+
+#[test]
+fn file_routes_refuse_path_traversal() {
+    let web = Web::start("");
+    let s = web.login();
+    assert_eq!(web.get("/certs/file/ca.pem", Some(&s)).status, 200);
+    for path in [
+        "/certs/file/..%2F..%2Fconfig.ini",
+        "/certs/file/..%2Fweb.passwd",
+        "/certs/file/../../web.passwd",
+        "/certs/file/%2e%2e/config.ini",
+        "/certs/file/relay.key",
+        "/certs/file/dispatcher.key",
+        "/certs/file/.%2Frelay.key",
+        "/certs/file/%2Fetc%2Fpasswd",
+        "/static/..%2F..%2FCargo.toml",
+        "/static/../../../etc/passwd",
+        "/static/%2e%2e%2fsrc%2flib.rs",
+    ] {
+        let r = web.get(path, Some(&s));
+        assert!(r.status == 404 || r.status == 400, "{path}: {}", r.status);
+        for secret in ["PRIVATE KEY", "argon2", "[Relay]", "root:", "[package]"] {
+            assert!(!r.body.contains(secret), "{path} leaked {secret}");
+        }
+    }
+}
+
+#[test]
+fn plain_http_only_redirects_to_https() {
+    let web = Web::start("");
+    let r = http(web.http, "GET", "/settings?x=1", &[], b"");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some(format!("https://127.0.0.1:{}/settings?x=1", web.https.port()).as_str()));
+    let r = http(web.http, "GET", "/", &[("Host", "relaybox.lan:80")], b"");
+    assert_eq!(r.header("location"), Some(format!("https://relaybox.lan:{}/", web.https.port()).as_str()));
+    let r = http(web.http, "GET", "/", &[("Host", "evil\"><script>")], b"");
+    assert_eq!(r.header("location"), Some(format!("https://127.0.0.1:{}/", web.https.port()).as_str()));
+    let r = http(web.http, "POST", "/login", &[], &form(&[("password", PASSWORD)]));
+    assert_eq!(r.status, 301, "no login over plain HTTP");
+    assert!(r.cookie("relaybox_session").is_none());
+}
+
+#[test]
+fn status_page_and_json_show_the_relay_from_its_control_socket() {
+    let web = Web::start("");
+    let s = web.login();
+    let down = web.get("/status", Some(&s));
+    assert_eq!(down.status, 200);
+    assert!(down.body.contains("does not answer"), "{}", down.body);
+    fake_relay(&web.socket);
+    let page = web.get("/status", Some(&s));
+    for needed in [
+        "call-&lt;b&gt;1&lt;/b&gt;", // escaped
+        "sip:alice@example.com",
+        "PCMA",
+        "198.51.100.7:4000",
+        "192.0.2.1:40002",
+        "00:01:15",
+        "01:02:05",
+        "userspace",
+        "4 used, 96 free",
+        "127.0.0.1:25060",
+        "bandwidth-chart",
+        "<polyline",
+        "/static/app.js",
+        "27.5 kbit/s",
+    ] {
+        assert!(page.body.contains(needed), "status page lacks {needed}:\n{}", page.body);
+    }
+    assert!(!page.body.contains("<b>1</b>"));
+    let api = web.get("/api/status", Some(&s));
+    assert_eq!(api.status, 200);
+    assert!(api.header("content-type").unwrap().starts_with("application/json"));
+    let j: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(j["sessions"][0]["streams"][0]["caller_packets"], 100);
+    assert_eq!(j["metrics"]["summary"]["session_count"], 1);
+    assert!(j["html"].as_str().unwrap().contains("sip:bob@example.com"));
+}
+
+#[test]
+fn apply_sends_sighup_to_the_relay_on_the_control_socket() {
+    let web = Web::start("");
+    let s = web.login();
+    let r = web.post("/settings/apply", &s, &[("csrf", &s.csrf)]);
+    assert_eq!(r.status, 502, "no relay: the page says so");
+    assert!(r.body.contains("could not be told"));
+    fake_relay(&web.socket);
+    let before = HUPS.load(Ordering::SeqCst);
+    let r = web.post(
+        "/settings",
+        &s,
+        &[("csrf", &s.csrf), ("port_range", "50000:50100"), ("dispatchers", "127.0.0.1"), ("action", "apply")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.header("location").unwrap().to_string();
+    assert_eq!(location, format!("/settings?done=applied&pid={}", std::process::id()));
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while HUPS.load(Ordering::SeqCst) == before {
+        assert!(std::time::Instant::now() < until, "no SIGHUP arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(web.config_text().contains("port_range = 50000:50100"));
+    let page = web.get(&location, Some(&s));
+    assert!(page.body.contains("halt gracefully"));
+    assert!(page.body.contains("calls in progress go on"));
+}
+
+#[test]
+fn metrics_need_a_login_or_a_lan_address_by_setting() {
+    let web = Web::start("");
+    fake_relay(&web.socket);
+    assert_eq!(web.get("/metrics", None).status, 401);
+    let s = web.login();
+    let m = web.get("/metrics", Some(&s));
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    for line in [
+        "relaybox_relay_up 1",
+        "relaybox_sessions 1",
+        "relaybox_streams{media=\"audio\"} 1",
+        "relaybox_relayed_bytes_total 34300",
+        "relaybox_session_packets 199",
+        "relaybox_ports{state=\"used\"} 4",
+        "relaybox_ports{state=\"free\"} 96",
+        "relaybox_latch_drops_total 3",
+        "relaybox_relay_status{status=\"active\"} 1",
+        "relaybox_datapath{mode=\"userspace\"} 1",
+        "# TYPE relaybox_relayed_bytes_total counter",
+    ] {
+        assert!(m.body.lines().any(|l| l == line), "missing {line}:\n{}", m.body);
+    }
+
+    let lan = Web::start("metrics_lan_only = yes");
+    let m = lan.get("/metrics", None);
+    assert_eq!(m.status, 200, "127.0.0.1 is on the LAN side");
+    assert!(m.body.contains("relaybox_relay_up 0"));
+
+    let off = Web::start("metrics = no");
+    let s = off.login();
+    assert_eq!(off.get("/metrics", Some(&s)).status, 404);
+}
+
+#[test]
+fn certificates_page_uploads_and_requests() {
+    let mut web = Web::start("");
+    let s = web.login();
+    let page = web.get("/certs", Some(&s));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("CN=web test CA") && page.body.contains("CN=edge-relay"));
+    let fp = relaybox_ca::fingerprint_sha256(&std::fs::read_to_string(web.certs.join("relay.crt")).unwrap()).unwrap();
+    assert!(page.body.contains(&fp), "fingerprint shown");
+    assert!(!page.body.contains("expires in"), "365 days: no warning");
+
+    // A certificate close to expiry, with its key: accepted, and warned about.
+    let soon = web.ca.issue(&relaybox_ca::Subject::new("soon-relay"), 10).unwrap();
+    let r = web.post(
+        "/certs/upload",
+        &s,
+        &[("csrf", &s.csrf), ("kind", "relay"), ("pem", &soon.cert_pem), ("key", &soon.key_pem)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(std::fs::read_to_string(web.certs.join("relay.crt")).unwrap().trim(), soon.cert_pem.trim());
+    let page = web.get("/certs", Some(&s));
+    assert!(page.body.contains("CN=soon-relay") && page.body.contains("expires in"), "{}", page.body);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(web.certs.join("relay.key")).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A key that does not match, garbage, a non-CA as CA: refused, nothing replaced.
+    let other = web.ca.issue(&relaybox_ca::Subject::new("other"), 30).unwrap();
+    for (kind, pem, key, why) in [
+        ("relay", other.cert_pem.as_str(), soon.key_pem.as_str(), "does not match"),
+        (
+            "relay",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            soon.key_pem.as_str(),
+            "Nothing was replaced",
+        ),
+        ("ca", other.cert_pem.as_str(), "", "not a CA certificate"),
+        ("crl", other.cert_pem.as_str(), "", "CRL"),
+    ] {
+        let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", kind), ("pem", pem), ("key", key)]);
+        assert_eq!(r.status, 422, "{kind}");
+        assert!(r.body.contains(why), "{kind}: {}", r.body);
+    }
+    assert_eq!(std::fs::read_to_string(web.certs.join("relay.crt")).unwrap().trim(), soon.cert_pem.trim());
+    // A CRL from the CA is accepted.
+    let crl = web.ca.crl_pem().unwrap();
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "crl"), ("pem", &crl)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // Key + CSR made on the box; the key never leaves it.
+    let r = web.post("/certs/csr", &s, &[("csrf", &s.csrf), ("cn", "box-relay"), ("o", "Example Ltd")]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("BEGIN CERTIFICATE REQUEST"));
+    assert_eq!(std::fs::metadata(web.certs.join("relay-csr.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let csr = web.get("/certs/file/relay.csr", Some(&s));
+    assert_eq!(csr.status, 200);
+    assert!(csr.body.contains("BEGIN CERTIFICATE REQUEST"));
+    assert_eq!(web.get("/certs/file/relay-csr.key", Some(&s)).status, 404);
+    let bad = web.post("/certs/csr", &s, &[("csrf", &s.csrf), ("cn", "")]);
+    assert_eq!(bad.status, 422);
+    web.server.take();
+}
+
+#[test]
+fn network_page_lists_interfaces() {
+    let web = Web::start("");
+    let s = web.login();
+    let page = web.get("/network", Some(&s));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"<td class="mono">lo</td><td>loopback</td>"#), "{}", page.body);
+    assert!(page.body.contains("127.0.0.1/8"));
+}

@@ -1,0 +1,283 @@
+//! `cargo xtask image --board NAME`: the static binary, the Debian kernel
+//! and busybox, rootfs-overlay/ and board/NAME assembled into an initramfs
+//! and a bootable disk image under target/images/NAME/.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::board::{Arch, Board};
+use crate::cpio::Archive;
+use crate::disk::{self, Part};
+use crate::kernel::Kernel;
+use crate::{mib, run, step};
+
+/// What an image build produced.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub board: String,
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk: PathBuf,
+    pub disk_xz: PathBuf,
+    /// An empty config partition image (first boot writes the defaults).
+    pub config: PathBuf,
+    pub relaybox: PathBuf,
+    pub kernel_version: String,
+}
+
+impl Image {
+    /// The outputs of an earlier build, if all are there.
+    pub fn existing(board: &str) -> Option<Image> {
+        let dir = crate::target_dir().join("images").join(board);
+        let text = std::fs::read_to_string(dir.join("kernel-version")).ok()?;
+        let img = Image {
+            board: board.to_string(),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd.img"),
+            disk: dir.join("disk.img"),
+            disk_xz: dir.join("disk.img.xz"),
+            config: dir.join("config.img"),
+            relaybox: dir.join("relaybox"),
+            kernel_version: text.trim().to_string(),
+            dir,
+        };
+        [&img.kernel, &img.initrd, &img.disk, &img.config].iter().all(|p| p.exists()).then_some(img)
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Adds a host directory tree to the archive (files keep their permission bits).
+fn add_tree(a: &mut Archive, root: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = p.strip_prefix(root)?.display().to_string();
+        if (rel == "README.md" || rel == "etc/inittab") && p.parent().is_some() {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&p)?;
+        if meta.is_dir() {
+            a.dir(&rel, 0o755)?;
+            add_tree(a, root, &p)?;
+        } else if meta.file_type().is_symlink() {
+            a.symlink(&rel, &std::fs::read_link(&p)?.display().to_string())?;
+        } else {
+            a.file(&rel, meta.permissions().mode() & 0o7777, &read(&p)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The busybox applets and where they go (`busybox --list-full`, run with
+/// the build host's own busybox-static: both arches come from one source).
+fn applets() -> Result<Vec<String>> {
+    let host = crate::debs::unpack("busybox-static", "amd64")?.join("bin/busybox");
+    let list = run(Command::new(host).arg("--list-full"))?;
+    Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+/// Builds the initramfs (the whole root file system) for a board.
+pub fn initramfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path) -> Result<Vec<u8>> {
+    let root = crate::workspace_root();
+    let console = if board.get_or("CONSOLE_SHELL", "no") == "yes" {
+        "# CONSOLE_SHELL=yes: a root shell on the console (test and lab boards)\n::respawn:-/bin/sh\n".to_string()
+    } else {
+        format!(
+            "# a login on the console; root's password comes from /config/shadow\n{}::respawn:/sbin/getty -L {} {} vt100\n",
+            board.get("CONSOLE")?,
+            board.get_or("CONSOLE_BAUD", "115200"),
+            board.get("CONSOLE")?
+        )
+    };
+    let mut inittab = String::from_utf8(read(&root.join("rootfs-overlay/etc/inittab"))?)?;
+    inittab.push_str(&console);
+    rootfs(board, relaybox, kernel, busybox, &inittab)
+}
+
+fn rootfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, inittab: &str) -> Result<Vec<u8>> {
+    let root = crate::workspace_root();
+    let mut a = Archive::new();
+    for d in ["proc", "sys", "dev", "run", "tmp", "var", "config", "root", "mnt"] {
+        a.dir(d, 0o755)?;
+    }
+    a.char_dev("dev/console", 0o600, 5, 1)?;
+    a.char_dev("dev/null", 0o666, 1, 3)?;
+    a.file("bin/busybox", 0o755, &read(busybox)?)?;
+    for app in applets()? {
+        if app == "bin/busybox" || app.ends_with("/linuxrc") {
+            continue;
+        }
+        let depth = app.matches('/').count();
+        a.symlink(&app, &format!("{}bin/busybox", "../".repeat(depth)))?;
+    }
+    a.symlink("init", "bin/busybox")?;
+    a.file("usr/bin/relaybox", 0o755, &read(relaybox)?)?;
+    a.file("etc/inittab", 0o644, inittab.as_bytes())?;
+    add_tree(&mut a, &root.join("rootfs-overlay"), &root.join("rootfs-overlay"))?;
+    a.file("etc/relaybox/board.conf", 0o644, &read(&board.dir.join("board.conf"))?)?;
+    a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
+    a.file("etc/group", 0o644, b"root:x:0:\n")?;
+    a.file("etc/shadow", 0o600, b"root:*:19000:0:99999:7:::\n")?;
+    a.symlink("etc/resolv.conf", "../run/resolv.conf")?;
+    a.file("etc/hostname", 0o644, b"relaybox\n")?;
+
+    let (mods, missing) = kernel.closure(&board.modules()?)?;
+    if !missing.is_empty() {
+        step(format!("note: not in kernel {} (built in or not built): {}", kernel.version, missing.join(" ")));
+    }
+    let mdir = format!("lib/modules/{}", kernel.version);
+    let mut load = String::new();
+    for m in &mods {
+        let rel = &kernel.index[m];
+        a.file(&format!("{mdir}/{}", rel.display()), 0o644, &read(&kernel.modules_dir.join(rel))?)?;
+        load.push_str(&format!("{}\n", rel.display()));
+    }
+    a.file(&format!("{mdir}/relaybox.load"), 0o644, load.as_bytes())?;
+    a.file(&format!("{mdir}/modules.dep"), 0o644, kernel.modules_dep(&mods)?.as_bytes())?;
+    for f in ["modules.builtin", "modules.order", "modules.builtin.modinfo"] {
+        if kernel.modules_dir.join(f).exists() {
+            a.file(&format!("{mdir}/{f}"), 0o644, &read(&kernel.modules_dir.join(f))?)?;
+        }
+    }
+    step(format!("initramfs: busybox, relaybox, {} kernel modules", mods.len()));
+    a.finish_gz()
+}
+
+/// Builds everything for a board; returns the outputs.
+pub fn build(board_name: &str) -> Result<Image> {
+    let t0 = Instant::now();
+    let board = Board::load(board_name)?;
+    let arch = board.arch()?;
+    let deb_arch = arch.debian();
+    let out = crate::target_dir().join("images").join(board_name);
+    std::fs::create_dir_all(&out)?;
+
+    let relaybox_bin = crate::build::relaybox(arch.rust_target())?;
+    step(format!("kernel {}:{deb_arch} (cached under {})", board.get("KERNEL_PACKAGE")?, crate::debs::cache_dir().display()));
+    let kroot = crate::debs::kernel(board.get("KERNEL_PACKAGE")?, deb_arch)?;
+    let kernel = Kernel::from_unpacked(&kroot)?;
+    let busybox = crate::debs::unpack("busybox-static", deb_arch)?.join("bin/busybox");
+
+    step("assembling the initramfs");
+    let initrd = initramfs(&board, &relaybox_bin, &kernel, &busybox)?;
+    let initrd_path = out.join("initrd.img");
+    std::fs::write(&initrd_path, &initrd)?;
+    let kernel_path = out.join("vmlinuz");
+    std::fs::copy(&kernel.vmlinuz, &kernel_path)?;
+    std::fs::copy(&relaybox_bin, out.join("relaybox"))?;
+    std::fs::write(out.join("kernel-version"), &kernel.version)?;
+
+    step("boot partition");
+    let cmdline = board.get("KERNEL_CMDLINE")?;
+    let boot_img = out.join("boot.part");
+    let layout = board.get("DISK_LAYOUT")?;
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let tmp = out.join("boot-files");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    match layout {
+        "gpt-efi" => {
+            let efi_arch = board.get("EFI_ARCH")?;
+            let sdboot = crate::debs::unpack("systemd-boot-efi", deb_arch)?
+                .join(format!("usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"));
+            files.push((format!("EFI/BOOT/BOOT{}.EFI", efi_arch.to_uppercase()), sdboot));
+            files.push(("loader/loader.conf".into(), board.dir.join("loader.conf")));
+            let entry = tmp.join("relaybox.conf");
+            std::fs::write(
+                &entry,
+                format!("title relaybox ({board_name})\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"),
+            )?;
+            files.push(("loader/entries/relaybox.conf".into(), entry));
+            // EFI loads PE images: arm64's vmlinuz is a gzipped Image, so unpack it.
+            let efi_kernel = if arch == Arch::Aarch64 { gunzip_to(&kernel.vmlinuz, &tmp.join("Image"))? } else { kernel.vmlinuz.clone() };
+            files.push(("vmlinuz".into(), efi_kernel));
+        }
+        "rpi-mbr" => {
+            files.push(("config.txt".into(), board.dir.join("config.txt")));
+            let c = tmp.join("cmdline.txt");
+            std::fs::write(&c, format!("{cmdline}\n"))?;
+            files.push(("cmdline.txt".into(), c));
+            files.push(("vmlinuz".into(), kernel.vmlinuz.clone()));
+            let dtb_root = kroot.join(format!("usr/lib/linux-image-{}", kernel.version));
+            for dtb in board.get_or("DTBS", "").split_whitespace() {
+                let name = Path::new(dtb).file_name().unwrap().to_string_lossy().into_owned();
+                files.push((name, dtb_root.join(dtb)));
+            }
+            match crate::debs::unpack(board.get("FIRMWARE_PACKAGE")?, deb_arch) {
+                Ok(fw) => {
+                    for f in ["start4.elf", "fixup4.dat"] {
+                        files.push((f.into(), fw.join("usr/lib/raspi-firmware").join(f)));
+                    }
+                }
+                Err(e) => step(format!(
+                    "WARNING: no Raspberry Pi GPU firmware ({e:#}); the image lacks start4.elf/fixup4.dat: \
+                     enable Debian's non-free-firmware component or copy them onto the boot partition"
+                )),
+            }
+        }
+        other => bail!("DISK_LAYOUT {other}: gpt-efi or rpi-mbr"),
+    }
+    files.push(("initrd.img".into(), initrd_path.clone()));
+    let need: u64 = files.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let esp_mib = board.mib("ESP_SIZE_MIB", 64)?.max(need / disk::MIB + 8);
+    disk::fat_image(&boot_img, "RELAYBOX", esp_mib, &files)?;
+
+    step("config partition (empty: the first boot writes the defaults)");
+    let cfg_img = out.join("config.img");
+    disk::config_image(&cfg_img, board.get_or("CFG_FS", "ext4"), board.mib("CFG_SIZE_MIB", 16)?, None)?;
+
+    step("disk image");
+    let disk_path = out.join("disk.img");
+    let gpt = layout == "gpt-efi";
+    disk::disk_image(
+        &disk_path,
+        &[
+            Part { image: &boot_img, name: "RELAYBOX_BOOT", gpt_type: "ef00", mbr_type: 0x0c },
+            Part { image: &cfg_img, name: disk::CFG_LABEL, gpt_type: "8300", mbr_type: 0x83 },
+        ],
+        gpt,
+    )?;
+    std::fs::remove_file(&boot_img)?;
+    std::fs::remove_dir_all(&tmp)?;
+
+    step("compressing the disk image (xz)");
+    let xz = out.join("disk.img.xz");
+    let data = run(Command::new("sh").arg("-c").arg(format!(
+        "xz -T2 -6 -c '{}' > '{}' && stat -c %s '{}'",
+        disk_path.display(),
+        xz.display(),
+        xz.display()
+    )))?;
+    let xz_size: u64 = data.trim().parse().unwrap_or(0);
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    println!("image {board_name} (kernel {}) in {}:", kernel.version, out.display());
+    println!("  relaybox      {:>10}", mib(size(&relaybox_bin)));
+    println!("  vmlinuz       {:>10}", mib(size(&kernel_path)));
+    println!("  initrd.img    {:>10}", mib(size(&initrd_path)));
+    println!("  disk.img      {:>10}", mib(size(&disk_path)));
+    println!("  disk.img.xz   {:>10}{}", mib(xz_size), if xz_size > 16 * disk::MIB { "  (over the 16 MiB goal)" } else { "" });
+    println!("  built in {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(Image::existing(board_name).context("outputs missing after the build")?)
+}
+
+fn gunzip_to(src: &Path, dst: &Path) -> Result<PathBuf> {
+    use std::io::Read;
+    let data = read(src)?;
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut out)?;
+        std::fs::write(dst, out)?;
+    } else {
+        std::fs::write(dst, data)?;
+    }
+    Ok(dst.to_path_buf())
+}

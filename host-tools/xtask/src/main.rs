@@ -1,0 +1,138 @@
+//! `cargo xtask`: relaybox's project chores (see board/README.md).
+//!
+//! - `cargo xtask binaries` — static, stripped `relaybox` for x86_64 and aarch64 (musl)
+//! - `cargo xtask image --board NAME` — initramfs and disk image under target/images/NAME
+//! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
+//! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it and wait until the relay runs
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use xtask::board::Arch;
+use xtask::image::Image;
+use xtask::qemu::{Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "relaybox project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the static relaybox binaries for both architectures.
+    Binaries,
+    /// Build the firmware image of a board.
+    Image {
+        #[arg(long)]
+        board: String,
+    },
+    /// Make a config partition image (label RELAYBOX_CFG).
+    ConfigImage {
+        #[arg(long)]
+        out: PathBuf,
+        /// A directory to copy in (relaybox.ini, tls/, network.conf...).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long, default_value = "ext4")]
+        fs: String,
+        #[arg(long, default_value_t = 16)]
+        size_mib: u64,
+    },
+    /// Boot a QEMU board's image and wait until the relay is running.
+    Qemu {
+        #[arg(long)]
+        board: String,
+        /// The image directory (default: target/images/BOARD, built if missing).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The config partition image (default: a fresh copy of the image's empty one).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The relay's UDP port range to forward from 127.0.0.1, "start:end".
+        #[arg(long, default_value = "40000:40016")]
+        ports: String,
+        /// Host port forwarded to the box's web port.
+        #[arg(long, default_value_t = 8080)]
+        web_port: u16,
+        /// Stay attached after the relay is up (until Ctrl-C) instead of exiting.
+        #[arg(long)]
+        interactive: bool,
+        /// The console line that means ready (e.g. "connected to dispatcher"
+        /// when the config partition names a reachable dispatcher).
+        #[arg(long, default_value = "relaybox-supervise: started relaybox relay")]
+        ready: String,
+        /// Seconds to wait for the relay to start.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Binaries => {
+            for arch in [Arch::X86_64, Arch::Aarch64] {
+                xtask::build::relaybox(arch.rust_target())?;
+            }
+        }
+        Cmd::Image { board } => {
+            xtask::image::build(&board)?;
+        }
+        Cmd::ConfigImage { out, from, fs, size_mib } => {
+            xtask::disk::config_image(&out, &fs, size_mib, from.as_deref())?;
+            println!("{} ({fs}, {size_mib} MiB, label {})", out.display(), xtask::disk::CFG_LABEL);
+        }
+        Cmd::Qemu { board, image, config, ports, web_port, interactive, ready, timeout } => {
+            if !board.starts_with("qemu-") {
+                bail!("qemu boots the qemu-x86_64 and qemu-aarch64 boards");
+            }
+            let dir = image.unwrap_or_else(|| xtask::target_dir().join("images").join(&board));
+            if !dir.join("initrd.img").exists() {
+                xtask::image::build(&board)?;
+            }
+            let img = Image::existing(&board).filter(|i| i.dir == dir);
+            let (kernel, initrd) = match img {
+                Some(i) => (i.kernel, i.initrd),
+                None => (dir.join("vmlinuz"), dir.join("initrd.img")),
+            };
+            let config = match config {
+                Some(c) => c,
+                None => {
+                    let c = dir.join("config-run.img");
+                    std::fs::copy(dir.join("config.img"), &c)?;
+                    c
+                }
+            };
+            let (a, b) = ports.split_once(':').unwrap_or(("40000", "40016"));
+            let (a, b): (u16, u16) = (a.parse()?, b.parse()?);
+            let mut cfg = VmConfig::new(&board, &kernel, &initrd, &config);
+            cfg.udp_ports = (a..b).collect();
+            cfg.web_host_port = web_port;
+            let mut vm = Vm::start(&cfg)?;
+            xtask::step(format!("booting {board} (QEMU pid {}), config disk {}", vm.pid(), config.display()));
+            vm.wait_for("relaybox-init: boot done", Duration::from_secs(timeout))?;
+            vm.wait_for(&ready, Duration::from_secs(timeout))?;
+            println!("{}", vm.console());
+            xtask::step(format!(
+                "{board}: ready ({ready:?}) {:.1} s after power-on; media ports 127.0.0.1:{a}-{} (UDP), web 127.0.0.1:{web_port}",
+                vm.started.elapsed().as_secs_f64(),
+                b - 1
+            ));
+            if interactive {
+                xtask::step("console output follows; Ctrl-C stops the VM");
+                let mut printed = vm.console().len();
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let text = vm.console();
+                    print!("{}", &text[printed..]);
+                    printed = text.len();
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Booting an image in QEMU (TCG) with user-mode networking, host
+//! forwards for the relay's media ports and the web port, the config
+//! partition as a virtio disk, and the serial console on stdio, which
+//! callers can read (`wait_for`) and type into (`run`).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::board::{Arch, Board};
+
+/// Where the guest reaches the host under QEMU user networking.
+pub const HOST_FROM_GUEST: &str = "10.0.2.2";
+/// The guest's own address under QEMU user networking (first DHCP lease).
+pub const GUEST_IP: &str = "10.0.2.15";
+/// The port `relaybox web` will listen on inside the box.
+pub const WEB_PORT: u16 = 8080;
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub board: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The RELAYBOX_CFG partition image, attached as a virtio disk.
+    pub config_disk: PathBuf,
+    /// UDP ports forwarded 127.0.0.1:p -> guest:p (the relay's port_range).
+    pub udp_ports: Vec<u16>,
+    /// Host port for the guest's web port (0: none).
+    pub web_host_port: u16,
+    pub memory_mib: u32,
+    /// Copy of the console output.
+    pub log: Option<PathBuf>,
+}
+
+impl VmConfig {
+    pub fn new(board: &str, kernel: &Path, initrd: &Path, config_disk: &Path) -> Self {
+        VmConfig {
+            board: board.to_string(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            config_disk: config_disk.to_path_buf(),
+            udp_ports: Vec::new(),
+            web_host_port: 0,
+            memory_mib: 512,
+            log: None,
+        }
+    }
+
+    pub fn command(&self) -> Result<Command> {
+        let board = Board::load(&self.board)?;
+        let mut fwd = String::new();
+        for p in &self.udp_ports {
+            fwd.push_str(&format!(",hostfwd=udp:127.0.0.1:{p}-:{p}"));
+        }
+        if self.web_host_port != 0 {
+            fwd.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{WEB_PORT}", self.web_host_port));
+        }
+        let mut cmd = match board.arch()? {
+            Arch::X86_64 => {
+                let mut c = Command::new("qemu-system-x86_64");
+                c.args(["-M", "q35", "-cpu", "max"]);
+                c
+            }
+            Arch::Aarch64 => {
+                let mut c = Command::new("qemu-system-aarch64");
+                c.args(["-M", "virt", "-cpu", "cortex-a53"]);
+                c
+            }
+        };
+        cmd.args(["-accel", "tcg", "-smp", "1", "-m", &self.memory_mib.to_string()]);
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        cmd.args(["-serial", "stdio", "-monitor", "none"]);
+        cmd.arg("-kernel").arg(&self.kernel).arg("-initrd").arg(&self.initrd);
+        cmd.arg("-append").arg(board.get("KERNEL_CMDLINE")?.replace(" quiet", " quiet loglevel=3"));
+        cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=cfg", self.config_disk.display()));
+        cmd.args(["-device", "virtio-blk-pci,drive=cfg"]);
+        cmd.args(["-netdev", &format!("user,id=wan{fwd}"), "-device", "virtio-net-pci,netdev=wan"]);
+        Ok(cmd)
+    }
+}
+
+/// A running VM; killed (and waited for) on drop.
+pub struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    console: Arc<Mutex<String>>,
+    /// Console output before this offset has been consumed by wait_for.
+    seen: usize,
+    pub started: Instant,
+    marker: u32,
+}
+
+impl Vm {
+    pub fn start(cfg: &VmConfig) -> Result<Vm> {
+        let mut cmd = cfg.command()?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting QEMU (is qemu-system-x86/qemu-system-arm installed?)")?;
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let console = Arc::new(Mutex::new(String::new()));
+        let sink = console.clone();
+        let mut log = match &cfg.log {
+            Some(p) => Some(std::fs::File::create(p)?),
+            None => None,
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(&buf[..n]);
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]).replace('\r', ""));
+            }
+        });
+        Ok(Vm { child, stdin, console, seen: 0, started: Instant::now(), marker: 0 })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` shows up on the console after what earlier
+    /// waits consumed; returns the text up to and including it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let until = Instant::now() + timeout;
+        loop {
+            {
+                let text = self.console.lock().unwrap();
+                if let Some(at) = text[self.seen..].find(needle) {
+                    let end = self.seen + at + needle.len();
+                    let got = text[self.seen..end].to_string();
+                    self.seen = end;
+                    return Ok(got);
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("QEMU exited ({status}) before {needle:?}; console:\n{}", self.tail());
+            }
+            if Instant::now() > until {
+                bail!("{needle:?} not on the console within {timeout:?}; console:\n{}", self.tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn tail(&self) -> String {
+        let text = self.console();
+        let start = text.len().saturating_sub(6000);
+        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text[start..].to_string()
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes())?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Runs a shell command on the console and returns its output.
+    pub fn run(&mut self, command: &str, timeout: Duration) -> Result<String> {
+        self.marker += 1;
+        let tag = format!("XTASK{}", self.marker);
+        // the marker is split in the echoed command line, whole in the output
+        self.send(&format!("{command}; echo \"@@{tag}\"'-'\"END\""))?;
+        let out = self.wait_for(&format!("@@{tag}-END"), timeout)?;
+        // drop everything up to the end of the echoed command line
+        let echo_end = out.rfind("'-'\"END\"").map(|i| i + "'-'\"END\"".len()).unwrap_or(0);
+        let out = out[echo_end..].split_once('\n').map(|(_, rest)| rest).unwrap_or("");
+        Ok(out.trim_end_matches(&format!("@@{tag}-END")).to_string())
+    }
+
+    /// Waits for QEMU to exit by itself (the guest rebooted: -no-reboot).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<()> {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("QEMU still running after {timeout:?}; console:\n{}", self.tail())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

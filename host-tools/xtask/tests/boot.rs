@@ -1,0 +1,322 @@
+//! Boots the qemu-x86_64 and qemu-aarch64 images (TCG) side by side and
+//! drives each like an operator and a SIP proxy would: a dispatcher on the
+//! host, the box provisioned through its config partition, a call placed
+//! through the module socket, RTP both ways through the box's relay (QEMU
+//! host forwards), a killed relay coming back under the supervisor, and a
+//! changed setting surviving a reboot.
+//!
+//! Images are taken from target/images/<board> (built if missing):
+//! ci/test.sh runs `cargo xtask image` for both boards first.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use relaybox_ca::{CertificateAuthority, Subject};
+use xtask::image::Image;
+use xtask::qemu::{Vm, VmConfig, HOST_FROM_GUEST};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An even start with `count` free UDP ports on 127.0.0.1 (per-board
+/// offsets keep the two VMs apart).
+fn free_udp_range(count: u16, salt: u16) -> (u16, u16) {
+    let seed = std::process::id() as u16;
+    for i in 0..500u16 {
+        let start = 30000 + ((seed.wrapping_mul(7).wrapping_add(i * 97 + salt * 4001)) % 9000) * 2;
+        if (start..start + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (start, start + count);
+        }
+    }
+    panic!("no free UDP port range");
+}
+
+struct Dispatcher {
+    child: Child,
+    log: PathBuf,
+    socket: PathBuf,
+    mgmt: u16,
+    link: u16,
+}
+
+impl Dispatcher {
+    fn start(bin: &Path, dir: &Path, certs: &Path) -> Dispatcher {
+        let (link, mgmt) = (free_tcp_port(), free_tcp_port());
+        let socket = dir.join("dispatcher.sock");
+        let cfg = dir.join("dispatcher.ini");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[Dispatcher]\nsocket_path = {}\nlisten = 127.0.0.1:{link}\nlisten_management = 127.0.0.1:{mgmt}\n\
+                 management_use_tls = no\nrelay_timeout = 3\nmodule_timeout = 3\nlog_level = DEBUG\n[TLS]\ncerts_path = {}\n",
+                socket.display(),
+                certs.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("dispatcher.log");
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("dispatcher")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Dispatcher { child, log, socket, mgmt, link };
+        d.wait_log("dispatcher ready", 1, Duration::from_secs(20));
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` occurs at least `count` times in the log.
+    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.log_text().matches(needle).count() < count {
+            assert!(Instant::now() < until, "{needle:?} x{count} not in the dispatcher log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn management(&self, command: &str) -> String {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.mgmt)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(stream);
+        reader.get_mut().write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn relays(&self) -> usize {
+        let v: serde_json::Value = serde_json::from_str(&self.management("summary")).unwrap();
+        v.as_array().unwrap().len()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn module_request(socket: &Path, text: &str) -> String {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(stream);
+    r.get_mut().write_all(text.as_bytes()).unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+fn update(party: &str, call_id: &str, to_tag: &str, port: u16) -> String {
+    format!(
+        "update\r\ntype: {party}\r\ndialog_id: 1:2\r\ncall_id: {call_id}\r\ncseq: 1 INVITE\r\nfrom_uri: sip:alice@example.com\r\n\
+         to_uri: sip:bob@example.com\r\nfrom_tag: ft-{call_id}\r\nto_tag: {to_tag}\r\nuser_agent: xtask-boot-test\r\n\
+         signaling_ip: {HOST_FROM_GUEST}\r\nmedia: audio:{HOST_FROM_GUEST}:{port}:sendrecv:ice=no\r\n\r\n"
+    )
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 8];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+fn phone() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    s
+}
+
+fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    s.recv_from(&mut buf).ok().map(|(n, from)| (buf[..n].to_vec(), from))
+}
+
+/// Places a call through the box and counts RTP packets each way.
+fn call_through_the_box(d: &Dispatcher, call_id: &str, range: (u16, u16)) -> (u32, u32) {
+    let (caller, callee) = (phone(), phone());
+    let port = |s: &UdpSocket| s.local_addr().unwrap().port();
+    let offer = module_request(&d.socket, &update("request", call_id, "", port(&caller)));
+    let answer = module_request(&d.socket, &update("reply", call_id, "tt", port(&callee)));
+    let parse = |reply: &str| -> (String, u16) {
+        let mut it = reply.split_whitespace();
+        let ip = it.next().unwrap_or_default().to_string();
+        (ip, it.next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {reply:?}")))
+    };
+    let (ip, offer_port) = parse(&offer);
+    let (_, answer_port) = parse(&answer);
+    assert_eq!(ip, "127.0.0.1", "advertised_ip: {offer}");
+    for p in [offer_port, answer_port] {
+        assert!((range.0..range.1).contains(&p), "{p} outside {range:?}");
+    }
+    let to_callee_side: SocketAddr = format!("127.0.0.1:{offer_port}").parse().unwrap();
+    let to_caller_side: SocketAddr = format!("127.0.0.1:{answer_port}").parse().unwrap();
+    let (mut at_callee, mut at_caller) = (0, 0);
+    for seq in 0..20u16 {
+        caller.send_to(&rtp(seq), to_caller_side).unwrap();
+        if let Some((data, from)) = recv(&callee) {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_callee_side, "media must come from the relay port the callee was given");
+            at_callee += 1;
+        }
+        callee.send_to(&rtp(seq), to_callee_side).unwrap();
+        if let Some((data, from)) = recv(&caller) {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_caller_side);
+            at_caller += 1;
+        }
+    }
+    let removed = module_request(&d.socket, &format!("remove\r\ncall_id: {call_id}\r\nfrom_tag: ft-{call_id}\r\nto_tag: tt\r\n\r\n"));
+    assert_eq!(removed, "removed\r\n");
+    (at_callee, at_caller)
+}
+
+fn image(board: &str) -> Image {
+    Image::existing(board).unwrap_or_else(|| xtask::image::build(board).unwrap())
+}
+
+struct Report {
+    board: String,
+    ready_secs: f64,
+    reboot_ready_secs: f64,
+    caller_to_callee: u32,
+    callee_to_caller: u32,
+}
+
+fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
+    let img = image(board);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+
+    // The operator's CA: a dispatcher certificate for the host, a relay one for the box.
+    let mut ca = CertificateAuthority::create(&Subject::new("relaybox boot-test CA").with_org("Example Ltd"), 30).unwrap();
+    let relay = ca.issue(&Subject::new(format!("relay-{board}")).with_org("Example Ltd"), 30).unwrap();
+    let disp = ca.issue(&Subject::new("dispatcher").with_org("Example Ltd"), 30).unwrap();
+    let certs = dir.join("certs");
+    relaybox_ca::write_certs_dir(&ca, &certs, &relay, &disp).unwrap();
+    let d = Dispatcher::start(host_relaybox, dir, &certs);
+
+    // The box's config partition: settings and its own certificates only.
+    let range = free_udp_range(8, salt);
+    let cfg_dir = dir.join("cfg");
+    std::fs::create_dir_all(cfg_dir.join("tls")).unwrap();
+    for f in ["ca.pem", "crl.pem", "relay.crt", "relay.key"] {
+        std::fs::copy(certs.join(f), cfg_dir.join("tls").join(f)).unwrap();
+    }
+    std::fs::write(
+        cfg_dir.join("relaybox.ini"),
+        format!(
+            "[Relay]\ndispatchers = {HOST_FROM_GUEST}:{}\nadvertised_ip = 127.0.0.1\nport_range = {}:{}\n\
+             reconnect_delay = 1\nlog_level = INFO\n[TLS]\ncerts_path = tls\n",
+            d.link, range.0, range.1
+        ),
+    )
+    .unwrap();
+    let cfg_img = dir.join("config.img");
+    xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg_dir)).unwrap();
+
+    let mut vm_cfg = VmConfig::new(board, &img.kernel, &img.initrd, &cfg_img);
+    vm_cfg.udp_ports = (range.0..range.1).collect();
+    vm_cfg.web_host_port = free_tcp_port();
+    vm_cfg.log = Some(xtask::target_dir().join(format!("boot-test-{board}.console.log")));
+
+    // 1. first boot: defaults filled in, the relay connects to the host's dispatcher.
+    let mut vm = Vm::start(&vm_cfg).unwrap();
+    vm.wait_for("relaybox-init: boot done", BOOT_TIMEOUT).unwrap();
+    vm.wait_for("connected to dispatcher", Duration::from_secs(60)).unwrap();
+    d.wait_log("relay connected", 1, Duration::from_secs(30));
+    let ready_secs = vm.started.elapsed().as_secs_f64();
+    let console = vm.console();
+    assert!(console.contains("config partition /dev/vda mounted on /config"), "{console}");
+    assert!(console.contains("first boot: writing the default services.conf"), "{console}");
+    assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
+    assert_eq!(d.relays(), 1, "summary lists the box's relay");
+
+    // The kernel side the relay needs, and a read-only root.
+    let out = vm
+        .run(
+            "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/netfilter/nf_conntrack_acct; \
+             grep -c -E '^(nf_conntrack|nf_nat|nf_tables|virtio_net) ' /proc/modules; \
+             touch /rootfs-write-test 2>/dev/null && echo ROOT-RW || echo ROOT-RO",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(lines.ends_with(&["1", "1", "4", "ROOT-RO"]), "sysctls, modules, read-only root: {out:?}");
+
+    // 2. a call through the box's relay, RTP both ways through the host forwards.
+    let (to_callee, to_caller) = call_through_the_box(&d, &format!("boot-{board}"), range);
+    eprintln!("{board}: relayed {to_callee}/20 caller->callee, {to_caller}/20 callee->caller");
+    assert!(to_callee >= 18 && to_caller >= 18, "{board}: {to_callee} and {to_caller} of 20 relayed");
+
+    // 3. the relay dies: the supervisor starts it again and it reconnects.
+    vm.run("kill -9 $(cat /run/relaybox/relay.pid)", Duration::from_secs(20)).unwrap();
+    vm.wait_for("relaybox-supervise: relaybox relay", Duration::from_secs(30)).unwrap();
+    vm.wait_for("connected to dispatcher", Duration::from_secs(90)).unwrap();
+    d.wait_log("relay connected", 2, Duration::from_secs(30));
+
+    // 4. a changed setting survives a reboot.
+    let host = format!("edge-{}", board.replace('_', "-"));
+    vm.run(&format!("sed -i 's/^HOSTNAME=.*/HOSTNAME={host}/' /config/system.conf; sync"), Duration::from_secs(20))
+        .unwrap();
+    vm.send("reboot").unwrap();
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(vm);
+    let on_disk = xtask::disk::ext4_cat(&cfg_img, "/system.conf").unwrap();
+    assert!(on_disk.contains(&format!("HOSTNAME={host}")), "{on_disk}");
+    let mut vm = Vm::start(&vm_cfg).unwrap();
+    vm.wait_for(&format!("relaybox-init: hostname {host}"), BOOT_TIMEOUT).unwrap();
+    vm.wait_for("connected to dispatcher", Duration::from_secs(120)).unwrap();
+    let reboot_ready_secs = vm.started.elapsed().as_secs_f64();
+    assert!(!vm.console().contains("first boot"), "second boot keeps the partition's files:\n{}", vm.console());
+    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host);
+    d.wait_log("relay connected", 3, Duration::from_secs(30));
+    Report { board: board.into(), ready_secs, reboot_ready_secs, caller_to_callee: to_callee, callee_to_caller: to_caller }
+}
+
+#[test]
+#[ignore = "boots QEMU: run by ci/test.sh"]
+fn both_qemu_boards_boot_relay_media_restart_the_relay_and_keep_settings() {
+    let start = Instant::now();
+    // Build (or reuse) both images first: cargo must not run twice at once.
+    for b in ["qemu-x86_64", "qemu-aarch64"] {
+        image(b);
+    }
+    let host_relaybox = image("qemu-x86_64").relaybox;
+    let reports: Vec<Report> = std::thread::scope(|s| {
+        let hs: Vec<_> = ["qemu-x86_64", "qemu-aarch64"]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let bin = host_relaybox.clone();
+                s.spawn(move || boot_scenario(b, i as u16, &bin))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("boot scenario failed")).collect()
+    });
+    for r in &reports {
+        eprintln!(
+            "{}: boot to relay-connected {:.1} s (after reboot {:.1} s); RTP {}/20 and {}/20",
+            r.board, r.ready_secs, r.reboot_ready_secs, r.caller_to_callee, r.callee_to_caller
+        );
+    }
+    eprintln!("boot test: {:.0} s for both boards", start.elapsed().as_secs_f64());
+}
