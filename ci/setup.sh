@@ -5,8 +5,9 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential pkg-config ca-certificates
-  iproute2 nftables conntrack procps psmisc
+  iproute2 nftables conntrack procps psmisc util-linux
   kamailio kamailio-extra-modules sip-tester
+  postgresql mariadb-server
 )
 
 missing=()
@@ -19,8 +20,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# Debian starts kamailio as a service on install; the tests run their own.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop kamailio >/dev/null 2>&1 || true; fi
+# Debian starts these as services on install; the tests run their own
+# instances on free ports, so the system ones only cost memory.
+for svc in kamailio postgresql mariadb; do
+  service "$svc" stop >/dev/null 2>&1 || true
+done
 pkill -x kamailio >/dev/null 2>&1 || true
 
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)"; exit 1; }

@@ -15,7 +15,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 echo "== unit, property and daemon tests"
-cargo test --workspace --exclude relaybox-e2e -- --include-ignored
+cargo test --workspace --exclude relaybox-e2e
+echo "== accounting against real PostgreSQL and MariaDB servers"
+cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
+echo "== kernel datapath in network namespaces"
+cargo test -p relaybox --test kernel -- --ignored --test-threads=1
 echo "== demo (the README's main job) comes up and answers"
 ci/demo.sh --check
 echo "== end-to-end: Kamailio + SIPp + NAT namespaces"

@@ -299,3 +299,22 @@ fn finished_sessions_reach_the_database() {
     let left = std::fs::read_dir(spool.join("database")).unwrap().count();
     assert_eq!(left, 0, "delivered records leave the spool");
 }
+
+#[test]
+fn a_call_whose_relay_died_moves_to_another_relay_on_the_next_offer() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (mut r1, range1) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    let (first, _) = m.request(&update("request", "moving", 1, "", &audio(6000)));
+    assert!((range1.0..range1.1).contains(&ports(&first).1[0]), "{first}");
+    let (_r2, range2) = rig.relay(&d, "relay2", "");
+    // While relay 1 lives, the call stays on it.
+    let (again, _) = m.request(&update("request", "moving", 2, "", &audio(6000)));
+    assert!((range1.0..range1.1).contains(&ports(&again).1[0]), "{again}");
+    r1.child.kill().unwrap();
+    r1.child.wait().unwrap();
+    d.wait_log("relay disconnected", Duration::from_secs(5));
+    let (moved, _) = m.request(&update("request", "moving", 3, "", &audio(6000)));
+    assert!((range2.0..range2.1).contains(&ports(&moved).1[0]), "{moved}");
+}

@@ -41,6 +41,14 @@ pub(crate) struct LinkCall {
 struct SessionEntry {
     relay_id: u64,
     dialog_id: Option<String>,
+    /// Since when the relay holding the call has been disconnected.
+    orphaned_since: Option<Instant>,
+}
+
+impl SessionEntry {
+    fn new(relay_id: u64, dialog_id: Option<String>) -> Self {
+        SessionEntry { relay_id, dialog_id, orphaned_since: None }
+    }
 }
 
 /// Shared dispatcher state.
@@ -155,8 +163,15 @@ impl Dispatcher {
     /// preferred one, then the rest in random order.
     fn candidates(&self, update: &UpdateRequest) -> Vec<RelayHandle> {
         let relays = self.relays();
-        if let Some(entry) = self.sessions().get(&update.call_id) {
-            return relays.into_iter().filter(|r| r.id == entry.relay_id).collect();
+        let holder = self.sessions().get(&update.call_id).map(|e| e.relay_id);
+        if let Some(id) = holder {
+            if let Some(r) = relays.iter().find(|r| r.id == id) {
+                return vec![r.clone()];
+            }
+            // The relay that had the call is gone: its media is gone with it,
+            // so a new offer may as well land on another relay.
+            tracing::info!(call_id = %update.call_id, "the relay holding the call is disconnected; choosing another");
+            self.sessions().remove(&update.call_id);
         }
         let mut active: Vec<RelayHandle> =
             relays.into_iter().filter(|r| !r.halting.load(std::sync::atomic::Ordering::Relaxed)).collect();
@@ -199,7 +214,7 @@ impl Dispatcher {
                                 e.dialog_id = update.dialog_id.clone();
                             }
                         })
-                        .or_insert(SessionEntry { relay_id: relay.id, dialog_id: update.dialog_id.clone() });
+                        .or_insert_with(|| SessionEntry::new(relay.id, update.dialog_id.clone()));
                     tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %ports, "update relayed");
                     return ModuleReply::Ports(ports);
                 }
@@ -270,7 +285,28 @@ impl Dispatcher {
     pub fn adopt_sessions(&self, relay: &RelayHandle, sessions: Vec<SessionStats>) {
         let mut table = self.sessions();
         for s in sessions {
-            table.insert(s.call_id.clone(), SessionEntry { relay_id: relay.id, dialog_id: s.dialog_id.clone() });
+            table.insert(s.call_id.clone(), SessionEntry::new(relay.id, s.dialog_id.clone()));
+        }
+    }
+
+    /// Forgets calls whose relay stayed away longer than
+    /// `cleanup_dead_relays_after` (they were never removed or expired).
+    fn forget_orphans(&self, now: Instant) {
+        let connected: Vec<u64> = self.relays().iter().map(|r| r.id).collect();
+        let limit = self.config.dispatcher.cleanup_dead_relays_after;
+        let mut table = self.sessions();
+        let before = table.len();
+        table.retain(|_, e| {
+            if connected.contains(&e.relay_id) {
+                e.orphaned_since = None;
+                return true;
+            }
+            let since = *e.orphaned_since.get_or_insert(now);
+            now.duration_since(since) < limit
+        });
+        let dropped = before - table.len();
+        if dropped > 0 {
+            tracing::info!(dropped, "forgot calls of relays disconnected for longer than cleanup_dead_relays_after");
         }
     }
 
@@ -315,6 +351,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         management = %dispatcher.config.dispatcher.listen_management,
         "dispatcher ready"
     );
+    let janitor = {
+        let dispatcher = dispatcher.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                dispatcher.forget_orphans(Instant::now());
+            }
+        })
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = module => r.context("module socket task")??,
@@ -323,6 +369,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, exiting"),
         _ = term.recv() => tracing::info!("terminated, exiting"),
     }
+    janitor.abort();
     let _ = std::fs::remove_file(&dispatcher.config.dispatcher.socket_path);
     Ok(())
 }
