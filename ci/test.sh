@@ -23,5 +23,5 @@ cargo test -p relaybox --test kernel -- --ignored --test-threads=1
 echo "== demo (the README's main job) comes up and answers"
 ci/demo.sh --check
 echo "== end-to-end: Kamailio + SIPp + NAT namespaces"
-cargo test -p relaybox-e2e -- --include-ignored --test-threads=1
+RELAYBOX_E2E_REQUIRE_BINARIES=1 cargo test -p relaybox-e2e -- --include-ignored --test-threads=1
 echo "== all tests passed in $(( $(date +%s) - start )) s"

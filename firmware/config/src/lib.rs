@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, ConfigWarning};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
-    DatabaseConfig, DispatcherConfig, KnownOption, OpenSipsConfig, RadiusConfig, RelayConfig, ThorNetworkConfig,
-    TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
+    DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,
+    RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
 

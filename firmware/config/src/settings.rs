@@ -60,6 +60,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Relay", "max_line_length"),
     ext("Relay", "state_file"),
     ext("Relay", "control_socket"),
+    ext("Relay", "datapath"),
     mp("Dispatcher", "socket_path"),
     mp("Dispatcher", "listen"),
     mp("Dispatcher", "listen_management"),
@@ -91,6 +92,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     mp("OpenSIPS", "socket_path"),
     mp("OpenSIPS", "max_connections"),
     mp("OpenSIPS", "location_table"),
+    ext("OpenSIPS", "proxy"),
     mp("ThorNetwork", "domain"),
     mp("ThorNetwork", "node_ip"),
     ext("Web", "listen"),
@@ -123,6 +125,50 @@ fn optional_ip(v: &str) -> Parsed<Option<IpAddr>> {
         Ok(None)
     } else {
         value::unicast_ip(v).map(Some)
+    }
+}
+
+/// `[Relay] datapath` (relaybox): how latched media is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DatapathMode {
+    /// The kernel (conntrack NAT entries) when its prerequisites are met,
+    /// else userspace with a warning that says why (the default).
+    #[default]
+    Auto,
+    /// The kernel or nothing: a relay that cannot use it refuses to start
+    /// and says what is missing.
+    Kernel,
+    /// Userspace sockets only; the kernel's conntrack and nftables are not
+    /// touched.
+    Userspace,
+}
+
+impl DatapathMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathMode::Auto => "auto",
+            DatapathMode::Kernel => "kernel",
+            DatapathMode::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::str::FromStr for DatapathMode {
+    type Err = ValueError;
+
+    fn from_str(v: &str) -> Parsed<Self> {
+        match v.to_ascii_lowercase().as_str() {
+            "auto" => Ok(DatapathMode::Auto),
+            "kernel" => Ok(DatapathMode::Kernel),
+            "userspace" => Ok(DatapathMode::Userspace),
+            _ => Err(format!("expected auto, kernel or userspace, got {v:?}").into()),
+        }
+    }
+}
+
+impl fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -180,6 +226,9 @@ pub struct RelayConfig {
     /// `sessions` and `metrics` for the box's web page
     /// (`/run/relaybox/relay.sock`); relative to the config file's directory.
     pub control_socket: PathBuf,
+    /// relaybox: `auto` (default), `kernel` or `userspace`; see
+    /// [`DatapathMode`].
+    pub datapath: DatapathMode,
 }
 
 impl Default for RelayConfig {
@@ -205,6 +254,7 @@ impl Default for RelayConfig {
             max_line_length: 65_536,
             state_file: PathBuf::from("/var/lib/relaybox/sessions.bin"),
             control_socket: PathBuf::from("/run/relaybox/relay.sock"),
+            datapath: DatapathMode::Auto,
         }
     }
 }
@@ -239,6 +289,7 @@ impl RelayConfig {
             "max_line_length" => self.max_line_length = value::count(v, 1024, 16 * MIB)? as usize,
             "state_file" => self.state_file = value::path(v, base)?,
             "control_socket" => self.control_socket = value::path(v, base)?,
+            "datapath" => self.datapath = v.parse()?,
             _ => return unknown(name),
         }
         Ok(())
@@ -514,6 +565,18 @@ pub struct OpenSipsConfig {
     pub max_connections: usize,
     /// MediaProxy 4.x: the proxy's location table (`location`); stored, not used.
     pub location_table: String,
+    /// relaybox: which proxy listens on `socket_path`, which decides how a
+    /// dialog is ended: `opensips` (`dlg_end_dlg` over its MI datagram
+    /// socket, JSON-RPC) or `kamailio` (`dlg.end_dlg` over the jsonrpcs
+    /// datagram socket). Default `opensips`, as MediaProxy.
+    pub proxy: ProxyFlavor,
+}
+
+/// The SIP proxy whose dialogs the dispatcher ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyFlavor {
+    OpenSips,
+    Kamailio,
 }
 
 impl Default for OpenSipsConfig {
@@ -522,6 +585,7 @@ impl Default for OpenSipsConfig {
             socket_path: PathBuf::from("/run/opensips/socket"),
             max_connections: 10,
             location_table: "location".into(),
+            proxy: ProxyFlavor::OpenSips,
         }
     }
 }
@@ -532,6 +596,13 @@ impl OpenSipsConfig {
             "socket_path" => self.socket_path = value::path(v, base)?,
             "max_connections" => self.max_connections = value::count(v, 1, 1000)? as usize,
             "location_table" => self.location_table = value::sql_identifier(v)?,
+            "proxy" => {
+                self.proxy = match v.to_ascii_lowercase().as_str() {
+                    "opensips" => ProxyFlavor::OpenSips,
+                    "kamailio" => ProxyFlavor::Kamailio,
+                    _ => return Err(ValueError(format!("proxy must be opensips or kamailio, not {v:?}"))),
+                }
+            }
             _ => return unknown(name),
         }
         Ok(())
@@ -655,6 +726,22 @@ mod tests {
     }
 
     #[test]
+    fn datapath_modes() {
+        let base = Path::new("/etc/relaybox");
+        let mut r = RelayConfig::default();
+        assert_eq!(r.datapath, DatapathMode::Auto);
+        for (text, mode) in
+            [("kernel", DatapathMode::Kernel), ("USERSPACE", DatapathMode::Userspace), ("auto", DatapathMode::Auto)]
+        {
+            assert_eq!(r.set("datapath", text, base), Ok(()));
+            assert_eq!(r.datapath, mode);
+            assert_eq!(mode.to_string().parse::<DatapathMode>(), Ok(mode));
+        }
+        let e = r.set("datapath", "ebpf", base).unwrap_err();
+        assert_eq!(e.0, "expected auto, kernel or userspace, got \"ebpf\"");
+    }
+
+    #[test]
     fn every_known_option_has_a_setter() {
         let base = Path::new("/etc/relaybox");
         let sample_value = |name: &str| match name {
@@ -663,6 +750,7 @@ mod tests {
             "relay_ip" | "advertised_ip" | "node_ip" => "192.0.2.1",
             "port_range" => "40000:40100",
             "auto_detect_interfaces" | "management_use_tls" => "yes",
+            "proxy" => "kamailio",
             "routable_private_ranges" => "10.0.0.0/8",
             "log_level" => "INFO",
             "listen" | "listen_management" | "http_listen" => "127.0.0.1",
@@ -673,6 +761,7 @@ mod tests {
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",
             "module_timeout" => "0.5",
+            "datapath" => "kernel",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
             n if n.ends_with("_path") || n.ends_with("_file") || n == "additional_dictionary" => "x",
             n if n.ends_with("_table") || n.ends_with("_column") => "t",

@@ -114,6 +114,7 @@ fn every_default_of_an_empty_file() {
     assert_eq!(r.max_streams_per_session, 16);
     assert_eq!(r.max_line_length, 65_536);
     assert_eq!(r.state_file, PathBuf::from("/var/lib/relaybox/sessions.bin"));
+    assert_eq!(r.datapath, relaybox_config::DatapathMode::Auto);
 
     let d = &c.dispatcher;
     assert_eq!(d.socket_path, PathBuf::from("/var/run/mediaproxy/dispatcher.sock"));
@@ -246,7 +247,7 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Relay]\nreconnect_delay = soon\n", "config.ini:2: [Relay] reconnect_delay: expected a number, got \"soon\" (seconds)"),
         ("[Relay]\nstream_timout = 90\n", "config.ini:2: [Relay] stream_timout: unknown option; did you mean `stream_timeout`?"),
         ("[Relay]\nlisten = 0.0.0.0\n", "config.ini:2: [Relay] listen: unknown option here; `listen` belongs in [Dispatcher] or [Web]"),
-        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket"),
+        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket, datapath"),
         ("[relay]\n", "config.ini:1: unknown section [relay]; did you mean [Relay]? (section names are case-sensitive)"),
         ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork], [Web]"),
         ("[Relay]\n[TLS]\n[Relay]\n", "config.ini:3: section [Relay] appears twice (first at line 1)"),

@@ -16,6 +16,7 @@ use relaybox_proto::{SessionStats, Summary};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+mod dialogs;
 mod management;
 mod module_socket;
 mod relay_link;
@@ -55,6 +56,7 @@ impl SessionEntry {
 pub(crate) struct Dispatcher {
     pub config: Config,
     accounting: Accounting,
+    dialogs: Arc<dialogs::DialogCloser>,
     relays: Mutex<Vec<RelayHandle>>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     next_relay_id: std::sync::atomic::AtomicU64,
@@ -97,6 +99,7 @@ impl Dispatcher {
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Dispatcher {
             accounting: accounting(&config)?,
+            dialogs: Arc::new(dialogs::DialogCloser::new(&config.opensips)),
             config,
             relays: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -279,6 +282,30 @@ impl Dispatcher {
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
+        if expired {
+            self.end_dialog(&stats);
+        }
+    }
+
+    /// The media of an answered call timed out but nobody sent BYE: ask the
+    /// proxy to end the dialog. Calls without the dialog module, calls never
+    /// answered and calls whose streams all ended as unselected ICE
+    /// candidates (the phones talk directly) are only accounted.
+    fn end_dialog(&self, stats: &SessionStats) {
+        let Some(dialog_id) = stats.dialog_id.clone() else { return };
+        if stats.start_time.is_none() || stats.all_streams_unselected_ice() {
+            return;
+        }
+        let closer = self.dialogs.clone();
+        let call_id = stats.call_id.clone();
+        tokio::spawn(async move {
+            match closer.end(&dialog_id).await {
+                Ok(answer) => {
+                    tracing::info!(call_id = %call_id, dialog_id = %dialog_id, "dialog ended by the proxy: {answer}")
+                }
+                Err(e) => tracing::warn!(call_id = %call_id, dialog_id = %dialog_id, "could not end the dialog: {e}"),
+            }
+        });
     }
 
     /// A relay (re)connected and listed the sessions it holds.

@@ -36,6 +36,12 @@ pub(crate) trait Datapath: Send + Sync {
     fn flow_counters(&self, _id: FlowId) -> Option<FlowCounters> {
         None
     }
+    /// After a restart: take over these flows, installed by the previous
+    /// process, and delete any other entry of ours. Returns the flows that
+    /// are no longer there (the kernel timed them out meanwhile).
+    fn adopt_flows(&self, flows: &[Flow]) -> Vec<FlowId> {
+        flows.iter().map(|f| f.id).collect()
+    }
     /// The relay exits: remove what was installed outside the process.
     fn shutdown(&self) {}
 }

@@ -25,13 +25,20 @@ const INSTALL_ATTEMPTS: usize = 3;
 const NFT_TABLE: &str = "relaybox";
 
 /// The nft table that turns on the conntrack hooks (a `ct` expression) and
-/// the NAT hooks (empty `nat` chains) in this network namespace.
+/// the NAT hooks (empty `nat` chains) in this network namespace. Applied
+/// in one transaction that creates what is missing and leaves an existing
+/// table's hooks registered (a restarted relay must not interrupt the
+/// flows its predecessor left in the kernel).
 const NFT_RULES: &str = "table inet relaybox {
-  chain conntrack_pre { type filter hook prerouting priority -150; ct state invalid counter; }
-  chain conntrack_out { type filter hook output priority -150; ct state invalid counter; }
+  chain conntrack_pre { type filter hook prerouting priority -150; }
+  chain conntrack_out { type filter hook output priority -150; }
   chain nat_pre { type nat hook prerouting priority -100; }
   chain nat_post { type nat hook postrouting priority 100; }
 }
+flush chain inet relaybox conntrack_pre
+flush chain inet relaybox conntrack_out
+add rule inet relaybox conntrack_pre ct state invalid counter
+add rule inet relaybox conntrack_out ct state invalid counter
 ";
 
 /// What the start-up checks found.
@@ -109,7 +116,6 @@ pub(crate) fn prepare(relay_ip: Option<IpAddr>) -> Readiness {
     } else {
         ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", &mut report, &mut missing);
     }
-    remove_nft_table();
     match nft(&["-f", "-"], Some(NFT_RULES)) {
         Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
         Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),
@@ -235,6 +241,17 @@ impl KernelDatapath {
             .map_err(CtError::Io)
     }
 
+    fn spec(&self, flow: &Flow) -> FlowSpec {
+        FlowSpec {
+            caller: flow.caller,
+            relay_caller_side: SocketAddr::new(self.local_ip, flow.caller_port),
+            relay_callee_side: SocketAddr::new(self.local_ip, flow.callee_port),
+            callee: flow.callee,
+            timeout_secs: INITIAL_TIMEOUT_SECS,
+            mark: RELAYBOX_MARK,
+        }
+    }
+
     /// Installs one flow: deletes the plain entries the first packets made
     /// (caller → relay:A and callee → relay:B, which clash with ours), then
     /// creates ours; a packet racing in between makes a new plain entry, so
@@ -272,14 +289,7 @@ impl Datapath for KernelDatapath {
     }
 
     fn flow_up(&self, flow: &Flow) {
-        let spec = FlowSpec {
-            caller: flow.caller,
-            relay_caller_side: SocketAddr::new(self.local_ip, flow.caller_port),
-            relay_callee_side: SocketAddr::new(self.local_ip, flow.callee_port),
-            callee: flow.callee,
-            timeout_secs: INITIAL_TIMEOUT_SECS,
-            mark: RELAYBOX_MARK,
-        };
+        let spec = self.spec(flow);
         match self.install(&spec) {
             Ok(()) => {
                 tracing::debug!(
@@ -315,6 +325,39 @@ impl Datapath for KernelDatapath {
                 None
             }
         }
+    }
+
+    fn adopt_flows(&self, flows: &[Flow]) -> Vec<FlowId> {
+        let entries = match self.table.dump(RELAYBOX_MARK) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("cannot list the kernel's relaybox entries ({e}); restored flows go back to userspace");
+                return flows.iter().map(|f| f.id).collect();
+            }
+        };
+        let mut unclaimed: HashMap<Tuple, relaybox_conntrack::Entry> =
+            entries.into_iter().map(|e| (e.orig, e)).collect();
+        let mut missing = Vec::new();
+        for flow in flows {
+            let spec = self.spec(flow);
+            match unclaimed.remove(&spec.orig()) {
+                Some(e) if e.reply == spec.reply() => {
+                    lock(&self.by_orig).insert(spec.orig(), flow.id);
+                    lock(&self.flows).insert(flow.id, Installed { spec });
+                }
+                _ => missing.push(flow.id),
+            }
+        }
+        for stale in unclaimed.values() {
+            let _ = self.table.delete(&stale.orig);
+        }
+        tracing::info!(
+            kept = flows.len() - missing.len(),
+            gone = missing.len(),
+            stale = unclaimed.len(),
+            "kernel flows of the restored sessions found again"
+        );
+        missing
     }
 
     fn shutdown(&self) {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
-use relaybox_config::Config;
-use relaybox_core::{CoreConfig, Event, SessionTable};
+use relaybox_config::{Config, DatapathMode};
+use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable};
 use relaybox_proto::link::{LinkRequest, RelayLine, UpdateReply};
 use relaybox_proto::module::RelayPorts;
 use relaybox_proto::stats::RelayStatus;
@@ -22,6 +22,7 @@ use crate::clock::Clock;
 pub(crate) mod datapath;
 mod kernel;
 mod link;
+mod state;
 
 use datapath::{Datapath, UserspaceDatapath};
 use kernel::KernelDatapath;
@@ -59,6 +60,17 @@ pub(crate) struct Relay {
     pub userspace_packets: AtomicU64,
     /// Why this datapath, for the start-up log.
     datapath_reason: String,
+    /// Sessions restored from the state file at start.
+    restored: usize,
+    /// The session table changed: save it (debounced).
+    save: Notify,
+    /// One snapshot write at a time; `true` once the last one is written
+    /// (exit), after which nothing more is saved.
+    save_lock: Mutex<bool>,
+    save_failing: AtomicBool,
+    /// Expired reports made while no dispatcher was connected (after a
+    /// restart); sent to the first link that comes up.
+    pending_expired: Mutex<Vec<SessionStats>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,13 +78,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Relay {
-    fn new(config: Config) -> Arc<Self> {
+    /// Builds the relay and picks its datapath from `[Relay] datapath`:
+    /// `userspace` touches nothing in the kernel, `kernel` fails (with what
+    /// is missing) when the kernel cannot forward, `auto` falls back.
+    fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let r = &config.relay;
-        let readiness = kernel::prepare(r.relay_ip);
-        let mut reason = readiness.report.join("; ");
-        if !readiness.missing.is_empty() {
-            reason = format!("kernel forwarding unavailable: {}", readiness.missing.join("; "));
-        }
+        let (readiness, reason) = match r.datapath {
+            DatapathMode::Userspace => {
+                let none = kernel::Readiness { flows: None, report: Vec::new(), missing: Vec::new() };
+                (none, "[Relay] datapath = userspace".to_string())
+            }
+            mode => {
+                let readiness = kernel::prepare(r.relay_ip);
+                if readiness.missing.is_empty() {
+                    let reason = readiness.report.join("; ");
+                    (readiness, reason)
+                } else if mode == DatapathMode::Kernel {
+                    let missing = readiness.missing.join("; ");
+                    tracing::error!("[Relay] datapath = kernel, but the kernel cannot forward media: {missing}");
+                    anyhow::bail!("[Relay] datapath = kernel, but the kernel cannot forward media: {missing}");
+                } else {
+                    let reason = format!("kernel forwarding unavailable: {}", readiness.missing.join("; "));
+                    (readiness, reason)
+                }
+            }
+        };
         let kernel_flows = readiness.flows;
         let core = CoreConfig {
             port_range: (r.port_range.start, r.port_range.end),
@@ -84,7 +114,15 @@ impl Relay {
             kernel_flows: kernel_flows.is_some(),
         };
         let bind_ip = r.relay_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        Arc::new_cyclic(|weak| Relay {
+        let clock = Clock::new();
+        let (table, restored) = match state::load(&r.state_file, core.port_range) {
+            Some(snapshot) => {
+                let count = snapshot.session_count();
+                (SessionTable::restore(core, snapshot, clock.now_ms()), count)
+            }
+            None => (SessionTable::new(core), 0),
+        };
+        Ok(Arc::new_cyclic(|weak| Relay {
             datapath: {
                 let userspace = UserspaceDatapath::new(bind_ip, weak.clone());
                 match kernel_flows {
@@ -101,8 +139,13 @@ impl Relay {
             datapath_reason: reason,
             userspace_packets: AtomicU64::new(0),
             config,
-            clock: Clock::new(),
-            table: Mutex::new(SessionTable::new(core)),
+            clock,
+            table: Mutex::new(table),
+            restored,
+            save: Notify::new(),
+            save_lock: Mutex::new(false),
+            save_failing: AtomicBool::new(false),
+            pending_expired: Mutex::new(Vec::new()),
             halting: AtomicBool::new(false),
             wake: Notify::new(),
             exit: Notify::new(),
@@ -111,7 +154,7 @@ impl Relay {
             next_link_id: AtomicU64::new(1),
             bytes_relayed: AtomicU64::new(0),
             bps: AtomicU64::new(0),
-        })
+        }))
     }
 
     pub fn table(&self) -> MutexGuard<'_, SessionTable> {
@@ -120,8 +163,86 @@ impl Relay {
 
     pub fn register_link(&self, tx: mpsc::UnboundedSender<Outbound>) -> u64 {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
+        for stats in lock(&self.pending_expired).drain(..) {
+            let _ = tx.send(Outbound::Line(Box::new(RelayLine::Expired(stats))));
+        }
         lock(&self.links).push(LinkHandle { id, tx });
         id
+    }
+
+    /// After a restore: binds the restored sessions' ports, takes over the
+    /// kernel flows the previous process left (or ends the streams whose
+    /// flows are gone), and removes stale entries of ours.
+    fn resume(&self) {
+        let expired = {
+            let mut table = self.table();
+            let mut expired = self.apply_events(&mut table);
+            let flows = table.kernel_flows();
+            if self.datapath.name() == "kernel" {
+                let now = self.clock.now_ms();
+                for id in self.datapath.adopt_flows(&flows) {
+                    table.flow_expired(id, FlowCounters::default(), now);
+                }
+                expired.extend(self.apply_events(&mut table));
+            }
+            expired
+        };
+        if self.restored > 0 {
+            tracing::info!(
+                sessions = self.restored,
+                "sessions restored from {}",
+                self.config.relay.state_file.display()
+            );
+        }
+        self.report_expired(expired);
+        self.poll_all_flow_counters();
+    }
+
+    fn poll_all_flow_counters(&self) {
+        let mut table = self.table();
+        let flows = table.flow_ids();
+        self.poll_flow_counters(&mut table, flows);
+    }
+
+    /// Writes the session table to the state file now (blocking). With
+    /// `last`, nothing is saved after this one.
+    fn save_now(&self, last: bool) {
+        let mut done = lock(&self.save_lock);
+        if *done {
+            return;
+        }
+        *done = last;
+        let snapshot = self.table().snapshot();
+        let path = &self.config.relay.state_file;
+        match state::write_atomic(path, &snapshot.encode()) {
+            Ok(()) => {
+                if self.save_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(file = %path.display(), "session snapshot written again");
+                }
+            }
+            Err(e) => {
+                if !self.save_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(file = %path.display(), "cannot write the session snapshot, calls will not survive a restart: {e}");
+                }
+            }
+        }
+    }
+
+    /// The sessions were ended: no snapshot is kept, nothing saved after.
+    fn discard_state(&self) {
+        let mut done = lock(&self.save_lock);
+        *done = true;
+        state::remove(&self.config.relay.state_file);
+    }
+
+    /// Saves the table after changes, at most every [`state::DEBOUNCE`].
+    async fn run_snapshots(self: Arc<Self>) {
+        loop {
+            self.save.notified().await;
+            let relay = self.clone();
+            let _ = tokio::task::spawn_blocking(move || relay.save_now(false)).await;
+            tokio::time::sleep(state::DEBOUNCE).await;
+        }
     }
 
     pub fn unregister_link(&self, id: u64) {
@@ -141,7 +262,9 @@ impl Relay {
     #[must_use]
     fn apply_events(&self, table: &mut SessionTable) -> Vec<SessionStats> {
         let mut expired = Vec::new();
+        let mut changed = false;
         while let Some(event) = table.poll_event() {
+            changed = true;
             match event {
                 Event::OpenPorts(p) => {
                     if let Err(e) = self.datapath.open_ports(p) {
@@ -153,6 +276,9 @@ impl Relay {
                 Event::FlowUp(flow) => self.datapath.flow_up(&flow),
                 Event::FlowDown(id) => self.datapath.flow_down(id),
             }
+        }
+        if changed {
+            self.save.notify_one();
         }
         expired
     }
@@ -181,7 +307,8 @@ impl Relay {
                     let _ = l.tx.send(Outbound::Line(Box::new(RelayLine::Expired(stats))));
                 }
                 None => {
-                    tracing::warn!(call_id = %stats.call_id, "no dispatcher connected to report the expired session to")
+                    tracing::info!(call_id = %stats.call_id, "no dispatcher connected: the expired report waits for one");
+                    lock(&self.pending_expired).push(stats);
                 }
             }
         }
@@ -210,6 +337,7 @@ impl Relay {
                 let result = table.update(&update, ip, now);
                 let expired = self.apply_events(&mut table);
                 drop(table);
+                self.save.notify_one();
                 self.report_expired(expired);
                 self.wake.notify_one();
                 match result {
@@ -230,6 +358,7 @@ impl Relay {
                 let result = table.remove(&remove, now);
                 let expired = self.apply_events(&mut table);
                 drop(table);
+                self.save.notify_one();
                 self.report_expired(expired);
                 lock(&self.origin).remove(&remove.call_id);
                 self.check_halted();
@@ -249,7 +378,13 @@ impl Relay {
                 }
             }
             LinkRequest::Summary => self.summary(link_local).to_json(),
-            LinkRequest::Sessions => SessionStats::list_to_json(&self.table().sessions(now)),
+            LinkRequest::Sessions => {
+                // Live statistics include what the kernel forwarded so far.
+                let mut table = self.table();
+                let flows = table.flow_ids();
+                self.poll_flow_counters(&mut table, flows);
+                SessionStats::list_to_json(&table.sessions(now))
+            }
         }
     }
 
@@ -264,6 +399,7 @@ impl Relay {
             stream_count: table.stream_counts(),
             bps_relayed: self.bps.load(Ordering::Relaxed),
             datapath: Some(self.datapath.name().to_string()),
+            bleed_drops: Some(table.bleed_drops()),
         }
     }
 
@@ -295,11 +431,9 @@ impl Relay {
         let mut last = 0u64;
         loop {
             tick.tick().await;
-            {
-                let mut table = self.table();
-                let flows = table.flow_ids();
-                self.poll_flow_counters(&mut table, flows);
-            }
+            self.poll_all_flow_counters();
+            // Counters and userspace latches change without events.
+            self.save.notify_one();
             let total = self.bytes_relayed.load(Ordering::Relaxed);
             let bps = (total - last) * 8 / period.as_secs().max(1);
             self.bps.store(bps, Ordering::Relaxed);
@@ -340,10 +474,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Relay);
     let tls = relaybox_tls::client_config(&files).context("loading TLS credentials")?;
-    let relay = Relay::new(config);
+    let relay = Relay::new(config)?;
     let ports = format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end);
     if relay.datapath.name() == "kernel" {
         tracing::info!(datapath = "kernel", ports = %ports, "relay starting; the kernel forwards latched media ({})", relay.datapath_reason);
+    } else if relay.config.relay.datapath == DatapathMode::Userspace {
+        tracing::info!(datapath = "userspace", ports = %ports, "relay starting; media is forwarded in userspace ({})", relay.datapath_reason);
     } else {
         tracing::warn!(
             datapath = "userspace",
@@ -352,6 +488,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             relay.datapath_reason
         );
     }
+    relay.resume();
+    tokio::spawn(relay.clone().run_snapshots());
     tokio::spawn(relay.clone().run_timers());
     tokio::spawn(relay.clone().run_sampling());
     for target in relay.config.relay.dispatchers.clone() {
@@ -361,6 +499,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -368,10 +507,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 relay.halting.store(true, Ordering::Relaxed);
                 relay.check_halted();
             }
+            _ = usr1.recv() => {
+                // Stop for a restart: the sessions go to the state file, the
+                // kernel keeps forwarding their flows, the next relay
+                // process picks both up.
+                let relay = relay.clone();
+                tokio::task::spawn_blocking(move || {
+                    relay.poll_all_flow_counters();
+                    relay.save_now(true);
+                    tracing::info!(
+                        sessions = relay.table().session_count(),
+                        file = %relay.config.relay.state_file.display(),
+                        "SIGUSR1: stopping for a restart; sessions saved, kernel flows left forwarding"
+                    );
+                })
+                .await?;
+                return Ok(());
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = relay.exit.notified() => {
                 relay.flush_links().await;
+                relay.discard_state();
                 relay.datapath.shutdown();
                 return Ok(());
             }
@@ -379,6 +536,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("terminating: expiring all sessions");
     relay.expire_all_and_flush().await;
+    relay.discard_state();
     relay.datapath.shutdown();
     Ok(())
 }
