@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relaybox_config::{Config, LogLevel, DEFAULT_CONFIG_PATH};
 
+mod cli;
 mod clock;
 /// The relay's local control socket for the web page; declared here so that
 /// it builds on its own, started from `relay::run()`.
@@ -36,11 +37,28 @@ enum Command {
     Dispatcher,
     /// Check a config file and print the settings it resolves to.
     CheckConfig,
+    /// List the sessions of every relay, from the dispatcher's management port.
+    Sessions(QueryArgs),
+    /// Summarise every connected relay, from the dispatcher's management port.
+    Summary(QueryArgs),
     /// Serve the box's configuration page over HTTPS ([Web] section).
     Web {
         #[command(subcommand)]
         action: Option<WebAction>,
     },
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// Print the dispatcher's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Management address (default: [Dispatcher] listen_management).
+    #[arg(long)]
+    management: Option<std::net::SocketAddr>,
+    /// Plain TCP even when management_use_tls is on.
+    #[arg(long)]
+    plain: bool,
 }
 
 #[derive(Subcommand)]
@@ -95,6 +113,14 @@ fn main() -> anyhow::Result<()> {
             let path = relaybox_web::set_password(&cli.config, password)?;
             eprintln!("password hash stored in {}", path.display());
             Ok(())
+        }
+        Command::Sessions(q) => {
+            let target = cli::Target::from_config(&config, q.management, q.plain);
+            cli::run(&config, &target, relaybox_proto::mgmt::MgmtCommand::Sessions, q.json)
+        }
+        Command::Summary(q) => {
+            let target = cli::Target::from_config(&config, q.management, q.plain);
+            cli::run(&config, &target, relaybox_proto::mgmt::MgmtCommand::Summary, q.json)
         }
         Command::CheckConfig => {
             println!("{config:#?}");

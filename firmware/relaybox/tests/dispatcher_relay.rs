@@ -318,3 +318,34 @@ fn a_call_whose_relay_died_moves_to_another_relay_on_the_next_offer() {
     let (moved, _) = m.request(&update("request", "moving", 3, "", &audio(6000)));
     assert!((range2.0..range2.1).contains(&ports(&moved).1[0]), "{moved}");
 }
+
+#[test]
+fn cli_prints_sessions_and_summary_over_tls_management() {
+    let mut rig = Rig::new();
+    let (certs, _) = rig.certs("dispatcher-certs", "unused-relay");
+    let plain = rig.dispatcher_config(&certs, "");
+    let text = std::fs::read_to_string(&plain).unwrap().replace("management_use_tls = no", "management_use_tls = yes");
+    let cfg = rig.path("dispatcher-tls.ini");
+    std::fs::write(&cfg, text).unwrap();
+    let d = rig.spawn("dispatcher", &cfg);
+    d.wait_log("dispatcher ready", Duration::from_secs(10));
+    let (_r, _) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    assert!(!m.request(&update("request", "cli-call", 1, "", &audio(4000))).0.starts_with("error"));
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).arg("--config").arg(&cfg).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let summary = cli(&["summary"]);
+    assert!(summary.starts_with("RELAY"), "{summary}");
+    assert!(summary.contains("127.0.0.1") && summary.contains("active"), "{summary}");
+    let sessions = cli(&["sessions"]);
+    assert!(sessions.contains("cli-call") && sessions.contains("audio"), "{sessions}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&["sessions", "--json"])).unwrap();
+    assert_eq!(json[0]["call_id"], "cli-call");
+    // Plain TCP against a TLS port fails with a clear error, not a hang.
+    let out = std::process::Command::new(BIN).arg("--config").arg(&cfg).args(["summary", "--plain"]).output().unwrap();
+    assert!(!out.status.success());
+}
