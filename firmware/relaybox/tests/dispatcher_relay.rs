@@ -349,3 +349,27 @@ fn cli_prints_sessions_and_summary_over_tls_management() {
     let out = std::process::Command::new(BIN).arg("--config").arg(&cfg).args(["summary", "--plain"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_relay_revoked_while_connected_is_dropped_at_the_next_verify_interval() {
+    let mut rig = Rig::new();
+    let (dcerts, _) = rig.certs("dispatcher-certs", "unused");
+    std::fs::write(dcerts.join("crl.pem"), rig.ca.crl_pem().unwrap()).unwrap();
+    let cfg = rig.dispatcher_config(&dcerts, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[TLS]\n", "[TLS]\nverify_interval = 1\n");
+    std::fs::write(&cfg, text).unwrap();
+    let d = rig.spawn("dispatcher", &cfg);
+    d.wait_log("dispatcher ready", Duration::from_secs(10));
+    let (certs, relay_cert) = rig.certs("relay-certs", "relay1");
+    let r = rig.spawn("relay", &rig.relay_config(&certs, free_port_range(10), ""));
+    d.wait_log("relay connected", Duration::from_secs(10));
+    rig.ca.revoke(&relay_cert.serial_hex).unwrap();
+    std::fs::write(dcerts.join("crl.pem"), rig.ca.crl_pem().unwrap()).unwrap();
+    let log = d.wait_log("revoked by the CRL, disconnecting", Duration::from_secs(10));
+    assert!(log.contains("relay disconnected"), "{log}");
+    // It cannot come back: the next handshake is refused as revoked.
+    let log = d.wait_log("relay connection refused", Duration::from_secs(10));
+    let line = log.lines().find(|l| l.contains("relay connection refused")).unwrap();
+    assert!(line.contains("revoked"), "{line}");
+    drop(r);
+}

@@ -391,6 +391,22 @@ fn attribute_text(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> Option
     }
 }
 
+/// Serials (as in [`PeerIdentity::serial_hex`]) that the role's CRL revokes;
+/// empty without a CRL. Used to drop established links when a reloaded CRL
+/// revokes a peer that is already connected.
+pub fn revoked_serials(files: &TlsFiles) -> Result<std::collections::HashSet<String>, TlsError> {
+    let mut out = std::collections::HashSet::new();
+    let Some(path) = files.crl.as_deref() else { return Ok(out) };
+    for crl in load_crls(Some(path))? {
+        let (_, parsed) = x509_parser::parse_x509_crl(&crl)
+            .map_err(|e| TlsError::Pem { path: path.to_path_buf(), reason: format!("unreadable CRL: {e}") })?;
+        for revoked in parsed.iter_revoked_certificates() {
+            out.insert(hex_serial(revoked.raw_serial()));
+        }
+    }
+    Ok(out)
+}
+
 fn hex_serial(bytes: &[u8]) -> String {
     let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len().saturating_sub(1));
     bytes[start..].iter().map(|b| format!("{b:02X}")).collect()

@@ -12,6 +12,7 @@ use relaybox_tls::{
     check_passport, client_config, describe_handshake_error, peer_identity, server_config, ClientAuth, PeerIdentity,
     Role, TlsError, TlsFiles,
 };
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -317,4 +318,17 @@ fn roots(pki: &Pki) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap()).unwrap();
     roots
+}
+
+#[test]
+fn revoked_serials_match_peer_identities() {
+    let mut pki = Pki::new();
+    assert!(relaybox_tls::revoked_serials(&pki.dispatcher_files()).unwrap().is_empty());
+    pki.ca.revoke(&pki.relay.serial_hex).unwrap();
+    pki.rewrite_crl();
+    let revoked = relaybox_tls::revoked_serials(&pki.dispatcher_files()).unwrap();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pki.relay.cert_pem.as_bytes()).unwrap();
+    assert!(revoked.contains(&identity(&der).serial_hex), "{revoked:?}");
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pki.dispatcher.cert_pem.as_bytes()).unwrap();
+    assert!(!revoked.contains(&identity(&der).serial_hex));
 }

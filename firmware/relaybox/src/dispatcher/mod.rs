@@ -28,6 +28,10 @@ pub(crate) struct RelayHandle {
     /// The relay's address: the peer address of its TLS connection.
     pub ip: std::net::IpAddr,
     pub subject: String,
+    /// Certificate serial, to drop the link if a reloaded CRL revokes it.
+    pub serial: String,
+    /// Closes the link.
+    pub close: Arc<tokio::sync::Notify>,
     pub tx: mpsc::UnboundedSender<LinkCall>,
     pub halting: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,9 +27,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let files = TlsFiles::for_role(&dispatcher.config.tls.certs_path, Role::Dispatcher);
     let tls = relaybox_tls::server_config(&files, ClientAuth::Required).context("loading TLS credentials")?;
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = Arc::new(RwLock::new(TlsAcceptor::from(tls)));
     let addr = dispatcher.config.dispatcher.listen;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tokio::spawn(reload_credentials(dispatcher.clone(), files, acceptor.clone()));
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         loop {
@@ -42,7 +43,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
                 }
             };
             let dispatcher = dispatcher.clone();
-            let acceptor = acceptor.clone();
+            let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {
                 if let Err(reason) = accept(dispatcher, acceptor, tcp, peer).await {
                     tracing::warn!(peer = %peer, "relay connection refused: {reason}");
@@ -50,6 +51,33 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
             });
         }
     }))
+}
+
+/// Every `verify_interval`: re-read CA, CRL, certificate and key, so a new
+/// CRL takes effect without a restart, and drop relays it revokes.
+async fn reload_credentials(dispatcher: Arc<Dispatcher>, files: TlsFiles, acceptor: Arc<RwLock<TlsAcceptor>>) {
+    let period = dispatcher.config.tls.verify_interval.max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match relaybox_tls::server_config(&files, ClientAuth::Required) {
+            Ok(tls) => *acceptor.write().unwrap_or_else(|e| e.into_inner()) = TlsAcceptor::from(tls),
+            Err(e) => {
+                tracing::error!("reloading TLS credentials failed, keeping the previous ones: {e}");
+                continue;
+            }
+        }
+        match relaybox_tls::revoked_serials(&files) {
+            Ok(revoked) => {
+                for relay in dispatcher.relays().into_iter().filter(|r| revoked.contains(&r.serial)) {
+                    tracing::warn!(relay = %relay.ip, subject = %relay.subject, serial = %relay.serial, "relay certificate revoked by the CRL, disconnecting");
+                    relay.close.notify_one();
+                }
+            }
+            Err(e) => tracing::error!("reading the CRL: {e}"),
+        }
+    }
 }
 
 async fn accept(
@@ -74,6 +102,8 @@ async fn accept(
         id: dispatcher.new_relay_id(),
         ip: peer.ip(),
         subject: identity.subject_text.clone(),
+        serial: identity.serial_hex.clone(),
+        close: Arc::new(tokio::sync::Notify::new()),
         tx,
         halting: Arc::new(AtomicBool::new(false)),
     };
@@ -124,6 +154,7 @@ async fn run_link(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
+            _ = relay.close.notified() => anyhow::bail!("closed by the dispatcher (certificate revoked)"),
             call = calls.recv() => {
                 let Some(call) = call else { return Ok(()) };
                 let command = LinkCommand { seq, request: call.request };
