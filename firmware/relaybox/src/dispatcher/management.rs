@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use relaybox_proto::headers::LineDecoder;
@@ -20,7 +19,6 @@ use super::Dispatcher;
 
 /// Longest management command line.
 const MAX_COMMAND_LINE: usize = 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let cfg = &dispatcher.config.dispatcher;
@@ -36,14 +34,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accepting a management connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer) = super::next_connection(&listener, "management").await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
@@ -51,15 +42,10 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
                     serve(&dispatcher, tcp, peer).await;
                     return;
                 };
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let reason = relaybox_tls::describe_handshake_error(&e);
+                let stream = match super::tls_accept(&acceptor, tcp).await {
+                    Ok(s) => s,
+                    Err(reason) => {
                         tracing::warn!(peer = %peer, "management connection refused: {reason}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(peer = %peer, "management connection refused: TLS handshake timed out");
                         return;
                     }
                 };

@@ -371,6 +371,39 @@ impl Dispatcher {
     }
 }
 
+/// How long a TLS peer gets to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The next accepted TCP connection; accept errors (out of file
+/// descriptors, say) are logged and retried after a pause.
+pub(crate) async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                tracing::warn!("accepting a {what} connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, bounded in time; the error is a
+/// reason for the log line.
+pub(crate) async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e))),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let dispatcher = Dispatcher::new(config)?;
     let module = module_socket::bind(&dispatcher).context("module socket")?;

@@ -21,9 +21,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Dispatcher, LinkCall, RelayHandle};
 
-/// How long a relay gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let files = TlsFiles::for_role(&dispatcher.config.tls.certs_path, Role::Dispatcher);
     let tls = relaybox_tls::server_config(&files, ClientAuth::Required).context("loading TLS credentials")?;
@@ -34,14 +31,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accepting a relay connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            let (tcp, peer) = super::next_connection(&listener, "relay").await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {
@@ -87,11 +77,7 @@ async fn accept(
     peer: SocketAddr,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e))),
-        Err(_) => return Err("TLS handshake timed out".into()),
-    };
+    let stream = super::tls_accept(&acceptor, tcp).await?;
     let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
     let cert = cert.ok_or("relay presented no certificate")?;
     let identity = relaybox_tls::peer_identity(&cert).map_err(|e| format!("unreadable certificate: {e}"))?;
