@@ -29,7 +29,9 @@ pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<an
         std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+    // Like MediaProxy's (Twisted's default): the proxy usually runs as its
+    // own user and must be able to connect.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("chmod {}", path.display()))?;
     let dispatcher = dispatcher.clone();
     let limit = Arc::new(tokio::sync::Semaphore::new(dispatcher.config.dispatcher.max_module_connections));
