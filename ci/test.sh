@@ -16,6 +16,11 @@ echo "== build"
 cargo build --workspace --bins
 echo "== unit, property and daemon tests"
 cargo test --workspace --exclude relaybox-e2e
+echo "== firmware: static binaries and board images"
+cargo xtask binaries
+for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image --board "$b"; done
+echo "== firmware: QEMU boot tests (x86_64 and aarch64)"
+cargo test -p xtask -- --ignored --test-threads=1
 echo "== accounting against real PostgreSQL and MariaDB servers"
 cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
 echo "== kernel datapath in network namespaces"

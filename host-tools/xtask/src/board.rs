@@ -71,7 +71,9 @@ impl Board {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let conf = parse_conf(&text).with_context(|| format!("in {}", path.display()))?;
         let board = Board { name: name.to_string(), dir, conf };
-        for key in ["BOARD_NAME", "RUST_TARGET", "DEBIAN_ARCH", "KERNEL_PACKAGE", "CONSOLE", "KERNEL_CMDLINE", "DISK_LAYOUT"] {
+        for key in
+            ["BOARD_NAME", "RUST_TARGET", "DEBIAN_ARCH", "KERNEL_PACKAGE", "CONSOLE", "KERNEL_CMDLINE", "DISK_LAYOUT"]
+        {
             board.get(key)?;
         }
         if board.get("BOARD_NAME")? != name {
@@ -84,7 +86,10 @@ impl Board {
     }
 
     pub fn get(&self, key: &str) -> Result<&str> {
-        self.conf.get(key).map(String::as_str).ok_or_else(|| anyhow!("board {}: {key} missing in board.conf", self.name))
+        self.conf
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("board {}: {key} missing in board.conf", self.name))
     }
 
     pub fn get_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
@@ -92,7 +97,13 @@ impl Board {
     }
 
     pub fn mib(&self, key: &str, default: u64) -> Result<u64> {
-        self.get_or(key, "").parse().or_else(|_| if self.conf.contains_key(key) { bail!("{key}: not a number") } else { Ok(default) })
+        self.get_or(key, "").parse().or_else(|_| {
+            if self.conf.contains_key(key) {
+                bail!("{key}: not a number")
+            } else {
+                Ok(default)
+            }
+        })
     }
 
     pub fn arch(&self) -> Result<Arch> {
@@ -107,12 +118,8 @@ impl Board {
     pub fn modules(&self) -> Result<Vec<String>> {
         let common = crate::workspace_root().join("board/common/modules.list");
         let text = std::fs::read_to_string(&common).with_context(|| format!("reading {}", common.display()))?;
-        let mut out: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_string)
-            .collect();
+        let mut out: Vec<String> =
+            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
         out.extend(self.get_or("MODULES", "").split_whitespace().map(str::to_string));
         Ok(out)
     }

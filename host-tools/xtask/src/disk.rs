@@ -12,6 +12,9 @@ use crate::run;
 
 pub const MIB: u64 = 1024 * 1024;
 pub const CFG_LABEL: &str = "RELAYBOX_CFG";
+/// FAT labels have at most 11 characters: a vfat config partition is
+/// labelled without the underscore (rcS looks for both).
+pub const CFG_LABEL_FAT: &str = "RELAYBOXCFG";
 
 /// A FAT image of `size_mib` with `files` (destination path in the image,
 /// source path on the host); directories are created as needed.
@@ -29,7 +32,12 @@ pub fn fat_image(out: &Path, label: &str, size_mib: u64, files: &[(String, PathB
                 run(Command::new("mmd").arg("-i").arg(out).arg(format!("::{acc}")))?;
             }
         }
-        run(Command::new("mcopy").arg("-o").arg("-i").arg(out).arg(src).arg(format!("::/{}", dest.trim_start_matches('/'))))?;
+        run(Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(out)
+            .arg(src)
+            .arg(format!("::/{}", dest.trim_start_matches('/'))))?;
     }
     Ok(())
 }
@@ -56,7 +64,7 @@ pub fn config_image(out: &Path, fs: &str, size_mib: u64, from: Option<&Path>) ->
             if let Some(dir) = from {
                 collect(dir, dir, &mut files)?;
             }
-            fat_image(out, CFG_LABEL, size_mib, &files)
+            fat_image(out, CFG_LABEL_FAT, size_mib, &files)
         }
         other => bail!("CFG_FS {other}: ext4 or vfat"),
     }

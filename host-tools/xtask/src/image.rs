@@ -49,6 +49,38 @@ impl Image {
     }
 }
 
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut t = std::time::SystemTime::UNIX_EPOCH;
+    if let Ok(m) = std::fs::metadata(dir) {
+        t = t.max(m.modified().unwrap_or(t));
+        if m.is_dir() {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                t = t.max(newest(&e.path()));
+            }
+        }
+    }
+    t
+}
+
+/// The image of a board, rebuilt unless the existing one is newer than
+/// the relaybox binary (rebuilt by cargo if its sources changed),
+/// rootfs-overlay/, board/common and board/NAME.
+pub fn current(board_name: &str) -> Result<Image> {
+    let board = Board::load(board_name)?;
+    let bin = crate::build::relaybox(board.arch()?.rust_target())?;
+    if let Some(img) = Image::existing(board_name) {
+        let root = crate::workspace_root();
+        let inputs = [bin, root.join("rootfs-overlay"), root.join("board/common"), board.dir.clone()];
+        let built = std::fs::metadata(&img.disk)?.modified()?;
+        if inputs.iter().all(|p| newest(p) <= built) {
+            step(format!("image {board_name} is up to date"));
+            return Ok(img);
+        }
+    }
+    build(board_name)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -162,7 +194,11 @@ pub fn build(board_name: &str) -> Result<Image> {
     std::fs::create_dir_all(&out)?;
 
     let relaybox_bin = crate::build::relaybox(arch.rust_target())?;
-    step(format!("kernel {}:{deb_arch} (cached under {})", board.get("KERNEL_PACKAGE")?, crate::debs::cache_dir().display()));
+    step(format!(
+        "kernel {}:{deb_arch} (cached under {})",
+        board.get("KERNEL_PACKAGE")?,
+        crate::debs::cache_dir().display()
+    ));
     let kroot = crate::debs::kernel(board.get("KERNEL_PACKAGE")?, deb_arch)?;
     let kernel = Kernel::from_unpacked(&kroot)?;
     let busybox = crate::debs::unpack("busybox-static", deb_arch)?.join("bin/busybox");
@@ -198,7 +234,11 @@ pub fn build(board_name: &str) -> Result<Image> {
             )?;
             files.push(("loader/entries/relaybox.conf".into(), entry));
             // EFI loads PE images: arm64's vmlinuz is a gzipped Image, so unpack it.
-            let efi_kernel = if arch == Arch::Aarch64 { gunzip_to(&kernel.vmlinuz, &tmp.join("Image"))? } else { kernel.vmlinuz.clone() };
+            let efi_kernel = if arch == Arch::Aarch64 {
+                gunzip_to(&kernel.vmlinuz, &tmp.join("Image"))?
+            } else {
+                kernel.vmlinuz.clone()
+            };
             files.push(("vmlinuz".into(), efi_kernel));
         }
         "rpi-mbr" => {
@@ -264,9 +304,13 @@ pub fn build(board_name: &str) -> Result<Image> {
     println!("  vmlinuz       {:>10}", mib(size(&kernel_path)));
     println!("  initrd.img    {:>10}", mib(size(&initrd_path)));
     println!("  disk.img      {:>10}", mib(size(&disk_path)));
-    println!("  disk.img.xz   {:>10}{}", mib(xz_size), if xz_size > 16 * disk::MIB { "  (over the 16 MiB goal)" } else { "" });
+    println!(
+        "  disk.img.xz   {:>10}{}",
+        mib(xz_size),
+        if xz_size > 16 * disk::MIB { "  (over the 16 MiB goal)" } else { "" }
+    );
     println!("  built in {:.0} s", t0.elapsed().as_secs_f64());
-    Ok(Image::existing(board_name).context("outputs missing after the build")?)
+    Image::existing(board_name).context("outputs missing after the build")
 }
 
 fn gunzip_to(src: &Path, dst: &Path) -> Result<PathBuf> {

@@ -70,7 +70,13 @@ impl Kernel {
         let mut order = Vec::new();
         let mut done = BTreeSet::new();
         let mut missing = Vec::new();
-        fn visit(k: &Kernel, n: &str, done: &mut BTreeSet<String>, order: &mut Vec<String>, depth: usize) -> Result<()> {
+        fn visit(
+            k: &Kernel,
+            n: &str,
+            done: &mut BTreeSet<String>,
+            order: &mut Vec<String>,
+            depth: usize,
+        ) -> Result<()> {
             if depth > 64 {
                 bail!("module dependency loop at {n}");
             }

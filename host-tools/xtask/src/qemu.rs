@@ -34,6 +34,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Copy of the console output.
     pub log: Option<PathBuf>,
+    /// Boot the whole disk image `config_disk` through this UEFI firmware
+    /// (OVMF) instead of the kernel and initrd directly.
+    pub uefi_firmware: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -47,6 +50,7 @@ impl VmConfig {
             web_host_port: 0,
             memory_mib: 512,
             log: None,
+            uefi_firmware: None,
         }
     }
 
@@ -74,8 +78,12 @@ impl VmConfig {
         cmd.args(["-accel", "tcg", "-smp", "1", "-m", &self.memory_mib.to_string()]);
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         cmd.args(["-serial", "stdio", "-monitor", "none"]);
-        cmd.arg("-kernel").arg(&self.kernel).arg("-initrd").arg(&self.initrd);
-        cmd.arg("-append").arg(board.get("KERNEL_CMDLINE")?.replace(" quiet", " quiet loglevel=3"));
+        if let Some(fw) = &self.uefi_firmware {
+            cmd.arg("-bios").arg(fw);
+        } else {
+            cmd.arg("-kernel").arg(&self.kernel).arg("-initrd").arg(&self.initrd);
+            cmd.arg("-append").arg(board.get("KERNEL_CMDLINE")?.replace(" quiet", " quiet loglevel=3"));
+        }
         cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=cfg", self.config_disk.display()));
         cmd.args(["-device", "virtio-blk-pci,drive=cfg"]);
         cmd.args(["-netdev", &format!("user,id=wan{fwd}"), "-device", "virtio-net-pci,netdev=wan"]);

@@ -5,8 +5,8 @@
 //! host forwards), a killed relay coming back under the supervisor, and a
 //! changed setting surviving a reboot.
 //!
-//! Images are taken from target/images/<board> (built if missing):
-//! ci/test.sh runs `cargo xtask image` for both boards first.
+//! Images are taken from target/images/<board>, rebuilt first when older
+//! than their inputs (ci/test.sh runs `cargo xtask image` before).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -184,13 +184,16 @@ fn call_through_the_box(d: &Dispatcher, call_id: &str, range: (u16, u16)) -> (u3
             at_caller += 1;
         }
     }
-    let removed = module_request(&d.socket, &format!("remove\r\ncall_id: {call_id}\r\nfrom_tag: ft-{call_id}\r\nto_tag: tt\r\n\r\n"));
+    let removed = module_request(
+        &d.socket,
+        &format!("remove\r\ncall_id: {call_id}\r\nfrom_tag: ft-{call_id}\r\nto_tag: tt\r\n\r\n"),
+    );
     assert_eq!(removed, "removed\r\n");
     (at_callee, at_caller)
 }
 
 fn image(board: &str) -> Image {
-    Image::existing(board).unwrap_or_else(|| xtask::image::build(board).unwrap())
+    xtask::image::current(board).unwrap()
 }
 
 struct Report {
@@ -207,7 +210,8 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let dir = tmp.path();
 
     // The operator's CA: a dispatcher certificate for the host, a relay one for the box.
-    let mut ca = CertificateAuthority::create(&Subject::new("relaybox boot-test CA").with_org("Example Ltd"), 30).unwrap();
+    let mut ca =
+        CertificateAuthority::create(&Subject::new("relaybox boot-test CA").with_org("Example Ltd"), 30).unwrap();
     let relay = ca.issue(&Subject::new(format!("relay-{board}")).with_org("Example Ltd"), 30).unwrap();
     let disp = ca.issue(&Subject::new("dispatcher").with_org("Example Ltd"), 30).unwrap();
     let certs = dir.join("certs");
@@ -289,7 +293,13 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(!vm.console().contains("first boot"), "second boot keeps the partition's files:\n{}", vm.console());
     assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host);
     d.wait_log("relay connected", 3, Duration::from_secs(30));
-    Report { board: board.into(), ready_secs, reboot_ready_secs, caller_to_callee: to_callee, callee_to_caller: to_caller }
+    Report {
+        board: board.into(),
+        ready_secs,
+        reboot_ready_secs,
+        caller_to_callee: to_callee,
+        callee_to_caller: to_caller,
+    }
 }
 
 #[test]
@@ -319,4 +329,21 @@ fn both_qemu_boards_boot_relay_media_restart_the_relay_and_keep_settings() {
         );
     }
     eprintln!("boot test: {:.0} s for both boards", start.elapsed().as_secs_f64());
+}
+
+#[test]
+#[ignore = "boots QEMU: run by ci/test.sh"]
+fn the_pc_disk_image_boots_through_uefi_and_systemd_boot() {
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE.fd");
+    assert!(ovmf.exists(), "needs Debian's ovmf package");
+    let img = image("pc-x86_64-efi");
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk.img");
+    std::fs::copy(&img.disk, &disk).unwrap();
+    let mut cfg = VmConfig::new("pc-x86_64-efi", &img.kernel, &img.initrd, &disk);
+    cfg.uefi_firmware = Some(ovmf.to_path_buf());
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("config partition /dev/vda2 mounted on /config", BOOT_TIMEOUT).unwrap();
+    vm.wait_for("relaybox-init: boot done", Duration::from_secs(60)).unwrap();
+    eprintln!("pc-x86_64-efi: UEFI -> systemd-boot -> boot done in {:.1} s", vm.started.elapsed().as_secs_f64());
 }

@@ -128,7 +128,8 @@ fn lint_kconfig(text: &str, source_root: &Path, errors: &mut Vec<String>) -> BTr
                     Some(c) => c.1 = true,
                     None => errors.push(format!("line {n}: {kw} outside a config entry")),
                 }
-                if !rest.is_empty() && !(rest.starts_with('"') && rest.matches('"').count() >= 2) {
+                let quoted = rest.starts_with('"') && rest.matches('"').count() >= 2;
+                if !rest.is_empty() && !quoted {
                     errors.push(format!("line {n}: prompt must be quoted: {rest}"));
                 }
             }
@@ -163,7 +164,8 @@ fn lint_kconfig(text: &str, source_root: &Path, errors: &mut Vec<String>) -> BTr
             }
             "source" | "rsource" | "osource" => {
                 close(&mut current, errors);
-                let path = rest.trim_matches('"').replace("$BR2_EXTERNAL_RELAYBOX_PATH", &source_root.display().to_string());
+                let path =
+                    rest.trim_matches('"').replace("$BR2_EXTERNAL_RELAYBOX_PATH", &source_root.display().to_string());
                 match std::fs::read_to_string(&path) {
                     Ok(t) => symbols.extend(lint_kconfig(&t, source_root, errors)),
                     Err(e) => errors.push(format!("line {n}: source {path}: {e}")),
@@ -289,7 +291,7 @@ fn lint_mk(text: &str, pkg: &str, errors: &mut Vec<String>) {
             errors.push(format!("{upper}_{required} missing"));
         }
     }
-    let last = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).last();
+    let last = text.lines().map(str::trim).rfind(|l| !l.is_empty() && !l.starts_with('#'));
     if last != Some("$(eval $(cargo-package))") {
         errors.push(format!("the last line must be $(eval $(cargo-package)), not {last:?}"));
     }
@@ -316,7 +318,8 @@ fn known_symbols(errors: &mut Vec<String>) -> BTreeSet<String> {
 #[test]
 fn the_external_tree_has_the_files_buildroot_reads() {
     let t = tree();
-    for f in ["external.desc", "Config.in", "external.mk", "package/relaybox/Config.in", "package/relaybox/relaybox.mk"] {
+    for f in ["external.desc", "Config.in", "external.mk", "package/relaybox/Config.in", "package/relaybox/relaybox.mk"]
+    {
         assert!(t.join(f).is_file(), "buildroot/{f} missing");
     }
     for b in BOARDS {
@@ -375,10 +378,11 @@ fn the_package_mk_is_consistent_with_the_workspace() {
 
 #[test]
 fn the_checkers_catch_broken_input() {
-    let known: BTreeSet<String> = ["BR2_PACKAGE_RELAYBOX", "BR2_LINUX_KERNEL", "BR2_INIT_BUSYBOX", "BR2_ROOTFS_POST_SCRIPT_ARGS"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let known: BTreeSet<String> =
+        ["BR2_PACKAGE_RELAYBOX", "BR2_LINUX_KERNEL", "BR2_INIT_BUSYBOX", "BR2_ROOTFS_POST_SCRIPT_ARGS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let good = "BR2_PACKAGE_RELAYBOX=y\nBR2_LINUX_KERNEL=y\nBR2_INIT_BUSYBOX=y\nBR2_ROOTFS_POST_SCRIPT_ARGS=\"b\"\n";
     let mut e = Vec::new();
     lint_defconfig(good, &known, "b", &mut e);

@@ -1,6 +1,9 @@
 //! The relay daemon: keeps TLS links to its dispatchers, feeds their commands
 //! to the sans-I/O session table, and lets a [`datapath::Datapath`] move the
-//! media. Timers and signals live here too.
+//! media. Timers and signals live here too: SIGHUP halts (no new sessions,
+//! exit after the last), SIGTERM/SIGINT end every session (reported
+//! `expired`) and clean the kernel up, SIGUSR1 stops for a restart (session
+//! snapshot written, kernel flows left forwarding; see `state`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -89,7 +92,7 @@ impl Relay {
                 (none, "[Relay] datapath = userspace".to_string())
             }
             mode => {
-                let readiness = kernel::prepare(r.relay_ip);
+                let readiness = kernel::prepare(r.relay_ip, (r.port_range.start, r.port_range.end));
                 if readiness.missing.is_empty() {
                     let reason = readiness.report.join("; ");
                     (readiness, reason)
@@ -470,7 +473,17 @@ impl Relay {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.relay.dispatchers.is_empty() {
-        anyhow::bail!("[Relay] dispatchers is empty: the relay has no dispatcher to connect to");
+        // An unprovisioned box: say so once and wait for a signal instead of
+        // exiting (which would only make the supervisor restart us).
+        tracing::warn!("[Relay] dispatchers is empty: no dispatcher to connect to; waiting for a configuration");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(());
     }
     let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Relay);
     let tls = relaybox_tls::client_config(&files).context("loading TLS credentials")?;
