@@ -73,12 +73,14 @@ impl CallSpec {
         }
     }
 
-    /// How long the caller's scenario runs once the call is up.
+    /// How long the caller's scenario runs once the call is up (for
+    /// Stalled: the longest it waits for the proxy's BYE).
     pub fn talk_time(&self) -> Duration {
         match self.kind {
-            CallKind::Basic => self.play + self.extra_talk,
+            CallKind::Basic | CallKind::Ice | CallKind::Stalled | CallKind::Fax => self.play + self.extra_talk,
             CallKind::HoldResume => self.play * 2 + self.hold,
             CallKind::AudioVideo => self.play * 2,
+            CallKind::Unanswered | CallKind::IceSilent => self.extra_talk,
         }
     }
 
@@ -87,7 +89,8 @@ impl CallSpec {
         self.talk_time() + Duration::from_secs(20)
     }
 
-    pub(crate) fn params(&self, expect: SdpExpectation) -> sipp::ScenarioParams {
+    pub(crate) fn params(&self, expect: SdpExpectation, leg: &Leg) -> sipp::ScenarioParams {
+        let call = if self.kind.plays_audio() { self.play + self.extra_talk } else { self.extra_talk };
         sipp::ScenarioParams {
             caller_user: self.caller.user.clone(),
             callee_user: self.callee.user.clone(),
@@ -96,7 +99,10 @@ impl CallSpec {
             video_pcap: sipp::pcap_path(),
             play: self.play,
             hold: self.hold,
-            call: self.play + self.extra_talk,
+            call,
+            media_port: leg.media_port,
+            play_audio: self.kind.plays_audio(),
+            extra: self.extra_talk,
         }
     }
 }
@@ -242,7 +248,11 @@ impl CallReport {
     /// Every SDP each side received matches the call's media path.
     pub fn check_sdps(&self) -> Result<()> {
         let video = self.spec.kind.has_video();
-        let want_offers = if self.spec.kind == CallKind::HoldResume { 3 } else { 1 };
+        let want_offers = match self.spec.kind {
+            CallKind::HoldResume => 3,
+            CallKind::Fax => 2,
+            _ => 1,
+        };
         for (who, sdps, expect) in [
             ("caller (answers)", &self.caller_sdps, self.spec.expect_at_caller()),
             ("callee (offers)", &self.callee_sdps, self.spec.expect_at_callee()),
@@ -251,9 +261,12 @@ impl CallReport {
                 bail!("{who} received {} SDPs, expected {want_offers}", sdps.len());
             }
             for (i, sdp) in sdps.iter().enumerate() {
-                expect
-                    .check(sdp, video)
-                    .map_err(|e| anyhow::anyhow!("{who}, SDP #{}: {e} [{}]", i + 1, sdp.describe()))?;
+                let result = if self.spec.kind == CallKind::Fax && i == 1 {
+                    expect.check_image(sdp)
+                } else {
+                    expect.check(sdp, video)
+                };
+                result.map_err(|e| anyhow::anyhow!("{who}, SDP #{}: {e} [{}]", i + 1, sdp.describe()))?;
             }
         }
         Ok(())

@@ -16,8 +16,9 @@ use crate::netns::Netns;
 pub const TABLE: &str = "e2e_media";
 
 /// Media ports the counters watch on each phone: the RTP ports of two
-/// concurrent calls (6000, 6100) and their video ports (+2).
-pub const WATCHED_PORTS: [u16; 4] = [6000, 6002, 6100, 6102];
+/// concurrent calls (6000, 6100), their video ports (+2) and the T.38
+/// image port of the first (6004).
+pub const WATCHED_PORTS: [u16; 5] = [6000, 6002, 6004, 6100, 6102];
 
 /// Packets and bytes of one nftables counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -30,11 +30,35 @@ pub struct KamailioOptions {
     pub mediaproxy_timeout_ms: u32,
     /// Kamailio's `debug` level (2 = notices and errors).
     pub debug: i32,
+    /// The module's `ice_candidate`: `none`, `low-priority` or `high-priority`.
+    pub ice_candidate: String,
+    /// true: `engage_media_proxy()` with the dialog module (the module sends
+    /// a `dialog_id`); false: `use_media_proxy()` on each INVITE and answer
+    /// and `end_media_session()` on BYE, without any dialog (empty `dialog_id`).
+    pub dialog: bool,
 }
 
 impl KamailioOptions {
     pub fn new(mediaproxy_socket: impl Into<PathBuf>) -> KamailioOptions {
-        KamailioOptions { mediaproxy_socket: mediaproxy_socket.into(), mediaproxy_timeout_ms: 500, debug: 2 }
+        KamailioOptions {
+            mediaproxy_socket: mediaproxy_socket.into(),
+            mediaproxy_timeout_ms: 500,
+            debug: 2,
+            ice_candidate: "none".into(),
+            dialog: true,
+        }
+    }
+
+    /// `modparam("mediaproxy", "ice_candidate", value)`.
+    pub fn ice_candidate(mut self, value: &str) -> KamailioOptions {
+        self.ice_candidate = value.into();
+        self
+    }
+
+    /// Media through `use_media_proxy()` without the dialog module.
+    pub fn without_dialog(mut self) -> KamailioOptions {
+        self.dialog = false;
+        self
     }
 }
 
@@ -77,6 +101,8 @@ pub fn render(opts: &KamailioOptions, run_dir: &Path, module_dir: &Path) -> Resu
             ("MODULE_PATH", module_dir.display().to_string()),
             ("MEDIAPROXY_SOCKET", opts.mediaproxy_socket.display().to_string()),
             ("MEDIAPROXY_TIMEOUT_MS", opts.mediaproxy_timeout_ms.to_string()),
+            ("ICE_CANDIDATE", opts.ice_candidate.clone()),
+            ("DEFINES", if opts.dialog { String::new() } else { "#!define WITHOUT_DIALOG".into() }),
         ],
     )
 }

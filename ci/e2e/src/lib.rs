@@ -102,5 +102,11 @@ mod tests {
         assert!(cfg.contains("modparam(\"mediaproxy\", \"mediaproxy_timeout\", 500)"));
         assert!(cfg.contains("listen=udp:203.0.113.1:5060"));
         assert!(cfg.contains("mpath=\"/usr/lib/kamailio/modules\""));
+        assert!(cfg.contains("modparam(\"mediaproxy\", \"ice_candidate\", \"none\")"));
+        assert!(!cfg.contains("#!define WITHOUT_DIALOG"));
+        let opts = opts.ice_candidate("low-priority").without_dialog();
+        let cfg = kamailio::render(&opts, dir, std::path::Path::new("/usr/lib/kamailio/modules")).unwrap();
+        assert!(cfg.contains("modparam(\"mediaproxy\", \"ice_candidate\", \"low-priority\")"));
+        assert!(cfg.contains("\n#!define WITHOUT_DIALOG\n"));
     }
 }

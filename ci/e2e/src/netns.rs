@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -126,6 +126,28 @@ impl Netns {
         match joined {
             Ok(result) => result.with_context(|| format!("connecting to {addr} in namespace {}", self.name)),
             Err(_) => bail!("thread connecting to {addr} in {} panicked", self.name),
+        }
+    }
+}
+
+impl Netns {
+    /// Binds a UDP socket inside this namespace (same helper-thread
+    /// `setns(2)` as [`Netns::connect_tcp`]); the socket stays in the
+    /// namespace, the calling thread is never moved.
+    pub fn bind_udp(&self, addr: SocketAddr) -> Result<UdpSocket> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let joined = std::thread::scope(|scope| {
+            scope
+                .spawn(|| -> std::io::Result<UdpSocket> {
+                    enter_netns(&file)?;
+                    UdpSocket::bind(addr)
+                })
+                .join()
+        });
+        match joined {
+            Ok(result) => result.with_context(|| format!("binding UDP {addr} in namespace {}", self.name)),
+            Err(_) => bail!("thread binding {addr} in {} panicked", self.name),
         }
     }
 }

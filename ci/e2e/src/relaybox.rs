@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::netns::Netns;
 use crate::process::{CommandLine, Process, POLL};
-use crate::topology::{SRV_IP, SRV_IP2};
+use crate::topology::{SRV_IP, SRV_IP2, SRV_IP3};
 
 /// Set to 1 to make missing binaries a test failure instead of a skip.
 pub const REQUIRE_ENV: &str = "RELAYBOX_E2E_REQUIRE_BINARIES";
@@ -115,12 +115,18 @@ impl Binaries {
     }
 }
 
-/// The `[Dispatcher]` settings of one test.
+/// The `[Dispatcher]` (and `[OpenSIPS]`) settings of one test.
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
     pub socket_path: PathBuf,
     pub listen: SocketAddr,
     pub management: SocketAddr,
+    /// `[OpenSIPS] socket_path`: the proxy's management (JSON-RPC datagram)
+    /// socket, used to end dialogs whose media timed out. Not written when
+    /// `None` (the default applies).
+    pub proxy_socket: Option<PathBuf>,
+    /// `[OpenSIPS] proxy`: `kamailio` or `opensips`. Not written when `None`.
+    pub proxy: Option<String>,
 }
 
 impl DispatcherSettings {
@@ -131,27 +137,73 @@ impl DispatcherSettings {
             socket_path: dir.join("dispatcher.sock"),
             listen: SocketAddr::from((SRV_IP, RELAY_LINK_PORT)),
             management: SocketAddr::from((Ipv4Addr::LOCALHOST, MANAGEMENT_PORT)),
+            proxy_socket: None,
+            proxy: None,
         }
+    }
+
+    /// Ends timed-out dialogs through Kamailio's jsonrpcs datagram socket.
+    pub fn with_kamailio_rpc(mut self, socket: impl Into<PathBuf>) -> DispatcherSettings {
+        self.proxy_socket = Some(socket.into());
+        self.proxy = Some("kamailio".into());
+        self
     }
 }
 
-/// The `[Relay]` settings of one relay.
+/// The `[Relay]` settings of one relay. The optional ones are only written
+/// to the config when set (otherwise the relay's defaults apply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelaySettings {
     pub relay_ip: Ipv4Addr,
     pub port_min: u16,
     pub port_max: u16,
+    /// `stream_timeout` in seconds.
+    pub stream_timeout: Option<u32>,
+    /// `on_hold_timeout` in seconds.
+    pub on_hold_timeout: Option<u32>,
+    /// `datapath`: `auto`, `kernel` or `userspace`.
+    pub datapath: Option<&'static str>,
 }
 
 impl RelaySettings {
+    fn new(relay_ip: Ipv4Addr, port_min: u16, port_max: u16) -> RelaySettings {
+        RelaySettings { relay_ip, port_min, port_max, stream_timeout: None, on_hold_timeout: None, datapath: None }
+    }
+
     /// Relay 1: 203.0.113.1, ports 40000-40100.
     pub fn first() -> RelaySettings {
-        RelaySettings { relay_ip: SRV_IP, port_min: 40000, port_max: 40100 }
+        RelaySettings::new(SRV_IP, 40000, 40100)
     }
 
     /// Relay 2: 203.0.113.2, ports 42000-42100.
     pub fn second() -> RelaySettings {
-        RelaySettings { relay_ip: SRV_IP2, port_min: 42000, port_max: 42100 }
+        RelaySettings::new(SRV_IP2, 42000, 42100)
+    }
+
+    /// Relay 3: 203.0.113.3, ports 44000-44100.
+    pub fn third() -> RelaySettings {
+        RelaySettings::new(SRV_IP3, 44000, 44100)
+    }
+
+    /// `stream_timeout = secs`.
+    pub fn stream_timeout(mut self, secs: u32) -> RelaySettings {
+        self.stream_timeout = Some(secs);
+        self
+    }
+
+    /// `datapath = userspace`: no kernel conntrack entries, so a silent
+    /// stream times out after `stream_timeout` instead of the kernel's UDP
+    /// conntrack timeout.
+    pub fn userspace(mut self) -> RelaySettings {
+        self.datapath = Some("userspace");
+        self
+    }
+
+    /// A wider `port_range` (`lo..=hi`, even bounds).
+    pub fn port_range(mut self, lo: u16, hi: u16) -> RelaySettings {
+        self.port_min = lo;
+        self.port_max = hi;
+        self
     }
 
     pub fn ports(&self) -> crate::sipp::Ports {
@@ -161,6 +213,26 @@ impl RelaySettings {
 
 /// A MediaProxy `config.ini` with the sections both daemons read.
 pub fn config_ini(dispatcher: &DispatcherSettings, relay: &RelaySettings, certs: &Path) -> String {
+    let mut relay_extra = String::new();
+    if let Some(t) = relay.stream_timeout {
+        relay_extra.push_str(&format!("stream_timeout = {t}\n"));
+    }
+    if let Some(t) = relay.on_hold_timeout {
+        relay_extra.push_str(&format!("on_hold_timeout = {t}\n"));
+    }
+    if let Some(d) = relay.datapath {
+        relay_extra.push_str(&format!("datapath = {d}\n"));
+    }
+    let mut opensips = String::new();
+    if dispatcher.proxy_socket.is_some() || dispatcher.proxy.is_some() {
+        opensips.push_str("\n[OpenSIPS]\n");
+        if let Some(p) = &dispatcher.proxy_socket {
+            opensips.push_str(&format!("socket_path = {}\n", p.display()));
+        }
+        if let Some(p) = &dispatcher.proxy {
+            opensips.push_str(&format!("proxy = {p}\n"));
+        }
+    }
     format!(
         "[Dispatcher]\n\
          socket_path = {}\n\
@@ -172,9 +244,11 @@ pub fn config_ini(dispatcher: &DispatcherSettings, relay: &RelaySettings, certs:
          dispatchers = {}\n\
          relay_ip = {}\n\
          port_range = {}:{}\n\
+         {relay_extra}\
          \n\
          [TLS]\n\
-         certs_path = {}\n",
+         certs_path = {}\n\
+         {opensips}",
         dispatcher.socket_path.display(),
         dispatcher.listen,
         dispatcher.management,
@@ -232,11 +306,67 @@ impl Dispatcher {
         Management { netns: srv, addr: self.settings.management }
     }
 
+    /// The dispatcher's log records so far: a record starts with a line that
+    /// starts with a timestamp; following lines (a pretty-printed proxy
+    /// answer, say) belong to it and are joined with a space.
+    pub fn records(&self) -> Vec<String> {
+        log_records(&self.process.log())
+    }
+
+    /// Records of the dispatcher's log (so far) that match `pattern` (a regex).
+    pub fn log_lines(&self, pattern: &str) -> Result<Vec<String>> {
+        let re = regex::Regex::new(pattern).with_context(|| format!("bad pattern {pattern:?}"))?;
+        Ok(self.records().into_iter().filter(|l| re.is_match(l)).collect())
+    }
+
+    /// Records of the dispatcher's log that mention `call_id` and match `pattern`.
+    pub fn call_log(&self, call_id: &str, pattern: &str) -> Result<Vec<String>> {
+        Ok(self.log_lines(pattern)?.into_iter().filter(|l| l.contains(call_id)).collect())
+    }
+
+    /// Waits (bounded) for a record that mentions `call_id` and matches `pattern`.
+    pub fn wait_call_log(&mut self, call_id: &str, pattern: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.call_log(call_id, pattern)?.into_iter().next() {
+                return Ok(line);
+            }
+            if !self.process.is_running() || Instant::now() >= deadline {
+                bail!(
+                    "the dispatcher did not log /{pattern}/ for {call_id} within {timeout:?}{}; last lines:\n{}",
+                    if self.process.is_running() { "" } else { " (it exited)" },
+                    self.process.log_tail(30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Waits for the `accounted` line of `call_id` in the dispatcher's log.
     pub fn wait_accounted(&mut self, call_id: &str, timeout: Duration) -> Result<String> {
         let esc = regex::escape(call_id);
         self.process.wait_for_log(&format!("(accounted.*{esc})|({esc}.*accounted)"), timeout)
     }
+}
+
+/// Splits a log into records: a line that starts with a timestamp
+/// (`2026-11-25T03:11:12...`) starts a record, other lines continue it.
+pub fn log_records(log: &str) -> Vec<String> {
+    let starts_record = |l: &str| {
+        let b = l.as_bytes();
+        b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
+    };
+    let mut records: Vec<String> = Vec::new();
+    for line in log.lines() {
+        match records.last_mut() {
+            Some(last) if !starts_record(line) => {
+                last.push(' ');
+                last.push_str(line.trim());
+            }
+            _ => records.push(line.to_owned()),
+        }
+    }
+    records
 }
 
 /// A running relay. Stopped on drop.
@@ -401,6 +531,24 @@ mod tests {
              dispatchers = 203.0.113.1:25060\nrelay_ip = 203.0.113.2\nport_range = 42000:42100\n\n\
              [TLS]\ncerts_path = /tmp/x/certs\n"
         );
+    }
+
+    #[test]
+    fn config_ini_writes_the_optional_settings() {
+        let d = DispatcherSettings::in_dir(Path::new("/tmp/x")).with_kamailio_rpc("/tmp/x/kamailio/rpc.sock");
+        let r = RelaySettings::third().stream_timeout(3).userspace();
+        let ini = config_ini(&d, &r, Path::new("/tmp/x/certs"));
+        assert!(ini
+            .contains("relay_ip = 203.0.113.3\nport_range = 44000:44100\nstream_timeout = 3\ndatapath = userspace\n"));
+        assert!(ini.ends_with("\n[OpenSIPS]\nsocket_path = /tmp/x/kamailio/rpc.sock\nproxy = kamailio\n"), "{ini}");
+    }
+
+    #[test]
+    fn log_records_join_continuation_lines() {
+        let log = "2026-11-25T03:11:12.897Z  INFO one\n2026-11-25T03:11:12.898Z  INFO dialog ended: {\n\t\"id\":\t1\n} call_id=c1\nplain\n";
+        let r = log_records(log);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[1], "2026-11-25T03:11:12.898Z  INFO dialog ended: { \"id\":\t1 } call_id=c1 plain");
     }
 
     #[test]

@@ -127,11 +127,26 @@ impl Rig {
         Ok(self.certs.insert(certs).clone())
     }
 
+    /// Kamailio's jsonrpcs datagram socket (`dgram_socket` in kamailio.cfg).
+    pub fn kamailio_rpc_socket(&self) -> PathBuf {
+        self.dir().join("kamailio").join("kamailio_rpc.sock")
+    }
+
+    /// The default dispatcher settings of this rig.
+    pub fn dispatcher_settings(&self) -> DispatcherSettings {
+        DispatcherSettings::in_dir(self.dir())
+    }
+
     /// Starts the dispatcher (before Kamailio: see [`Kamailio::start`]).
     pub fn start_dispatcher(&mut self, bins: &Binaries) -> Result<()> {
+        let settings = self.dispatcher_settings();
+        self.start_dispatcher_with(bins, settings)
+    }
+
+    /// Starts the dispatcher with `settings` (e.g. an `[OpenSIPS]` section).
+    pub fn start_dispatcher_with(&mut self, bins: &Binaries, settings: DispatcherSettings) -> Result<()> {
         let certs = self.certs(bins)?;
         let t = Instant::now();
-        let settings = DispatcherSettings::in_dir(self.dir());
         let d = Dispatcher::start(bins, &self.topo.srv, self.dir(), settings, &certs)?;
         eprintln!("[e2e] {}: dispatcher ready in {} ms", self.label, t.elapsed().as_millis());
         self.dispatcher = Some(d);
@@ -196,8 +211,10 @@ impl Rig {
         let (caller_t, callee_t) = spec.kind.templates();
         let caller_files = SippFiles::new(&dir, &format!("call{n}-caller"));
         let callee_files = SippFiles::new(&dir, &format!("call{n}-callee"));
-        std::fs::write(&caller_files.scenario, sipp::render(caller_t, &spec.params(spec.expect_at_caller()))?)?;
-        std::fs::write(&callee_files.scenario, sipp::render(callee_t, &spec.params(spec.expect_at_callee()))?)?;
+        let caller_params = spec.params(spec.expect_at_caller(), &spec.caller);
+        let callee_params = spec.params(spec.expect_at_callee(), &spec.callee);
+        std::fs::write(&caller_files.scenario, sipp::render(caller_t, &caller_params)?)?;
+        std::fs::write(&callee_files.scenario, sipp::render(callee_t, &callee_params)?)?;
 
         let before_a = self.topo.counters(Side::A)?;
         let before_b = self.topo.counters(Side::B)?;

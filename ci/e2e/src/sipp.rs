@@ -66,6 +66,20 @@ pub enum CallKind {
     HoldResume,
     /// Audio + video (two m= lines); RTP on audio, then on video.
     AudioVideo,
+    /// Like Basic, but after one play of RTP both phones go silent and
+    /// neither hangs up: both wait (bounded) for a BYE from the proxy.
+    Stalled,
+    /// The callee rings for `extra_talk`, then declines with 486.
+    Unanswered,
+    /// ICE phones (ice-ufrag/ice-pwd, host candidates for RTP and RTCP);
+    /// RTP both ways through the SDP's address, then BYE.
+    Ice,
+    /// ICE phones that send no media to the addresses in the SDP (as if
+    /// they had picked their host candidates); BYE after `extra_talk`.
+    IceSilent,
+    /// Audio with RTP, then a re-INVITE to T.38 (`m=image ... udptl t38`);
+    /// BYE `extra_talk` after the switch.
+    Fax,
 }
 
 impl CallKind {
@@ -75,7 +89,28 @@ impl CallKind {
             CallKind::Basic => ("caller.xml", "callee.xml"),
             CallKind::HoldResume => ("caller_hold.xml", "callee_hold.xml"),
             CallKind::AudioVideo => ("caller_av.xml", "callee_av.xml"),
+            CallKind::Stalled => ("caller_stall.xml", "callee.xml"),
+            CallKind::Unanswered => ("caller_unanswered.xml", "callee_unanswered.xml"),
+            CallKind::Ice | CallKind::IceSilent => ("caller_ice.xml", "callee_ice.xml"),
+            CallKind::Fax => ("caller_t38.xml", "callee_t38.xml"),
         }
+    }
+
+    /// Every kind, for tests of the templates.
+    pub const ALL: [CallKind; 8] = [
+        CallKind::Basic,
+        CallKind::HoldResume,
+        CallKind::AudioVideo,
+        CallKind::Stalled,
+        CallKind::Unanswered,
+        CallKind::Ice,
+        CallKind::IceSilent,
+        CallKind::Fax,
+    ];
+
+    /// Whether the phones play RTP at all.
+    pub fn plays_audio(self) -> bool {
+        !matches!(self, CallKind::Unanswered | CallKind::IceSilent)
     }
 
     /// How many times each side plays the pcap on each stream it plays.
@@ -96,7 +131,8 @@ impl CallKind {
 pub struct Leg {
     pub user: String,
     pub sip_port: u16,
-    /// RTP port; video uses `media_port + 2`.
+    /// RTP port; RTCP `media_port + 1`, video `media_port + 2`, T.38
+    /// (image) `media_port + 4`.
     pub media_port: u16,
 }
 
@@ -107,6 +143,10 @@ impl Leg {
 
     pub fn video_port(&self) -> u16 {
         self.media_port + 2
+    }
+
+    pub fn image_port(&self) -> u16 {
+        self.media_port + 4
     }
 }
 
@@ -169,6 +209,20 @@ impl SdpExpectation {
     }
 }
 
+impl SdpExpectation {
+    /// Checks the T.38 stream (`m=image`) of an SDP against the audio ports.
+    pub fn check_image(&self, sdp: &Sdp) -> Result<()> {
+        let image = sdp.stream("image").context("no m=image line")?;
+        if image.ip != Some(self.ip) {
+            bail!("image goes to {:?}, expected {}", image.ip, self.ip);
+        }
+        if !self.audio.contains(image.port) {
+            bail!("image port {} is not in {:?}", image.port, self.audio);
+        }
+        Ok(())
+    }
+}
+
 /// Everything a scenario template needs besides SIPp's own keywords.
 #[derive(Debug, Clone)]
 pub struct ScenarioParams {
@@ -183,6 +237,13 @@ pub struct ScenarioParams {
     pub hold: Duration,
     /// Caller's pause between ACK and BYE in the basic scenario.
     pub call: Duration,
+    /// The rendering phone's own RTP port (for literal RTCP/candidate/image
+    /// ports in its SDP).
+    pub media_port: u16,
+    /// Whether the phone plays the pcap (`PLAY_AUDIO`).
+    pub play_audio: bool,
+    /// Ring time (Unanswered), time on T.38 before BYE (Fax).
+    pub extra: Duration,
 }
 
 /// The checked-in scenario template `name` (in `sipp/`).
@@ -192,12 +253,18 @@ pub fn template_path(name: &str) -> PathBuf {
 
 /// Renders the scenario template `name` with `params`.
 pub fn render(name: &str, params: &ScenarioParams) -> Result<String> {
-    let path = template_path(name);
-    let template = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let ms = |d: Duration| d.as_millis().to_string();
     let ip_re = params.expect.ip.to_string().replace('.', "\\.");
-    render_template(
-        &template,
+    let play = if params.play_audio {
+        format!(
+            "  <nop>\n    <action>\n      <exec play_pcap_audio=\"{}\"/>\n    </action>\n  </nop>",
+            params.pcap.display()
+        )
+    } else {
+        "  <!-- no media: this phone plays no RTP -->".to_string()
+    };
+    render_vars(
+        name,
         &[
             ("CALLER_USER", params.caller_user.clone()),
             ("CALLEE_USER", params.callee_user.clone()),
@@ -209,8 +276,23 @@ pub fn render(name: &str, params: &ScenarioParams) -> Result<String> {
             ("PLAY_MS", ms(params.play)),
             ("HOLD_MS", ms(params.hold)),
             ("CALL_MS", ms(params.call)),
+            ("EXTRA_MS", ms(params.extra)),
+            ("PLAY_AUDIO", play),
+            ("MEDIA_PORT", params.media_port.to_string()),
+            ("RTCP_PORT", (params.media_port + 1).to_string()),
+            ("IMAGE_PORT", (params.media_port + 4).to_string()),
+            ("ICE_UFRAG", format!("e2e{}", params.media_port)),
+            ("ICE_PWD", "relayboxe2eicepassword0".into()),
         ],
     )
+}
+
+/// Renders the scenario template `name` with explicit `vars` (templates
+/// outside the one-call kinds: register.xml, caller_bulk.xml, callee_bulk.xml).
+pub fn render_vars(name: &str, vars: &[(&str, String)]) -> Result<String> {
+    let path = template_path(name);
+    let template = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    render_template(&template, vars)
 }
 
 /// Files of one SIPp run, all in the test directory.
@@ -266,6 +348,51 @@ pub fn command(
         .args(["-timeout", &format!("{secs}s"), "-timeout_error"])
         .args(["-recv_timeout", &(secs * 1000).to_string()])
         .args(["-max_retrans", "5", "-nostdin"])
+        .arg("-trace_msg")
+        .arg("-message_file")
+        .arg(&files.messages)
+        .arg("-trace_logs")
+        .arg("-log_file")
+        .arg(&files.actions)
+        .arg("-trace_err")
+        .arg("-error_file")
+        .arg(&files.errors)
+        .arg(format!("{SRV_IP}:5060")))
+}
+
+/// A SIPp run of many calls: `calls` calls at `rate` per second (at most
+/// `calls` at once), Call-IDs from `cid_str` (SIPp expands `%u` to the call
+/// number); the whole run bounded by `limit`. With `rate` 0 SIPp is a UAS
+/// that ends after `calls` calls.
+#[derive(Debug, Clone)]
+pub struct Bulk {
+    pub sip_port: u16,
+    pub media_port: u16,
+    pub cid_str: String,
+    pub calls: u32,
+    pub rate: u32,
+    pub limit: Duration,
+}
+
+/// The SIPp command line of a [`Bulk`] run on `local_ip`.
+pub fn bulk_command(files: &SippFiles, local_ip: Ipv4Addr, bulk: &Bulk) -> Result<CommandLine> {
+    let Bulk { sip_port, media_port, ref cid_str, calls, rate, limit } = *bulk;
+    let sipp = find_program("sipp", "SIPP")?;
+    let secs = limit.as_secs().max(1);
+    let mut cmd = CommandLine::new(sipp)
+        .arg("-sf")
+        .arg(&files.scenario)
+        .args(["-i", &local_ip.to_string()])
+        .args(["-p", &sip_port.to_string()])
+        .args(["-mp", &media_port.to_string()])
+        .args(["-m", &calls.to_string(), "-l", &calls.to_string(), "-cid_str", cid_str.as_str()])
+        .args(["-timeout", &format!("{secs}s"), "-timeout_error"])
+        .args(["-recv_timeout", &(secs * 1000).to_string()])
+        .args(["-max_retrans", "5", "-nostdin"]);
+    if rate > 0 {
+        cmd = cmd.args(["-r", &rate.to_string()]);
+    }
+    Ok(cmd
         .arg("-trace_msg")
         .arg("-message_file")
         .arg(&files.messages)
@@ -419,6 +546,8 @@ pub struct SdpStream {
     pub ip: Option<Ipv4Addr>,
     /// a=sendrecv / sendonly / recvonly / inactive (media-level, else session-level).
     pub direction: Option<String>,
+    /// The stream's `a=candidate:` lines (without `a=`), in order.
+    pub candidates: Vec<String>,
 }
 
 impl Sdp {
@@ -429,12 +558,16 @@ impl Sdp {
                 let mut it = rest.split_whitespace();
                 let media = it.next().unwrap_or_default().to_owned();
                 let port = it.next().and_then(|p| p.split('/').next()?.parse().ok()).unwrap_or(0);
-                sdp.streams.push(SdpStream { media, port, ip: None, direction: None });
+                sdp.streams.push(SdpStream { media, port, ip: None, direction: None, candidates: Vec::new() });
             } else if let Some(rest) = line.strip_prefix("c=IN IP4 ") {
                 let ip = rest.split('/').next().and_then(|a| a.trim().parse().ok());
                 match sdp.streams.last_mut() {
                     Some(s) => s.ip = ip,
                     None => sdp.session_ip = ip,
+                }
+            } else if let Some(c) = line.strip_prefix("a=candidate:") {
+                if let Some(s) = sdp.streams.last_mut() {
+                    s.candidates.push(format!("candidate:{c}"));
                 }
             } else if let Some(dir) =
                 line.strip_prefix("a=").filter(|a| matches!(*a, "sendrecv" | "sendonly" | "recvonly" | "inactive"))
@@ -582,15 +715,52 @@ a=recvonly\r\n\
             play: Duration::from_millis(8500),
             hold: Duration::from_secs(2),
             call: Duration::from_secs(9),
+            media_port: 6000,
+            play_audio: true,
+            extra: Duration::from_secs(3),
         };
-        for kind in [CallKind::Basic, CallKind::HoldResume, CallKind::AudioVideo] {
+        for kind in CallKind::ALL {
             let (caller, callee) = kind.templates();
             for name in [caller, callee] {
+                let params = ScenarioParams { play_audio: kind.plays_audio(), ..params.clone() };
                 let xml = render(name, &params).unwrap();
-                assert!(xml.contains("c=IN IP4 (203\\.0\\.113\\.1)[[:space:]]"), "{name}");
-                assert!(xml.contains("m=audio (40000|40002|40004|40006|40008|40010) "), "{name}");
+                // the unanswered caller gets no answer SDP to check
+                if !(kind == CallKind::Unanswered && name == caller) {
+                    assert!(xml.contains("c=IN IP4 (203\\.0\\.113\\.1)[[:space:]]"), "{name}");
+                    assert!(xml.contains("m=audio (40000|40002|40004|40006|40008|40010) "), "{name}");
+                }
                 assert_eq!(xml.contains("m=video ("), kind.has_video(), "{name}");
+                assert_eq!(xml.contains("play_pcap_audio=\"/usr/share"), kind.plays_audio(), "{kind:?} {name}");
+                if matches!(kind, CallKind::Ice | CallKind::IceSilent) {
+                    assert!(xml.contains("a=candidate:1 1 UDP 2130706431 [local_ip] 6000 typ host"), "{name}");
+                    assert!(xml.contains("a=candidate:1 2 UDP 2130706430 [local_ip] 6001 typ host"), "{name}");
+                    assert!(xml.contains("a=ice-ufrag:e2e6000"), "{name}");
+                }
+                if kind == CallKind::Fax {
+                    assert!(xml.contains("m=image 6004 udptl t38"), "{name}");
+                    assert!(xml.contains("m=image (40000|"), "{name}");
+                }
             }
         }
+        for name in ["register.xml", "caller_bulk.xml", "callee_bulk.xml"] {
+            let vars = [
+                ("CALLER_USER", "alice".to_string()),
+                ("CALLEE_USER", "bob".to_string()),
+                ("MEDIA_IP_RE", "203\\.0\\.113\\.[123]".to_string()),
+                ("AUDIO_PORT_RE", "[0-9]+".to_string()),
+                ("CALL_MS", "1000".to_string()),
+            ];
+            render_vars(name, &vars).unwrap();
+        }
+    }
+
+    #[test]
+    fn sdp_keeps_candidates_per_stream() {
+        let sdp = Sdp::parse(
+            "v=0\nc=IN IP4 203.0.113.1\nm=audio 40000 RTP/AVP 8\na=candidate:R17100cb 1 UDP 16777215 203.0.113.1 40000 typ relay\na=candidate:1 1 UDP 2130706431 192.168.1.10 6000 typ host\n",
+        );
+        let c = &sdp.stream("audio").unwrap().candidates;
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0], "candidate:R17100cb 1 UDP 16777215 203.0.113.1 40000 typ relay");
     }
 }

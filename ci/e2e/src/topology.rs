@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  ph-a 192.168.1.10 ── lan 192.168.1.1 [nat-a] wan 203.0.113.10 ──┐
-//!                                                                  ├─ br0 [inet] ── 203.0.113.1, .2 [srv]
+//!                                                                  ├─ br0 [inet] ── 203.0.113.1, .2, .3 [srv]
 //!  ph-b 192.168.2.10 ── lan 192.168.2.1 [nat-b] wan 203.0.113.20 ──┘     (Kamailio, dispatcher, relays)
 //! ```
 //!
@@ -23,6 +23,8 @@ use crate::netns::{self, Netns, NAME_PREFIX};
 pub const SRV_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The server's second address, for a second relay.
 pub const SRV_IP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// The server's third address, for a third relay (load balancing).
+pub const SRV_IP3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
 pub const NAT_A_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const NAT_B_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 pub const NAT_A_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -30,7 +32,7 @@ pub const NAT_B_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 1);
 pub const PHONE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 pub const PHONE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 10);
 /// Addresses whose packets the phone counters attribute separately.
-pub const RELAY_IPS: [Ipv4Addr; 2] = [SRV_IP, SRV_IP2];
+pub const RELAY_IPS: [Ipv4Addr; 3] = [SRV_IP, SRV_IP2, SRV_IP3];
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
@@ -135,6 +137,7 @@ impl Topology {
         let srv = &self.srv;
         srv.ip(&["addr", "add", &format!("{SRV_IP}/24"), "dev", "eth0"])?;
         srv.ip(&["addr", "add", &format!("{SRV_IP2}/24"), "dev", "eth0"])?;
+        srv.ip(&["addr", "add", &format!("{SRV_IP3}/24"), "dev", "eth0"])?;
 
         for side in [Side::A, Side::B] {
             let (nat, phone) = (self.nat(side), self.phone(side));

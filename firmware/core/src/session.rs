@@ -5,12 +5,13 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use relaybox_proto::{MediaItem, MediaType, SessionStats, StreamStats, StreamStatus};
+use serde::{Deserialize, Serialize};
 
 use crate::ports::PortPool;
 use crate::{CoreConfig, Event, FlowCounters, FlowId, Millis};
 
 /// A party of the call. The caller is the side with the session's from_tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) enum Side {
     Caller,
     Callee,
@@ -27,7 +28,7 @@ impl Side {
 
 /// What the relay knows about one party of one stream, and the relay port
 /// pair that faces that party.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Leg {
     /// Our even port facing this party; 0 when the stream was never relayed.
     pub port: u16,
@@ -52,7 +53,7 @@ impl Leg {
 }
 
 /// A flow the kernel forwards, with what it counted so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KernelFlow {
     pub id: FlowId,
     pub caller: SocketAddr,
@@ -60,9 +61,10 @@ pub(crate) struct KernelFlow {
     pub counters: FlowCounters,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Stream {
     pub id: u32,
+    #[serde(with = "media_type_name")]
     pub media_type: MediaType,
     pub status: StreamStatus,
     pub created_at: Millis,
@@ -308,6 +310,21 @@ impl Stream {
     }
 }
 
+/// `MediaType` saved by its SDP name (the proto type has no serde).
+mod media_type_name {
+    use relaybox_proto::MediaType;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &MediaType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MediaType, D::Error> {
+        let name = String::deserialize(d)?;
+        MediaType::parse(&name).ok_or_else(|| D::Error::custom("unknown media type"))
+    }
+}
+
 /// The codec name of an RTP packet, `None` for anything that is not RTP
 /// (STUN, RTCP multiplexed on the RTP port, garbage).
 pub(crate) fn rtp_codec(packet: &[u8]) -> Option<String> {
@@ -334,21 +351,27 @@ pub(crate) fn rtp_codec(packet: &[u8]) -> Option<String> {
 /// The user part of a SIP URI: `sip:alice@example.com` → `alice`.
 pub(crate) fn username(uri: &str) -> String {
     let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
-    let Some((scheme, rest)) = uri.split_once(':') else { return String::new() };
-    let scheme = scheme.to_ascii_lowercase();
-    let user = match scheme.as_str() {
+    let (scheme, rest) = uri.split_once(':').unwrap_or(("", uri));
+    let user = match scheme.to_ascii_lowercase().as_str() {
         "tel" => rest,
-        "sip" | "sips" => match rest.split_once('@') {
-            Some((user, _)) => user.split(':').next().unwrap_or(""),
-            None => "",
-        },
-        _ => return String::new(),
+        "sip" | "sips" => uri_user(rest),
+        // Kamailio's module sends the From URI without its scheme:
+        // `alice@example.com`.
+        _ => uri_user(uri),
     };
     user.split(';').next().unwrap_or("").to_string()
 }
 
+/// `user[:password]@host` → `user`; no `@`, no user.
+fn uri_user(rest: &str) -> &str {
+    match rest.split_once('@') {
+        Some((user, _)) => user.split(':').next().unwrap_or(""),
+        None => "",
+    }
+}
+
 /// The CSeq pair of the current offer and who made it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct OfferState {
     /// Highest CSeq seen in the caller's dialog direction (From = caller).
     pub caller_cseq: Option<u32>,
@@ -401,7 +424,7 @@ impl OfferState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub id: u64,
     pub call_id: String,
@@ -423,7 +446,9 @@ pub(crate) struct Session {
     pub last_update: Millis,
     pub answered_at: Option<Millis>,
     pub ended_at: Option<Millis>,
-    /// The time this session is in the timer set under, if any.
+    /// The time this session is in the timer set under, if any (not saved:
+    /// a restored table schedules anew).
+    #[serde(skip)]
     pub scheduled: Option<Millis>,
 }
 
@@ -545,6 +570,8 @@ mod tests {
         assert_eq!(username("tel:+4930123;phone-context=x"), "+4930123");
         assert_eq!(username("sip:example.com"), "");
         assert_eq!(username("garbage"), "");
+        assert_eq!(username("alice@203.0.113.1"), "alice", "Kamailio sends no scheme");
+        assert_eq!(username("bob:pw@example.com"), "bob");
         assert_eq!(username(""), "");
     }
 

@@ -44,8 +44,14 @@ fn dispatcher_survives_garbage_from_a_relay() {
     let conn = rustls::ClientConnection::new(Arc::clone(&config), name).unwrap();
     let mut link = BufReader::new(rustls::StreamOwned::new(conn, tcp));
 
-    assert_eq!(read_frame(&mut link), vec!["sessions 0"]);
-    link.get_mut().write_all(b"0 []\r\n").unwrap();
+    // On connect the dispatcher asks for the relay's summary (its media
+    // address) and the sessions it holds.
+    assert_eq!(read_frame(&mut link), vec!["summary 0"]);
+    link.get_mut()
+        .write_all(b"0 {\"ip\":\"127.0.0.9\",\"version\":\"x\",\"status\":\"active\",\"uptime\":1,\"session_count\":0,\"stream_count\":{},\"bps_relayed\":0}\r\n")
+        .unwrap();
+    assert_eq!(read_frame(&mut link), vec!["sessions 1"]);
+    link.get_mut().write_all(b"1 []\r\n").unwrap();
     link.get_mut().write_all(b"this is garbage\r\nexpired {not json\r\n99 answer to nothing\r\n").unwrap();
     let mut big = vec![b'y'; 100_000];
     big.extend_from_slice(b"\r\nping\r\n");
@@ -60,14 +66,15 @@ fn dispatcher_survives_garbage_from_a_relay() {
         m.request(&update("request", "via-fake", 1, "", "audio:127.0.0.1:4000:sendrecv:ice=no")).0
     });
     let frame = read_frame(&mut link);
-    assert_eq!(frame[0], "update 1");
+    assert_eq!(frame[0], "update 2");
     assert!(frame.contains(&"call_id: via-fake".to_string()), "{frame:?}");
-    link.get_mut().write_all(b"1 127.0.0.1 41000\r\n").unwrap();
+    link.get_mut().write_all(b"2 127.0.0.1 41000\r\n").unwrap();
     link.get_mut().flush().unwrap();
     assert_eq!(module.join().unwrap(), "127.0.0.1 41000\r\n");
     let log = d.log_text();
     assert!(log.contains("unparsable line"), "{log}");
     assert!(log.contains("bad line"), "the oversized line is reported: {log}");
+    assert!(log.contains("media_ip=127.0.0.9"), "the media address comes from the summary: {log}");
 }
 
 #[test]

@@ -25,8 +25,11 @@ mod relay_link;
 #[derive(Clone)]
 pub(crate) struct RelayHandle {
     pub id: u64,
-    /// The relay's address: the peer address of its TLS connection.
+    /// The peer address of the relay's TLS connection (for logs).
     pub ip: std::net::IpAddr,
+    /// The address the relay puts in its replies, from its `summary`: the
+    /// one media goes to. Several relays may share one host address.
+    pub media_ip: Arc<std::sync::OnceLock<std::net::IpAddr>>,
     pub subject: String,
     /// Certificate serial, to drop the link if a reloaded CRL revokes it.
     pub serial: String,
@@ -97,6 +100,13 @@ fn accounting(config: &Config) -> anyhow::Result<Accounting> {
     let spool = &config.dispatcher.spool_dir;
     Accounting::start(spool, backends, Retry::default())
         .with_context(|| format!("accounting spool {}", spool.display()))
+}
+
+impl RelayHandle {
+    /// The relay's media address, or its connection address until known.
+    pub fn address(&self) -> std::net::IpAddr {
+        self.media_ip.get().copied().unwrap_or(self.ip)
+    }
 }
 
 impl Dispatcher {
@@ -184,7 +194,7 @@ impl Dispatcher {
             relays.into_iter().filter(|r| !r.halting.load(std::sync::atomic::Ordering::Relaxed)).collect();
         active.shuffle(&mut rand::thread_rng());
         if let Some(pref) = update.media_relay.as_deref().and_then(|p| p.parse::<std::net::IpAddr>().ok()) {
-            active.sort_by_key(|r| r.ip != pref);
+            active.sort_by_key(|r| r.address() != pref);
         }
         active
     }
@@ -278,7 +288,7 @@ impl Dispatcher {
     pub fn session_finished(&self, relay: &RelayHandle, mut stats: SessionStats, expired: bool) {
         let entry = self.sessions().remove(&stats.call_id);
         if stats.relay_ip.is_none() {
-            stats.relay_ip = Some(relay.ip.to_string());
+            stats.relay_ip = Some(relay.address().to_string());
         }
         if stats.dialog_id.is_none() {
             stats.dialog_id = entry.and_then(|e| e.dialog_id);
@@ -360,7 +370,7 @@ impl Dispatcher {
         for relay in self.relays() {
             match self.call(&relay, LinkRequest::Sessions, timeout).await.map(|p| SessionStats::list_from_json(&p)) {
                 Ok(Ok(list)) => out.extend(list.into_iter().map(|mut s| {
-                    s.relay_ip.get_or_insert_with(|| relay.ip.to_string());
+                    s.relay_ip.get_or_insert_with(|| relay.address().to_string());
                     s
                 })),
                 Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad sessions list from relay: {e}"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use relaybox_proto::headers::LineDecoder;
 use relaybox_proto::link::{LinkCommand, LinkRequest, RelayLine, PONG_LINE};
-use relaybox_proto::SessionStats;
+use relaybox_proto::{SessionStats, Summary};
 use relaybox_tls::{ClientAuth, Role, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -87,6 +87,7 @@ async fn accept(
     let relay = RelayHandle {
         id: dispatcher.new_relay_id(),
         ip: peer.ip(),
+        media_ip: Arc::new(std::sync::OnceLock::new()),
         subject: identity.subject_text.clone(),
         serial: identity.serial_hex.clone(),
         close: Arc::new(tokio::sync::Notify::new()),
@@ -95,11 +96,23 @@ async fn accept(
     };
     tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
     dispatcher.add_relay(relay.clone());
-    // Learn which calls the relay already holds before it gets new ones.
+    // Learn the relay's media address and which calls it already holds.
     let startup = {
         let dispatcher = dispatcher.clone();
         let relay = relay.clone();
         async move {
+            let timeout = dispatcher.config.dispatcher.relay_timeout;
+            match dispatcher.call(&relay, LinkRequest::Summary, timeout).await.map(|p| Summary::from_json(&p)) {
+                Ok(Ok(summary)) => match summary.ip.parse() {
+                    Ok(ip) => {
+                        let _ = relay.media_ip.set(ip);
+                        tracing::info!(peer = %relay.ip, media_ip = %ip, "relay media address");
+                    }
+                    Err(_) => tracing::warn!(relay = %relay.ip, "relay summary has no usable ip: {:?}", summary.ip),
+                },
+                Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad summary on connect: {e}"),
+                Err(e) => tracing::warn!(relay = %relay.ip, "summary on connect: no answer ({e:?})"),
+            }
             match dispatcher.call(&relay, LinkRequest::Sessions, dispatcher.config.dispatcher.relay_timeout).await {
                 Ok(payload) => match SessionStats::list_from_json(&payload) {
                     Ok(list) => {
