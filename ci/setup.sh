@@ -10,6 +10,7 @@ PACKAGES=(
   postgresql mariadb-server
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
+  chromium chromium-driver
 )
 
 missing=()

@@ -45,13 +45,22 @@ impl Netns {
 
     /// caller ns — relay ns — callee ns; the relay's address on its lo.
     fn three() -> (Self, String, String, String) {
+        let (ns, mut names) = Netns::star(&[(CALLER_IP, "10.77.1.1"), (CALLEE_IP, "10.77.2.1")]);
+        let (e, c) = (names.pop().unwrap(), names.pop().unwrap());
+        (ns, c, names.pop().unwrap(), e)
+    }
+
+    /// The relay's namespace with one peer namespace per `(peer_ip,
+    /// relay_side_ip)` (/24 veth links); returns the names, relay first.
+    fn star(peers: &[(&str, &str)]) -> (Self, Vec<String>) {
         let id = std::process::id() % 100_000;
-        let (c, r, e) = (format!("rbk{id}c"), format!("rbk{id}r"), format!("rbk{id}e"));
-        let ns = Netns::create(&[c.clone(), r.clone(), e.clone()]);
-        for (peer, side, peer_ip, relay_side_ip) in
-            [(&c, "a", CALLER_IP, "10.77.1.1"), (&e, "b", CALLEE_IP, "10.77.2.1")]
-        {
-            let (outer, inner) = (format!("rbk{id}{side}0"), format!("rbk{id}{side}1"));
+        let r = format!("rbk{id}r");
+        let mut names = vec![r.clone()];
+        names.extend((0..peers.len()).map(|i| format!("rbk{id}p{i}")));
+        let ns = Netns::create(&names);
+        for (i, (peer_ip, relay_side_ip)) in peers.iter().enumerate() {
+            let peer = &names[i + 1];
+            let (outer, inner) = (format!("rbk{id}v{i}0"), format!("rbk{id}v{i}1"));
             ok(&["ip", "link", "add", &outer, "netns", peer, "type", "veth", "peer", "name", &inner, "netns", &r]);
             ok(&["ip", "-n", peer, "addr", "add", &format!("{peer_ip}/24"), "dev", &outer]);
             ok(&["ip", "-n", peer, "link", "set", &outer, "up"]);
@@ -60,7 +69,7 @@ impl Netns {
             ok(&["ip", "-n", &r, "link", "set", &inner, "up"]);
         }
         ok(&["ip", "-n", &r, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
-        (ns, c, r, e)
+        (ns, names)
     }
 }
 
@@ -74,7 +83,9 @@ impl Drop for Netns {
 
 /// Runs the relaybox binary in `ns`, optionally through a shell prefix.
 fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path, wrap: Option<&str>) -> Daemon {
-    let log = rig.path(&format!("{role}-{ns}.log"));
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = rig.path(&format!("{role}-{ns}-{n}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns]);
@@ -91,22 +102,38 @@ fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path, wrap: Option<&str>) 
     Daemon { child, log }
 }
 
-/// Dispatcher and relay in the relay namespace, relay connected.
-fn start(rig: &mut Rig, ns: &str, wrap: Option<&str>) -> (Daemon, Daemon) {
-    let (certs, _) = rig.certs("certs", "relay1");
-    let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
-    d.wait_log("dispatcher ready", Duration::from_secs(10));
+/// The relay's config file for the netns rig, with `extra` `[Relay]` lines.
+fn relay_config(rig: &Rig, certs: &Path, extra: &str) -> std::path::PathBuf {
     let rcfg = rig.path("relay.ini");
     std::fs::write(
         &rcfg,
         format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {RELAY_IP}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\n[TLS]\ncerts_path = {}\n",
+            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {RELAY_IP}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
             rig.relay_port,
+            rig.path("sessions.bin").display(),
             certs.display()
         ),
     )
     .unwrap();
+    rcfg
+}
+
+/// Dispatcher and relay in the relay namespace, relay connected.
+fn start(rig: &mut Rig, ns: &str, wrap: Option<&str>) -> (Daemon, Daemon) {
+    start_with(rig, ns, wrap, "")
+}
+
+/// The dispatcher in `ns`, ready; and the relay's config with `extra`.
+fn start_dispatcher(rig: &mut Rig, ns: &str, extra: &str) -> (Daemon, std::path::PathBuf) {
+    let (certs, _) = rig.certs("certs", "relay1");
+    let dcfg = rig.dispatcher_config(&certs, "");
+    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
+    d.wait_log("dispatcher ready", Duration::from_secs(10));
+    (d, relay_config(rig, &certs, extra))
+}
+
+fn start_with(rig: &mut Rig, ns: &str, wrap: Option<&str>, extra: &str) -> (Daemon, Daemon) {
+    let (d, rcfg) = start_dispatcher(rig, ns, extra);
     let r = spawn_in(rig, ns, "relay", &rcfg, wrap);
     r.wait_log("relay starting", Duration::from_secs(10));
     d.wait_log("relay connected", Duration::from_secs(10));
@@ -116,10 +143,17 @@ fn start(rig: &mut Rig, ns: &str, wrap: Option<&str>) -> (Daemon, Daemon) {
 struct PhoneResult {
     sent: u32,
     got: u32,
+    /// Longest time between two packets received, in ms.
+    max_gap: u32,
 }
 
-/// Starts a phone in `ns`: `count` packets from `bind` to `to`, 5 ms apart.
+/// Starts a phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.
 fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
+    phone_paced(ns, bind, to, PACKETS, 5)
+}
+
+/// A phone sending `count` packets `gap_ms` apart.
+fn phone_paced(ns: &str, bind: &str, to: &str, count: u32, gap_ms: u32) -> std::process::Child {
     let exe = std::env::current_exe().unwrap();
     Command::new("ip")
         .args(["netns", "exec", ns])
@@ -127,7 +161,8 @@ fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
         .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
         .env("PHONE_BIND", bind)
         .env("PHONE_TO", to)
-        .env("PHONE_COUNT", PACKETS.to_string())
+        .env("PHONE_COUNT", count.to_string())
+        .env("PHONE_GAP_MS", gap_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -142,16 +177,23 @@ fn phone_result(child: std::process::Child) -> PhoneResult {
     let num = |key: &str| -> u32 {
         line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap()
     };
-    PhoneResult { sent: num("sent="), got: num("got=") }
+    PhoneResult { sent: num("sent="), got: num("got="), max_gap: num("maxgap=") }
 }
 
 /// Not a test: the phone run by `phone()` inside a namespace.
 #[test]
 #[ignore = "helper: run by the kernel tests inside a network namespace"]
 fn phone_helper() {
+    if let Ok(targets) = std::env::var("SPRAY_TO") {
+        return spray(&targets);
+    }
+    if let Ok(targets) = std::env::var("MANY_TO") {
+        return many(&targets);
+    }
     let Ok(bind) = std::env::var("PHONE_BIND") else { return };
     let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
     let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
+    let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
     let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let receiver = socket.try_clone().unwrap();
@@ -159,27 +201,34 @@ fn phone_helper() {
         let mut got = 0u32;
         let mut buf = [0u8; 2048];
         let mut idle = 0;
+        let mut last: Option<Instant> = None;
+        let mut max_gap = Duration::ZERO;
         // Ends after 1 s without packets once sending has started.
         while idle < 5 {
             match receiver.recv_from(&mut buf) {
                 Ok(_) => {
                     got += 1;
                     idle = 0;
+                    let now = Instant::now();
+                    if let Some(l) = last {
+                        max_gap = max_gap.max(now - l);
+                    }
+                    last = Some(now);
                 }
                 Err(_) => idle += 1,
             }
         }
-        got
+        (got, max_gap.as_millis())
     });
     for seq in 0..count {
         let mut packet = vec![0x80u8, 8];
         packet.extend_from_slice(&(seq as u16).to_be_bytes());
         packet.resize(172, 0);
         let _ = socket.send_to(&packet, to);
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(gap));
     }
-    let got = got.join().unwrap();
-    println!("PHONE sent={count} got={got}");
+    let (got, max_gap) = got.join().unwrap();
+    println!("PHONE sent={count} got={got} maxgap={max_gap}");
 }
 
 fn conntrack_entries(ns: &str) -> Vec<String> {
@@ -262,7 +311,7 @@ fn the_kernel_forwards_a_latched_call_and_its_counters_reach_the_stats() {
 fn without_conntrack_accounting_the_relay_says_so_and_relays_in_userspace() {
     let id = std::process::id() % 100_000;
     let ns_name = format!("rbk{id}u");
-    let _ns = Netns::create(&[ns_name.clone()]);
+    let _ns = Netns::create(std::slice::from_ref(&ns_name));
     ok(&["ip", "-n", &ns_name, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
     let mut rig = Rig::new();
     // nf_conntrack_acct reads 0 and cannot be written (a read-only bind mount).
@@ -287,4 +336,372 @@ fn without_conntrack_accounting_the_relay_says_so_and_relays_in_userspace() {
     let userspace = number_after(log.lines().find(|l| l.contains("session removed")).unwrap(), "userspace_packets=");
     assert!(userspace >= u64::from(2 * PACKETS) * 95 / 100, "userspace forwarded only {userspace}");
     drop(d);
+}
+
+fn nft_table_exists(ns: &str) -> bool {
+    run(&["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "relaybox"]).status.success()
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn datapath_kernel_without_the_kernel_refuses_to_start_and_says_what_is_missing() {
+    let id = std::process::id() % 100_000;
+    let ns_name = format!("rbk{id}k");
+    let _ns = Netns::create(std::slice::from_ref(&ns_name));
+    ok(&["ip", "-n", &ns_name, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
+    let mut rig = Rig::new();
+    let zero = rig.path("zero");
+    std::fs::write(&zero, "0\n").unwrap();
+    let wrap = format!("mount --bind -o ro {} /proc/sys/net/netfilter/nf_conntrack_acct", zero.display());
+    let (_d, rcfg) = start_dispatcher(&mut rig, &ns_name, "datapath = kernel");
+    let mut r = spawn_in(&rig, &ns_name, "relay", &rcfg, Some(&wrap));
+    let status = r.wait_exit(Duration::from_secs(10)).expect("the relay kept running without its kernel datapath");
+    let log = r.log_text();
+    assert!(!status.success(), "exit status {status:?}\n{log}");
+    assert!(log.contains("datapath = kernel, but the kernel cannot forward media"), "{log}");
+    assert!(log.contains("nf_conntrack_acct is 0 and cannot be set"), "{log}");
+    assert!(!log.contains("relay starting"), "{log}");
+    assert!(!nft_table_exists(&ns_name), "nft table left behind");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn datapath_userspace_leaves_the_kernel_alone() {
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    let mut rig = Rig::new();
+    let (_d, r) = start_with(&mut rig, &relay_ns, None, "datapath = userspace");
+    let startup = r.log_text();
+    assert!(startup.contains("media is forwarded in userspace ([Relay] datapath = userspace)"), "{startup}");
+    assert!(!startup.contains("falling back"), "{startup}");
+    assert!(!nft_table_exists(&relay_ns), "userspace mode added the nft table");
+
+    let caller = format!("{CALLER_IP}:4000");
+    let callee = format!("{CALLEE_IP}:5000");
+    let (mut m, caller_to, callee_to) = set_up_call(&rig, "uscall", &caller, &callee);
+    let a = phone(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
+    let b = phone(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = (phone_result(a), phone_result(b));
+    assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95, "{}/{} {}/{}", a.got, b.sent, b.got, a.sent);
+    assert!(conntrack_entries(&relay_ns).is_empty(), "userspace mode installed conntrack entries");
+    assert_eq!(m.request(&remove("uscall")).0, "removed\r\n");
+    let log = r.wait_log("session removed", Duration::from_secs(5));
+    let userspace = number_after(log.lines().find(|l| l.contains("session removed")).unwrap(), "userspace_packets=");
+    assert!(userspace >= u64::from(2 * PACKETS) * 95 / 100, "userspace forwarded only {userspace}");
+}
+
+/// One management command, asked from inside `ns` (the dispatcher's
+/// management port listens on that namespace's loopback).
+fn management_in(ns: &str, port: u16, command: &str) -> String {
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}; printf '{command}\\r\\n' >&3; timeout 10 head -n 1 <&3");
+    let out = run(&["ip", "netns", "exec", ns, "bash", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Lines of the dispatcher log that say it adopted `n` sessions of a relay.
+fn adoptions(d: &Daemon, n: usize) -> usize {
+    let needle = format!("sessions={n}");
+    d.log_text().lines().filter(|l| l.contains("relay sessions adopted") && l.contains(&needle)).count()
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_call_survives_a_relay_restart_and_the_kernel_never_stops_forwarding() {
+    const COUNT: u32 = 1200; // 6 s at 5 ms
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    let mut rig = Rig::new();
+    let (d, rcfg) = start_dispatcher(&mut rig, &relay_ns, "datapath = kernel");
+    let mut r1 = spawn_in(&rig, &relay_ns, "relay", &rcfg, None);
+    r1.wait_log("relay starting", Duration::from_secs(10));
+    d.wait_log("relay connected", Duration::from_secs(10));
+
+    let caller = format!("{CALLER_IP}:4000");
+    let callee = format!("{CALLEE_IP}:5000");
+    let (mut m, caller_to, callee_to) = set_up_call(&rig, "rcall", &caller, &callee);
+    let a = phone_paced(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"), COUNT, 5);
+    let b = phone_paced(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"), COUNT, 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the kernel forwards before the restart");
+
+    // Stop for a restart: the state file is written, the entry stays.
+    r1.signal("USR1");
+    let status = r1.wait_exit(Duration::from_secs(5)).expect("relay did not stop on SIGUSR1");
+    assert!(status.success(), "{status:?}\n{}", r1.log_text());
+    assert!(r1.log_text().contains("SIGUSR1: stopping for a restart"), "{}", r1.log_text());
+    assert!(rig.path("sessions.bin").exists(), "no state file");
+    assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the entry must outlive the relay");
+    assert!(nft_table_exists(&relay_ns), "the NAT hooks must outlive the relay");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let r2 = spawn_in(&rig, &relay_ns, "relay", &rcfg, None);
+    r2.wait_log("relay starting", Duration::from_secs(10));
+    let log = r2.wait_log("kernel flows of the restored sessions found again", Duration::from_secs(5));
+    assert!(log.contains("sessions restored"), "{log}");
+    let line = log.lines().find(|l| l.contains("found again")).unwrap();
+    assert!(line.contains("kept=1") && line.contains("gone=0"), "{line}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while adoptions(&d, 1) == 0 {
+        assert!(Instant::now() < until, "dispatcher did not adopt the call:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (a, b) = (phone_result(a), phone_result(b));
+    eprintln!(
+        "across the restart: caller got {}/{} (longest gap {} ms), callee got {}/{} (longest gap {} ms)",
+        a.got, b.sent, a.max_gap, b.got, a.sent, b.max_gap
+    );
+    assert!(a.got * 100 >= b.sent * 95, "caller got {} of {}", a.got, b.sent);
+    assert!(b.got * 100 >= a.sent * 95, "callee got {} of {}", b.got, a.sent);
+    assert!(a.max_gap < 300 && b.max_gap < 300, "media paused: {} / {} ms", a.max_gap, b.max_gap);
+
+    let sessions = management_in(&relay_ns, rig.mgmt_port, "sessions");
+    assert!(sessions.contains("\"call_id\":\"rcall\""), "management sessions: {sessions}");
+    assert_eq!(m.request(&remove("rcall")).0, "removed\r\n");
+    let log = d.wait_log("accounted", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("accounted") && l.contains("rcall")).unwrap().to_string();
+    let (caller_packets, callee_packets) =
+        (number_after(&line, "\"caller_packets\":"), number_after(&line, "\"callee_packets\":"));
+    eprintln!(
+        "stats after the restart: caller_packets={caller_packets} callee_packets={callee_packets} of {COUNT} each"
+    );
+    assert!(caller_packets * 100 >= u64::from(a.sent) * 95 && caller_packets <= u64::from(a.sent), "{line}");
+    assert!(callee_packets * 100 >= u64::from(b.sent) * 95 && callee_packets <= u64::from(b.sent), "{line}");
+    assert!(conntrack_entries(&relay_ns).is_empty(), "entries left after remove");
+    drop(r2);
+}
+
+/// The RTP-bleed attacker: from `SPRAY_BIND`, sends `SPRAY_COUNT` rounds of
+/// RTP-looking packets to every address in `targets` (comma separated),
+/// 1 ms apart, says `SPRAYED`, then counts for `SPRAY_LISTEN_MS` what comes
+/// back.
+fn spray(targets: &str) {
+    let bind = std::env::var("SPRAY_BIND").unwrap();
+    let rounds: u32 = std::env::var("SPRAY_COUNT").unwrap().parse().unwrap();
+    let listen: u64 = std::env::var("SPRAY_LISTEN_MS").unwrap().parse().unwrap();
+    let targets: Vec<std::net::SocketAddr> = targets.split(',').map(|t| t.parse().unwrap()).collect();
+    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
+    let mut sent = 0u32;
+    for seq in 0..rounds {
+        for t in &targets {
+            let mut packet = vec![0x80u8, 0];
+            packet.extend_from_slice(&(seq as u16).to_be_bytes());
+            packet.resize(172, 0xee);
+            if socket.send_to(&packet, t).is_ok() {
+                sent += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("SPRAYED");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let until = Instant::now() + Duration::from_millis(listen);
+    let mut got = 0u32;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < until {
+        if socket.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    println!("SPRAY sent={sent} got={got}");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn rtp_bleed_a_sprayer_during_set_up_captures_nothing() {
+    // Public addresses in SDP: the relay must latch only to these.
+    const CALLER: &str = "198.51.100.2";
+    const CALLEE: &str = "203.0.113.2";
+    const SPRAYER: &str = "198.18.0.66";
+    let (_ns, names) = Netns::star(&[(CALLER, "198.51.100.1"), (CALLEE, "203.0.113.1"), (SPRAYER, "198.18.0.1")]);
+    let (relay_ns, caller_ns, callee_ns, sprayer_ns) = (&names[0], &names[1], &names[2], &names[3]);
+    let mut rig = Rig::new();
+    let (_d, _r) = start_with(&mut rig, relay_ns, None, "datapath = kernel");
+
+    let (caller, callee) = (format!("{CALLER}:4000"), format!("{CALLEE}:5000"));
+    let (mut m, caller_to, callee_to) = set_up_call(&rig, "bcall", &caller, &callee);
+    let targets: Vec<String> =
+        [caller_to, caller_to + 1, callee_to, callee_to + 1].iter().map(|p| format!("{RELAY_IP}:{p}")).collect();
+    let exe = std::env::current_exe().unwrap();
+    let mut sprayer = Command::new("ip")
+        .args(["netns", "exec", sprayer_ns])
+        .arg(exe)
+        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
+        .env("SPRAY_TO", targets.join(","))
+        .env("SPRAY_BIND", format!("{SPRAYER}:6000"))
+        .env("SPRAY_COUNT", "50")
+        .env("SPRAY_LISTEN_MS", "4000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The phones start once the spray is over: it came first.
+    let mut out = std::io::BufReader::new(sprayer.stdout.take().unwrap());
+    let mut line = String::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !line.contains("SPRAYED") {
+        line.clear();
+        assert!(Instant::now() < until, "sprayer did not finish");
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "sprayer ended early");
+    }
+    let a = phone(caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
+    let b = phone(callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = (phone_result(a), phone_result(b));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = sprayer.wait();
+    let spray_line = rest.lines().find(|l| l.contains("SPRAY sent=")).unwrap_or_else(|| panic!("sprayer said: {rest}"));
+    let (spray_sent, spray_got) = (number_after(spray_line, "sent="), number_after(spray_line, "got="));
+    eprintln!(
+        "bleed: sprayer sent {spray_sent}, got {spray_got}; caller got {}/{}, callee got {}/{}",
+        a.got, b.sent, b.got, a.sent
+    );
+    assert_eq!(spray_sent, 200);
+    assert_eq!(spray_got, 0, "the sprayer received media");
+    assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95, "media broken by the spray");
+
+    let entries = conntrack_entries(relay_ns);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].contains(&format!("src={CALLER} dst={RELAY_IP} sport=4000 dport={caller_to}")), "{entries:?}");
+    assert!(entries[0].contains(&format!("src={CALLEE} dst={RELAY_IP} sport=5000 dport={callee_to}")), "{entries:?}");
+    let sessions = management_in(relay_ns, rig.mgmt_port, "sessions");
+    assert!(sessions.contains(&format!("\"caller_remote\":\"{caller}\"")), "{sessions}");
+    assert!(sessions.contains(&format!("\"callee_remote\":\"{callee}\"")), "{sessions}");
+    let summary = management_in(relay_ns, rig.mgmt_port, "summary");
+    let bleed = number_after(&summary, "\"bleed_drops\":");
+    eprintln!("summary: {summary}");
+    assert!(bleed > 0 && bleed <= spray_sent, "bleed_drops {bleed}: {summary}");
+    assert_eq!(m.request(&remove("bcall")).0, "removed\r\n");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_kernel_forwarded_call_whose_media_stops_ends_as_conntrack_timeout() {
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    for (key, value) in [("nf_conntrack_udp_timeout", "2"), ("nf_conntrack_udp_timeout_stream", "2")] {
+        ok(&["ip", "netns", "exec", &relay_ns, "sysctl", "-qw", &format!("net.netfilter.{key}={value}")]);
+    }
+    let mut rig = Rig::new();
+    let (d, _r) = start_with(&mut rig, &relay_ns, None, "datapath = kernel\nstream_timeout = 2");
+    let (caller, callee) = (format!("{CALLER_IP}:4000"), format!("{CALLEE_IP}:5000"));
+    let (_m, caller_to, callee_to) = set_up_call(&rig, "tcall", &caller, &callee);
+    let a = phone(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
+    let b = phone(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = (phone_result(a), phone_result(b));
+    assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95);
+    // The phones are silent now (their receivers waited 1 s more).
+    let stopped = Instant::now();
+    let log = d.wait_log("session expired and accounted", Duration::from_secs(15));
+    let took = stopped.elapsed();
+    let line = log.lines().find(|l| l.contains("session expired and accounted") && l.contains("tcall")).unwrap();
+    eprintln!("expired {took:?} after the phones stopped: {line}");
+    assert!(line.contains("\"status\":\"conntrack timeout\""), "{line}");
+    let caller_packets = number_after(line, "\"caller_packets\":");
+    assert!(caller_packets * 100 >= u64::from(a.sent) * 95, "{line}");
+    assert!(conntrack_entries(&relay_ns).is_empty());
+}
+
+/// One socket talking to many relay ports (phones behind one NAT address):
+/// from `MANY_BIND`, one packet to target i at `MANY_AT_US` + i × 4 ms +
+/// `MANY_OFFSET_US`, then 5 rounds to all targets 20 ms apart; counts what
+/// arrives until 1 s of silence.
+fn many(targets: &str) {
+    let bind = std::env::var("MANY_BIND").unwrap();
+    let at: u64 = std::env::var("MANY_AT_US").unwrap().parse().unwrap();
+    let offset: u64 = std::env::var("MANY_OFFSET_US").unwrap().parse().unwrap();
+    let targets: Vec<std::net::SocketAddr> = targets.split(',').map(|t| t.parse().unwrap()).collect();
+    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let receiver = socket.try_clone().unwrap();
+    let unix_us = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    // Latching, 0.5 s, the data rounds, and 1 s for stragglers.
+    let until = at + targets.len() as u64 * 4000 + 2_500_000;
+    let got = std::thread::spawn(move || {
+        let (mut got, mut buf) = (0u32, [0u8; 2048]);
+        while unix_us() < until {
+            if receiver.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        got
+    });
+    let mut packet = vec![0x80u8, 8];
+    packet.resize(172, 0);
+    let mut sent = 0u32;
+    for (i, t) in targets.iter().enumerate() {
+        let due = at + i as u64 * 4000 + offset;
+        let now = unix_us();
+        if due > now {
+            std::thread::sleep(Duration::from_micros(due - now));
+        }
+        let _ = socket.send_to(&packet, t);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        for (i, t) in targets.iter().enumerate() {
+            if socket.send_to(&packet, t).is_ok() {
+                sent += 1;
+            }
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = got.join().unwrap();
+    println!("PHONE sent={sent} got={got} maxgap=0");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn many_calls_from_one_address_each_get_their_own_kernel_flow() {
+    // Every stream's first packets race its flow's installation; a relay
+    // whose own packets got conntrack entries would see some NAT'd onto
+    // another stream's relay port, and that stream would never latch.
+    const CALLS: usize = 800;
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    let mut rig = Rig::new();
+    let (_d, rcfg) = start_dispatcher(&mut rig, &relay_ns, "datapath = kernel");
+    let text = std::fs::read_to_string(&rcfg).unwrap().replace("port_range = 40000:40100", "port_range = 40000:44000");
+    std::fs::write(&rcfg, text).unwrap();
+    let r = spawn_in(&rig, &relay_ns, "relay", &rcfg, None);
+    r.wait_log("relay starting", Duration::from_secs(10));
+    _d.wait_log("relay connected", Duration::from_secs(10));
+    let (caller, callee) = (format!("{CALLER_IP}:4000"), format!("{CALLEE_IP}:5000"));
+    let mut m = Module::connect(&rig.socket);
+    let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+    for i in 0..CALLS {
+        let call = format!("many{i}");
+        let (offer, _) = m.request(&update("request", &call, 1, "", &format!("audio:{caller}:sendrecv:ice=no")));
+        let (answer, _) = m.request(&update("reply", &call, 1, "tt", &format!("audio:{callee}:sendrecv:ice=no")));
+        to_a.push(format!("{RELAY_IP}:{}", ports(&answer).1[0]));
+        to_b.push(format!("{RELAY_IP}:{}", ports(&offer).1[0]));
+    }
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64 + 500_000;
+    let exe = std::env::current_exe().unwrap();
+    let side = |ns: &str, bind: &str, targets: &[String], offset: u64| {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&exe)
+            .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
+            .env("MANY_TO", targets.join(","))
+            .env("MANY_BIND", bind)
+            .env("MANY_AT_US", at.to_string())
+            .env("MANY_OFFSET_US", offset.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let a = side(&caller_ns, &caller, &to_a, 0);
+    let b = side(&callee_ns, &callee, &to_b, 2000);
+    let (a, b) = (phone_result(a), phone_result(b));
+    let entries = conntrack_entries(&relay_ns).len();
+    eprintln!(
+        "{CALLS} calls from one address: {entries} kernel flows; caller got {}/{}, callee got {}/{}",
+        a.got, b.sent, b.got, a.sent
+    );
+    assert_eq!(entries, CALLS, "every call gets its kernel flow");
+    assert!(a.got * 100 >= b.sent * 99 && b.got * 100 >= a.sent * 99);
+    drop(r);
 }

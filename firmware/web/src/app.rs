@@ -73,11 +73,11 @@ pub struct Authed {
 
 impl Authed {
     /// Checks the form's CSRF token.
-    pub fn check(&self, token: &str) -> Result<(), Response> {
+    pub fn check(&self, token: &str) -> Result<(), Box<Response>> {
         if crate::auth::same_secret(&self.csrf, token) {
             Ok(())
         } else {
-            Err(forbidden("The form's security token is missing or stale. Reload the page and try again."))
+            Err(Box::new(forbidden("The form's security token is missing or stale. Reload the page and try again.")))
         }
     }
 }

@@ -191,7 +191,10 @@ fn stage(dir: &Path) -> std::io::Result<Stage> {
 }
 
 /// Checks the change and returns the files to write: (name, contents, mode).
-fn check_upload(dir: &Path, u: &Upload) -> Result<Vec<(&'static str, Vec<u8>, u32)>, String> {
+/// Files to write: (name, contents, mode).
+type Writes = Vec<(&'static str, Vec<u8>, u32)>;
+
+fn check_upload(dir: &Path, u: &Upload) -> Result<Writes, String> {
     if u.pem.len() > MAX_PEM || u.key.len() > MAX_PEM {
         return Err(format!("a file is larger than {} KiB", MAX_PEM / 1024));
     }
@@ -200,7 +203,7 @@ fn check_upload(dir: &Path, u: &Upload) -> Result<Vec<(&'static str, Vec<u8>, u3
         return Err("paste or choose the PEM file".into());
     }
     let mut key = u.key.trim().as_bytes().to_vec();
-    let mut writes: Vec<(&'static str, Vec<u8>, u32)> = Vec::new();
+    let mut writes: Writes = Vec::new();
     match u.kind.as_str() {
         "ca" => {
             let infos = cert_infos(&pem)?;
@@ -257,7 +260,7 @@ fn check_upload(dir: &Path, u: &Upload) -> Result<Vec<(&'static str, Vec<u8>, u3
 
 pub async fn upload(AxState(state): AxState<State>, auth: Authed, Form(u): Form<Upload>) -> Response {
     if let Err(r) = auth.check(&u.csrf) {
-        return r;
+        return *r;
     }
     let dir = state.certs_path();
     let writes = match check_upload(&dir, &u) {
@@ -314,7 +317,7 @@ fn make_csr(cn: &str, o: &str) -> Result<(String, String), String> {
 
 pub async fn csr(AxState(state): AxState<State>, auth: Authed, Form(f): Form<CsrForm>) -> Response {
     if let Err(r) = auth.check(&f.csrf) {
-        return r;
+        return *r;
     }
     let dir = state.certs_path();
     let result = make_csr(&f.cn, &f.o).and_then(|(csr, key)| {

@@ -116,7 +116,7 @@ pub struct CsrfOnly {
 
 pub async fn logout(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
     if let Err(r) = auth.check(&form.csrf) {
-        return r;
+        return *r;
     }
     state.sessions.remove(&auth.id);
     ([(header::SET_COOKIE, session_cookie("", 0))], Redirect::to("/login")).into_response()
@@ -328,7 +328,7 @@ pub async fn settings_save(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
-        return r;
+        return *r;
     }
     let text = match validate(&state, &form) {
         Ok(text) => text,
@@ -368,7 +368,7 @@ fn apply_failed(state: &State, auth: &Authed, why: &str) -> Response {
 
 pub async fn settings_apply(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
     if let Err(r) = auth.check(&form.csrf) {
-        return r;
+        return *r;
     }
     match control::halt_relay(&state.control_socket()).await {
         Ok(pid) => Redirect::to(&format!("/settings?done=notified&pid={pid}")).into_response(),
@@ -378,7 +378,7 @@ pub async fn settings_apply(AxState(state): AxState<State>, auth: Authed, Form(f
 
 pub async fn settings_rollback(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
     if let Err(r) = auth.check(&form.csrf) {
-        return r;
+        return *r;
     }
     match files::rollback(&state.config_path) {
         Ok(()) => {

@@ -32,7 +32,6 @@ const IDLE: Duration = Duration::from_secs(30);
 /// Binds the control socket and serves it in the background. A relay whose
 /// socket cannot be bound still relays calls; the failure is logged.
 /// Started by `relay::run()`: `crate::control::spawn(relay.clone());`.
-#[allow(dead_code)]
 pub(crate) fn spawn(relay: Arc<Relay>) {
     let path = relay.config.relay.control_socket.clone();
     match bind(&path) {
@@ -143,6 +142,7 @@ fn metrics(relay: &Relay) -> String {
         "ports_free": ports_free,
         "bleed_drops": bleed_drops,
         "dispatchers": dispatchers,
+        "links": relay.link_count(),
         "port_range": format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end),
     })
     .to_string()

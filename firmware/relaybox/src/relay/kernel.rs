@@ -25,21 +25,34 @@ const INSTALL_ATTEMPTS: usize = 3;
 const NFT_TABLE: &str = "relaybox";
 
 /// The nft table that turns on the conntrack hooks (a `ct` expression) and
-/// the NAT hooks (empty `nat` chains) in this network namespace. Applied
-/// in one transaction that creates what is missing and leaves an existing
-/// table's hooks registered (a restarted relay must not interrupt the
-/// flows its predecessor left in the kernel).
-const NFT_RULES: &str = "table inet relaybox {
-  chain conntrack_pre { type filter hook prerouting priority -150; }
-  chain conntrack_out { type filter hook output priority -150; }
-  chain nat_pre { type nat hook prerouting priority -100; }
-  chain nat_post { type nat hook postrouting priority 100; }
-}
+/// the NAT hooks (empty `nat` chains) in this network namespace, and leaves
+/// untracked the datagrams the relay itself sends from its port range: a
+/// userspace-forwarded packet racing a flow's installation would otherwise
+/// get a conntrack entry that clashes with the flow's, and the kernel would
+/// give it another source port — possibly another stream's relay port,
+/// whose packets the entry would then steal. Applied in one transaction
+/// that creates what is missing and leaves an existing table's hooks
+/// registered (a restarted relay must not interrupt the flows its
+/// predecessor left in the kernel).
+fn nft_rules((start, end): (u16, u16)) -> String {
+    let last = end.saturating_sub(1).max(start);
+    format!(
+        "table inet relaybox {{
+  chain conntrack_pre {{ type filter hook prerouting priority -150; }}
+  chain conntrack_out {{ type filter hook output priority -150; }}
+  chain notrack_out {{ type filter hook output priority raw; }}
+  chain nat_pre {{ type nat hook prerouting priority -100; }}
+  chain nat_post {{ type nat hook postrouting priority 100; }}
+}}
 flush chain inet relaybox conntrack_pre
 flush chain inet relaybox conntrack_out
+flush chain inet relaybox notrack_out
 add rule inet relaybox conntrack_pre ct state invalid counter
 add rule inet relaybox conntrack_out ct state invalid counter
-";
+add rule inet relaybox notrack_out udp sport {start}-{last} notrack
+"
+    )
+}
 
 /// What the start-up checks found.
 pub(crate) struct Readiness {
@@ -97,7 +110,7 @@ pub(crate) fn remove_nft_table() {
 /// a real relay address, `ip_forward`, conntrack and NAT hooks (through
 /// relaybox's own nft table), `nf_conntrack_acct`, ctnetlink with NAT (a
 /// probe entry), and DESTROY events.
-pub(crate) fn prepare(relay_ip: Option<IpAddr>) -> Readiness {
+pub(crate) fn prepare(relay_ip: Option<IpAddr>, port_range: (u16, u16)) -> Readiness {
     let mut report = Vec::new();
     let mut missing = Vec::new();
     let ip = match relay_ip {
@@ -116,7 +129,7 @@ pub(crate) fn prepare(relay_ip: Option<IpAddr>) -> Readiness {
     } else {
         ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", &mut report, &mut missing);
     }
-    match nft(&["-f", "-"], Some(NFT_RULES)) {
+    match nft(&["-f", "-"], Some(&nft_rules(port_range))) {
         Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
         Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),
     }
@@ -422,5 +435,28 @@ mod tests {
         dp.flow_down(f.id);
         assert!(table.is_empty());
         assert_eq!(dp.flow_counters(f.id), None);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_relay_adopts_its_entries_and_deletes_stale_ones() {
+        let table = Arc::new(MemoryFlowTable::new());
+        let local: IpAddr = "10.0.0.1".parse().unwrap();
+        let before = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        let kept = flow();
+        let gone = Flow { id: FlowId(2), caller_port: 40004, callee_port: 40006, ..flow() };
+        let stale = Flow { id: FlowId(3), caller_port: 40008, callee_port: 40010, ..flow() };
+        before.flow_up(&kept);
+        before.flow_up(&stale);
+        drop(before); // exits without shutdown: the entries stay
+        assert_eq!(table.dump(RELAYBOX_MARK).unwrap().len(), 2);
+
+        let after = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        assert_eq!(after.adopt_flows(&[kept, gone]), vec![gone.id], "its entry vanished");
+        let left = table.dump(RELAYBOX_MARK).unwrap();
+        assert_eq!(left.len(), 1, "the stale entry is deleted");
+        assert_eq!(left[0].orig.dst.port(), 40000);
+        assert!(after.flow_counters(kept.id).is_some(), "adopted: counters are read");
+        after.flow_down(kept.id);
+        assert!(table.is_empty());
     }
 }

@@ -248,6 +248,11 @@ impl Relay {
         }
     }
 
+    /// Dispatcher links up right now.
+    pub fn link_count(&self) -> usize {
+        lock(&self.links).len()
+    }
+
     pub fn unregister_link(&self, id: u64) {
         lock(&self.links).retain(|l| l.id != id);
     }
@@ -505,6 +510,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(relay.clone().run_snapshots());
     tokio::spawn(relay.clone().run_timers());
     tokio::spawn(relay.clone().run_sampling());
+    crate::control::spawn(relay.clone());
     for target in relay.config.relay.dispatchers.clone() {
         tokio::spawn(link::run(relay.clone(), target, tls.clone()));
     }

@@ -15,6 +15,7 @@ pub(crate) const DEBOUNCE: Duration = Duration::from_millis(200);
 /// The snapshot at `path`, if there is a readable one for `port_range`.
 /// A missing file is normal; anything else is logged and ignored.
 pub(crate) fn load(path: &Path, port_range: (u16, u16)) -> Option<Snapshot> {
+    remove_stale_temps(path);
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -44,6 +45,23 @@ fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".tmp.{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Removes temporary files that relays killed while writing left behind
+/// (`<name>.tmp.<pid>` of a process that is gone).
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let prefix = format!("{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file.to_str().and_then(|f| f.strip_prefix(&prefix)) else { continue };
+        if pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new
@@ -84,6 +102,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/sessions.bin");
         assert!(load(&path, (40000, 40100)).is_none());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path.with_file_name("sessions.bin.tmp.4000000000"), b"half").unwrap();
         let table = SessionTable::new(CoreConfig { port_range: (40000, 40100), ..CoreConfig::default() });
         write_atomic(&path, &table.snapshot().encode()).unwrap();
         assert!(load(&path, (40000, 40100)).is_some());

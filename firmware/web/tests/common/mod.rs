@@ -164,8 +164,24 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
     let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v.to_string());
     let others: Vec<(&str, &str)> = headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("host")).copied().collect();
     tcp.write_all(&request_bytes(method, path, &host.unwrap_or(addr.to_string()), &others, body)).unwrap();
+    // Read until the body is complete (servers such as chromedriver keep
+    // the connection open despite `Connection: close`).
     let mut raw = Vec::new();
-    let _ = tcp.read_to_end(&mut raw);
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let length =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
+            if length.is_some_and(|n: usize| raw.len() >= split + 4 + n) {
+                break;
+            }
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
     parse_response(&raw)
 }
 
