@@ -99,7 +99,8 @@ impl DatabaseBackend {
     /// when the configured user may not run it.
     pub fn create_table_sql(&self) -> String {
         let s = &self.settings;
-        let (t, c, f, tt, i) = (&s.sessions_table, &s.callid_column, &s.fromtag_column, &s.totag_column, &s.info_column);
+        let (t, c, f, tt, i) =
+            (&s.sessions_table, &s.callid_column, &s.fromtag_column, &s.totag_column, &s.info_column);
         match self.dialect {
             Dialect::Sqlite => format!(
                 "CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, {c} VARCHAR(255) NOT NULL, {f} VARCHAR(64) NOT NULL, {tt} VARCHAR(64) NOT NULL DEFAULT '', {i} TEXT, UNIQUE ({c}, {f}, {tt}))"
@@ -115,7 +116,8 @@ impl DatabaseBackend {
 
     fn insert_sql(&self) -> String {
         let s = &self.settings;
-        let (t, c, f, tt, i) = (&s.sessions_table, &s.callid_column, &s.fromtag_column, &s.totag_column, &s.info_column);
+        let (t, c, f, tt, i) =
+            (&s.sessions_table, &s.callid_column, &s.fromtag_column, &s.totag_column, &s.info_column);
         match self.dialect {
             Dialect::Sqlite => format!("INSERT OR IGNORE INTO {t} ({c}, {f}, {tt}, {i}) VALUES (?, ?, ?, ?)"),
             Dialect::Postgres => {
@@ -189,7 +191,10 @@ impl Backend for DatabaseBackend {
         "database"
     }
 
-    fn deliver<'a>(&'a self, record: &'a SessionStats) -> Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send + 'a>> {
+    fn deliver<'a>(
+        &'a self,
+        record: &'a SessionStats,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send + 'a>> {
         Box::pin(self.insert(record))
     }
 }
@@ -212,7 +217,10 @@ mod tests {
 
     #[test]
     fn dburi_forms() {
-        assert_eq!(sqlx_url("sqlite:///var/lib/x.db").unwrap(), ("sqlite:///var/lib/x.db?mode=rwc".into(), Dialect::Sqlite));
+        assert_eq!(
+            sqlx_url("sqlite:///var/lib/x.db").unwrap(),
+            ("sqlite:///var/lib/x.db?mode=rwc".into(), Dialect::Sqlite)
+        );
         assert_eq!(sqlx_url("sqlite:/x.db").unwrap().1, Dialect::Sqlite);
         assert_eq!(sqlx_url("mysql://u:p@h/db").unwrap(), ("mysql://u:p@h/db".into(), Dialect::MySql));
         assert_eq!(sqlx_url("postgresql://u@h/db").unwrap().1, Dialect::Postgres);

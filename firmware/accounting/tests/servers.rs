@@ -189,7 +189,8 @@ async fn survive_an_outage(mut server: Server, dburi: &str, spool: &Path) {
     server.start();
     wait_delivered(&acc, Duration::from_secs(60)).await;
     assert_eq!(count(&db).await, 10, "every record arrived after the outage");
-    let row = sqlx::query("SELECT info FROM media_sessions WHERE call_id = 'during-3'").fetch_one(db.pool()).await.unwrap();
+    let row =
+        sqlx::query("SELECT info FROM media_sessions WHERE call_id = 'during-3'").fetch_one(db.pool()).await.unwrap();
     let info: String = match row.try_get::<String, _>(0) {
         Ok(s) => s,
         Err(_) => String::from_utf8(row.try_get::<Vec<u8>, _>(0).unwrap()).unwrap(),

@@ -14,6 +14,7 @@
 mod address;
 mod ports;
 mod session;
+mod snapshot;
 mod table;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +23,7 @@ use relaybox_proto::SessionStats;
 
 /// The `ipnet` version used by [`CoreConfig::routable_private_ranges`].
 pub use ipnet;
+pub use snapshot::{Snapshot, SnapshotError};
 pub use table::SessionTable;
 
 /// Unix time, or a duration, in milliseconds.
@@ -85,7 +87,7 @@ pub enum Event {
 }
 
 /// Names one kernel flow for its whole life; never reused by a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FlowId(pub u64);
 
 /// A stream's RTP or RTCP flow between two latched parties. Packets from
@@ -106,7 +108,7 @@ pub struct Flow {
 /// What the kernel forwarded on one flow, per sending party, as absolute
 /// totals since the flow went up. Bytes are UDP payload bytes, as the
 /// userspace path counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct FlowCounters {
     pub caller_packets: u64,
     pub caller_bytes: u64,

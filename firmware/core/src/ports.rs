@@ -81,6 +81,40 @@ impl PortPool {
         None
     }
 
+    /// The free pairs, front first (for a snapshot).
+    pub fn free_order(&self) -> Vec<u16> {
+        self.free.iter().copied().collect()
+    }
+
+    /// Restoring: takes a specific pair for `owner`, as [`allocate`](Self::allocate)
+    /// would. False if it is outside the range or already held.
+    pub fn claim(&mut self, port: u16, owner: PortOwner, events: &mut VecDeque<Event>) -> bool {
+        let Some(slot) = self.slot(port).and_then(|i| self.owners.get_mut(i)) else { return false };
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(owner);
+        self.in_use += 1;
+        events.push_back(Event::OpenPorts(port));
+        true
+    }
+
+    /// Restoring, after every [`claim`](Self::claim): the free list in the
+    /// saved order, then any pair of the range the saved list lacks.
+    pub fn reorder_free(&mut self, saved: &[u16]) {
+        let mut listed = vec![false; self.owners.len()];
+        let mut free = VecDeque::with_capacity(self.free.len());
+        let natural: Vec<u16> = self.free.drain(..).collect();
+        for &port in saved.iter().chain(natural.iter()) {
+            let Some(i) = self.slot(port) else { continue };
+            if self.owners[i].is_none() && !listed[i] {
+                listed[i] = true;
+                free.push_back(port);
+            }
+        }
+        self.free = free;
+    }
+
     /// Returns a pair to the back of the free list; a pair that is not held
     /// is ignored.
     pub fn release(&mut self, port: u16, events: &mut VecDeque<Event>) {
@@ -111,6 +145,20 @@ mod tests {
         assert_eq!(PortPool::new((65534, 65535)).free_pairs(), 0);
         let full = PortPool::new((0, 65535));
         assert_eq!(full.free_pairs(), 32766);
+    }
+
+    #[test]
+    fn claims_and_saved_order() {
+        let mut ev = VecDeque::new();
+        let mut pool = PortPool::new((40000, 40008));
+        assert!(pool.claim(40002, owner(), &mut ev));
+        assert!(!pool.claim(40002, owner(), &mut ev), "held");
+        assert!(!pool.claim(40003, owner(), &mut ev), "odd");
+        assert!(!pool.claim(50000, owner(), &mut ev), "outside");
+        pool.reorder_free(&[40006, 40002, 40006, 39998]);
+        assert_eq!(pool.free_order(), vec![40006, 40000, 40004]);
+        assert_eq!(pool.pairs_in_use(), 1);
+        assert_eq!(ev.into_iter().collect::<Vec<_>>(), vec![Event::OpenPorts(40002)]);
     }
 
     #[test]

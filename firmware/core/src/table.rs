@@ -9,7 +9,7 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 use crate::address::{may_latch, may_send_to};
 use crate::ports::{PortOwner, PortPool};
 use crate::session::{KernelFlow, OfferState, Order, Session, Side, Stream};
-use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Verdict};
+use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Snapshot, Verdict};
 
 /// All sessions of one relay. See the crate documentation.
 #[derive(Debug)]
@@ -70,6 +70,117 @@ impl SessionTable {
 
     pub fn config(&self) -> &CoreConfig {
         &self.config
+    }
+
+    /// Everything needed to continue after a restart (see [`restore`](Self::restore)).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            port_range: self.config.port_range,
+            next_session_id: self.next_session_id,
+            next_flow_id: self.flows.next_id,
+            bleed_drops: self.bleed_drops,
+            free: self.pool.free_order(),
+            sessions: self.sessions.values().cloned().collect(),
+        }
+    }
+
+    /// A table that continues from a [`snapshot`](Self::snapshot), possibly
+    /// taken by another process. Queues [`Event::OpenPorts`] for every pair
+    /// its live streams hold; kernel flows of the snapshot are kept as they
+    /// are (no [`Event::FlowUp`]: the daemon finds their entries again, see
+    /// [`kernel_flows`](Self::kernel_flows), and reports missing ones with
+    /// [`flow_expired`](Self::flow_expired)). Flows that `config` no longer
+    /// wants go down, latched streams without one come up. A session whose
+    /// ports are outside `config.port_range` or taken, or beyond
+    /// `max_sessions`, is ended and reported as [`Event::Expired`].
+    pub fn restore(config: CoreConfig, snapshot: Snapshot, now: Millis) -> Self {
+        let mut table = SessionTable::new(config);
+        let Snapshot { next_session_id, next_flow_id, bleed_drops, free, sessions, .. } = snapshot;
+        table.bleed_drops = bleed_drops;
+        table.flows.next_id = next_flow_id;
+        let mut next_id = next_session_id;
+        for mut session in sessions {
+            session.scheduled = None;
+            next_id = next_id.max(session.id.saturating_add(1));
+            let fits = table.sessions.len() < table.config.max_sessions
+                && !table.sessions.contains_key(&session.id)
+                && !table.by_call_id.contains_key(&session.call_id)
+                && table.claim_ports(&session);
+            if !fits {
+                // Nothing of it is in the pool: end it without releasing.
+                let mut scratch = PortPool::new((0, 0));
+                let mut ignored = VecDeque::new();
+                session.end_all(StreamStatus::Closed, now, &mut scratch, &mut ignored);
+                for stream in &mut session.streams {
+                    stream.drop_flow(0);
+                    stream.drop_flow(1);
+                }
+                session.ended_at = Some(now);
+                table.events.push_back(Event::Expired(session.stats(now)));
+                continue;
+            }
+            for stream in &session.streams {
+                for flow in stream.flows.iter().flatten() {
+                    table.flows.owner.insert(flow.id, (session.id, stream.id));
+                    table.flows.next_id = table.flows.next_id.max(flow.id.0);
+                }
+            }
+            let id = session.id;
+            table.by_call_id.insert(session.call_id.clone(), id);
+            table.sessions.insert(id, session);
+            table.sync_flows(id);
+            table.reschedule(id);
+        }
+        table.next_session_id = next_id.max(1);
+        table.pool.reorder_free(&free);
+        table
+    }
+
+    /// Claims the port pairs of a restored session's live streams; on
+    /// failure releases what it claimed (without events) and says false.
+    fn claim_ports(&mut self, session: &Session) -> bool {
+        let mut claimed = Vec::new();
+        let mut events = VecDeque::new();
+        for stream in session.streams.iter().filter(|s| s.is_live()) {
+            for (side, port) in [(Side::Caller, stream.caller.port), (Side::Callee, stream.callee.port)] {
+                let owner = PortOwner { session: session.id, stream: stream.id, side };
+                if port != 0 && !self.pool.claim(port, owner, &mut events) {
+                    let mut ignored = VecDeque::new();
+                    for p in claimed {
+                        self.pool.release(p, &mut ignored);
+                    }
+                    return false;
+                }
+                claimed.push(port);
+            }
+        }
+        self.events.extend(events);
+        true
+    }
+
+    /// Every live kernel flow with its addresses, as [`Event::FlowUp`]
+    /// announced it (for a restarted daemon to find its entries again).
+    pub fn kernel_flows(&self) -> Vec<Flow> {
+        let mut out = Vec::new();
+        for session in self.sessions.values() {
+            for stream in &session.streams {
+                for (index, flow) in stream.flows.iter().enumerate() {
+                    let Some(flow) = flow else { continue };
+                    let rtcp = index == 1;
+                    out.push(Flow {
+                        id: flow.id,
+                        relay_ip: session.relay_ip,
+                        caller: flow.caller,
+                        caller_port: stream.caller.port | u16::from(rtcp),
+                        callee_port: stream.callee.port | u16::from(rtcp),
+                        callee: flow.callee,
+                        rtcp,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|f| f.id);
+        out
     }
 
     /// Applies an update. `relay_ip` is the address this relay puts in

@@ -146,6 +146,10 @@ pub struct Summary {
     /// Which datapath forwards media (`userspace` or `kernel`); an extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath: Option<String>,
+    /// Packets dropped by the RTP-bleed rule since the relay's sessions
+    /// began (kept across a restart); an extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bleed_drops: Option<u64>,
 }
 
 impl Summary {
@@ -224,9 +228,16 @@ mod tests {
             stream_count: counts,
             bps_relayed: 64000,
             datapath: Some("userspace".into()),
+            bleed_drops: Some(3),
         };
         let j = s.to_json();
         assert!(j.contains("\"status\":\"halting\""));
+        assert!(j.contains("\"bleed_drops\":3"), "{j}");
         assert_eq!(Summary::from_json(&j).unwrap(), s);
+        // MediaProxy's summary has neither extension.
+        let plain = Summary { datapath: None, bleed_drops: None, ..s };
+        let j = plain.to_json();
+        assert!(!j.contains("bleed_drops") && !j.contains("datapath"), "{j}");
+        assert_eq!(Summary::from_json(&j).unwrap(), plain);
     }
 }

@@ -135,10 +135,11 @@ impl Rig {
 
     pub fn relay_config(&self, certs: &Path, ports: (u16, u16), extra: &str) -> PathBuf {
         let text = format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = 127.0.0.1\nport_range = {}:{}\nreconnect_delay = 1\nlog_level = DEBUG\n{extra}\n[TLS]\ncerts_path = {}\n",
+            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = 127.0.0.1\nport_range = {}:{}\nreconnect_delay = 1\nlog_level = DEBUG\nstate_file = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
             self.relay_port,
             ports.0,
             ports.1,
+            self.path(&format!("relay-{}-{}.state", ports.0, rand_u16())).display(),
             certs.display()
         );
         let path = self.path(&format!("relay-{}-{}.ini", ports.0, rand_u16()));

@@ -1,0 +1,148 @@
+//! Restarts: a table saved with `snapshot`, encoded, decoded and restored
+//! carries on as if nothing happened.
+
+mod common;
+
+use common::*;
+use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable, Snapshot, SnapshotError, Verdict};
+use relaybox_proto::StreamStatus;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn kernel_config() -> CoreConfig {
+    CoreConfig { kernel_flows: true, ..config() }
+}
+
+/// Answered call with both sides latched (a kernel flow with kernel_flows).
+fn latched_call(t: &mut SessionTable) {
+    t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap();
+    t.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0 + 1000).unwrap();
+    t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2000);
+    t.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000);
+    events(t);
+}
+
+fn round_trip(t: &SessionTable) -> Snapshot {
+    let bytes = t.snapshot().encode();
+    Snapshot::decode(&bytes).unwrap()
+}
+
+#[test]
+fn a_restored_kernel_call_keeps_its_flow_ports_and_counters() {
+    let mut t = SessionTable::new(kernel_config());
+    latched_call(&mut t);
+    let flow = t.flow_ids()[0];
+    let c = FlowCounters { caller_packets: 50, caller_bytes: 8600, callee_packets: 40, callee_bytes: 6880 };
+    assert!(t.set_flow_counters(flow, c, T0 + 3000));
+    let before = t.sessions(T0 + 4000);
+
+    let snap = round_trip(&t);
+    assert_eq!((snap.session_count(), snap.port_range()), (1, (40000, 40100)));
+    let mut r = SessionTable::restore(kernel_config(), snap, T0 + 4000);
+    assert_eq!(events(&mut r), vec![Event::OpenPorts(40000), Event::OpenPorts(40002)], "ports, no FlowUp");
+    assert_eq!(r.sessions(T0 + 4000), before);
+    assert_eq!(r.flow_ids(), vec![flow]);
+    let flows = r.kernel_flows();
+    assert_eq!(flows.len(), 1);
+    assert_eq!((flows[0].caller, flows[0].callee), (sa(CALLER_ADDR), sa(CALLEE_NAT_ADDR)));
+    assert_eq!((flows[0].caller_port, flows[0].callee_port), (40000, 40002));
+    assert_eq!(r.next_timeout(), None, "the kernel's timeout rules a forwarded stream");
+
+    // The kernel kept counting across the restart; absolute totals go on.
+    let later = FlowCounters { caller_packets: 500, caller_bytes: 86000, callee_packets: 490, callee_bytes: 84280 };
+    assert!(r.set_flow_counters(flow, later, T0 + 10_000));
+    let stats = r.remove(&remove(CALLER_TAG, Some(CALLEE_TAG)), T0 + 11_000).unwrap();
+    assert_eq!(stats.streams[0].caller_packets, 500, "the first packet had nowhere to go");
+    assert_eq!(events(&mut r), vec![Event::ClosePorts(40000), Event::ClosePorts(40002), Event::FlowDown(flow)]);
+
+    // New sessions and flows do not reuse ids or the just-freed ports.
+    let ports = r.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0 + 12_000).unwrap();
+    assert_eq!(ports, vec![40006], "callee-facing port of a fresh pair");
+    r.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0 + 12_000).unwrap();
+    r.on_packet(40004, sa(CALLER_ADDR), &rtp(8, 172), T0 + 12_000);
+    r.on_packet(40006, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 12_000);
+    assert!(r.flow_ids()[0] > flow);
+}
+
+#[test]
+fn a_flow_lost_during_the_restart_ends_as_conntrack_timeout() {
+    let mut t = SessionTable::new(kernel_config());
+    latched_call(&mut t);
+    let mut r = SessionTable::restore(kernel_config(), round_trip(&t), T0 + 5000);
+    events(&mut r);
+    let flow = r.flow_ids()[0];
+    assert!(r.flow_expired(flow, FlowCounters::default(), T0 + 6000));
+    let ev = events(&mut r);
+    let Some(Event::Expired(stats)) = ev.iter().find(|e| matches!(e, Event::Expired(_))) else { panic!("{ev:?}") };
+    assert_eq!(stats.streams[0].status, StreamStatus::ConntrackTimeout);
+}
+
+#[test]
+fn userspace_latches_and_timeouts_survive() {
+    let mut t = table();
+    latched_call(&mut t);
+    let mut r = SessionTable::restore(config(), round_trip(&t), T0 + 3000);
+    events(&mut r);
+    // Still latched: the callee's NAT address is where the caller's media goes.
+    assert_eq!(
+        r.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 3000),
+        Verdict::Forward { via_port: 40002, to: sa(CALLEE_NAT_ADDR) }
+    );
+    assert!(matches!(r.on_packet(40002, sa("198.51.100.99:9"), &rtp(8, 172), T0 + 3000), Verdict::Drop(_)));
+    assert!(r.next_timeout().is_some_and(|t| t <= T0 + 3000 + 90_000));
+    r.handle_timeout(T0 + 92_000);
+    assert!(events(&mut r).is_empty(), "the packet after the restart counts");
+    r.handle_timeout(T0 + 3000 + 90_000);
+    assert!(events(&mut r)
+        .iter()
+        .any(|e| matches!(e, Event::Expired(s) if s.streams[0].status == StreamStatus::NoTrafficTimeout)));
+}
+
+#[test]
+fn switching_datapath_on_restore_moves_flows() {
+    let mut t = table();
+    latched_call(&mut t);
+    let mut k = SessionTable::restore(kernel_config(), round_trip(&t), T0 + 3000);
+    let ev = events(&mut k);
+    assert!(matches!(ev.as_slice(), [Event::OpenPorts(_), Event::OpenPorts(_), Event::FlowUp(_)]), "{ev:?}");
+    let mut u = SessionTable::restore(config(), round_trip(&k), T0 + 4000);
+    let ev = events(&mut u);
+    assert!(matches!(ev.as_slice(), [Event::OpenPorts(_), Event::OpenPorts(_), Event::FlowDown(_)]), "{ev:?}");
+}
+
+#[test]
+fn sessions_that_do_not_fit_the_new_range_are_expired() {
+    let mut t = table();
+    latched_call(&mut t);
+    let small = CoreConfig { port_range: (50000, 50010), ..config() };
+    let mut r = SessionTable::restore(small, round_trip(&t), T0 + 3000);
+    let ev = events(&mut r);
+    let [Event::Expired(stats)] = ev.as_slice() else { panic!("{ev:?}") };
+    assert_eq!(stats.streams[0].status, StreamStatus::Closed);
+    assert_eq!(r.session_count(), 0);
+    assert_eq!(r.ports_free(), 10);
+}
+
+#[test]
+fn damaged_or_foreign_bytes_are_refused() {
+    let mut t = table();
+    latched_call(&mut t);
+    let bytes = t.snapshot().encode();
+    assert!(matches!(Snapshot::decode(b"hello world"), Err(SnapshotError::NotASnapshot)));
+    assert!(matches!(Snapshot::decode(&[]), Err(SnapshotError::NotASnapshot)));
+    let mut other = bytes.clone();
+    other[4] = 9;
+    assert_eq!(Snapshot::decode(&other).unwrap_err(), SnapshotError::Version(9));
+    for cut in [9, bytes.len() / 2, bytes.len() - 1] {
+        assert!(matches!(Snapshot::decode(&bytes[..cut]), Err(SnapshotError::Malformed(_))), "cut at {cut}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(Snapshot::decode(&long), Err(SnapshotError::Malformed(_))));
+    // Random damage never panics.
+    for i in 8..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0xa5;
+        let _ = Snapshot::decode(&b).map(|s| SessionTable::restore(config(), s, T0));
+    }
+}
