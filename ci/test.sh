@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+log=$(mktemp /tmp/relaybox-test.XXXXXX.log)
+exec > >(tee "$log") 2>&1
 
 ci/setup.sh
 
@@ -32,3 +34,7 @@ ci/demo.sh --check
 echo "== end-to-end: Kamailio + SIPp + NAT namespaces"
 RELAYBOX_E2E_REQUIRE_BINARIES=1 cargo test -p relaybox-e2e -- --include-ignored --test-threads=1
 echo "== all tests passed in $(( $(date +%s) - start )) s"
+# One closing line for the whole run: the sum of every cargo test summary.
+# (Tests marked ignored in the first run are counted where they run.)
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "relaybox: %d passed, %d failed\n", p, f }' "$log"
