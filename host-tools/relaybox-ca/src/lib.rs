@@ -303,6 +303,38 @@ impl CertificateAuthority {
         self.issue_between(subject, now - BACKDATE, now + Duration::days(i64::from(days.max(1))))
     }
 
+    /// Signs a certificate signing request made elsewhere (the box's web
+    /// page makes a key and a CSR; the key never leaves the box). The
+    /// subject and the public key come from the CSR; validity, serial and
+    /// usages are this CA's, as for [`CertificateAuthority::issue`].
+    /// Returns the certificate PEM and its serial.
+    pub fn sign_csr(&mut self, csr_pem: &str, days: u32) -> Result<(String, String), CaError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Parse(format!("not a certificate signing request: {e}")))?;
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + Duration::days(i64::from(days.max(1)));
+        let serial = random_serial()?;
+        let serial_hex = hex_upper(serial.as_ref());
+        let params = &mut csr.params;
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = now - BACKDATE;
+        params.not_after = not_after;
+        params.serial_number = Some(serial);
+        let cert = csr.signed_by(&self.issuer, &self.key)?;
+        let cert_pem = cert.pem();
+        let info = cert_info(&cert_pem)?;
+        self.index.issued.push(IssuedRecord {
+            serial: serial_hex.clone(),
+            subject: info.subject,
+            not_after: not_after.unix_timestamp(),
+            fingerprint: fingerprint_der(cert.der()),
+        });
+        Ok((cert_pem, serial_hex))
+    }
+
     /// Issues a certificate that expired yesterday (for tests of expiry handling).
     pub fn issue_expired(&mut self, subject: &Subject) -> Result<IssuedCert, CaError> {
         let now = OffsetDateTime::now_utc();

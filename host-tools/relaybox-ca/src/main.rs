@@ -60,6 +60,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Sign a CSR made on a box (its web page's Certificates tab); writes the certificate to OUT.
+    Sign {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate signing request (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// Where to write the certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Revoke a certificate by serial or by file; rewrites DIR/crl.pem and prints it.
     Revoke(RevokeArgs),
     /// Write the current CRL to FILE.
@@ -156,6 +169,17 @@ fn run(cli: Cli) -> Result<()> {
             println!("serial:      {}", cert.serial_hex);
             println!("fingerprint: {}", fingerprint_sha256(&cert.cert_pem)?);
             println!("wrote {}, {}, ca.pem and crl.pem", crt.display(), key.display());
+        }
+        Command::Sign { dir, csr, days, out } => {
+            let mut ca = load(&dir)?;
+            let request = read(&csr)?;
+            let (pem, serial) = ca.sign_csr(&request, days).with_context(|| format!("signing {}", csr.display()))?;
+            ca.save(&dir).context("recording the certificate in the CA index")?;
+            write_file(&out, pem.as_bytes(), 0o644)?;
+            println!("subject:     {}", cert_info(&pem)?.subject);
+            println!("serial:      {serial}");
+            println!("fingerprint: {}", fingerprint_sha256(&pem)?);
+            println!("wrote {}", out.display());
         }
         Command::Revoke(RevokeArgs { dir, target: RevokeTarget { serial, cert } }) => {
             let mut ca = load(&dir)?;

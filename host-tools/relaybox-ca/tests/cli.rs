@@ -142,3 +142,36 @@ fn demo_makes_a_ready_certs_path() {
     let again = fails(&["demo", "--out", s(&out)]);
     assert!(again.contains("already exists"), "{again}");
 }
+
+#[test]
+fn sign_a_csr_made_on_the_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    ok(&["init", "--dir", s(&ca_dir), "--cn", "Box CA", "--org", "Example Ltd"]);
+    // What the box's web page does: a key that stays on the box, and a CSR.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "edge-relay");
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "Example Ltd");
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csr_file = tmp.path().join("relay.csr");
+    fs::write(&csr_file, &csr).unwrap();
+    let out = tmp.path().join("relay.crt");
+    let printed = ok(&["sign", "--dir", s(&ca_dir), "--csr", s(&csr_file), "--out", s(&out)]);
+    let pem = fs::read_to_string(&out).unwrap();
+    let info = cert_info(&pem).unwrap();
+    assert!(info.subject.contains("CN=edge-relay") && info.subject.contains("O=Example Ltd"), "{}", info.subject);
+    assert!(info.issuer.contains("Box CA"), "{}", info.issuer);
+    assert!(!info.is_ca);
+    assert_eq!(field(&printed, "serial"), info.serial_hex);
+    // The certificate carries the box's public key, not a new one.
+    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
+    // The CA knows it: it can be revoked like any other.
+    ok(&["revoke", "--dir", s(&ca_dir), "--cert", s(&out)]);
+    // Garbage is refused with a reason.
+    fs::write(&csr_file, "not a csr").unwrap();
+    let err = fails(&["sign", "--dir", s(&ca_dir), "--csr", s(&csr_file), "--out", s(&out)]);
+    assert!(err.contains("signing"), "{err}");
+}
