@@ -22,7 +22,7 @@ echo "== firmware: static binaries and board images"
 cargo xtask binaries
 for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image --board "$b"; done
 echo "== firmware: QEMU boot tests (x86_64 and aarch64)"
-cargo test -p xtask -- --ignored --test-threads=1
+cargo test -p xtask -- --ignored --test-threads=1 --nocapture
 echo "== accounting against real PostgreSQL and MariaDB servers"
 cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
 echo "== kernel datapath in network namespaces"
@@ -32,7 +32,7 @@ cargo test -p relaybox-web --test browser -- --ignored --nocapture
 echo "== demo (the README's main job) comes up and answers"
 ci/demo.sh --check
 echo "== end-to-end: Kamailio + SIPp + NAT namespaces"
-RELAYBOX_E2E_REQUIRE_BINARIES=1 cargo test -p relaybox-e2e -- --include-ignored --test-threads=1
+RELAYBOX_E2E_REQUIRE_BINARIES=1 cargo test -p relaybox-e2e -- --include-ignored --test-threads=1 --nocapture
 echo "== all tests passed in $(( $(date +%s) - start )) s"
 # One closing line for the whole run: the sum of every cargo test summary.
 # (Tests marked ignored in the first run are counted where they run.)
