@@ -86,10 +86,21 @@ impl Relay {
     /// is missing) when the kernel cannot forward, `auto` falls back.
     fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let r = &config.relay;
+        // With auto_detect_interfaces each side gets the address of its own
+        // interface: the sockets listen on every address, and the kernel
+        // datapath (one relay_ip for both sides of a flow) is not used.
+        let auto_detect = r.auto_detect_interfaces && r.advertised_ip.is_none();
         let (readiness, reason) = match r.datapath {
             DatapathMode::Userspace => {
                 let none = kernel::Readiness { flows: None, report: Vec::new(), missing: Vec::new() };
                 (none, "[Relay] datapath = userspace".to_string())
+            }
+            _ if auto_detect => {
+                let none = kernel::Readiness { flows: None, report: Vec::new(), missing: Vec::new() };
+                let reason = "[Relay] auto_detect_interfaces = yes: each side gets its own interface's address, \
+                              which the kernel datapath (one relay_ip per flow) cannot do"
+                    .to_string();
+                (none, reason)
             }
             mode => {
                 let readiness = kernel::prepare(r.relay_ip, (r.port_range.start, r.port_range.end));
@@ -116,7 +127,11 @@ impl Relay {
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
         };
-        let bind_ip = r.relay_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let bind_ip = match r.relay_ip {
+            Some(IpAddr::V6(_)) if auto_detect => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            Some(ip) if !auto_detect => ip,
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        };
         let clock = Clock::new();
         let (table, restored) = match state::load(&r.state_file, core.port_range) {
             Some(snapshot) => {
@@ -257,10 +272,24 @@ impl Relay {
         lock(&self.links).retain(|l| l.id != id);
     }
 
-    /// The address put in replies: `advertised_ip`, else `relay_ip`, else the
-    /// local address of the link the request came over.
-    fn reply_ip(&self, link_local: IpAddr) -> IpAddr {
-        self.config.relay.advertised_ip.or(self.config.relay.relay_ip).unwrap_or(link_local)
+    /// The address put in replies: `advertised_ip`; else, with
+    /// `auto_detect_interfaces` and a known receiver of the SDP (`towards`,
+    /// see [`sdp_receiver`]), the local address the kernel routes towards
+    /// it; else `relay_ip`, else the local address of the link the request
+    /// came over (also when the route lookup fails).
+    fn reply_ip(&self, link_local: IpAddr, towards: Option<IpAddr>) -> IpAddr {
+        let r = &self.config.relay;
+        if let Some(ip) = r.advertised_ip {
+            return ip;
+        }
+        let fallback = r.relay_ip.unwrap_or(link_local);
+        match towards {
+            Some(peer) if r.auto_detect_interfaces => local_ip_towards(peer).unwrap_or_else(|e| {
+                tracing::debug!(peer = %peer, "auto_detect_interfaces: no route ({e}); replying with {fallback}");
+                fallback
+            }),
+            _ => fallback,
+        }
     }
 
     /// Runs the core's queued events: ports to open or close. Returns the
@@ -339,7 +368,7 @@ impl Relay {
                 if self.halting.load(Ordering::Relaxed) && !table.has_session(&update.call_id) {
                     return UpdateReply::Halting.payload();
                 }
-                let ip = self.reply_ip(link_local);
+                let ip = self.reply_ip(link_local, sdp_receiver(&update));
                 let flows = table.session_flow_ids(&update.call_id);
                 self.poll_flow_counters(&mut table, flows);
                 let result = table.update(&update, ip, now);
@@ -399,7 +428,7 @@ impl Relay {
     fn summary(&self, link_local: IpAddr) -> Summary {
         let table = self.table();
         Summary {
-            ip: self.reply_ip(link_local).to_string(),
+            ip: self.reply_ip(link_local, None).to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             status: if self.halting.load(Ordering::Relaxed) { RelayStatus::Halting } else { RelayStatus::Active },
             uptime: self.clock.uptime_secs(),
@@ -474,6 +503,37 @@ impl Relay {
             let _ = tokio::time::timeout(Duration::from_secs(3), w).await;
         }
     }
+}
+
+/// Who will receive the SDP of `update`, from its `signaling_ip` (MediaProxy's
+/// `src_dst`, the source and destination of the SIP *request*; the module
+/// sends the transaction's value with the reply too). A request's SDP goes
+/// where the request goes: `dst`, or `src` when `dst` is unknown. A reply's
+/// SDP goes back to the request's sender: `src`. So an initial INVITE's SDP
+/// (caller -> callee) uses `dst` and the 200 OK's (callee -> caller) uses the
+/// caller's `src`; a re-INVITE from the callee likewise uses its `dst`.
+fn sdp_receiver(update: &relaybox_proto::UpdateRequest) -> Option<IpAddr> {
+    let s = update.signaling_ip?;
+    match update.party {
+        relaybox_proto::PartyType::Request => Some(s.dst.unwrap_or(s.src)),
+        relaybox_proto::PartyType::Reply => Some(s.src),
+    }
+}
+
+/// The local address of the interface that routes towards `peer`: a route
+/// lookup that sends nothing (UDP `connect`). Not cached, routes change.
+fn local_ip_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
+    let any: IpAddr = match peer {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = std::net::UdpSocket::bind((any, 0))?;
+    socket.connect((peer, 9))?;
+    let ip = socket.local_addr()?.ip();
+    if ip.is_unspecified() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no local address"));
+    }
+    Ok(ip)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
