@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates
   iproute2 nftables conntrack procps psmisc util-linux
   kamailio kamailio-extra-modules sip-tester
-  postgresql mariadb-server
+  postgresql mariadb-server freeradius
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
@@ -31,7 +31,7 @@ fi
 
 # Debian starts these as services on install; the tests run their own
 # instances on free ports, so the system ones only cost memory.
-for svc in kamailio postgresql mariadb; do
+for svc in kamailio postgresql mariadb freeradius; do
   service "$svc" stop >/dev/null 2>&1 || true
 done
 pkill -x kamailio >/dev/null 2>&1 || true

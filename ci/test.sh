@@ -23,8 +23,9 @@ cargo xtask binaries
 for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image --board "$b"; done
 echo "== firmware: QEMU boot tests (x86_64 and aarch64)"
 cargo test -p xtask -- --ignored --test-threads=1 --nocapture
-echo "== accounting against real PostgreSQL and MariaDB servers"
+echo "== accounting against real PostgreSQL, MariaDB and FreeRADIUS servers"
 cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
+cargo test -p relaybox-accounting --test radius -- --ignored --test-threads=1
 echo "== kernel datapath in network namespaces"
 cargo test -p relaybox --test kernel -- --ignored --test-threads=1
 echo "== multiple interfaces (auto_detect_interfaces) in network namespaces"

@@ -13,9 +13,11 @@ use relaybox_proto::SessionStats;
 use tokio::sync::Notify;
 
 pub mod database;
+pub mod radius;
 mod spool;
 
 pub use database::{DatabaseBackend, DatabaseSettings};
+pub use radius::{RadiusBackend, RadiusSettings};
 pub use spool::Spool;
 
 /// Why one delivery failed; the record stays spooled and is retried.
@@ -35,32 +37,6 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         record: &'a SessionStats,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
-}
-
-/// A configured backend this build cannot deliver to yet. Its records are
-/// spooled all the same, so none is lost, and every attempt says why.
-pub struct Unsupported {
-    name: &'static str,
-    why: &'static str,
-}
-
-impl Unsupported {
-    pub fn radius() -> Self {
-        Unsupported { name: "radius", why: "RADIUS accounting is not available in this relaybox version" }
-    }
-}
-
-impl Backend for Unsupported {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn deliver<'a>(
-        &'a self,
-        _record: &'a SessionStats,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>> {
-        Box::pin(async move { Err(BackendError::Unavailable(format!("{}; records stay spooled", self.why))) })
-    }
 }
 
 /// Retry timing for a backend that is down.

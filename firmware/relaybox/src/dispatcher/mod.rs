@@ -94,7 +94,13 @@ fn accounting(config: &Config) -> anyhow::Result<Accounting> {
                 let backend = DatabaseBackend::new(settings).map_err(|e| anyhow::anyhow!("[Database] {e}"))?;
                 backends.push(Arc::new(backend));
             }
-            AccountingBackend::Radius => backends.push(Arc::new(relaybox_accounting::Unsupported::radius())),
+            AccountingBackend::Radius => {
+                let r = &config.radius;
+                let backend =
+                    relaybox_accounting::RadiusBackend::from_config(&r.config_file, r.additional_dictionary.as_deref())
+                        .map_err(|e| anyhow::anyhow!("[Radius] {e}"))?;
+                backends.push(Arc::new(backend));
+            }
         }
     }
     let spool = &config.dispatcher.spool_dir;
