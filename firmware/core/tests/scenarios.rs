@@ -666,3 +666,40 @@ fn garbage_never_panics() {
     assert_eq!(t.session_count(), 0);
     assert_eq!(t.ports_in_use(), 0);
 }
+
+#[test]
+fn ipv6_sides_latch_by_the_same_rules_and_report_bracketed_addresses() {
+    let relay: std::net::IpAddr = "2001:db8:77::1".parse().unwrap();
+    let mut t = table();
+    // The caller announces a public address, the callee a ULA (behind NAT).
+    t.update(&caller_offer(1, "audio:2001:db8:1::2:4000:sendrecv:ice=no"), relay, T0).unwrap();
+    t.update(&callee_answer(1, "audio:fd00:2::2:5000:sendrecv:ice=no"), relay, T0 + 1000).unwrap();
+    events(&mut t);
+    // A stranger cannot take the public caller's side; the caller can.
+    assert_eq!(
+        t.on_packet(40000, sa("[2001:db8:66::6]:4000"), &rtp(8, 172), T0 + 1100),
+        Verdict::Drop(DropReason::Bleed)
+    );
+    assert_eq!(
+        t.on_packet(40000, sa("[2001:db8:1::2]:4000"), &rtp(8, 172), T0 + 1200),
+        Verdict::Drop(DropReason::NotLatched)
+    );
+    // The ULA callee is behind NAT: it latches from its translated address.
+    assert_eq!(
+        t.on_packet(40002, sa("[2001:db8:2::9]:6000"), &rtp(8, 172), T0 + 1300),
+        forward(40000, "[2001:db8:1::2]:4000")
+    );
+    assert_eq!(
+        t.on_packet(40000, sa("[2001:db8:1::2]:4000"), &rtp(8, 172), T0 + 1400),
+        forward(40002, "[2001:db8:2::9]:6000")
+    );
+    let st = &stats(&t, T0 + 2000).streams[0];
+    assert_eq!(
+        (st.caller_remote.as_str(), st.callee_remote.as_str()),
+        ("[2001:db8:1::2]:4000", "[2001:db8:2::9]:6000")
+    );
+    assert_eq!(
+        (st.caller_local.as_str(), st.callee_local.as_str()),
+        ("[2001:db8:77::1]:40000", "[2001:db8:77::1]:40002")
+    );
+}

@@ -75,9 +75,13 @@ impl UserspaceDatapath {
 
 async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, port: u16, socket: Arc<UdpSocket>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    // A dual-stack socket (bound to `::`) sees IPv4 peers as IPv4-mapped
+    // IPv6 addresses: the table works with plain IPv4 ones, and sending to
+    // an IPv4 address from such a socket needs the mapped form again.
+    let v6_socket = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     loop {
         let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+            Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
             Err(e) => {
                 tracing::debug!(port, "receive error: {e}");
                 continue;
@@ -95,6 +99,10 @@ async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, p
         relay.report_expired(expired);
         match verdict {
             Verdict::Forward { via_port, to } => {
+                let to = match to {
+                    SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+                    to => to,
+                };
                 let Some(out) = UserspaceDatapath::socket(&sockets, via_port) else { continue };
                 match out.send_to(&buf[..n], to).await {
                     Ok(_) => {

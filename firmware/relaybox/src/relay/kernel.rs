@@ -124,11 +124,17 @@ pub(crate) fn prepare(relay_ip: Option<IpAddr>, port_range: (u16, u16)) -> Readi
             return Readiness { flows: None, report, missing };
         }
     };
-    if ip.is_ipv4() {
-        ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
-    } else {
-        ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", &mut report, &mut missing);
+    if ip.is_ipv6() {
+        // The IPv6 entries are encoded (relaybox-conntrack) but a netns
+        // test lost one direction of a kernel-forwarded IPv6 call, so an
+        // IPv6 relay forwards in userspace until that is understood. Mixed
+        // families are refused, so every flow of this relay is IPv6.
+        missing.push(format!(
+            "relay_ip {ip} is IPv6: the kernel datapath handles IPv4 flows only for now, IPv6 media is relayed in userspace"
+        ));
+        return Readiness { flows: None, report, missing };
     }
+    ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
     match nft(&["-f", "-"], Some(&nft_rules(port_range))) {
         Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
         Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),

@@ -127,9 +127,12 @@ impl Relay {
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
         };
-        let bind_ip = match r.relay_ip {
-            Some(IpAddr::V6(_)) if auto_detect => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            Some(ip) if !auto_detect => ip,
+        // The ports listen on relay_ip; without one, on every address of the
+        // family the replies carry (an IPv6 advertised_ip needs IPv6 sockets).
+        let bind_ip = match (r.relay_ip, r.advertised_ip) {
+            (Some(IpAddr::V6(_)), _) if auto_detect => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            (Some(ip), _) if !auto_detect => ip,
+            (None, Some(IpAddr::V6(_))) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         };
         let clock = Clock::new();
@@ -369,6 +372,23 @@ impl Relay {
                     return UpdateReply::Halting.payload();
                 }
                 let ip = self.reply_ip(link_local, sdp_receiver(&update));
+                if let Some(item) = foreign_family(&update.media, ip) {
+                    // One reply address serves one family: a relay address
+                    // of the other family would reach nobody (and the
+                    // kernel cannot NAT between IPv4 and IPv6).
+                    tracing::error!(
+                        call_id = %update.call_id,
+                        media = %item.ip,
+                        relay = %ip,
+                        "update refused: media address {} is {}, but the relay answers with {} ({}); \
+                         one relay address cannot serve both families, the call goes without the relay",
+                        item.ip,
+                        family(item.ip),
+                        ip,
+                        family(ip)
+                    );
+                    return UpdateReply::Error.payload();
+                }
                 let flows = table.session_flow_ids(&update.call_id);
                 self.poll_flow_counters(&mut table, flows);
                 let result = table.update(&update, ip, now);
@@ -503,6 +523,23 @@ impl Relay {
             let _ = tokio::time::timeout(Duration::from_secs(3), w).await;
         }
     }
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    if ip.to_canonical().is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// The first media item that is relayed (not rejected, not a `0.0.0.0`/`::`
+/// hold) and whose address is of another family than `relay_ip`
+/// (IPv4-mapped IPv6 addresses count as IPv4).
+fn foreign_family(media: &[relaybox_proto::MediaItem], relay_ip: IpAddr) -> Option<&relaybox_proto::MediaItem> {
+    media.iter().find(|m| {
+        m.port != 0 && !m.ip.is_unspecified() && m.ip.to_canonical().is_ipv4() != relay_ip.to_canonical().is_ipv4()
+    })
 }
 
 /// Who will receive the SDP of `update`, from its `signaling_ip` (MediaProxy's
