@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::netns::{self, ok, phone_paced, spawn_in, Netns};
 use common::*;
 
 const A_IP: &str = "198.51.100.7";
@@ -19,34 +18,22 @@ const B_IP: &str = "203.0.113.9";
 const RELAY_B: &str = "203.0.113.1";
 const PACKETS: u32 = 200;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// relay ns with two uplinks: veth to A's ns (198.51.100.0/24) and veth to
 /// B's ns (203.0.113.0/24). No default route in the relay's namespace.
 /// Deleted on drop.
-struct Netns {
+struct Uplinks {
+    _ns: Netns,
     relay: String,
     a: String,
     b: String,
 }
 
-impl Netns {
+impl Uplinks {
     fn create(tag: &str) -> Self {
         let id = std::process::id() % 100_000;
         let name = |s: &str| format!("rbi{id}{tag}{s}");
-        let ns = Netns { relay: name("r"), a: name("a"), b: name("b") };
-        for n in [&ns.relay, &ns.a, &ns.b] {
-            let _ = run(&["ip", "netns", "del", n]);
-            ok(&["ip", "netns", "add", n]);
-            ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
+        let (relay, a, b) = (name("r"), name("a"), name("b"));
+        let ns = Uplinks { _ns: Netns::create(&[relay.clone(), a.clone(), b.clone()]), relay, a, b };
         for (i, peer, peer_ip, relay_ip) in [(0, &ns.a, A_IP, RELAY_A), (1, &ns.b, B_IP, RELAY_B)] {
             let (outer, inner) = (name(&format!("v{i}0")), name(&format!("v{i}1")));
             ok(&[
@@ -62,38 +49,12 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in [&self.relay, &self.a, &self.b] {
-            let _ = run(&["ip", "netns", "del", n]);
-        }
-    }
-}
-
-fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path) -> Daemon {
-    let log = rig.path(&format!("{role}-{ns}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg(role)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
-}
-
 /// Dispatcher and relay (no relay_ip, `extra` `[Relay]` lines) in `ns`,
 /// the relay connected.
 fn start(rig: &mut Rig, ns: &str, extra: &str) -> (Daemon, Daemon) {
     let (certs, _) = rig.certs("certs", "relay1");
     let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg);
+    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
     d.wait_log("dispatcher ready", Duration::from_secs(10));
     let rcfg: PathBuf = rig.path("relay.ini");
     std::fs::write(
@@ -106,7 +67,7 @@ fn start(rig: &mut Rig, ns: &str, extra: &str) -> (Daemon, Daemon) {
         ),
     )
     .unwrap();
-    let r = spawn_in(rig, ns, "relay", &rcfg);
+    let r = spawn_in(rig, ns, "relay", &rcfg, None);
     r.wait_log("relay starting", Duration::from_secs(10));
     d.wait_log("relay connected", Duration::from_secs(10));
     (d, r)
@@ -131,27 +92,13 @@ fn call(m: &mut Module, call: &str, offer_sig: &str, answer_sig: &str) -> ((Stri
 }
 
 fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-        .env("PHONE_BIND", bind)
-        .env("PHONE_TO", to)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    phone_paced(ns, bind, to, PACKETS, 5)
 }
 
 /// (packets received, the addresses they came from).
 fn phone_result(child: std::process::Child) -> (u32, String) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("{text}"));
-    let mut words = line.split_whitespace().skip(1);
-    let got = words.next().and_then(|w| w.strip_prefix("got=")).unwrap().parse().unwrap();
-    let from = words.next().and_then(|w| w.strip_prefix("from=")).unwrap_or("").to_string();
-    (got, from)
+    let r = netns::phone_result(child);
+    (r.got, r.from)
 }
 
 /// Not a test: the phone run by `phone()` inside a namespace; sends
@@ -159,41 +106,13 @@ fn phone_result(child: std::process::Child) -> (u32, String) {
 #[test]
 #[ignore = "helper: run by the interface tests inside a network namespace"]
 fn phone_helper() {
-    let Ok(bind) = std::env::var("PHONE_BIND") else { return };
-    let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
-    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let receiver = socket.try_clone().unwrap();
-    let got = std::thread::spawn(move || {
-        let (mut got, mut idle, mut from) = (0u32, 0, BTreeSet::new());
-        let mut buf = [0u8; 2048];
-        while idle < 5 {
-            match receiver.recv_from(&mut buf) {
-                Ok((_, src)) => {
-                    got += 1;
-                    idle = 0;
-                    from.insert(src.ip().to_string());
-                }
-                Err(_) => idle += 1,
-            }
-        }
-        (got, from.into_iter().collect::<Vec<_>>().join(","))
-    });
-    for seq in 0..PACKETS {
-        let mut packet = vec![0x80u8, 8];
-        packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
-        let _ = socket.send_to(&packet, to);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (got, from) = got.join().unwrap();
-    println!("PHONE got={got} from={from}");
+    netns::phone_main();
 }
 
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
 fn each_side_gets_the_address_of_its_own_interface_and_media_flows_both_ways() {
-    let ns = Netns::create("x");
+    let ns = Uplinks::create("x");
     let mut rig = Rig::new();
     let (_d, r) = start(&mut rig, &ns.relay, "auto_detect_interfaces = yes");
     let startup = r.log_text();
@@ -238,7 +157,7 @@ fn each_side_gets_the_address_of_its_own_interface_and_media_flows_both_ways() {
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
 fn advertised_ip_overrides_auto_detect_interfaces() {
-    let ns = Netns::create("y");
+    let ns = Uplinks::create("y");
     let mut rig = Rig::new();
     let (_d, _r) = start(&mut rig, &ns.relay, "auto_detect_interfaces = yes\nadvertised_ip = 192.0.2.50");
     let mut m = Module::connect(&rig.socket);

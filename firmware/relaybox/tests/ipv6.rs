@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{self, number_after, ok, phone_paced, run, spawn_in, Netns};
 use common::*;
 
 const RELAY_IP: &str = "2001:db8:77::1";
@@ -21,31 +21,15 @@ const CALLEE_SIDE: &str = "fd00:77:2::1";
 const RELAY_IP4: &str = "10.78.0.1";
 const PACKETS: u32 = 300;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// caller ns — relay ns — callee ns over IPv6 veths (no DAD), the relay's
-/// addresses on its lo; deleted on drop.
-struct Netns {
-    names: Vec<String>,
-}
-
+/// addresses on its lo.
 impl Netns {
     fn three() -> (Self, String, String, String) {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = (std::process::id() % 10_000) * 10 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
         let names: Vec<String> = ["r", "a", "b"].iter().map(|s| format!("rb6{id}{s}")).collect();
-        let ns = Netns { names: names.clone() };
+        let ns = Netns::create(&names);
         for n in &names {
-            let _ = run(&["ip", "netns", "del", n]);
-            ok(&["ip", "netns", "add", n]);
-            ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
             // No DAD at all (link-local addresses too): neighbour discovery
             // works at once, no tentative addresses.
             for k in ["all", "default"] {
@@ -69,32 +53,6 @@ impl Netns {
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = run(&["ip", "netns", "del", n]);
-        }
-    }
-}
-
-fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path) -> Daemon {
-    let log = rig.path(&format!("{role}-{ns}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg(role)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
-}
-
 fn relay_config(rig: &Rig, certs: &Path, relay_ip: &str, extra: &str) -> PathBuf {
     let rcfg = rig.path("relay.ini");
     std::fs::write(
@@ -114,10 +72,10 @@ fn relay_config(rig: &Rig, certs: &Path, relay_ip: &str, extra: &str) -> PathBuf
 fn start(rig: &mut Rig, ns: &str, relay_ip: &str, extra: &str) -> (Daemon, Daemon) {
     let (certs, _) = rig.certs("certs", "relay1");
     let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg);
+    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
     d.wait_log("dispatcher ready", Duration::from_secs(10));
     let rcfg = relay_config(rig, &certs, relay_ip, extra);
-    let r = spawn_in(rig, ns, "relay", &rcfg);
+    let r = spawn_in(rig, ns, "relay", &rcfg, None);
     r.wait_log("relay starting", Duration::from_secs(10));
     d.wait_log("relay connected", Duration::from_secs(10));
     (d, r)
@@ -125,69 +83,20 @@ fn start(rig: &mut Rig, ns: &str, relay_ip: &str, extra: &str) -> (Daemon, Daemo
 
 /// A phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.
 fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-        .env("PHONE_BIND", bind)
-        .env("PHONE_TO", to)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    phone_paced(ns, bind, to, PACKETS, 5)
 }
 
 /// (sent, got) of a phone.
 fn phone_result(child: std::process::Child) -> (u32, u32) {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line =
-        text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("phone said: {text}"));
-    let num = |key: &str| -> u32 {
-        line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap()
-    };
-    (num("sent="), num("got="))
+    let r = netns::phone_result(child);
+    (r.sent, r.got)
 }
 
 /// Not a test: the phone run by `phone()` inside a namespace.
 #[test]
 #[ignore = "helper: run by the IPv6 tests inside a network namespace"]
 fn phone_helper() {
-    let Ok(bind) = std::env::var("PHONE_BIND") else { return };
-    let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
-    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let receiver = socket.try_clone().unwrap();
-    let got = std::thread::spawn(move || {
-        let (mut got, mut idle) = (0u32, 0);
-        let mut buf = [0u8; 2048];
-        // Ends after 1 s without packets once some came (or 5 s without
-        // any: the first IPv6 neighbour resolutions may take a moment).
-        let start = Instant::now();
-        while idle < 5 || (got == 0 && start.elapsed() < Duration::from_secs(5)) {
-            match receiver.recv_from(&mut buf) {
-                Ok(_) => {
-                    got += 1;
-                    idle = 0;
-                }
-                Err(_) => idle += 1,
-            }
-        }
-        got
-    });
-    for seq in 0..PACKETS {
-        let mut packet = vec![0x80u8, 8];
-        packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
-        let _ = socket.send_to(&packet, to);
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    println!("PHONE sent={PACKETS} got={}", got.join().unwrap());
-}
-
-fn number_after(text: &str, key: &str) -> u64 {
-    let at = text.find(key).unwrap_or_else(|| panic!("{key} not in {text}")) + key.len();
-    text[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    netns::phone_main();
 }
 
 fn v6_conntrack_entries(ns: &str) -> Vec<String> {

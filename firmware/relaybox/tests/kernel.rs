@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::netns::{self, number_after, ok, phone_paced, phone_result, run, spawn_in, Netns};
 use common::*;
 
 const MARK: &str = "1919025153"; // 0x72620001, the relay's conntrack mark
@@ -17,32 +18,7 @@ const CALLER_IP: &str = "10.77.1.2";
 const CALLEE_IP: &str = "10.77.2.2";
 const PACKETS: u32 = 300;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let out = run(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Network namespaces deleted on drop (with their veths, conntrack entries
-/// and nft tables).
-struct Netns {
-    names: Vec<String>,
-}
-
 impl Netns {
-    fn create(names: &[String]) -> Self {
-        let ns = Netns { names: names.to_vec() };
-        for n in names {
-            let _ = run(&["ip", "netns", "del", n]);
-            ok(&["ip", "netns", "add", n]);
-            ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        ns
-    }
-
     /// caller ns — relay ns — callee ns; the relay's address on its lo.
     fn three() -> (Self, String, String, String) {
         let (ns, mut names) = Netns::star(&[(CALLER_IP, "10.77.1.1"), (CALLEE_IP, "10.77.2.1")]);
@@ -71,35 +47,6 @@ impl Netns {
         ok(&["ip", "-n", &r, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
         (ns, names)
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = run(&["ip", "netns", "del", n]);
-        }
-    }
-}
-
-/// Runs the relaybox binary in `ns`, optionally through a shell prefix.
-fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path, wrap: Option<&str>) -> Daemon {
-    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let log = rig.path(&format!("{role}-{ns}-{n}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]);
-    match wrap {
-        Some(script) => {
-            cmd.args(["unshare", "-m", "sh", "-c", &format!("{script} && exec \"$0\" --config \"$1\" {role}")]);
-            cmd.arg(BIN).arg(config);
-        }
-        None => {
-            cmd.arg(BIN).arg("--config").arg(config).arg(role);
-        }
-    }
-    let child = cmd.env("RUST_LOG", "debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
-    Daemon { child, log }
 }
 
 /// The relay's config file for the netns rig, with `extra` `[Relay]` lines.
@@ -140,44 +87,9 @@ fn start_with(rig: &mut Rig, ns: &str, wrap: Option<&str>, extra: &str) -> (Daem
     (d, r)
 }
 
-struct PhoneResult {
-    sent: u32,
-    got: u32,
-    /// Longest time between two packets received, in ms.
-    max_gap: u32,
-}
-
 /// Starts a phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.
 fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
     phone_paced(ns, bind, to, PACKETS, 5)
-}
-
-/// A phone sending `count` packets `gap_ms` apart.
-fn phone_paced(ns: &str, bind: &str, to: &str, count: u32, gap_ms: u32) -> std::process::Child {
-    let exe = std::env::current_exe().unwrap();
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(exe)
-        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-        .env("PHONE_BIND", bind)
-        .env("PHONE_TO", to)
-        .env("PHONE_COUNT", count.to_string())
-        .env("PHONE_GAP_MS", gap_ms.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn phone_result(child: std::process::Child) -> PhoneResult {
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line =
-        text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("phone said: {text}"));
-    let num = |key: &str| -> u32 {
-        line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap()
-    };
-    PhoneResult { sent: num("sent="), got: num("got="), max_gap: num("maxgap=") }
 }
 
 /// Not a test: the phone run by `phone()` inside a namespace.
@@ -190,55 +102,12 @@ fn phone_helper() {
     if let Ok(targets) = std::env::var("MANY_TO") {
         return many(&targets);
     }
-    let Ok(bind) = std::env::var("PHONE_BIND") else { return };
-    let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
-    let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
-    let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
-    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let receiver = socket.try_clone().unwrap();
-    let got = std::thread::spawn(move || {
-        let mut got = 0u32;
-        let mut buf = [0u8; 2048];
-        let mut idle = 0;
-        let mut last: Option<Instant> = None;
-        let mut max_gap = Duration::ZERO;
-        // Ends after 1 s without packets once sending has started.
-        while idle < 5 {
-            match receiver.recv_from(&mut buf) {
-                Ok(_) => {
-                    got += 1;
-                    idle = 0;
-                    let now = Instant::now();
-                    if let Some(l) = last {
-                        max_gap = max_gap.max(now - l);
-                    }
-                    last = Some(now);
-                }
-                Err(_) => idle += 1,
-            }
-        }
-        (got, max_gap.as_millis())
-    });
-    for seq in 0..count {
-        let mut packet = vec![0x80u8, 8];
-        packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
-        let _ = socket.send_to(&packet, to);
-        std::thread::sleep(Duration::from_millis(gap));
-    }
-    let (got, max_gap) = got.join().unwrap();
-    println!("PHONE sent={count} got={got} maxgap={max_gap}");
+    netns::phone_main();
 }
 
 fn conntrack_entries(ns: &str) -> Vec<String> {
     let out = run(&["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "udp", "-m", MARK]);
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("udp")).map(str::to_string).collect()
-}
-
-fn number_after(text: &str, key: &str) -> u64 {
-    let at = text.find(key).unwrap_or_else(|| panic!("{key} not in {text}")) + key.len();
-    text[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }
 
 /// Offer from the caller, answer from the callee; returns the ports the

@@ -1,0 +1,155 @@
+//! Network-namespace helpers for the root-only tests (kernel, interfaces,
+//! ipv6): commands, namespaces deleted on drop, the relaybox binary run in a
+//! namespace, and "phones": the test binary re-run in a namespace as its own
+//! `phone_helper` test, sending RTP-like datagrams and counting what comes back.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Daemon, Rig, BIN};
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+pub fn ok(args: &[&str]) {
+    let out = run(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Network namespaces (with their veths, conntrack entries and nft tables),
+/// deleted on drop.
+pub struct Netns {
+    pub names: Vec<String>,
+}
+
+impl Netns {
+    /// Fresh namespaces with `lo` up (leftovers of the same name go first).
+    pub fn create(names: &[String]) -> Self {
+        let ns = Netns { names: names.to_vec() };
+        for n in names {
+            let _ = run(&["ip", "netns", "del", n]);
+            ok(&["ip", "netns", "add", n]);
+            ok(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = run(&["ip", "netns", "del", n]);
+        }
+    }
+}
+
+/// Runs the relaybox binary in `ns`, optionally after a shell prefix run in
+/// a private mount namespace (`wrap`).
+pub fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path, wrap: Option<&str>) -> Daemon {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = rig.path(&format!("{role}-{ns}-{n}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    match wrap {
+        Some(script) => {
+            cmd.args(["unshare", "-m", "sh", "-c", &format!("{script} && exec \"$0\" --config \"$1\" {role}")]);
+            cmd.arg(BIN).arg(config);
+        }
+        None => {
+            cmd.arg(BIN).arg("--config").arg(config).arg(role);
+        }
+    }
+    let child = cmd.env("RUST_LOG", "debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
+    Daemon { child, log }
+}
+
+/// What a phone reports.
+pub struct PhoneResult {
+    pub sent: u32,
+    pub got: u32,
+    /// Longest time between two packets received, in ms.
+    pub max_gap: u32,
+    /// The source addresses of what it received, comma separated.
+    pub from: String,
+}
+
+/// Starts a phone in `ns`: `count` packets from `bind` to `to`, `gap_ms`
+/// apart, counting what comes back.
+pub fn phone_paced(ns: &str, bind: &str, to: &str, count: u32, gap_ms: u32) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
+        .env("PHONE_BIND", bind)
+        .env("PHONE_TO", to)
+        .env("PHONE_COUNT", count.to_string())
+        .env("PHONE_GAP_MS", gap_ms.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn phone_result(child: Child) -> PhoneResult {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line =
+        text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("phone said: {text}"));
+    let word = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("").to_string();
+    let num = |key: &str| -> u32 { word(key).parse().unwrap_or_else(|_| panic!("no {key} in {line}")) };
+    PhoneResult { sent: num("sent="), got: num("got="), max_gap: num("maxgap="), from: word("from=") }
+}
+
+/// The body of each netns test file's `phone_helper`: does nothing unless
+/// started by [`phone_paced`]. Receiving ends after 1 s without packets once
+/// some came, or 5 s without any (first IPv6 neighbour resolutions).
+pub fn phone_main() {
+    let Ok(bind) = std::env::var("PHONE_BIND") else { return };
+    let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
+    let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
+    let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
+    let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let receiver = socket.try_clone().unwrap();
+    let got = std::thread::spawn(move || {
+        let (mut got, mut idle, mut from) = (0u32, 0, BTreeSet::new());
+        let mut buf = [0u8; 2048];
+        let (start, mut last, mut max_gap) = (Instant::now(), None::<Instant>, Duration::ZERO);
+        while idle < 5 || (got == 0 && start.elapsed() < Duration::from_secs(5)) {
+            match receiver.recv_from(&mut buf) {
+                Ok((_, src)) => {
+                    got += 1;
+                    idle = 0;
+                    from.insert(src.ip().to_string());
+                    let now = Instant::now();
+                    if let Some(l) = last {
+                        max_gap = max_gap.max(now - l);
+                    }
+                    last = Some(now);
+                }
+                Err(_) => idle += 1,
+            }
+        }
+        (got, max_gap.as_millis(), from.into_iter().collect::<Vec<_>>().join(","))
+    });
+    for seq in 0..count {
+        let mut packet = vec![0x80u8, 8];
+        packet.extend_from_slice(&(seq as u16).to_be_bytes());
+        packet.resize(172, 0);
+        let _ = socket.send_to(&packet, to);
+        std::thread::sleep(Duration::from_millis(gap));
+    }
+    let (got, max_gap, from) = got.join().unwrap();
+    println!("PHONE sent={count} got={got} maxgap={max_gap} from={from}");
+}
+
+/// The number right after `key` in `text`.
+pub fn number_after(text: &str, key: &str) -> u64 {
+    let at = text.find(key).unwrap_or_else(|| panic!("{key} not in {text}")) + key.len();
+    text[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
