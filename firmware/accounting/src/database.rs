@@ -197,6 +197,10 @@ impl Backend for DatabaseBackend {
     ) -> Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send + 'a>> {
         Box::pin(self.insert(record))
     }
+
+    fn prepare(&self) -> Pin<Box<dyn Future<Output = Result<(), BackendError>> + Send + '_>> {
+        Box::pin(self.ensure_table())
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +233,25 @@ mod tests {
         let mut bad = settings("sqlite:///tmp/x.db");
         bad.sessions_table = "t; DROP TABLE x".into();
         assert!(DatabaseBackend::new(bad).is_err(), "identifiers are checked");
+    }
+
+    #[tokio::test]
+    async fn the_table_is_created_at_start_before_any_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = format!("sqlite://{}/start.db", dir.path().display());
+        let db = std::sync::Arc::new(DatabaseBackend::new(settings(&uri)).unwrap());
+        let _acc =
+            crate::Accounting::start(&dir.path().join("spool"), vec![db.clone()], crate::Retry::default()).unwrap();
+        let mut found = false;
+        for _ in 0..100 {
+            let q = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'media_sessions'");
+            if q.fetch_optional(db.pool()).await.ok().flatten().is_some() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(found, "media_sessions was not created at start");
     }
 
     #[tokio::test]

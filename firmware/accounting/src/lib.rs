@@ -37,6 +37,13 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         record: &'a SessionStats,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + 'a>>;
+
+    /// Runs once when accounting starts (the database creates its table
+    /// here, as MediaProxy's dispatcher did at start). A failure is logged;
+    /// delivery tries again later.
+    fn prepare(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + '_>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Retry timing for a backend that is down.
@@ -114,6 +121,12 @@ impl Accounting {
 }
 
 async fn deliver(queue: Arc<Queue>, backend: Arc<dyn Backend>, retry: Retry) {
+    if let Err(e) = backend.prepare().await {
+        tracing::warn!(
+            backend = backend.name(),
+            "accounting: not ready at start, will retry with the first record: {e}"
+        );
+    }
     let mut delay = retry.first;
     let mut failing = false;
     loop {
