@@ -169,29 +169,21 @@ fn the_kernel_forwards_a_latched_call_and_its_counters_reach_the_stats() {
     assert!(conntrack_entries(&relay_ns).is_empty(), "entries left after remove");
 
     // The nft table lives as long as the relay.
-    assert!(run(&["ip", "netns", "exec", &relay_ns, "nft", "list", "table", "inet", "relaybox"]).status.success());
+    assert!(nft_table_exists(&relay_ns));
     r.signal("TERM");
     assert!(r.wait_exit(Duration::from_secs(10)).is_some(), "relay did not exit");
-    assert!(!run(&["ip", "netns", "exec", &relay_ns, "nft", "list", "table", "inet", "relaybox"]).status.success());
+    assert!(!nft_table_exists(&relay_ns));
 }
 
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
 fn without_conntrack_accounting_the_relay_says_so_and_relays_in_userspace() {
-    let id = std::process::id() % 100_000;
-    let ns_name = format!("rbk{id}u");
-    let _ns = Netns::create(std::slice::from_ref(&ns_name));
-    ok(&["ip", "-n", &ns_name, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
-    let mut rig = Rig::new();
-    // nf_conntrack_acct reads 0 and cannot be written (a read-only bind mount).
-    let zero = rig.path("zero");
-    std::fs::write(&zero, "0\n").unwrap();
-    let wrap = format!("mount --bind -o ro {} /proc/sys/net/netfilter/nf_conntrack_acct", zero.display());
+    let (_ns, ns_name, mut rig, wrap) = without_acct("u");
     let (d, r) = start(&mut rig, &ns_name, Some(&wrap));
     let startup = r.log_text();
     assert!(startup.contains("falling back from the kernel"), "{startup}");
     assert!(startup.contains("nf_conntrack_acct is 0 and cannot be set"), "{startup}");
-    assert!(!run(&["ip", "netns", "exec", &ns_name, "nft", "list", "table", "inet", "relaybox"]).status.success());
+    assert!(!nft_table_exists(&ns_name));
 
     let (caller, callee) = (format!("{RELAY_IP}:4000"), format!("{RELAY_IP}:5000"));
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "ucall", &caller, &callee);
@@ -207,6 +199,20 @@ fn without_conntrack_accounting_the_relay_says_so_and_relays_in_userspace() {
     drop(d);
 }
 
+/// One namespace holding the relay's address, and a start-up wrapper under
+/// which nf_conntrack_acct reads 0 and cannot be written (a read-only bind
+/// mount): the kernel datapath's prerequisites are missing there.
+fn without_acct(tag: &str) -> (Netns, String, Rig, String) {
+    let ns_name = format!("rbk{}{tag}", std::process::id() % 100_000);
+    let ns = Netns::create(std::slice::from_ref(&ns_name));
+    ok(&["ip", "-n", &ns_name, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
+    let rig = Rig::new();
+    let zero = rig.path("zero");
+    std::fs::write(&zero, "0\n").unwrap();
+    let wrap = format!("mount --bind -o ro {} /proc/sys/net/netfilter/nf_conntrack_acct", zero.display());
+    (ns, ns_name, rig, wrap)
+}
+
 fn nft_table_exists(ns: &str) -> bool {
     run(&["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "relaybox"]).status.success()
 }
@@ -214,14 +220,7 @@ fn nft_table_exists(ns: &str) -> bool {
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
 fn datapath_kernel_without_the_kernel_refuses_to_start_and_says_what_is_missing() {
-    let id = std::process::id() % 100_000;
-    let ns_name = format!("rbk{id}k");
-    let _ns = Netns::create(std::slice::from_ref(&ns_name));
-    ok(&["ip", "-n", &ns_name, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
-    let mut rig = Rig::new();
-    let zero = rig.path("zero");
-    std::fs::write(&zero, "0\n").unwrap();
-    let wrap = format!("mount --bind -o ro {} /proc/sys/net/netfilter/nf_conntrack_acct", zero.display());
+    let (_ns, ns_name, mut rig, wrap) = without_acct("k");
     let (_d, rcfg) = start_dispatcher(&mut rig, &ns_name, "datapath = kernel");
     let mut r = spawn_in(&rig, &ns_name, "relay", &rcfg, Some(&wrap));
     let status = r.wait_exit(Duration::from_secs(10)).expect("the relay kept running without its kernel datapath");
