@@ -49,6 +49,9 @@ impl Netns {
         }
         ok(&["ip", "-n", r, "addr", "add", &format!("{RELAY_IP}/128"), "dev", "lo", "nodad"]);
         ok(&["ip", "-n", r, "addr", "add", &format!("{RELAY_IP4}/32"), "dev", "lo"]);
+        for n in &names {
+            netns::wait_links_up(n);
+        }
         (ns, names[1].clone(), names[0].clone(), names[2].clone())
     }
 }
@@ -112,8 +115,18 @@ fn ipv6_call(extra: &str, kernel: bool) {
     let (d, r) = start(&mut rig, &relay_ns, RELAY_IP, extra);
     let startup = r.log_text();
     assert_eq!(startup.contains("the kernel forwards latched media"), kernel, "{startup}");
-    if extra.is_empty() && !kernel {
-        assert!(startup.contains("falling back from the kernel") && startup.contains("is IPv6"), "{startup}");
+    if kernel {
+        // IPv6 forwarding went on; the relay's uplinks still take router
+        // advertisements (SLAAC keeps working).
+        assert!(startup.contains("net.ipv6.conf.all.forwarding: was 0, set to 1"), "{startup}");
+        let script = "cd /proc/sys/net/ipv6/conf && for i in *; do echo $i=$(cat $i/accept_ra); done";
+        let accept_ra = run(&["ip", "netns", "exec", &relay_ns, "sh", "-c", script]);
+        let values =
+            String::from_utf8_lossy(&accept_ra.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        let uplinks: Vec<&String> = values.iter().filter(|v| !v.starts_with("all=") && !v.starts_with("lo=")).collect();
+        assert_eq!(uplinks.len(), 3, "default and two veths: {values:?}");
+        assert!(uplinks.iter().all(|v| v.ends_with("=2")), "accept_ra: {values:?}");
+        assert!(startup.contains("accept_ra 1 -> 2 on default,"), "{startup}");
     }
 
     let mut m = Module::connect(&rig.socket);
@@ -167,9 +180,8 @@ fn ipv6_phones_are_relayed_in_userspace() {
 
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
-fn an_ipv6_relay_in_kernel_capable_mode_falls_back_to_userspace_and_says_why() {
-    // datapath = auto: the kernel datapath is IPv4-only for now.
-    ipv6_call("", false);
+fn ipv6_phones_are_forwarded_by_the_kernel() {
+    ipv6_call("datapath = kernel", true);
 }
 
 #[test]

@@ -82,6 +82,34 @@ fn ensure_sysctl(path: &str, report: &mut Vec<String>, missing: &mut Vec<String>
     }
 }
 
+/// IPv6 forwarding makes the kernel ignore router advertisements on every
+/// interface whose `accept_ra` is 1, so an uplink configured by SLAAC would
+/// lose its address and default route when they expire. Such interfaces
+/// (and `default`, for ones added later) get `accept_ra = 2`: advertisements
+/// are still taken while forwarding, as on any IPv6 router.
+fn keep_router_advertisements(conf_dir: &std::path::Path, report: &mut Vec<String>) {
+    let Ok(dir) = std::fs::read_dir(conf_dir) else { return };
+    let mut changed = Vec::new();
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name == "all" || name == "lo" {
+            continue;
+        }
+        let path = entry.path().join("accept_ra");
+        let was_one = std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1");
+        if was_one && std::fs::write(&path, "2").is_ok() {
+            changed.push(name);
+        }
+    }
+    if !changed.is_empty() {
+        changed.sort();
+        report.push(format!(
+            "accept_ra 1 -> 2 on {} (router advertisements still taken with forwarding on)",
+            changed.join(",")
+        ));
+    }
+}
+
 fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(args)
@@ -125,16 +153,15 @@ pub(crate) fn prepare(relay_ip: Option<IpAddr>, port_range: (u16, u16)) -> Readi
         }
     };
     if ip.is_ipv6() {
-        // The IPv6 entries are encoded (relaybox-conntrack) but a netns
-        // test lost one direction of a kernel-forwarded IPv6 call, so an
-        // IPv6 relay forwards in userspace until that is understood. Mixed
-        // families are refused, so every flow of this relay is IPv6.
-        missing.push(format!(
-            "relay_ip {ip} is IPv6: the kernel datapath handles IPv4 flows only for now, IPv6 media is relayed in userspace"
-        ));
-        return Readiness { flows: None, report, missing };
+        // Before forwarding goes on: the kernel drops RA-learned routes of
+        // interfaces that stop accepting advertisements.
+        if read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding").as_deref() == Some("0") {
+            keep_router_advertisements(std::path::Path::new("/proc/sys/net/ipv6/conf"), &mut report);
+        }
+        ensure_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", &mut report, &mut missing);
+    } else {
+        ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
     }
-    ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
     match nft(&["-f", "-"], Some(&nft_rules(port_range))) {
         Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
         Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),

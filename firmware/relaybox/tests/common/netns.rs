@@ -38,6 +38,24 @@ impl Netns {
     }
 }
 
+/// Waits until every interface of `ns` but `lo` is operationally up. A
+/// veth passes packets only once the kernel's link watcher has activated
+/// it (up to a second after `link set up`); what is sent before is
+/// dropped, and a lost first neighbour solicitation costs a 1 s retry.
+pub fn wait_links_up(ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = run(&["ip", "-n", ns, "-o", "link", "show"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let down: Vec<&str> = text.lines().filter(|l| !l.contains(" lo:") && !l.contains("state UP")).collect();
+        if down.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "links of {ns} not up after 5 s: {down:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for n in &self.names {
