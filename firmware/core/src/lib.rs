@@ -91,13 +91,19 @@ pub enum Event {
 pub struct FlowId(pub u64);
 
 /// A stream's RTP or RTCP flow between two latched parties. Packets from
-/// `caller` arrive at `relay_ip:caller_port` and leave from
-/// `relay_ip:callee_port` to `callee`; the reverse for the callee's.
+/// `caller` arrive at `caller_local:caller_port` and leave from
+/// `callee_local:callee_port` to `callee`; the reverse for the callee's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     pub id: FlowId,
-    /// The session's reply address (the daemon may know a better local one).
-    pub relay_ip: IpAddr,
+    /// The relay address the caller was told to send to (the reply to the
+    /// callee's SDP). With `auto_detect_interfaces` the two sides differ;
+    /// behind `advertised_ip` it is not a local address, and the daemon
+    /// uses its own.
+    pub caller_local: IpAddr,
+    /// The relay address the callee was told to send to (the reply to the
+    /// caller's SDP).
+    pub callee_local: IpAddr,
     pub caller: SocketAddr,
     pub caller_port: u16,
     pub callee_port: u16,

@@ -58,7 +58,12 @@ pub(crate) struct KernelFlow {
     pub id: FlowId,
     pub caller: SocketAddr,
     pub callee: SocketAddr,
+    /// The relay addresses the entry was made with.
+    pub locals: SideAddrs,
     pub counters: FlowCounters,
+    /// The daemon could not hand it to the kernel: userspace forwards it
+    /// and times it out, and it is not offered again until it changes.
+    pub refused: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +187,8 @@ impl Stream {
     /// then the kernel's UDP timeout ends it ([`Event::FlowDown`] after a
     /// DESTROY event).
     pub fn deadline(&self, config: &CoreConfig) -> Option<Millis> {
-        (self.is_live() && self.flows[0].is_none()).then(|| self.last_activity.saturating_add(self.timeout(config)))
+        (self.is_live() && !self.flows[0].is_some_and(|f| !f.refused))
+            .then(|| self.last_activity.saturating_add(self.timeout(config)))
     }
 
     /// The flow `[RTP, RTCP][index]` should have now: both parties latched,
@@ -277,13 +283,14 @@ impl Stream {
         }
     }
 
-    pub fn stats(&self, relay_ip: IpAddr, session_start: Option<Millis>) -> StreamStats {
+    /// `locals`: the relay address each side was told to send to.
+    pub fn stats(&self, locals: SideAddrs, session_start: Option<Millis>) -> StreamStats {
         let relative = |t: Millis| session_start.map(|s| t.saturating_sub(s) / 1000);
-        let local = |leg: &Leg| {
+        let local = |leg: &Leg, ip: IpAddr| {
             if leg.port == 0 {
                 "Unknown".to_string()
             } else {
-                SocketAddr::new(relay_ip, leg.port).to_string()
+                SocketAddr::new(ip, leg.port).to_string()
             }
         };
         let remote = |leg: &Leg| leg.rtp_peer.map_or_else(|| "Unknown".to_string(), |a| a.to_string());
@@ -302,8 +309,8 @@ impl Stream {
             callee_bytes: totals.callee_bytes,
             caller_packets: totals.caller_packets,
             callee_packets: totals.callee_packets,
-            caller_local: local(&self.caller),
-            callee_local: local(&self.callee),
+            caller_local: local(&self.caller, locals.caller),
+            callee_local: local(&self.callee, locals.callee),
             caller_remote: remote(&self.caller),
             callee_remote: remote(&self.callee),
         }
@@ -424,6 +431,32 @@ impl OfferState {
     }
 }
 
+/// A relay address per side of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SideAddrs {
+    /// Where the caller sends: given in the reply to the callee's SDP.
+    pub caller: IpAddr,
+    /// Where the callee sends: given in the reply to the caller's SDP.
+    pub callee: IpAddr,
+}
+
+impl SideAddrs {
+    /// A new session: both sides get the first reply's address until the
+    /// other side's update says otherwise.
+    pub fn both(ip: IpAddr) -> Self {
+        SideAddrs { caller: ip, callee: ip }
+    }
+
+    /// `ip` was put in the reply to `sender`'s update: the other side, which
+    /// receives that SDP, sends there.
+    pub fn replied(&mut self, sender: Side, ip: IpAddr) {
+        match sender {
+            Side::Caller => self.callee = ip,
+            Side::Callee => self.caller = ip,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub id: u64,
@@ -436,7 +469,9 @@ pub(crate) struct Session {
     pub dialog_id: Option<String>,
     pub caller_ua: String,
     pub callee_ua: String,
-    pub relay_ip: IpAddr,
+    /// The relay address each side was told to send to: the reply to the
+    /// other side's latest update.
+    pub locals: SideAddrs,
     pub offer: Option<OfferState>,
     /// Every stream the session had, in creation order (for statistics).
     pub streams: Vec<Stream>,
@@ -534,7 +569,7 @@ impl Session {
             username: username(&self.from_uri),
             relay_ip: None,
             dialog_id: self.dialog_id.clone(),
-            streams: self.streams.iter().map(|s| s.stats(self.relay_ip, self.answered_at)).collect(),
+            streams: self.streams.iter().map(|s| s.stats(self.locals, self.answered_at)).collect(),
         }
     }
 }

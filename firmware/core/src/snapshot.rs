@@ -9,7 +9,9 @@ use crate::session::Session;
 /// `RBSS` + format version: a file of another program or version is refused
 /// rather than misread.
 const MAGIC: [u8; 4] = *b"RBSS";
-const FORMAT_VERSION: u32 = 1;
+/// 2: a relay address per side of a session and of each kernel flow
+/// (`auto_detect_interfaces` with the kernel datapath).
+const FORMAT_VERSION: u32 = 2;
 
 /// Everything [`SessionTable::restore`](crate::SessionTable::restore)
 /// needs to continue where [`SessionTable::snapshot`](crate::SessionTable::snapshot)

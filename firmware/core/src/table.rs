@@ -8,7 +8,7 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 
 use crate::address::{may_latch, may_send_to};
 use crate::ports::{PortOwner, PortPool};
-use crate::session::{KernelFlow, OfferState, Order, Session, Side, Stream};
+use crate::session::{KernelFlow, OfferState, Order, Session, Side, SideAddrs, Stream};
 use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Snapshot, Verdict};
 
 /// All sessions of one relay. See the crate documentation.
@@ -165,11 +165,12 @@ impl SessionTable {
         for session in self.sessions.values() {
             for stream in &session.streams {
                 for (index, flow) in stream.flows.iter().enumerate() {
-                    let Some(flow) = flow else { continue };
+                    let Some(flow) = flow.filter(|f| !f.refused) else { continue };
                     let rtcp = index == 1;
                     out.push(Flow {
                         id: flow.id,
-                        relay_ip: session.relay_ip,
+                        caller_local: flow.locals.caller,
+                        callee_local: flow.locals.callee,
                         caller: flow.caller,
                         caller_port: stream.caller.port | u16::from(rtcp),
                         callee_port: stream.callee.port | u16::from(rtcp),
@@ -183,9 +184,9 @@ impl SessionTable {
         out
     }
 
-    /// Applies an update. `relay_ip` is the address this relay puts in
-    /// replies for this session; it is kept per session for the `*_local`
-    /// strings in the statistics. Returns one port per media item of the
+    /// Applies an update. `relay_ip` is the address this relay puts in the
+    /// reply: the side that receives this SDP sends there. It is kept per
+    /// side for the kernel flows and the `*_local` strings in the statistics. Returns one port per media item of the
     /// request (0 for a rejected or unrelayed stream): the relay port the
     /// party that receives this SDP will send to.
     pub fn update(&mut self, req: &UpdateRequest, relay_ip: IpAddr, now: Millis) -> Result<Vec<u16>, CoreError> {
@@ -218,7 +219,7 @@ impl SessionTable {
             dialog_id: None,
             caller_ua: String::new(),
             callee_ua: String::new(),
-            relay_ip,
+            locals: SideAddrs::both(relay_ip),
             offer: None,
             streams: Vec::new(),
             current: Vec::new(),
@@ -443,9 +444,28 @@ impl SessionTable {
 
     /// Every live kernel flow.
     pub fn flow_ids(&self) -> Vec<FlowId> {
-        let mut ids: Vec<FlowId> = self.flows.owner.keys().copied().collect();
+        let mut ids: Vec<FlowId> =
+            self.flows.owner.keys().copied().filter(|&id| self.flow(id).is_some_and(|f| !f.refused)).collect();
         ids.sort();
         ids
+    }
+
+    fn flow(&self, id: FlowId) -> Option<&KernelFlow> {
+        let &(session, stream) = self.flows.owner.get(&id)?;
+        let stream = self.sessions.get(&session)?.streams.iter().find(|s| s.id == stream)?;
+        stream.flows.iter().flatten().find(|f| f.id == id)
+    }
+
+    /// The daemon could not install a flow [`Event::FlowUp`] announced (no
+    /// route, a refused entry): userspace keeps forwarding it and its stream
+    /// times out as a userspace one. It is offered again when its parties
+    /// or relay addresses change. False for an unknown flow.
+    pub fn flow_refused(&mut self, id: FlowId) -> bool {
+        let Some((session, stream, index)) = self.flow_mut(id) else { return false };
+        let Some(flow) = stream.flows[index].as_mut() else { return false };
+        flow.refused = true;
+        self.reschedule(session);
+        true
     }
 
     /// The live kernel flows of one call (read their counters before
@@ -454,7 +474,7 @@ impl SessionTable {
         let Some(session) = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id)) else {
             return Vec::new();
         };
-        session.streams.iter().flat_map(|s| s.flows.iter().flatten().map(|f| f.id)).collect()
+        session.streams.iter().flat_map(|s| s.flows.iter().flatten().filter(|f| !f.refused).map(|f| f.id)).collect()
     }
 
     /// What the kernel counted on a live flow (absolute totals; smaller
@@ -584,7 +604,7 @@ fn apply_update(
 }
 
 fn note_dialog(session: &mut Session, req: &UpdateRequest, sender: Side, relay_ip: IpAddr, now: Millis) {
-    session.relay_ip = relay_ip;
+    session.locals.replied(sender, relay_ip);
     session.last_update = session.last_update.max(now);
     let callee_tag = if req.from_tag == session.from_tag { req.to_tag.clone() } else { Some(req.from_tag.clone()) };
     if callee_tag.is_some() {
@@ -729,13 +749,15 @@ fn apply_answer(session: &mut Session, items: &[MediaItem], sender: Side, now: M
 /// queues [`Event::FlowDown`] / [`Event::FlowUp`] for the difference (down
 /// first, so a moved endpoint is replaced, not doubled).
 fn sync_session(session: &mut Session, enabled: bool, flows: &mut Flows, events: &mut VecDeque<Event>) {
-    let relay_ip = session.relay_ip;
+    let locals = session.locals;
     let session_id = session.id;
     for stream in &mut session.streams {
         for index in 0..2 {
             let wanted = if enabled { stream.wanted_flow(index) } else { None };
-            let current = stream.flows[index].map(|f| (f.caller, f.callee));
-            if current == wanted {
+            // A flow is remade when a party moved, or when the relay address
+            // a side sends to changed (a re-INVITE routed elsewhere).
+            let current = stream.flows[index].map(|f| (f.caller, f.callee, f.locals));
+            if current == wanted.map(|(caller, callee)| (caller, callee, locals)) {
                 continue;
             }
             if let Some(id) = stream.drop_flow(index) {
@@ -746,11 +768,13 @@ fn sync_session(session: &mut Session, enabled: bool, flows: &mut Flows, events:
             flows.next_id += 1;
             let id = FlowId(flows.next_id);
             flows.owner.insert(id, (session_id, stream.id));
-            stream.flows[index] = Some(KernelFlow { id, caller, callee, counters: FlowCounters::default() });
+            stream.flows[index] =
+                Some(KernelFlow { id, caller, callee, locals, counters: FlowCounters::default(), refused: false });
             let rtcp = index == 1;
             events.push_back(Event::FlowUp(Flow {
                 id,
-                relay_ip,
+                caller_local: locals.caller,
+                callee_local: locals.callee,
                 caller,
                 caller_port: stream.caller.port | u16::from(rtcp),
                 callee_port: stream.callee.port | u16::from(rtcp),

@@ -35,7 +35,8 @@ fn both_sides_latched_hands_rtp_to_the_kernel_and_rtcp_separately() {
         flow,
         Flow {
             id: flow.id,
-            relay_ip: relay_ip(),
+            caller_local: relay_ip(),
+            callee_local: relay_ip(),
             caller: sa(CALLER_ADDR),
             caller_port: 40000,
             callee_port: 40002,
@@ -151,4 +152,69 @@ fn an_rtcp_timeout_only_returns_rtcp_to_userspace() {
     assert_eq!(events(&mut t), vec![Event::FlowDown(rtcp.id)]);
     assert_eq!(t.flow_ids(), vec![rtp_flow.id]);
     assert_eq!(t.session(CALL, T0 + 100_000).unwrap().streams[0].status, StreamStatus::Active);
+}
+
+/// `auto_detect_interfaces`: the reply to the caller's SDP carries the
+/// address facing the callee, the reply to the callee's the one facing the
+/// caller. Flows and statistics use each side's own address.
+#[test]
+fn each_side_keeps_the_relay_address_it_was_told() {
+    let (facing_callee, facing_caller): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.9.0.1".parse().unwrap(), "192.0.2.1".parse().unwrap());
+    let mut t = kernel_table();
+    t.update(&caller_offer(1, CALLER_SDP), facing_callee, T0).unwrap();
+    t.update(&callee_answer(1, CALLEE_SDP), facing_caller, T0 + 1000).unwrap();
+    events(&mut t);
+    t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2000);
+    t.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000);
+    let ev = events(&mut t);
+    let [Event::FlowUp(flow)] = ev.as_slice() else { panic!("{ev:?}") };
+    assert_eq!((flow.caller_local, flow.callee_local), (facing_caller, facing_callee));
+    assert_eq!(t.kernel_flows(), vec![*flow], "a restarted daemon finds the same addresses");
+
+    // A re-INVITE from the caller answered from another interface: the
+    // callee now sends elsewhere, so the flow is made anew.
+    let moved: std::net::IpAddr = "10.8.0.1".parse().unwrap();
+    t.update(&caller_offer(2, CALLER_SDP), moved, T0 + 5000).unwrap();
+    t.update(&callee_answer(2, CALLEE_SDP), facing_caller, T0 + 5100).unwrap();
+    let ev = events(&mut t);
+    let [Event::FlowDown(down), Event::FlowUp(up)] = ev.as_slice() else { panic!("{ev:?}") };
+    assert_eq!(*down, flow.id);
+    assert_eq!((up.caller_local, up.callee_local), (facing_caller, moved));
+
+    let stats = t.session(CALL, T0 + 6000).unwrap();
+    assert_eq!(stats.streams[0].caller_local, format!("{facing_caller}:40000"));
+    assert_eq!(stats.streams[0].callee_local, format!("{moved}:40002"));
+}
+
+#[test]
+fn a_flow_the_kernel_refused_times_out_in_userspace_and_is_offered_again_when_it_changes() {
+    let mut t = kernel_table();
+    let flow = rtp_flow_up(&mut t);
+    assert!(t.flow_refused(flow.id));
+    assert!(t.flow_ids().is_empty(), "no kernel counters to read");
+    assert!(t.kernel_flows().is_empty(), "nothing to find after a restart");
+    assert!(t.session_flow_ids(CALL).is_empty());
+    // Userspace goes on forwarding it; no FlowUp again for the same parties.
+    let verdict = t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 3000);
+    assert!(matches!(verdict, relaybox_core::Verdict::Forward { .. }), "{verdict:?}");
+    assert!(events(&mut t).is_empty());
+    // Silence: the userspace timeout ends the stream (a kernel flow's would not).
+    let timeout = CoreConfig::default().stream_timeout;
+    t.handle_timeout(T0 + 3000 + timeout + 1);
+    let ev = events(&mut t);
+    assert!(ev.iter().any(|e| matches!(e, Event::Expired(_))), "{ev:?}");
+}
+
+#[test]
+fn a_refused_flow_is_offered_again_when_a_party_moves() {
+    let mut t = kernel_table();
+    let old = rtp_flow_up(&mut t);
+    assert!(t.flow_refused(old.id));
+    t.update(&callee_offer(1, "audio:192.168.1.21:6000:sendrecv:ice=no"), relay_ip(), T0 + 5000).unwrap();
+    t.update(&caller_answer(1, CALLER_SDP), relay_ip(), T0 + 5100).unwrap();
+    assert_eq!(events(&mut t), vec![Event::FlowDown(old.id)]);
+    t.on_packet(40002, sa("203.0.113.77:32000"), &rtp(8, 172), T0 + 6000);
+    let ev = events(&mut t);
+    assert!(matches!(ev.as_slice(), [Event::FlowUp(new)] if new.id != old.id), "{ev:?}");
 }

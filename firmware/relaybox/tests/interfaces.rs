@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::netns::{self, ok, phone_paced, spawn_in, Netns};
+use common::netns::{self, number_after, ok, phone_paced, spawn_in, Netns};
 use common::*;
 
 const A_IP: &str = "198.51.100.7";
@@ -44,6 +44,9 @@ impl Uplinks {
             ok(&["ip", "-n", peer, "route", "add", "default", "via", relay_ip]);
             ok(&["ip", "-n", &ns.relay, "addr", "add", &format!("{relay_ip}/24"), "dev", &inner]);
             ok(&["ip", "-n", &ns.relay, "link", "set", &inner, "up"]);
+        }
+        for n in [&ns.relay, &ns.a, &ns.b] {
+            netns::wait_links_up(n);
         }
         ns
     }
@@ -109,15 +112,22 @@ fn phone_helper() {
     netns::phone_main();
 }
 
-#[test]
-#[ignore = "needs root and netns: run by ci/test.sh"]
-fn each_side_gets_the_address_of_its_own_interface_and_media_flows_both_ways() {
-    let ns = Uplinks::create("x");
+/// A call between A and B with `auto_detect_interfaces`: each side is told
+/// its own interface's address, media flows both ways, each party hears the
+/// relay from the address it was told. With `kernel`, the kernel forwards
+/// it through one conntrack entry whose two relay sides are the two
+/// interfaces' addresses.
+fn call_over_two_interfaces(extra: &str, kernel: bool) {
+    let ns = Uplinks::create(if kernel { "k" } else { "x" });
     let mut rig = Rig::new();
-    let (_d, r) = start(&mut rig, &ns.relay, "auto_detect_interfaces = yes");
+    let (d, r) = start(&mut rig, &ns.relay, &format!("auto_detect_interfaces = yes\n{extra}"));
     let startup = r.log_text();
-    assert!(startup.contains("auto_detect_interfaces = yes"), "no datapath reason in the log:\n{startup}");
-    assert!(startup.contains("falling back from the kernel"), "{startup}");
+    if kernel {
+        assert!(startup.contains("the kernel forwards latched media"), "{startup}");
+        assert!(startup.contains("kernel entries use the relay address each side was told"), "{startup}");
+    } else {
+        assert!(startup.contains("media is forwarded in userspace ([Relay] datapath = userspace)"), "{startup}");
+    }
 
     let mut m = Module::connect(&rig.socket);
     // The caller's SDP goes to B: B's side; the callee's goes to A: A's side.
@@ -136,8 +146,53 @@ fn each_side_gets_the_address_of_its_own_interface_and_media_flows_both_ways() {
     // Each party hears the relay from the address it was given.
     assert_eq!(a_from, RELAY_A);
     assert_eq!(b_from, RELAY_B);
+    let entries = netns::relaybox_entries(&ns.relay, "ipv4");
+    eprintln!("conntrack: {entries:#?}");
+    if kernel {
+        let [entry] = entries.as_slice() else { panic!("one RTP entry: {entries:?}") };
+        let orig = format!("src={A_IP} dst={RELAY_A} sport=4000 dport={a_sends_to}");
+        let reply = format!("src={B_IP} dst={RELAY_B} sport=5000 dport={b_sends_to}");
+        assert!(entry.contains(&orig) && entry.contains(&reply), "{entry}");
+    } else {
+        assert!(entries.is_empty());
+    }
     assert_eq!(m.request(&remove("ifcall")).0, "removed\r\n");
+    let log = d.wait_log("accounted", Duration::from_secs(5));
+    let accounted = log.lines().find(|l| l.contains("accounted") && l.contains("ifcall")).unwrap();
+    assert!(accounted.contains(&format!("\"caller_local\":\"{RELAY_A}:{a_sends_to}\"")), "{accounted}");
+    assert!(accounted.contains(&format!("\"callee_local\":\"{RELAY_B}:{b_sends_to}\"")), "{accounted}");
+    let log = r.wait_log("session removed", Duration::from_secs(5));
+    let removed = log.lines().find(|l| l.contains("session removed")).unwrap();
+    let userspace = number_after(removed, "userspace_packets=");
+    eprintln!("userspace saw {userspace} of {} datagrams", 2 * PACKETS);
+    if kernel {
+        assert!(userspace <= 10, "userspace saw {userspace}: the kernel did not take over");
+        assert!(netns::relaybox_entries(&ns.relay, "ipv4").is_empty(), "entry left after remove");
+    } else {
+        assert!(u64::from(PACKETS) * 2 * 95 <= userspace * 100, "userspace saw {userspace}");
+    }
+}
 
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn each_side_gets_its_own_interface_and_the_kernel_forwards_between_them() {
+    call_over_two_interfaces("", true);
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn each_side_gets_its_own_interface_in_userspace_too() {
+    call_over_two_interfaces("datapath = userspace", false);
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn the_reply_address_follows_signaling_ip() {
+    let ns = Uplinks::create("s");
+    let mut rig = Rig::new();
+    let (_d, r) = start(&mut rig, &ns.relay, "auto_detect_interfaces = yes");
+    let mut m = Module::connect(&rig.socket);
+    let sig = format!("{A_IP}_{B_IP}");
     // Only a source (no destination): the request's SDP goes towards it.
     let ((to_b_ip, _), (to_a_ip, _)) = call(&mut m, "ifsrc", A_IP, B_IP);
     assert_eq!((to_b_ip.as_str(), to_a_ip.as_str()), (RELAY_A, RELAY_B), "src-only signaling_ip");
@@ -154,15 +209,49 @@ fn each_side_gets_the_address_of_its_own_interface_and_media_flows_both_ways() {
     assert_eq!(m.request(&remove("ifnoroute")).0, "removed\r\n");
 }
 
+/// The relay behind a 1:1 NAT (`advertised_ip` is the NAT's public address,
+/// no `relay_ip`): each party's namespace plays the NAT router, sending
+/// what is addressed to 192.0.2.50 to the relay's interface on its side
+/// and showing what comes from there as from 192.0.2.50.
+/// The kernel entry's relay sides are the local addresses the NAT'd
+/// packets arrive at, found by route lookup towards each party.
 #[test]
 #[ignore = "needs root and netns: run by ci/test.sh"]
-fn advertised_ip_overrides_auto_detect_interfaces() {
+fn advertised_ip_overrides_auto_detect_interfaces_and_the_kernel_forwards_behind_the_nat() {
+    const PUBLIC: &str = "192.0.2.50";
     let ns = Uplinks::create("y");
+    for (phone_ns, relay_side) in [(&ns.a, RELAY_A), (&ns.b, RELAY_B)] {
+        let rules = format!(
+            "add table ip onetoone; add chain ip onetoone out {{ type nat hook output priority -100; }}; \
+             add rule ip onetoone out ip daddr {PUBLIC} dnat to {relay_side}; \
+             add chain ip onetoone in {{ type nat hook input priority 100; }}; \
+             add rule ip onetoone in ip saddr {relay_side} snat to {PUBLIC}"
+        );
+        ok(&["ip", "netns", "exec", phone_ns, "nft", &rules]);
+    }
     let mut rig = Rig::new();
-    let (_d, _r) = start(&mut rig, &ns.relay, "auto_detect_interfaces = yes\nadvertised_ip = 192.0.2.50");
+    let (_d, r) = start(&mut rig, &ns.relay, &format!("auto_detect_interfaces = yes\nadvertised_ip = {PUBLIC}"));
+    let startup = r.log_text();
+    assert!(startup.contains("the kernel forwards latched media"), "{startup}");
+    assert!(startup.contains("advertised_ip without relay_ip"), "{startup}");
     let mut m = Module::connect(&rig.socket);
     let sig = format!("{A_IP}_{B_IP}");
-    let ((to_b_ip, _), (to_a_ip, _)) = call(&mut m, "advcall", &sig, &sig);
-    assert_eq!((to_b_ip.as_str(), to_a_ip.as_str()), ("192.0.2.50", "192.0.2.50"));
+    let ((to_b_ip, b_sends_to), (to_a_ip, a_sends_to)) = call(&mut m, "advcall", &sig, &sig);
+    assert_eq!((to_b_ip.as_str(), to_a_ip.as_str()), (PUBLIC, PUBLIC));
+
+    let a = phone(&ns.a, &format!("{A_IP}:4000"), &format!("{PUBLIC}:{a_sends_to}"));
+    let b = phone(&ns.b, &format!("{B_IP}:5000"), &format!("{PUBLIC}:{b_sends_to}"));
+    let ((a_got, a_from), (b_got, b_from)) = (phone_result(a), phone_result(b));
+    eprintln!("A got {a_got} from {a_from}, B got {b_got} from {b_from} of {PACKETS} each");
+    assert!(a_got * 100 >= PACKETS * 95 && b_got * 100 >= PACKETS * 95);
+    assert_eq!((a_from.as_str(), b_from.as_str()), (PUBLIC, PUBLIC), "the NAT hides the relay's own addresses");
+    let entries = netns::relaybox_entries(&ns.relay, "ipv4");
+    eprintln!("conntrack: {entries:#?}");
+    let [entry] = entries.as_slice() else { panic!("one RTP entry: {entries:?}") };
+    assert!(entry.contains(&format!("src={A_IP} dst={RELAY_A} sport=4000 dport={a_sends_to}")), "{entry}");
+    assert!(entry.contains(&format!("src={B_IP} dst={RELAY_B} sport=5000 dport={b_sends_to}")), "{entry}");
     assert_eq!(m.request(&remove("advcall")).0, "removed\r\n");
+    let log = r.wait_log("session removed", Duration::from_secs(5));
+    let userspace = number_after(log.lines().find(|l| l.contains("session removed")).unwrap(), "userspace_packets=");
+    assert!(userspace <= 10, "userspace saw {userspace}: the kernel did not take over");
 }

@@ -103,8 +103,7 @@ fn phone_helper() {
 }
 
 fn v6_conntrack_entries(ns: &str) -> Vec<String> {
-    let out = run(&["ip", "netns", "exec", ns, "conntrack", "-L", "-f", "ipv6", "-p", "udp", "-m", "1919025153"]);
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("udp")).map(str::to_string).collect()
+    netns::relaybox_entries(ns, "ipv6")
 }
 
 /// A whole IPv6 call: offer and answer with IPv6 media items, RTP both

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::netns::{self, number_after, ok, phone_paced, phone_result, run, spawn_in, Netns};
 use common::*;
 
-const MARK: &str = "1919025153"; // 0x72620001, the relay's conntrack mark
 const RELAY_IP: &str = "10.77.0.1";
 const CALLER_IP: &str = "10.77.1.2";
 const CALLEE_IP: &str = "10.77.2.2";
@@ -106,8 +105,7 @@ fn phone_helper() {
 }
 
 fn conntrack_entries(ns: &str) -> Vec<String> {
-    let out = run(&["ip", "netns", "exec", ns, "conntrack", "-L", "-p", "udp", "-m", MARK]);
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("udp")).map(str::to_string).collect()
+    netns::relaybox_entries(ns, "ipv4")
 }
 
 /// Offer from the caller, answer from the callee; returns the ports the

@@ -29,7 +29,10 @@ pub(crate) trait Datapath: Send + Sync {
     /// Stop receiving on `port` and `port + 1`.
     fn close_ports(&self, port: u16);
     /// Forward this flow without userspace from now on (kernel datapath).
-    fn flow_up(&self, _flow: &Flow) {}
+    /// False when it stays in userspace.
+    fn flow_up(&self, _flow: &Flow) -> bool {
+        false
+    }
     /// Stop forwarding this flow in the kernel.
     fn flow_down(&self, _id: FlowId) {}
     /// What the kernel forwarded on a flow so far.

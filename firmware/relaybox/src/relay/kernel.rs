@@ -54,6 +54,22 @@ add rule inet relaybox notrack_out udp sport {start}-{last} notrack
     )
 }
 
+/// Which local address a kernel entry gives the relay's side of a flow:
+/// the address the party's packets are addressed to when they reach us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalAddr {
+    /// `relay_ip`: the ports are bound to it (behind `advertised_ip` too).
+    Fixed(IpAddr),
+    /// No `advertised_ip`: each side was told a local address (its own
+    /// interface's with `auto_detect_interfaces`, else the address of the
+    /// dispatcher link), and sends there.
+    Told,
+    /// `advertised_ip` without `relay_ip`: the parties send to the NAT's
+    /// address; what reaches us is addressed to the local source address
+    /// of the route towards the party.
+    Routed,
+}
+
 /// What the start-up checks found.
 pub(crate) struct Readiness {
     /// Present when the kernel can forward.
@@ -135,23 +151,31 @@ pub(crate) fn remove_nft_table() {
 }
 
 /// Checks, and fixes where it may, what kernel forwarding needs:
-/// a real relay address, `ip_forward`, conntrack and NAT hooks (through
-/// relaybox's own nft table), `nf_conntrack_acct`, ctnetlink with NAT (a
-/// probe entry), and DESTROY events.
-pub(crate) fn prepare(relay_ip: Option<IpAddr>, port_range: (u16, u16)) -> Readiness {
+/// a real relay address, IP forwarding for the relay's family (`v6`),
+/// conntrack and NAT hooks (through relaybox's own nft table),
+/// `nf_conntrack_acct`, ctnetlink with NAT (a probe entry), and DESTROY
+/// events.
+pub(crate) fn prepare(local: LocalAddr, v6: bool, port_range: (u16, u16)) -> Readiness {
     let mut report = Vec::new();
     let mut missing = Vec::new();
-    let ip = match relay_ip {
-        Some(ip) if !ip.is_loopback() && !ip.is_unspecified() => ip,
-        Some(ip) => {
+    let ip = match local {
+        LocalAddr::Fixed(ip) if ip.is_loopback() || ip.is_unspecified() => {
             missing.push(format!("relay_ip {ip} is a loopback address; the kernel routes media only for a real one"));
             return Readiness { flows: None, report, missing };
         }
-        None => {
-            missing.push("[Relay] relay_ip is not set; kernel flows need the relay's own address".to_string());
-            return Readiness { flows: None, report, missing };
-        }
+        LocalAddr::Fixed(ip) => ip,
+        // The probe entry needs no local address.
+        _ if v6 => IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        _ => IpAddr::from([198, 51, 100, 1]),
     };
+    match local {
+        LocalAddr::Fixed(_) => {}
+        LocalAddr::Told => report.push("kernel entries use the relay address each side was told".to_string()),
+        LocalAddr::Routed => report.push(
+            "advertised_ip without relay_ip: kernel entries use the local address of the route towards each party"
+                .to_string(),
+        ),
+    }
     if ip.is_ipv6() {
         // Before forwarding goes on: the kernel drops RA-learned routes of
         // interfaces that stop accepting advertisements.
@@ -217,8 +241,11 @@ struct Installed {
 pub(crate) struct KernelDatapath {
     userspace: UserspaceDatapath,
     table: Arc<dyn FlowTable>,
-    /// The address the relay's ports are bound to (the NAT's relay side).
-    local_ip: IpAddr,
+    /// Where the relay's side of each entry is.
+    local: LocalAddr,
+    /// The family whose forwarding `prepare` turned on (the other one may
+    /// be off: its flows then stay in userspace).
+    v6: bool,
     flows: Mutex<HashMap<FlowId, Installed>>,
     /// Original tuple → flow, to match DESTROY events.
     by_orig: Arc<Mutex<HashMap<Tuple, FlowId>>>,
@@ -240,11 +267,12 @@ fn payload_counters(c: Counters, v4: bool) -> FlowCounters {
 }
 
 impl KernelDatapath {
-    pub fn new(userspace: UserspaceDatapath, table: Arc<dyn FlowTable>, local_ip: IpAddr) -> Self {
+    pub fn new(userspace: UserspaceDatapath, table: Arc<dyn FlowTable>, local: LocalAddr, v6: bool) -> Self {
         KernelDatapath {
             userspace,
             table,
-            local_ip,
+            local,
+            v6,
             flows: Mutex::new(HashMap::new()),
             by_orig: Arc::new(Mutex::new(HashMap::new())),
         }
@@ -287,15 +315,42 @@ impl KernelDatapath {
             .map_err(CtError::Io)
     }
 
-    fn spec(&self, flow: &Flow) -> FlowSpec {
-        FlowSpec {
-            caller: flow.caller,
-            relay_caller_side: SocketAddr::new(self.local_ip, flow.caller_port),
-            relay_callee_side: SocketAddr::new(self.local_ip, flow.callee_port),
-            callee: flow.callee,
+    /// The entry for a flow, or why the kernel cannot forward it.
+    fn spec(&self, flow: &Flow) -> Result<FlowSpec, String> {
+        let (caller_side, callee_side) = match self.local {
+            LocalAddr::Fixed(ip) => (ip, ip),
+            LocalAddr::Told => (flow.caller_local, flow.callee_local),
+            LocalAddr::Routed => {
+                let towards = |peer: SocketAddr| {
+                    super::local_ip_towards(peer.ip().to_canonical())
+                        .map_err(|e| format!("no route towards {peer} ({e})"))
+                };
+                (towards(flow.caller)?, towards(flow.callee)?)
+            }
+        };
+        for (side, peer) in [(caller_side, flow.caller), (callee_side, flow.callee)] {
+            if side.is_loopback() || side.is_unspecified() {
+                return Err(format!("relay address {side} is not routable"));
+            }
+            if side.is_ipv4() != peer.ip().to_canonical().is_ipv4() {
+                return Err(format!("relay address {side} and party {peer} are of different families"));
+            }
+        }
+        if caller_side.is_ipv6() != self.v6 {
+            let sysctl = if caller_side.is_ipv6() { "net/ipv6/conf/all/forwarding" } else { "net/ipv4/ip_forward" };
+            if read_sysctl(&format!("/proc/sys/{sysctl}")).as_deref() != Some("1") {
+                return Err(format!("{} is 0", sysctl.replace('/', ".")));
+            }
+        }
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        Ok(FlowSpec {
+            caller: canonical(flow.caller),
+            relay_caller_side: SocketAddr::new(caller_side, flow.caller_port),
+            relay_callee_side: SocketAddr::new(callee_side, flow.callee_port),
+            callee: canonical(flow.callee),
             timeout_secs: INITIAL_TIMEOUT_SECS,
             mark: RELAYBOX_MARK,
-        }
+        })
     }
 
     /// Installs one flow: deletes the plain entries the first packets made
@@ -334,8 +389,14 @@ impl Datapath for KernelDatapath {
         self.userspace.close_ports(port)
     }
 
-    fn flow_up(&self, flow: &Flow) {
-        let spec = self.spec(flow);
+    fn flow_up(&self, flow: &Flow) -> bool {
+        let spec = match self.spec(flow) {
+            Ok(spec) => spec,
+            Err(why) => {
+                tracing::warn!(flow = flow.id.0, caller = %flow.caller, callee = %flow.callee, "flow stays in userspace: {why}");
+                return false;
+            }
+        };
         match self.install(&spec) {
             Ok(()) => {
                 tracing::debug!(
@@ -347,8 +408,12 @@ impl Datapath for KernelDatapath {
                 );
                 lock(&self.by_orig).insert(spec.orig(), flow.id);
                 lock(&self.flows).insert(flow.id, Installed { spec });
+                true
             }
-            Err(e) => tracing::warn!(flow = flow.id.0, "cannot install kernel flow, it stays in userspace: {e}"),
+            Err(e) => {
+                tracing::warn!(flow = flow.id.0, "cannot install kernel flow, it stays in userspace: {e}");
+                false
+            }
         }
     }
 
@@ -385,7 +450,10 @@ impl Datapath for KernelDatapath {
             entries.into_iter().map(|e| (e.orig, e)).collect();
         let mut missing = Vec::new();
         for flow in flows {
-            let spec = self.spec(flow);
+            let Ok(spec) = self.spec(flow) else {
+                missing.push(flow.id);
+                continue;
+            };
             match unclaimed.remove(&spec.orig()) {
                 Some(e) if e.reply == spec.reply() => {
                     lock(&self.by_orig).insert(spec.orig(), flow.id);
@@ -428,7 +496,8 @@ mod tests {
     fn flow() -> Flow {
         Flow {
             id: FlowId(1),
-            relay_ip: "198.51.100.1".parse().unwrap(),
+            caller_local: "198.51.100.1".parse().unwrap(),
+            callee_local: "198.51.100.1".parse().unwrap(),
             caller: "192.0.2.10:4000".parse().unwrap(),
             caller_port: 40000,
             callee_port: 40002,
@@ -441,7 +510,12 @@ mod tests {
     async fn replaces_the_plain_entries_of_the_first_packets_and_cleans_up() {
         let table = Arc::new(MemoryFlowTable::new());
         let local: IpAddr = "10.0.0.1".parse().unwrap();
-        let dp = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        let dp = KernelDatapath::new(
+            UserspaceDatapath::new(local, Weak::new()),
+            table.clone(),
+            LocalAddr::Fixed(local),
+            false,
+        );
         let f = flow();
         let orig = Tuple { src: f.caller, dst: SocketAddr::new(local, 40000) };
         let reply = Tuple { src: f.callee, dst: SocketAddr::new(local, 40002) };
@@ -474,7 +548,12 @@ mod tests {
     async fn a_restarted_relay_adopts_its_entries_and_deletes_stale_ones() {
         let table = Arc::new(MemoryFlowTable::new());
         let local: IpAddr = "10.0.0.1".parse().unwrap();
-        let before = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        let before = KernelDatapath::new(
+            UserspaceDatapath::new(local, Weak::new()),
+            table.clone(),
+            LocalAddr::Fixed(local),
+            false,
+        );
         let kept = flow();
         let gone = Flow { id: FlowId(2), caller_port: 40004, callee_port: 40006, ..flow() };
         let stale = Flow { id: FlowId(3), caller_port: 40008, callee_port: 40010, ..flow() };
@@ -483,7 +562,12 @@ mod tests {
         drop(before); // exits without shutdown: the entries stay
         assert_eq!(table.dump(RELAYBOX_MARK).unwrap().len(), 2);
 
-        let after = KernelDatapath::new(UserspaceDatapath::new(local, Weak::new()), table.clone(), local);
+        let after = KernelDatapath::new(
+            UserspaceDatapath::new(local, Weak::new()),
+            table.clone(),
+            LocalAddr::Fixed(local),
+            false,
+        );
         assert_eq!(after.adopt_flows(&[kept, gone]), vec![gone.id], "its entry vanished");
         let left = table.dump(RELAYBOX_MARK).unwrap();
         assert_eq!(left.len(), 1, "the stale entry is deleted");
@@ -491,5 +575,29 @@ mod tests {
         assert!(after.flow_counters(kept.id).is_some(), "adopted: counters are read");
         after.flow_down(kept.id);
         assert!(table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_side_of_an_entry_is_the_address_that_side_was_told() {
+        let table = Arc::new(MemoryFlowTable::new());
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let dp = KernelDatapath::new(UserspaceDatapath::new(any, Weak::new()), table.clone(), LocalAddr::Told, false);
+        let (a, b): (IpAddr, IpAddr) = ("198.51.100.1".parse().unwrap(), "203.0.113.1".parse().unwrap());
+        let f = Flow { caller_local: a, callee_local: b, ..flow() };
+        assert!(dp.flow_up(&f));
+        let ours = table.dump(RELAYBOX_MARK).unwrap();
+        assert_eq!(ours[0].orig, Tuple { src: f.caller, dst: SocketAddr::new(a, 40000) });
+        assert_eq!(ours[0].reply, Tuple { src: f.callee, dst: SocketAddr::new(b, 40002) });
+
+        // A side told a loopback address cannot be routed by the kernel.
+        let lo = Flow {
+            id: FlowId(2),
+            caller_port: 40004,
+            callee_port: 40006,
+            caller_local: "127.0.0.1".parse().unwrap(),
+            ..f
+        };
+        assert!(!dp.flow_up(&lo));
+        assert_eq!(table.dump(RELAYBOX_MARK).unwrap().len(), 1);
     }
 }

@@ -87,23 +87,22 @@ impl Relay {
     fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         let r = &config.relay;
         // With auto_detect_interfaces each side gets the address of its own
-        // interface: the sockets listen on every address, and the kernel
-        // datapath (one relay_ip for both sides of a flow) is not used.
+        // interface: the sockets listen on every address, and each kernel
+        // entry uses the address its side was told.
         let auto_detect = r.auto_detect_interfaces && r.advertised_ip.is_none();
+        let local = match (r.relay_ip, r.advertised_ip) {
+            (Some(ip), _) if !auto_detect => kernel::LocalAddr::Fixed(ip),
+            (None, Some(_)) => kernel::LocalAddr::Routed,
+            _ => kernel::LocalAddr::Told,
+        };
+        let v6 = r.relay_ip.or(r.advertised_ip).is_some_and(|ip| ip.is_ipv6());
         let (readiness, reason) = match r.datapath {
             DatapathMode::Userspace => {
                 let none = kernel::Readiness { flows: None, report: Vec::new(), missing: Vec::new() };
                 (none, "[Relay] datapath = userspace".to_string())
             }
-            _ if auto_detect => {
-                let none = kernel::Readiness { flows: None, report: Vec::new(), missing: Vec::new() };
-                let reason = "[Relay] auto_detect_interfaces = yes: each side gets its own interface's address, \
-                              which the kernel datapath (one relay_ip per flow) cannot do"
-                    .to_string();
-                (none, reason)
-            }
             mode => {
-                let readiness = kernel::prepare(r.relay_ip, (r.port_range.start, r.port_range.end));
+                let readiness = kernel::prepare(local, v6, (r.port_range.start, r.port_range.end));
                 if readiness.missing.is_empty() {
                     let reason = readiness.report.join("; ");
                     (readiness, reason)
@@ -148,7 +147,7 @@ impl Relay {
                 let userspace = UserspaceDatapath::new(bind_ip, weak.clone());
                 match kernel_flows {
                     Some(table) => {
-                        let dp = KernelDatapath::new(userspace, table, bind_ip);
+                        let dp = KernelDatapath::new(userspace, table, local, v6);
                         if let Err(e) = dp.watch_destroy_events(weak.clone()) {
                             tracing::error!("conntrack DESTROY events unavailable ({e}): kernel timeouts end streams only at remove");
                         }
@@ -313,7 +312,11 @@ impl Relay {
                 }
                 Event::ClosePorts(p) => self.datapath.close_ports(p),
                 Event::Expired(stats) => expired.push(stats),
-                Event::FlowUp(flow) => self.datapath.flow_up(&flow),
+                Event::FlowUp(flow) => {
+                    if !self.datapath.flow_up(&flow) {
+                        table.flow_refused(flow.id);
+                    }
+                }
                 Event::FlowDown(id) => self.datapath.flow_down(id),
             }
         }
@@ -559,7 +562,7 @@ fn sdp_receiver(update: &relaybox_proto::UpdateRequest) -> Option<IpAddr> {
 
 /// The local address of the interface that routes towards `peer`: a route
 /// lookup that sends nothing (UDP `connect`). Not cached, routes change.
-fn local_ip_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
+pub(crate) fn local_ip_towards(peer: IpAddr) -> std::io::Result<IpAddr> {
     let any: IpAddr = match peer {
         IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),

@@ -166,6 +166,16 @@ pub fn phone_main() {
     println!("PHONE sent={count} got={got} maxgap={max_gap} from={from}");
 }
 
+/// The relay's conntrack mark (0x72620001), as `conntrack -m` takes it.
+pub const MARK: &str = "1919025153";
+
+/// relaybox's UDP conntrack entries in `ns` (`family`: ipv4 or ipv6), one
+/// `conntrack -L` line each.
+pub fn relaybox_entries(ns: &str, family: &str) -> Vec<String> {
+    let out = run(&["ip", "netns", "exec", ns, "conntrack", "-L", "-f", family, "-p", "udp", "-m", MARK]);
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("udp")).map(str::to_string).collect()
+}
+
 /// The number right after `key` in `text`.
 pub fn number_after(text: &str, key: &str) -> u64 {
     let at = text.find(key).unwrap_or_else(|| panic!("{key} not in {text}")) + key.len();
