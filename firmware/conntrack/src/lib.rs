@@ -7,12 +7,15 @@
 //! counters, dump the entries carrying relaybox's mark, and receive DESTROY
 //! events with their final counters. It knows nothing of sessions, SIP or
 //! ports policy; the [`FlowTable`] trait is the seam the relay talks to, and
-//! [`MemoryFlowTable`] is the test double. It must not read sysctls, run
-//! `nft` or touch sockets other than its netlink ones. No unsafe code here:
-//! the socket calls are `netlink-sys`'s.
+//! [`MemoryFlowTable`] is the test double. [`nft`] programs, over the same
+//! kind of socket, the small nftables table that turns the conntrack and NAT
+//! hooks on (no `nft` program needed). It must not read sysctls, run
+//! programs or touch sockets other than its netlink ones. No unsafe code
+//! here: the socket calls are `netlink-sys`'s.
 #![forbid(unsafe_code)]
 
 mod memory;
+pub mod nft;
 mod wire;
 
 use std::io;

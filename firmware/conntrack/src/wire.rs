@@ -8,10 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use crate::{Counters, Entry, Error, FlowSpec, Tuple};
 
 // linux/netlink.h
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
+pub(crate) const NLM_F_CREATE: u16 = 0x400;
+pub(crate) const NLM_F_APPEND: u16 = 0x800;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -59,7 +60,7 @@ const CTA_PROTONAT_PORT_MIN: u16 = 1;
 const CTA_PROTONAT_PORT_MAX: u16 = 2;
 
 const IPPROTO_UDP: u8 = 17;
-const AF_UNSPEC: u8 = 0;
+pub(crate) const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -68,25 +69,32 @@ fn align4(n: usize) -> usize {
 }
 
 /// A netlink message under construction; nests are closed with [`end`].
-struct Builder {
+pub(crate) struct Builder {
     buf: Vec<u8>,
     nests: Vec<usize>,
 }
 
 impl Builder {
+    /// A ctnetlink message.
     fn new(msg: u16, flags: u16, seq: u32, family: u8) -> Self {
+        Self::nfnetlink((NFNL_SUBSYS_CTNETLINK << 8) | msg, flags, seq, family, 0)
+    }
+
+    /// Any nfnetlink message: the netlink header and `struct nfgenmsg`
+    /// (family, version `NFNETLINK_V0`, `res_id` big endian).
+    pub(crate) fn nfnetlink(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Self {
         let mut buf = Vec::with_capacity(256);
         buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
-        buf.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+        buf.extend_from_slice(&kind.to_ne_bytes());
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&seq.to_ne_bytes());
         buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-                                                    // struct nfgenmsg: family, version NFNETLINK_V0, res_id (big endian)
-        buf.extend_from_slice(&[family, 0, 0, 0]);
+        buf.extend_from_slice(&[family, 0]);
+        buf.extend_from_slice(&res_id.to_be_bytes());
         Builder { buf, nests: Vec::new() }
     }
 
-    fn attr(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+    pub(crate) fn attr(&mut self, kind: u16, value: &[u8]) -> &mut Self {
         let len = 4 + value.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
         self.buf.extend_from_slice(&kind.to_ne_bytes());
@@ -95,14 +103,14 @@ impl Builder {
         self
     }
 
-    fn begin(&mut self, kind: u16) -> &mut Self {
+    pub(crate) fn begin(&mut self, kind: u16) -> &mut Self {
         self.nests.push(self.buf.len());
         self.buf.extend_from_slice(&0u16.to_ne_bytes());
         self.buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         self
     }
 
-    fn end(&mut self) -> &mut Self {
+    pub(crate) fn end(&mut self) -> &mut Self {
         if let Some(start) = self.nests.pop() {
             let len = (self.buf.len() - start) as u16;
             self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
@@ -136,7 +144,7 @@ impl Builder {
         self.begin(CTA_NAT_PROTO).attr(CTA_PROTONAT_PORT_MIN, &port).attr(CTA_PROTONAT_PORT_MAX, &port).end().end()
     }
 
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
         self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
         self.buf

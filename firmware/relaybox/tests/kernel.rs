@@ -166,7 +166,39 @@ fn the_kernel_forwards_a_latched_call_and_its_counters_reach_the_stats() {
     assert!(userspace <= 10, "userspace saw {userspace} packets: the kernel did not take over");
     assert!(conntrack_entries(&relay_ns).is_empty(), "entries left after remove");
 
-    // The nft table lives as long as the relay.
+    // The nft table, programmed over netlink, reads back as `nft` would
+    // write it, and lives as long as the relay.
+    let listing = run(&["ip", "netns", "exec", &relay_ns, "nft", "list", "table", "inet", "relaybox"]);
+    let listing: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("ct state invalid"))
+        .map(str::to_string)
+        .collect();
+    let expected = [
+        "table inet relaybox {",
+        "chain conntrack_pre {",
+        "type filter hook prerouting priority mangle; policy accept;",
+        "}",
+        "chain conntrack_out {",
+        "type filter hook output priority mangle; policy accept;",
+        "}",
+        "chain notrack_out {",
+        "type filter hook output priority raw; policy accept;",
+        "udp sport 40000-40099 notrack",
+        "}",
+        "chain nat_pre {",
+        "type nat hook prerouting priority dstnat; policy accept;",
+        "}",
+        "chain nat_post {",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "}",
+        "}",
+    ];
+    assert_eq!(listing, expected);
+    let rules = run(&["ip", "netns", "exec", &relay_ns, "nft", "list", "table", "inet", "relaybox"]);
+    let invalid = String::from_utf8_lossy(&rules.stdout).matches("ct state invalid counter packets").count();
+    assert_eq!(invalid, 2, "the ct rules of conntrack_pre and conntrack_out");
     assert!(nft_table_exists(&relay_ns));
     r.signal("TERM");
     assert!(r.wait_exit(Duration::from_secs(10)).is_some(), "relay did not exit");

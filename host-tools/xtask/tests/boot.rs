@@ -253,6 +253,11 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(console.contains("first boot: writing the default services.conf"), "{console}");
     assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
     assert_eq!(d.relays(), 1, "summary lists the box's relay");
+    // The image's kernel forwards media: conntrack, NAT and nftables modules
+    // load, and behind QEMU's NAT (advertised_ip only) each entry takes the
+    // local address of the route towards its party.
+    let summary: serde_json::Value = serde_json::from_str(&d.management("summary")).unwrap();
+    assert_eq!(summary[0]["datapath"], "kernel", "{summary}");
 
     // The kernel side the relay needs, and a read-only root.
     let out = vm
@@ -270,6 +275,17 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let (to_callee, to_caller) = call_through_the_box(&d, &format!("boot-{board}"), range);
     eprintln!("{board}: relayed {to_callee}/20 caller->callee, {to_caller}/20 callee->caller");
     assert!(to_callee >= 18 && to_caller >= 18, "{board}: {to_callee} and {to_caller} of 20 relayed");
+    // The kernel forwarded all but the packets that latched each side.
+    vm.wait_for("session removed", Duration::from_secs(20)).unwrap();
+    let console = vm.console();
+    let removed = console.lines().find(|l| l.contains("session removed")).unwrap();
+    let userspace: u32 = removed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("userspace_packets="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no userspace_packets in {removed}"));
+    eprintln!("{board}: userspace saw {userspace} of 40 datagrams");
+    assert!(userspace <= 4, "{board}: the kernel did not take over: {removed}");
 
     // 3. the relay dies: the supervisor starts it again and it reconnects.
     vm.run("kill -9 $(cat /run/relaybox/relay.pid)", Duration::from_secs(20)).unwrap();

@@ -4,9 +4,7 @@
 //! conntrack entry per latched flow so the kernel forwards the rest.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 
 use relaybox_conntrack::{Conntrack, Counters, DestroyEvents, Error as CtError, FlowSpec, FlowTable, Tuple};
@@ -22,37 +20,6 @@ pub(crate) const RELAYBOX_MARK: u32 = 0x7262_0001;
 const INITIAL_TIMEOUT_SECS: u32 = 60;
 /// Attempts to replace a plain entry that the first packets created.
 const INSTALL_ATTEMPTS: usize = 3;
-const NFT_TABLE: &str = "relaybox";
-
-/// The nft table that turns on the conntrack hooks (a `ct` expression) and
-/// the NAT hooks (empty `nat` chains) in this network namespace, and leaves
-/// untracked the datagrams the relay itself sends from its port range: a
-/// userspace-forwarded packet racing a flow's installation would otherwise
-/// get a conntrack entry that clashes with the flow's, and the kernel would
-/// give it another source port — possibly another stream's relay port,
-/// whose packets the entry would then steal. Applied in one transaction
-/// that creates what is missing and leaves an existing table's hooks
-/// registered (a restarted relay must not interrupt the flows its
-/// predecessor left in the kernel).
-fn nft_rules((start, end): (u16, u16)) -> String {
-    let last = end.saturating_sub(1).max(start);
-    format!(
-        "table inet relaybox {{
-  chain conntrack_pre {{ type filter hook prerouting priority -150; }}
-  chain conntrack_out {{ type filter hook output priority -150; }}
-  chain notrack_out {{ type filter hook output priority raw; }}
-  chain nat_pre {{ type nat hook prerouting priority -100; }}
-  chain nat_post {{ type nat hook postrouting priority 100; }}
-}}
-flush chain inet relaybox conntrack_pre
-flush chain inet relaybox conntrack_out
-flush chain inet relaybox notrack_out
-add rule inet relaybox conntrack_pre ct state invalid counter
-add rule inet relaybox conntrack_out ct state invalid counter
-add rule inet relaybox notrack_out udp sport {start}-{last} notrack
-"
-    )
-}
 
 /// Which local address a kernel entry gives the relay's side of a flow:
 /// the address the party's packets are addressed to when they reach us.
@@ -126,28 +93,12 @@ fn keep_router_advertisements(conf_dir: &std::path::Path, report: &mut Vec<Strin
     }
 }
 
-fn nft(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
-}
-
-/// Removes relaybox's nft table (at exit, and before adding it anew).
+/// Removes relaybox's nftables table (at exit, and when the kernel
+/// datapath is not used after all).
 pub(crate) fn remove_nft_table() {
-    let _ = nft(&["delete", "table", "inet", NFT_TABLE], None);
+    if let Err(e) = relaybox_conntrack::nft::delete_table() {
+        tracing::warn!("cannot delete the nftables table inet relaybox: {e}");
+    }
 }
 
 /// Checks, and fixes where it may, what kernel forwarding needs:
@@ -186,7 +137,14 @@ pub(crate) fn prepare(local: LocalAddr, v6: bool, port_range: (u16, u16)) -> Rea
     } else {
         ensure_sysctl("/proc/sys/net/ipv4/ip_forward", &mut report, &mut missing);
     }
-    match nft(&["-f", "-"], Some(&nft_rules(port_range))) {
+    // The nftables table that turns on the conntrack hooks (a `ct`
+    // expression) and the NAT hooks (empty `nat` chains) in this network
+    // namespace, and leaves untracked the datagrams the relay itself sends
+    // from its port range: a userspace-forwarded packet racing a flow's
+    // installation would otherwise get a conntrack entry that clashes with
+    // the flow's, and the kernel would give it another source port, possibly
+    // another stream's relay port, whose packets the entry would then steal.
+    match relaybox_conntrack::nft::apply_table(port_range) {
         Ok(()) => report.push("nft table inet relaybox added (conntrack and NAT hooks on)".to_string()),
         Err(e) => missing.push(format!("cannot add nft table inet relaybox for the conntrack/NAT hooks: {e}")),
     }
