@@ -277,7 +277,13 @@ fn send_batch(datagram: &[u8], acked: std::ops::Range<u32>) -> Result<(), Error>
 /// port range, end exclusive) keeping its chains' hooks registered.
 pub fn apply_table(ports: (u16, u16)) -> Result<(), Error> {
     let (datagram, acked) = table_batch(1, ports);
-    send_batch(&datagram, acked)
+    send_batch(&datagram, acked).map_err(|e| match e {
+        // ENOENT here is a chain type or expression the kernel does not have.
+        Error::NotFound => Error::NotSupported(std::io::Error::other(
+            "nf_tables has no nat chain type or ct/notrack expression (modules nft_chain_nat, nft_ct)",
+        )),
+        e => e,
+    })
 }
 
 /// Deletes relaybox's table; a missing one is fine.
