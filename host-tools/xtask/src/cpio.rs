@@ -110,12 +110,25 @@ impl Archive {
         self.buf
     }
 
-    /// The archive with its trailer, gzip-compressed (best).
-    pub fn finish_gz(self) -> Result<Vec<u8>> {
+    /// The archive with its trailer, xz-compressed as the kernel's own
+    /// initramfs rule does (`CONFIG_RD_XZ`): CRC32 check (the kernel's
+    /// decoder has no CRC64) and a 1 MiB dictionary; single-threaded, so
+    /// the same input gives the same bytes. About a quarter smaller than
+    /// gzip for relaybox's initramfs (6.9 against 9.1 MB).
+    pub fn finish_xz(self) -> Result<Vec<u8>> {
         let raw = self.finish();
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&raw)?;
-        Ok(enc.finish()?)
+        let mut child = std::process::Command::new("xz")
+            .args(["--check=crc32", "--lzma2=preset=9,dict=1MiB", "-T1", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run xz (package xz-utils): {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let writer = std::thread::spawn(move || stdin.write_all(&raw));
+        let out = child.wait_with_output()?;
+        writer.join().map_err(|_| anyhow::anyhow!("xz input thread panicked"))??;
+        anyhow::ensure!(out.status.success(), "xz failed: {}", out.status);
+        Ok(out.stdout)
     }
 }
 

@@ -181,7 +181,7 @@ fn rootfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, initt
         }
     }
     step(format!("initramfs: busybox, relaybox, {} kernel modules", mods.len()));
-    a.finish_gz()
+    a.finish_xz()
 }
 
 /// Builds everything for a board; returns the outputs.
