@@ -122,6 +122,14 @@ pub struct FlowCounters {
     pub callee_bytes: u64,
 }
 
+/// Media relayed since the table was made (or restored), userspace and
+/// kernel together: UDP payload bytes, as the statistics count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Relayed {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// What to do with one received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -9,7 +9,7 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 use crate::address::{may_latch, may_send_to};
 use crate::ports::{PortOwner, PortPool};
 use crate::session::{KernelFlow, OfferState, Order, Session, Side, SideAddrs, Stream};
-use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Snapshot, Verdict};
+use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Relayed, Snapshot, Verdict};
 
 /// All sessions of one relay. See the crate documentation.
 #[derive(Debug)]
@@ -26,6 +26,7 @@ pub struct SessionTable {
     next_session_id: u64,
     bleed_drops: u64,
     flows: Flows,
+    relayed: Relayed,
 }
 
 /// Where each live kernel flow is, and the next id to hand out.
@@ -65,6 +66,7 @@ impl SessionTable {
             next_session_id: 1,
             bleed_drops: 0,
             flows: Flows::default(),
+            relayed: Relayed::default(),
         }
     }
 
@@ -259,6 +261,10 @@ impl SessionTable {
     pub fn on_packet(&mut self, local_port: u16, src: SocketAddr, packet: &[u8], now: Millis) -> Verdict {
         let mut latched = None;
         let verdict = self.packet_verdict(local_port, src, packet, now, &mut latched);
+        if let Verdict::Forward { .. } = verdict {
+            self.relayed.packets += 1;
+            self.relayed.bytes += packet.len() as u64;
+        }
         if let Some(session) = latched {
             self.sync_flows(session);
             self.reschedule(session);
@@ -400,6 +406,12 @@ impl SessionTable {
     }
 
     /// Packets dropped by the RTP-bleed rule since start.
+    /// Packets and bytes relayed since the table was made: what userspace
+    /// forwarded plus what the kernel counted on its flows.
+    pub fn relayed(&self) -> Relayed {
+        self.relayed
+    }
+
     pub fn bleed_drops(&self) -> u64 {
         self.bleed_drops
     }
@@ -491,9 +503,13 @@ impl SessionTable {
             callee_bytes: old.callee_bytes.max(counters.callee_bytes),
         };
         flow.counters = new;
-        if new.caller_packets + new.callee_packets > old.caller_packets + old.callee_packets {
+        let (new_packets, old_packets) =
+            (new.caller_packets + new.callee_packets, old.caller_packets + old.callee_packets);
+        if new_packets > old_packets {
             stream.last_activity = stream.last_activity.max(now);
         }
+        self.relayed.packets += new_packets - old_packets;
+        self.relayed.bytes += (new.caller_bytes + new.callee_bytes) - (old.caller_bytes + old.callee_bytes);
         true
     }
 

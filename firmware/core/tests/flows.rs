@@ -218,3 +218,27 @@ fn a_refused_flow_is_offered_again_when_a_party_moves() {
     let ev = events(&mut t);
     assert!(matches!(ev.as_slice(), [Event::FlowUp(new)] if new.id != old.id), "{ev:?}");
 }
+
+#[test]
+fn relayed_totals_add_userspace_forwarding_and_kernel_counters_and_never_go_back() {
+    let mut t = kernel_table();
+    t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap();
+    t.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0 + 1000).unwrap();
+    // The caller's first packet waits for the callee (private SDP address): not relayed.
+    t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2000);
+    assert_eq!(t.relayed(), relaybox_core::Relayed::default());
+    // The callee's goes to the latched caller: relayed by userspace.
+    t.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000);
+    assert_eq!(t.relayed(), relaybox_core::Relayed { packets: 1, bytes: 172 });
+    let ev = events(&mut t);
+    let Some(Event::FlowUp(flow)) = ev.last() else { panic!("{ev:?}") };
+    let c =
+        |p: u64| FlowCounters { caller_packets: p, caller_bytes: p * 172, callee_packets: p, callee_bytes: p * 172 };
+    t.set_flow_counters(flow.id, c(10), T0 + 3000);
+    assert_eq!(t.relayed(), relaybox_core::Relayed { packets: 21, bytes: 21 * 172 });
+    // A stale (smaller) reading adds nothing; the final one adds the rest.
+    t.set_flow_counters(flow.id, c(4), T0 + 3500);
+    assert_eq!(t.relayed().packets, 21);
+    t.flow_expired(flow.id, c(50), T0 + 60_000);
+    assert_eq!(t.relayed(), relaybox_core::Relayed { packets: 101, bytes: 101 * 172 });
+}

@@ -54,9 +54,10 @@ fn relay_config(rig: &Rig, certs: &Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &rcfg,
         format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {RELAY_IP}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
+            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {RELAY_IP}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\ncontrol_socket = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
             rig.relay_port,
             rig.path("sessions.bin").display(),
+            rig.path("relay.sock").display(),
             certs.display()
         ),
     )
@@ -104,6 +105,17 @@ fn phone_helper() {
     netns::phone_main();
 }
 
+/// One line command on the relay's control socket.
+fn control(rig: &Rig, command: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(rig.path("relay.sock")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).unwrap();
+    line
+}
+
 fn conntrack_entries(ns: &str) -> Vec<String> {
     netns::relaybox_entries(ns, "ipv4")
 }
@@ -148,6 +160,16 @@ fn the_kernel_forwards_a_latched_call_and_its_counters_reach_the_stats() {
     assert!(e.contains(&format!("src={CALLEE_IP} dst={RELAY_IP} sport=5000 dport={callee_to}")), "{e}");
     let kernel_packets = number_after(e, "packets=");
     assert!(kernel_packets * 100 >= u64::from(PACKETS) * 90, "kernel counted {kernel_packets}: {e}");
+
+    // The relay's totals (status page, /metrics, bps_relayed) include what
+    // the kernel forwarded, read from its counters.
+    std::thread::sleep(Duration::from_millis(1500)); // one traffic_sampling_period
+    let metrics = control(&rig, "metrics");
+    let relayed = number_after(&metrics, "\"packets_relayed\":");
+    let bytes = number_after(&metrics, "\"bytes_relayed\":");
+    eprintln!("relay totals: {relayed} packets, {bytes} bytes (phones sent {})", a.sent + b.sent);
+    assert!(relayed * 100 >= u64::from(a.sent + b.sent) * 95, "{metrics}");
+    assert_eq!(bytes, relayed * 172, "UDP payload bytes: {metrics}");
 
     assert_eq!(m.request(&remove("kcall")).0, "removed\r\n");
     let log = d.wait_log("accounted", Duration::from_secs(5));

@@ -86,6 +86,13 @@ pub fn render(m: Option<&Value>) -> String {
     );
     metric(
         &mut out,
+        "relaybox_relayed_packets_total",
+        "counter",
+        "Packets relayed since the relay started (userspace and kernel).",
+        &[(String::new(), n(&m["packets_relayed"]))],
+    );
+    metric(
+        &mut out,
         "relaybox_session_packets",
         "gauge",
         "Packets relayed in the sessions held now.",

@@ -137,7 +137,7 @@ pub fn fragment(state: &State, snap: &Snapshot) -> String {
 <tr><th>Sessions</th><td id="session-count">{sessions}</td></tr>
 <tr><th>Streams</th><td>{streams}</td></tr>
 <tr><th>Ports</th><td>{used} used, {free} free (range {range})</td></tr>
-<tr><th>Relayed</th><td>{bps_now} now, {total} since start</td></tr>
+<tr><th>Relayed</th><td>{bps_now} now, {total} in {packets} packets since start</td></tr>
 <tr><th>RTP-bleed drops</th><td>{bleed}</td></tr>
 </table></section>
 <section><h2>Relayed bandwidth, last hour</h2>{chart}</section>"#,
@@ -155,6 +155,7 @@ pub fn fragment(state: &State, snap: &Snapshot) -> String {
         range = text(&m["port_range"]),
         bps_now = bps(n(&s["bps_relayed"])),
         total = bytes(n(&m["bytes_relayed"])),
+        packets = n(&m["packets_relayed"]),
         bleed = n(&m["bleed_drops"]),
         chart = chart(&samples),
     );

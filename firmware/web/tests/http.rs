@@ -325,6 +325,7 @@ fn status_page_and_json_show_the_relay_from_its_control_socket() {
         "<polyline",
         "/static/app.js",
         "27.5 kbit/s",
+        "in 200 packets since start",
     ] {
         assert!(page.body.contains(needed), "status page lacks {needed}:\n{}", page.body);
     }
@@ -380,6 +381,7 @@ fn metrics_need_a_login_or_a_lan_address_by_setting() {
         "relaybox_sessions 1",
         "relaybox_streams{media=\"audio\"} 1",
         "relaybox_relayed_bytes_total 34300",
+        "relaybox_relayed_packets_total 200",
         "relaybox_session_packets 199",
         "relaybox_ports{state=\"used\"} 4",
         "relaybox_ports{state=\"free\"} 96",

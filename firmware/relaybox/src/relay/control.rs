@@ -10,7 +10,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,15 +126,16 @@ fn metrics(relay: &Relay) -> String {
         .iter()
         .flat_map(|s| s.streams.iter())
         .fold((0u64, 0u64), |(p, b), s| (p + s.caller_packets + s.callee_packets, b + s.caller_bytes + s.callee_bytes));
-    let (ports_used, ports_free, bleed_drops) = {
+    let (ports_used, ports_free, bleed_drops, relayed) = {
         let table = relay.table();
-        (table.ports_in_use(), table.ports_free(), table.bleed_drops())
+        (table.ports_in_use(), table.ports_free(), table.bleed_drops(), table.relayed())
     };
     let dispatchers: Vec<String> = relay.config.relay.dispatchers.iter().map(|d| d.to_string()).collect();
     serde_json::json!({
         "summary": summary,
         "pid": std::process::id(),
-        "bytes_relayed": relay.bytes_relayed.load(Ordering::Relaxed),
+        "bytes_relayed": relayed.bytes,
+        "packets_relayed": relayed.packets,
         "session_packets": packets,
         "session_bytes": session_bytes,
         "ports_used": ports_used,

@@ -107,11 +107,8 @@ async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, p
                     to => to,
                 };
                 let Some(out) = UserspaceDatapath::socket(&sockets, via_port) else { continue };
-                match out.send_to(&buf[..n], to).await {
-                    Ok(_) => {
-                        relay.bytes_relayed.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    Err(e) => tracing::debug!(port = via_port, to = %to, "send error: {e}"),
+                if let Err(e) = out.send_to(&buf[..n], to).await {
+                    tracing::debug!(port = via_port, to = %to, "send error: {e}");
                 }
             }
             Verdict::Drop(reason) => tracing::trace!(port, src = %src, "dropped: {reason:?}"),

@@ -56,7 +56,6 @@ pub(crate) struct Relay {
     /// Which dispatcher link created each session (expired reports go there).
     origin: Mutex<HashMap<String, u64>>,
     next_link_id: AtomicU64,
-    pub bytes_relayed: AtomicU64,
     bps: AtomicU64,
     /// Datagrams the userspace forwarder received (with the kernel datapath,
     /// only the first packets of each flow).
@@ -172,7 +171,6 @@ impl Relay {
             links: Mutex::new(Vec::new()),
             origin: Mutex::new(HashMap::new()),
             next_link_id: AtomicU64::new(1),
-            bytes_relayed: AtomicU64::new(0),
             bps: AtomicU64::new(0),
         }))
     }
@@ -494,8 +492,9 @@ impl Relay {
             self.poll_all_flow_counters();
             // Counters and userspace latches change without events.
             self.save.notify_one();
-            let total = self.bytes_relayed.load(Ordering::Relaxed);
-            let bps = (total - last) * 8 / period.as_secs().max(1);
+            // Userspace forwarding and the kernel's counters alike.
+            let total = self.table().relayed().bytes;
+            let bps = total.saturating_sub(last) * 8 / period.as_secs().max(1);
             self.bps.store(bps, Ordering::Relaxed);
             last = total;
         }
