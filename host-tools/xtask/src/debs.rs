@@ -26,22 +26,102 @@ pub fn ensure_arch(arch: &str) -> Result<()> {
     Ok(())
 }
 
+/// The Debian mirror and release this machine's apt uses: the first
+/// `URIs:`/`deb` line of its sources (deb.debian.org when none) and
+/// `VERSION_CODENAME` of /etc/os-release.
+fn mirror_and_suite() -> (String, String) {
+    let suite = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string()))
+        })
+        .unwrap_or_else(|| "bookworm".to_string());
+    let mut mirror = None;
+    for f in ["/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"] {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        mirror = text.lines().find_map(|l| {
+            let l = l.trim();
+            if let Some(uris) = l.strip_prefix("URIs:") {
+                uris.split_whitespace().next().map(str::to_string)
+            } else if l.starts_with("deb ") {
+                l.split_whitespace().find(|w| w.starts_with("http")).map(str::to_string)
+            } else {
+                None
+            }
+        });
+        if mirror.is_some() {
+            break;
+        }
+    }
+    (mirror.unwrap_or_else(|| "http://deb.debian.org/debian".to_string()), suite)
+}
+
+/// Downloads `package` for `arch` from a component of the Debian archive
+/// this machine's apt does not list (the Raspberry Pi's GPU firmware is in
+/// `non-free-firmware`), through a private apt state under target/ that
+/// leaves the system's sources alone. Cached like [`download`].
+pub fn download_from_component(package: &str, arch: &str, component: &str) -> Result<PathBuf> {
+    let dir = cache_dir().join(arch);
+    std::fs::create_dir_all(&dir)?;
+    if let Some(p) = find_deb(&dir, package, arch)? {
+        return Ok(p);
+    }
+    let apt = crate::target_dir().join(format!("xtask/apt-{component}"));
+    std::fs::create_dir_all(apt.join("lists/partial"))?;
+    std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
+    let (mirror, suite) = mirror_and_suite();
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    std::fs::write(apt.join("sources.list"), format!("deb [signed-by={keyring}] {mirror} {suite} {component}\n"))?;
+    let opts = [
+        format!("-oDir::Etc::SourceList={}", apt.join("sources.list").display()),
+        "-oDir::Etc::SourceParts=/dev/null".to_string(),
+        format!("-oDir::State::Lists={}", apt.join("lists").display()),
+        format!("-oDir::Cache={}", apt.join("cache").display()),
+        format!("-oAPT::Architectures::={arch}"),
+    ];
+    crate::step(format!("apt-get update ({mirror} {suite} {component})"));
+    crate::run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
+    crate::step(format!("apt-get download {package}:{arch} ({component})"));
+    // An `Architecture: all` package (firmware) is found by its bare name.
+    let mut errors = String::new();
+    for name in [format!("{package}:{arch}"), package.to_string()] {
+        let out = Command::new("apt-get")
+            .current_dir(&dir)
+            .args(&opts)
+            .args(["download", "-q", &name])
+            .output()
+            .context("running apt-get download")?;
+        if out.status.success() {
+            errors.clear();
+            break;
+        }
+        errors.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    if !errors.is_empty() {
+        bail!("apt-get download {package} from {component} failed:\n{errors}");
+    }
+    find_deb(&dir, package, arch)?
+        .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))
+}
+
+/// A cached .deb of `package` for `arch` (or `all`).
+fn find_deb(dir: &Path, package: &str, arch: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let n = p.file_name().unwrap().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && (n.ends_with(&format!("_{arch}.deb")) || n.ends_with("_all.deb")) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
 /// Downloads `package` for `arch` (cached) and returns the .deb path.
 pub fn download(package: &str, arch: &str) -> Result<PathBuf> {
     let dir = cache_dir().join(arch);
     std::fs::create_dir_all(&dir)?;
-    let prefix = format!("{package}_");
-    let find = |dir: &Path| -> Result<Option<PathBuf>> {
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) && n.ends_with(&format!("_{arch}.deb")) {
-                return Ok(Some(p));
-            }
-        }
-        Ok(None)
-    };
-    if let Some(p) = find(&dir)? {
+    if let Some(p) = find_deb(&dir, package, arch)? {
         return Ok(p);
     }
     ensure_arch(arch)?;
@@ -54,7 +134,8 @@ pub fn download(package: &str, arch: &str) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("apt-get download {package}:{arch} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    find(&dir)?.with_context(|| format!("apt-get download {package}:{arch} left no .deb in {}", dir.display()))
+    find_deb(&dir, package, arch)?
+        .with_context(|| format!("apt-get download {package}:{arch} left no .deb in {}", dir.display()))
 }
 
 /// The `Depends:` names of a .deb (versions and alternatives dropped).
@@ -70,11 +151,20 @@ pub fn depends(deb: &Path) -> Result<Vec<String>> {
 
 /// Downloads and unpacks `package` (cached); returns the unpacked tree.
 pub fn unpack(package: &str, arch: &str) -> Result<PathBuf> {
+    unpack_with(package, arch, || download(package, arch))
+}
+
+/// [`unpack`] from a component the system's apt does not list.
+pub fn unpack_from_component(package: &str, arch: &str, component: &str) -> Result<PathBuf> {
+    unpack_with(package, arch, || download_from_component(package, arch, component))
+}
+
+fn unpack_with(package: &str, arch: &str, download: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
     let out = cache_dir().join(arch).join(format!("{package}.unpacked"));
     if out.join(".done").exists() {
         return Ok(out);
     }
-    let deb = download(package, arch)?;
+    let deb = download()?;
     if out.exists() {
         std::fs::remove_dir_all(&out)?;
     }

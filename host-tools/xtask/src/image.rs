@@ -252,11 +252,18 @@ pub fn build(board_name: &str) -> Result<Image> {
                 let name = Path::new(dtb).file_name().unwrap().to_string_lossy().into_owned();
                 files.push((name, dtb_root.join(dtb)));
             }
-            match crate::debs::unpack(board.get("FIRMWARE_PACKAGE")?, deb_arch) {
+            let firmware = board.get("FIRMWARE_PACKAGE")?;
+            let unpacked = match board.get_or("FIRMWARE_COMPONENT", "") {
+                "" => crate::debs::unpack(firmware, deb_arch),
+                component => crate::debs::unpack_from_component(firmware, deb_arch, component),
+            };
+            match unpacked {
                 Ok(fw) => {
                     for f in ["start4.elf", "fixup4.dat"] {
                         files.push((f.into(), fw.join("usr/lib/raspi-firmware").join(f)));
                     }
+                    // Its redistribution terms travel with it.
+                    files.push(("LICENCE.broadcom".into(), fw.join("usr/share/doc/raspi-firmware/copyright")));
                 }
                 Err(e) => step(format!(
                     "WARNING: no Raspberry Pi GPU firmware ({e:#}); the image lacks start4.elf/fixup4.dat: \

@@ -380,3 +380,39 @@ fn every_board_image_downloads_in_at_most_16_mib() {
     }
     assert!(over.is_empty(), "over 16 MiB: {over:?}");
 }
+
+/// The Raspberry Pi image boots on a real Pi only with the GPU firmware on
+/// its FAT boot partition (QEMU has no Pi 4 to prove it): start4.elf and
+/// fixup4.dat from Debian's raspi-firmware, beside config.txt, the kernel,
+/// the initramfs and the Pi 4 device tree.
+#[test]
+#[ignore = "builds the rpi4-arm64 image: run by ci/test.sh"]
+fn the_pi_image_carries_the_gpu_firmware_and_its_boot_files() {
+    let img = image("rpi4-arm64");
+    // The boot partition starts at 1 MiB.
+    let part = format!("{}@@1048576", img.disk.display());
+    let out = Command::new("mdir").args(["-b", "-i", &part, "::"]).output().unwrap();
+    assert!(out.status.success(), "mdir: {}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let files = [
+        "start4.elf",
+        "fixup4.dat",
+        "licence.broadcom",
+        "config.txt",
+        "cmdline.txt",
+        "vmlinuz",
+        "initrd.img",
+        "bcm2711-rpi-4-b.dtb",
+    ];
+    for f in files {
+        assert!(listing.contains(&format!("::/{f}")), "{f} missing from the boot partition:\n{listing}");
+    }
+    let size = |f: &str| {
+        let out = Command::new("mtype").args(["-i", &part, &format!("::/{f}")]).output().unwrap();
+        out.stdout.len()
+    };
+    assert!(size("start4.elf") > 1_000_000, "start4.elf is the real firmware");
+    assert!(size("fixup4.dat") > 1_000);
+    let config = xtask::disk::fat_cat(&std::path::PathBuf::from(&part), "/config.txt").unwrap();
+    assert!(config.contains("arm_64bit=1") && config.contains("initramfs initrd.img followkernel"), "{config}");
+}
