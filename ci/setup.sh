@@ -11,6 +11,7 @@ PACKAGES=(
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
+  chrony
 )
 
 missing=()
@@ -31,10 +32,11 @@ fi
 
 # Debian starts these as services on install; the tests run their own
 # instances on free ports, so the system ones only cost memory.
-for svc in kamailio postgresql mariadb freeradius; do
+for svc in kamailio postgresql mariadb freeradius chrony; do
   service "$svc" stop >/dev/null 2>&1 || true
 done
 pkill -x kamailio >/dev/null 2>&1 || true
+pkill -x chronyd >/dev/null 2>&1 || true
 
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)"; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -27,6 +27,8 @@ pub enum ParseError {
     InvalidJson(String),
     /// Too many headers or media items.
     TooMany { what: &'static str, limit: usize },
+    /// An NTP reply that does not count, and why.
+    Ntp(&'static str),
 }
 
 impl fmt::Display for ParseError {
@@ -45,6 +47,7 @@ impl fmt::Display for ParseError {
             ParseError::InvalidFraming(l) => write!(f, "invalid framing {l:?}"),
             ParseError::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
             ParseError::TooMany { what, limit } => write!(f, "more than {limit} {what}"),
+            ParseError::Ntp(why) => write!(f, "NTP reply refused: {why}"),
         }
     }
 }

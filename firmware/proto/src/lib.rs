@@ -22,6 +22,7 @@ pub mod link;
 pub mod media;
 pub mod mgmt;
 pub mod module;
+pub mod sntp;
 pub mod stats;
 
 pub use error::ParseError;

@@ -17,6 +17,7 @@ mod clock;
 #[path = "relay/control.rs"]
 mod control;
 mod dispatcher;
+mod ntp;
 mod relay;
 
 #[derive(Parser)]
@@ -41,6 +42,9 @@ enum Command {
     Sessions(QueryArgs),
     /// Summarise every connected relay, from the dispatcher's management port.
     Summary(QueryArgs),
+    /// Keep the system clock right over SNTP (boxes without a real-time
+    /// clock start in 1970, and TLS refuses certificates until it is set).
+    Clock(ntp::ClockArgs),
     /// Serve the box's configuration page over HTTPS ([Web] section).
     Web {
         #[command(subcommand)]
@@ -68,7 +72,7 @@ enum WebAction {
     SetPassword,
 }
 
-fn init_logging(level: LogLevel, config: &Config) {
+fn init_tracing(level: LogLevel) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_tracing_filter()));
     tracing_subscriber::fmt()
@@ -77,6 +81,10 @@ fn init_logging(level: LogLevel, config: &Config) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_target(false)
         .init();
+}
+
+fn init_logging(level: LogLevel, config: &Config) {
+    init_tracing(level);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -91,9 +99,16 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Clock(args) = cli.command {
+        // The clock needs no config file: a broken one must not stop it.
+        init_tracing(LogLevel::Info);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(ntp::run(args));
+    }
     let config = load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
+        Command::Clock(_) => unreachable!("handled above"),
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             runtime.block_on(relay::run(config))

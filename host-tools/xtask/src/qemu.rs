@@ -37,6 +37,9 @@ pub struct VmConfig {
     /// Boot the whole disk image `config_disk` through this UEFI firmware
     /// (OVMF) instead of the kernel and initrd directly.
     pub uefi_firmware: Option<PathBuf>,
+    /// The guest's real-time clock at power-on (`-rtc base=`), e.g. a date
+    /// long past, as a board that lost its time; None: the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl VmConfig {
@@ -51,6 +54,7 @@ impl VmConfig {
             memory_mib: 512,
             log: None,
             uefi_firmware: None,
+            rtc_base: None,
         }
     }
 
@@ -78,6 +82,9 @@ impl VmConfig {
         cmd.args(["-accel", "tcg", "-smp", "1", "-m", &self.memory_mib.to_string()]);
         cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         cmd.args(["-serial", "stdio", "-monitor", "none"]);
+        if let Some(base) = &self.rtc_base {
+            cmd.arg("-rtc").arg(format!("base={base}"));
+        }
         if let Some(fw) = &self.uefi_firmware {
             cmd.arg("-bios").arg(fw);
         } else {

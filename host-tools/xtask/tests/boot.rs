@@ -113,6 +113,49 @@ impl Drop for Dispatcher {
     }
 }
 
+/// Debian's chronyd on 127.0.0.1 as the box's NTP server (reached from the
+/// guest at 10.0.2.2): serves the host's time, never sets the host's clock
+/// (`-x`). Killed on drop.
+struct NtpServer {
+    child: Child,
+    port: u16,
+}
+
+impl NtpServer {
+    fn start(dir: &Path) -> NtpServer {
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.join("chrony.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\npidfile {}\n",
+                dir.join("chronyd.pid").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("chronyd")
+            .args(["-x", "-d", "-u", "root", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("chronyd.log")).unwrap())
+            .spawn()
+            .expect("chronyd (package chrony)");
+        NtpServer { child, port }
+    }
+}
+
+impl Drop for NtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 fn module_request(socket: &Path, text: &str) -> String {
     let stream = UnixStream::connect(socket).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -217,6 +260,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let certs = dir.join("certs");
     relaybox_ca::write_certs_dir(&ca, &certs, &relay, &disp).unwrap();
     let d = Dispatcher::start(host_relaybox, dir, &certs);
+    let ntp = NtpServer::start(dir);
 
     // The box's config partition: settings and its own certificates only.
     let range = free_udp_range(8, salt);
@@ -234,6 +278,12 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
         ),
     )
     .unwrap();
+    // The box's clock comes from the host's chronyd.
+    std::fs::write(
+        cfg_dir.join("system.conf"),
+        format!("HOSTNAME=relaybox\nNTP_SERVERS=\"{HOST_FROM_GUEST}:{}\"\n", ntp.port),
+    )
+    .unwrap();
     let cfg_img = dir.join("config.img");
     xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg_dir)).unwrap();
 
@@ -241,6 +291,10 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     vm_cfg.udp_ports = (range.0..range.1).collect();
     vm_cfg.web_host_port = free_tcp_port();
     vm_cfg.log = Some(xtask::target_dir().join(format!("boot-test-{board}.console.log")));
+    // Powered on in 2001, as a board without a real-time clock (or a flat
+    // battery): the dispatcher's certificate is "not yet valid" until NTP
+    // sets the time.
+    vm_cfg.rtc_base = Some("2001-01-01T00:00:00".to_string());
 
     // 1. first boot: defaults filled in, the relay connects to the host's dispatcher.
     let mut vm = Vm::start(&vm_cfg).unwrap();
@@ -252,6 +306,10 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(console.contains("config partition /dev/vda mounted on /config"), "{console}");
     assert!(console.contains("first boot: writing the default services.conf"), "{console}");
     assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
+    assert!(console.contains("relaybox-init: clock set over NTP"), "{console}");
+    let guest_now: u64 = vm.run("date +%s", Duration::from_secs(20)).unwrap().trim().parse().unwrap();
+    assert!(guest_now.abs_diff(unix_now()) <= 10, "guest clock {guest_now}, host {}", unix_now());
+    eprintln!("{board}: clock went from 2001 to {guest_now} over NTP (host {})", unix_now());
     assert_eq!(d.relays(), 1, "summary lists the box's relay");
     // The image's kernel forwards media: conntrack, NAT and nftables modules
     // load, and behind QEMU's NAT (advertised_ip only) each entry takes the

@@ -339,7 +339,8 @@ impl Relay {
         if expired.is_empty() {
             return;
         }
-        for stats in expired {
+        for mut stats in expired {
+            self.wall_clock(&mut stats);
             tracing::info!(call_id = %stats.call_id, "session expired");
             let origin = lock(&self.origin).remove(&stats.call_id);
             let links = lock(&self.links);
@@ -427,6 +428,8 @@ impl Relay {
                             userspace_packets = self.userspace_packets.load(Ordering::Relaxed),
                             "session removed"
                         );
+                        let mut stats = stats;
+                        self.wall_clock(&mut stats);
                         stats.to_json()
                     }
                     Err(e) => {
@@ -441,9 +444,18 @@ impl Relay {
                 let mut table = self.table();
                 let flows = table.flow_ids();
                 self.poll_flow_counters(&mut table, flows);
-                SessionStats::list_to_json(&table.sessions(now))
+                let mut list = table.sessions(now);
+                list.iter_mut().for_each(|s| self.wall_clock(s));
+                SessionStats::list_to_json(&list)
             }
         }
+    }
+
+    /// Report times on the system's wall clock: the session core runs on a
+    /// clock that never jumps (timeouts), which a box without an RTC started
+    /// before NTP set the time.
+    fn wall_clock(&self, stats: &mut SessionStats) {
+        stats.start_time = stats.start_time.map(|t| self.clock.wall_secs(t));
     }
 
     fn summary(&self, link_local: IpAddr) -> Summary {
