@@ -14,14 +14,14 @@ gpt-efi)
     cp "$TOP/board/$BOARD/loader.conf" "$BINARIES_DIR/efi-part/loader/loader.conf"
     printf 'title relaybox (%s)\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' "$BOARD" "$KERNEL_CMDLINE" \
         > "$BINARIES_DIR/efi-part/loader/entries/relaybox.conf"
-    BOOT_FILES='"efi-part/EFI", "efi-part/loader", "bzImage" = "vmlinuz", "rootfs.cpio.gz" = "initrd.img"'
-    [ "$EFI_ARCH" = aa64 ] && BOOT_FILES='"efi-part/EFI", "efi-part/loader", "Image" = "vmlinuz", "rootfs.cpio.gz" = "initrd.img"'
+    BOOT_FILES='"efi-part/EFI", "efi-part/loader", "bzImage" = "vmlinuz", "rootfs.cpio.xz" = "initrd.img"'
+    [ "$EFI_ARCH" = aa64 ] && BOOT_FILES='"efi-part/EFI", "efi-part/loader", "Image" = "vmlinuz", "rootfs.cpio.xz" = "initrd.img"'
     PTABLE='partition-table-type = "gpt"'
     ;;
 rpi-mbr)
     cp "$TOP/board/$BOARD/config.txt" "$BINARIES_DIR/config.txt"
     echo "$KERNEL_CMDLINE" > "$BINARIES_DIR/cmdline.txt"
-    BOOT_FILES='"config.txt", "cmdline.txt", "Image" = "vmlinuz", "rootfs.cpio.gz" = "initrd.img", "bcm2711-rpi-4-b.dtb", "rpi-firmware/start4.elf", "rpi-firmware/fixup4.dat"'
+    BOOT_FILES='"config.txt", "cmdline.txt", "Image" = "vmlinuz", "rootfs.cpio.xz" = "initrd.img", "bcm2711-rpi-4-b.dtb", "rpi-firmware/start4.elf", "rpi-firmware/fixup4.dat"'
     PTABLE='partition-table-type = "mbr"'
     ;;
 esac
