@@ -44,6 +44,9 @@ impl Netns {
             ok(&["ip", "-n", &r, "link", "set", &inner, "up"]);
         }
         ok(&["ip", "-n", &r, "addr", "add", &format!("{RELAY_IP}/32"), "dev", "lo"]);
+        for n in &names {
+            netns::wait_links_up(n);
+        }
         (ns, names)
     }
 }
