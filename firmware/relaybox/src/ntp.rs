@@ -119,16 +119,23 @@ async fn ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Option<Reply
     }
 }
 
+/// `host`, `host:port`, an IP address or `[v6]:port`, as `lookup_host`
+/// takes it (port 123 when none is given).
+fn with_port(server: &str) -> String {
+    if let Ok(ip) = server.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return SocketAddr::new(ip, 123).to_string();
+    }
+    match server.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => server.to_string(),
+        _ => format!("{server}:123"),
+    }
+}
+
 /// The first server (in order) with a valid answer: (name, address, reply).
 async fn query(args: &ClockArgs) -> Option<(String, SocketAddr, Reply)> {
     let timeout = Duration::from_millis(args.timeout_ms);
     for server in &args.servers {
-        let target = if server.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !server.ends_with(']')
-        {
-            server.clone()
-        } else {
-            format!("{server}:123")
-        };
+        let target = with_port(server);
         let addrs = match tokio::time::timeout(timeout, tokio::net::lookup_host(&target)).await {
             Ok(Ok(a)) => a.collect::<Vec<_>>(),
             Ok(Err(e)) => {
@@ -208,5 +215,21 @@ pub async fn run(args: ClockArgs) -> anyhow::Result<()> {
             wait
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_get_port_123_unless_they_name_one() {
+        assert_eq!(with_port("pool.ntp.org"), "pool.ntp.org:123");
+        assert_eq!(with_port("10.0.2.2:12345"), "10.0.2.2:12345");
+        assert_eq!(with_port("192.0.2.1"), "192.0.2.1:123");
+        assert_eq!(with_port("2001:db8::1"), "[2001:db8::1]:123");
+        assert_eq!(with_port("[2001:db8::1]"), "[2001:db8::1]:123");
+        assert_eq!(with_port("[2001:db8::1]:4123"), "[2001:db8::1]:4123");
+        assert_eq!(with_port("ntp.example.com:4123"), "ntp.example.com:4123");
     }
 }
