@@ -29,6 +29,25 @@ fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The box's time, and when `relaybox clock` last heard an NTP server (it
+/// rewrites `clock` in the config directory after each answer): a wrong
+/// clock is why TLS to the dispatcher fails on a board without an RTC.
+fn clock_row(config_dir: &std::path::Path) -> String {
+    let now = now_unix();
+    let time = x509_parser::time::ASN1Time::from_timestamp(now as i64).map(|t| t.to_string()).unwrap_or_default();
+    let synced = std::fs::metadata(config_dir.join("clock"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let ntp = match synced {
+        Some(at) if at <= now => format!("last NTP answer {} ago", duration(now - at)),
+        Some(_) => "last NTP answer in the future: the clock went back".to_string(),
+        None => "no NTP answer recorded (NTP_SERVERS in system.conf)".to_string(),
+    };
+    format!(r#"<span class="mono" id="box-clock">{}</span> <span class="help">{}</span>"#, esc(&time), esc(&ntp))
+}
+
 pub async fn snapshot(state: &State) -> Snapshot {
     let socket = state.control_socket();
     let metrics = control::query_json(&socket, "metrics").await;
@@ -139,6 +158,7 @@ pub fn fragment(state: &State, snap: &Snapshot) -> String {
 <tr><th>Ports</th><td>{used} used, {free} free (range {range})</td></tr>
 <tr><th>Relayed</th><td>{bps_now} now, {total} in {packets} packets since start</td></tr>
 <tr><th>RTP-bleed drops</th><td>{bleed}</td></tr>
+<tr><th>Clock</th><td>{clock}</td></tr>
 </table></section>
 <section><h2>Relayed bandwidth, last hour</h2>{chart}</section>"#,
         pid = n(&m["pid"]),
@@ -157,6 +177,7 @@ pub fn fragment(state: &State, snap: &Snapshot) -> String {
         total = bytes(n(&m["bytes_relayed"])),
         packets = n(&m["packets_relayed"]),
         bleed = n(&m["bleed_drops"]),
+        clock = clock_row(&state.config_dir),
         chart = chart(&samples),
     );
     out.push_str(r#"<section><h2>Sessions</h2><table id="sessions"><tr><th>Call</th><th>From / to</th><th>Duration</th><th>Stream</th><th>Codecs</th><th>Caller side</th><th>Callee side</th><th>Packets</th><th>Bytes</th></tr>"#);

@@ -330,6 +330,11 @@ fn status_page_and_json_show_the_relay_from_its_control_socket() {
         assert!(page.body.contains(needed), "status page lacks {needed}:\n{}", page.body);
     }
     assert!(!page.body.contains("<b>1</b>"));
+    // The box's clock: no NTP answer yet, then one `relaybox clock` recorded.
+    assert!(page.body.contains("id=\"box-clock\"") && page.body.contains("no NTP answer recorded"), "{}", page.body);
+    std::fs::write(web.config.parent().unwrap().join("clock"), "1795590000\n").unwrap();
+    let page = web.get("/status", Some(&s));
+    assert!(page.body.contains("last NTP answer 00:00:0"), "{}", page.body);
     let api = web.get("/api/status", Some(&s));
     assert_eq!(api.status, 200);
     assert!(api.header("content-type").unwrap().starts_with("application/json"));
