@@ -66,6 +66,13 @@ pub(crate) struct KernelFlow {
     pub refused: bool,
 }
 
+impl KernelFlow {
+    /// Forwarded by the kernel (announced and not refused).
+    pub fn in_kernel(&self) -> bool {
+        !self.refused
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Stream {
     pub id: u32,
@@ -187,7 +194,7 @@ impl Stream {
     /// then the kernel's UDP timeout ends it ([`Event::FlowDown`] after a
     /// DESTROY event).
     pub fn deadline(&self, config: &CoreConfig) -> Option<Millis> {
-        (self.is_live() && !self.flows[0].is_some_and(|f| !f.refused))
+        (self.is_live() && !self.flows[0].as_ref().is_some_and(KernelFlow::in_kernel))
             .then(|| self.last_activity.saturating_add(self.timeout(config)))
     }
 
@@ -488,6 +495,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// The ids of the session's flows the kernel forwards.
+    pub fn kernel_flow_ids(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.streams.iter().flat_map(|s| s.flows.iter().flatten().filter(|f| f.in_kernel()).map(|f| f.id))
+    }
+
     pub fn stream(&self, id: u32) -> Option<&Stream> {
         self.streams.iter().find(|s| s.id == id)
     }

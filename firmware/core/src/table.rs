@@ -167,7 +167,7 @@ impl SessionTable {
         for session in self.sessions.values() {
             for stream in &session.streams {
                 for (index, flow) in stream.flows.iter().enumerate() {
-                    let Some(flow) = flow.filter(|f| !f.refused) else { continue };
+                    let Some(flow) = flow.filter(KernelFlow::in_kernel) else { continue };
                     let rtcp = index == 1;
                     out.push(Flow {
                         id: flow.id,
@@ -188,9 +188,10 @@ impl SessionTable {
 
     /// Applies an update. `relay_ip` is the address this relay puts in the
     /// reply: the side that receives this SDP sends there. It is kept per
-    /// side for the kernel flows and the `*_local` strings in the statistics. Returns one port per media item of the
-    /// request (0 for a rejected or unrelayed stream): the relay port the
-    /// party that receives this SDP will send to.
+    /// side for the kernel flows and the `*_local` strings in the
+    /// statistics. Returns one port per media item of the request (0 for a
+    /// rejected or unrelayed stream): the relay port the party that
+    /// receives this SDP will send to.
     pub fn update(&mut self, req: &UpdateRequest, relay_ip: IpAddr, now: Millis) -> Result<Vec<u16>, CoreError> {
         if req.media.len() > self.config.max_streams {
             return Err(CoreError::TooManyStreams);
@@ -405,13 +406,13 @@ impl SessionTable {
         self.pool.free_pairs() * 2
     }
 
-    /// Packets dropped by the RTP-bleed rule since start.
     /// Packets and bytes relayed since the table was made: what userspace
     /// forwarded plus what the kernel counted on its flows.
     pub fn relayed(&self) -> Relayed {
         self.relayed
     }
 
+    /// Packets dropped by the RTP-bleed rule since start.
     pub fn bleed_drops(&self) -> u64 {
         self.bleed_drops
     }
@@ -456,16 +457,9 @@ impl SessionTable {
 
     /// Every live kernel flow.
     pub fn flow_ids(&self) -> Vec<FlowId> {
-        let mut ids: Vec<FlowId> =
-            self.flows.owner.keys().copied().filter(|&id| self.flow(id).is_some_and(|f| !f.refused)).collect();
+        let mut ids: Vec<FlowId> = self.sessions.values().flat_map(Session::kernel_flow_ids).collect();
         ids.sort();
         ids
-    }
-
-    fn flow(&self, id: FlowId) -> Option<&KernelFlow> {
-        let &(session, stream) = self.flows.owner.get(&id)?;
-        let stream = self.sessions.get(&session)?.streams.iter().find(|s| s.id == stream)?;
-        stream.flows.iter().flatten().find(|f| f.id == id)
     }
 
     /// The daemon could not install a flow [`Event::FlowUp`] announced (no
@@ -486,7 +480,7 @@ impl SessionTable {
         let Some(session) = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id)) else {
             return Vec::new();
         };
-        session.streams.iter().flat_map(|s| s.flows.iter().flatten().filter(|f| !f.refused).map(|f| f.id)).collect()
+        session.kernel_flow_ids().collect()
     }
 
     /// What the kernel counted on a live flow (absolute totals; smaller

@@ -280,8 +280,7 @@ impl KernelDatapath {
             LocalAddr::Told => (flow.caller_local, flow.callee_local),
             LocalAddr::Routed => {
                 let towards = |peer: SocketAddr| {
-                    super::local_ip_towards(peer.ip().to_canonical())
-                        .map_err(|e| format!("no route towards {peer} ({e})"))
+                    super::local_ip_towards(peer.ip()).map_err(|e| format!("no route towards {peer} ({e})"))
                 };
                 (towards(flow.caller)?, towards(flow.callee)?)
             }
@@ -290,7 +289,7 @@ impl KernelDatapath {
             if side.is_loopback() || side.is_unspecified() {
                 return Err(format!("relay address {side} is not routable"));
             }
-            if side.is_ipv4() != peer.ip().to_canonical().is_ipv4() {
+            if side.is_ipv4() != peer.is_ipv4() {
                 return Err(format!("relay address {side} and party {peer} are of different families"));
             }
         }
@@ -300,12 +299,13 @@ impl KernelDatapath {
                 return Err(format!("{} is 0", sysctl.replace('/', ".")));
             }
         }
-        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        // The parties are latched sources, which the datapath hands the
+        // core in canonical form (no IPv4-mapped IPv6).
         Ok(FlowSpec {
-            caller: canonical(flow.caller),
+            caller: flow.caller,
             relay_caller_side: SocketAddr::new(caller_side, flow.caller_port),
             relay_callee_side: SocketAddr::new(callee_side, flow.callee_port),
-            callee: canonical(flow.callee),
+            callee: flow.callee,
             timeout_secs: INITIAL_TIMEOUT_SECS,
             mark: RELAYBOX_MARK,
         })

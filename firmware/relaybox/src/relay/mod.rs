@@ -125,12 +125,12 @@ impl Relay {
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
         };
-        // The ports listen on relay_ip; without one, on every address of the
-        // family the replies carry (an IPv6 advertised_ip needs IPv6 sockets).
-        let bind_ip = match (r.relay_ip, r.advertised_ip) {
-            (Some(IpAddr::V6(_)), _) if auto_detect => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-            (Some(ip), _) if !auto_detect => ip,
-            (None, Some(IpAddr::V6(_))) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        // The ports listen on relay_ip; without one (or with
+        // auto_detect_interfaces), on every address of the family the replies
+        // carry (an IPv6 advertised_ip needs IPv6 sockets).
+        let bind_ip = match local {
+            kernel::LocalAddr::Fixed(ip) => ip,
+            _ if v6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         };
         let clock = Clock::new();
