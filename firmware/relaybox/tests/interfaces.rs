@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_paced, spawn_in, Netns};
+use common::netns::{self, number_after, ok, phone_paced, Netns};
 use common::*;
 
 const A_IP: &str = "198.51.100.7";
@@ -55,25 +54,7 @@ impl Uplinks {
 /// Dispatcher and relay (no relay_ip, `extra` `[Relay]` lines) in `ns`,
 /// the relay connected.
 fn start(rig: &mut Rig, ns: &str, extra: &str) -> (Daemon, Daemon) {
-    let (certs, _) = rig.certs("certs", "relay1");
-    let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
-    d.wait_log("dispatcher ready", Duration::from_secs(10));
-    let rcfg: PathBuf = rig.path("relay.ini");
-    std::fs::write(
-        &rcfg,
-        format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nport_range = 40000:40100\nreconnect_delay = 1\nstate_file = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
-            rig.relay_port,
-            rig.path("sessions.bin").display(),
-            certs.display()
-        ),
-    )
-    .unwrap();
-    let r = spawn_in(rig, ns, "relay", &rcfg, None);
-    r.wait_log("relay starting", Duration::from_secs(10));
-    d.wait_log("relay connected", Duration::from_secs(10));
-    (d, r)
+    netns::start_pair(rig, ns, None, extra)
 }
 
 fn update(party: &str, call: &str, to_tag: &str, signaling_ip: &str, media: &str) -> String {

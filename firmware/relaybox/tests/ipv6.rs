@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_paced, run, spawn_in, Netns};
+use common::netns::{self, number_after, ok, phone_paced, run, Netns};
 use common::*;
 
 const RELAY_IP: &str = "2001:db8:77::1";
@@ -56,32 +55,9 @@ impl Netns {
     }
 }
 
-fn relay_config(rig: &Rig, certs: &Path, relay_ip: &str, extra: &str) -> PathBuf {
-    let rcfg = rig.path("relay.ini");
-    std::fs::write(
-        &rcfg,
-        format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {relay_ip}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
-            rig.relay_port,
-            rig.path("sessions.bin").display(),
-            certs.display()
-        ),
-    )
-    .unwrap();
-    rcfg
-}
-
 /// Dispatcher and relay in `ns`, relay connected.
 fn start(rig: &mut Rig, ns: &str, relay_ip: &str, extra: &str) -> (Daemon, Daemon) {
-    let (certs, _) = rig.certs("certs", "relay1");
-    let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
-    d.wait_log("dispatcher ready", Duration::from_secs(10));
-    let rcfg = relay_config(rig, &certs, relay_ip, extra);
-    let r = spawn_in(rig, ns, "relay", &rcfg, None);
-    r.wait_log("relay starting", Duration::from_secs(10));
-    d.wait_log("relay connected", Duration::from_secs(10));
-    (d, r)
+    netns::start_pair(rig, ns, None, &format!("relay_ip = {relay_ip}\n{extra}"))
 }
 
 /// A phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.

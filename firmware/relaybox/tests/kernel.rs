@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -51,23 +50,6 @@ impl Netns {
     }
 }
 
-/// The relay's config file for the netns rig, with `extra` `[Relay]` lines.
-fn relay_config(rig: &Rig, certs: &Path, extra: &str) -> std::path::PathBuf {
-    let rcfg = rig.path("relay.ini");
-    std::fs::write(
-        &rcfg,
-        format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{}\nrelay_ip = {RELAY_IP}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\ncontrol_socket = {}\n{extra}\n[TLS]\ncerts_path = {}\n",
-            rig.relay_port,
-            rig.path("sessions.bin").display(),
-            rig.path("relay.sock").display(),
-            certs.display()
-        ),
-    )
-    .unwrap();
-    rcfg
-}
-
 /// Dispatcher and relay in the relay namespace, relay connected.
 fn start(rig: &mut Rig, ns: &str, wrap: Option<&str>) -> (Daemon, Daemon) {
     start_with(rig, ns, wrap, "")
@@ -75,19 +57,11 @@ fn start(rig: &mut Rig, ns: &str, wrap: Option<&str>) -> (Daemon, Daemon) {
 
 /// The dispatcher in `ns`, ready; and the relay's config with `extra`.
 fn start_dispatcher(rig: &mut Rig, ns: &str, extra: &str) -> (Daemon, std::path::PathBuf) {
-    let (certs, _) = rig.certs("certs", "relay1");
-    let dcfg = rig.dispatcher_config(&certs, "");
-    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
-    d.wait_log("dispatcher ready", Duration::from_secs(10));
-    (d, relay_config(rig, &certs, extra))
+    netns::start_dispatcher(rig, ns, &format!("relay_ip = {RELAY_IP}\n{extra}"))
 }
 
 fn start_with(rig: &mut Rig, ns: &str, wrap: Option<&str>, extra: &str) -> (Daemon, Daemon) {
-    let (d, rcfg) = start_dispatcher(rig, ns, extra);
-    let r = spawn_in(rig, ns, "relay", &rcfg, wrap);
-    r.wait_log("relay starting", Duration::from_secs(10));
-    d.wait_log("relay connected", Duration::from_secs(10));
-    (d, r)
+    netns::start_pair(rig, ns, wrap, &format!("relay_ip = {RELAY_IP}\n{extra}"))
 }
 
 /// Starts a phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.

@@ -4,7 +4,7 @@
 //! `phone_helper` test, sending RTP-like datagrams and counting what comes back.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,40 @@ pub fn spawn_in(rig: &Rig, ns: &str, role: &str, config: &Path, wrap: Option<&st
     }
     let child = cmd.env("RUST_LOG", "debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(file).spawn().unwrap();
     Daemon { child, log }
+}
+
+/// The dispatcher in `ns`, ready, and the relay's config for the netns
+/// rigs: ports 40000:40100, 1 s reconnect and traffic sampling, state file
+/// and control socket in the rig, then `relay_lines` (`relay_ip`,
+/// `datapath`, ...).
+pub fn start_dispatcher(rig: &mut Rig, ns: &str, relay_lines: &str) -> (Daemon, PathBuf) {
+    let (certs, _) = rig.certs("certs", "relay1");
+    let dcfg = rig.dispatcher_config(&certs, "");
+    let d = spawn_in(rig, ns, "dispatcher", &dcfg, None);
+    d.wait_log("dispatcher ready", Duration::from_secs(10));
+    let rcfg = rig.path("relay.ini");
+    std::fs::write(
+        &rcfg,
+        format!(
+            "[Relay]\ndispatchers = 127.0.0.1:{}\nport_range = 40000:40100\nreconnect_delay = 1\ntraffic_sampling_period = 1\nstate_file = {}\ncontrol_socket = {}\n{relay_lines}\n[TLS]\ncerts_path = {}\n",
+            rig.relay_port,
+            rig.path("sessions.bin").display(),
+            rig.path("relay.sock").display(),
+            certs.display()
+        ),
+    )
+    .unwrap();
+    (d, rcfg)
+}
+
+/// Dispatcher and relay in `ns` (the relay after the `wrap` shell prefix,
+/// see [`spawn_in`]), the relay connected.
+pub fn start_pair(rig: &mut Rig, ns: &str, wrap: Option<&str>, relay_lines: &str) -> (Daemon, Daemon) {
+    let (d, rcfg) = start_dispatcher(rig, ns, relay_lines);
+    let r = spawn_in(rig, ns, "relay", &rcfg, wrap);
+    r.wait_log("relay starting", Duration::from_secs(10));
+    d.wait_log("relay connected", Duration::from_secs(10));
+    (d, r)
 }
 
 /// What a phone reports.
