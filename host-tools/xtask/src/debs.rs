@@ -61,27 +61,44 @@ fn mirror_and_suite() -> (String, String) {
 /// `non-free-firmware`), through a private apt state under target/ that
 /// leaves the system's sources alone. Cached like [`download`].
 pub fn download_from_component(package: &str, arch: &str, component: &str) -> Result<PathBuf> {
+    fetch(package, arch, || {
+        let apt = crate::target_dir().join(format!("xtask/apt-{component}"));
+        std::fs::create_dir_all(apt.join("lists/partial"))?;
+        std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
+        let (mirror, suite) = mirror_and_suite();
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        std::fs::write(apt.join("sources.list"), format!("deb [signed-by={keyring}] {mirror} {suite} {component}\n"))?;
+        let opts = vec![
+            format!("-oDir::Etc::SourceList={}", apt.join("sources.list").display()),
+            "-oDir::Etc::SourceParts=/dev/null".to_string(),
+            format!("-oDir::State::Lists={}", apt.join("lists").display()),
+            format!("-oDir::Cache={}", apt.join("cache").display()),
+            format!("-oAPT::Architectures::={arch}"),
+        ];
+        crate::step(format!("apt-get update ({mirror} {suite} {component})"));
+        crate::run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
+        Ok(opts)
+    })
+}
+
+/// Downloads `package` for `arch` (cached) and returns the .deb path.
+pub fn download(package: &str, arch: &str) -> Result<PathBuf> {
+    fetch(package, arch, || {
+        ensure_arch(arch)?;
+        Ok(Vec::new())
+    })
+}
+
+/// The cached .deb of `package`, or `apt-get download` into the cache with
+/// the apt options `apt` prepares (called only on a cache miss).
+fn fetch(package: &str, arch: &str, apt: impl FnOnce() -> Result<Vec<String>>) -> Result<PathBuf> {
     let dir = cache_dir().join(arch);
     std::fs::create_dir_all(&dir)?;
     if let Some(p) = find_deb(&dir, package, arch)? {
         return Ok(p);
     }
-    let apt = crate::target_dir().join(format!("xtask/apt-{component}"));
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::create_dir_all(apt.join("cache/archives/partial"))?;
-    let (mirror, suite) = mirror_and_suite();
-    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    std::fs::write(apt.join("sources.list"), format!("deb [signed-by={keyring}] {mirror} {suite} {component}\n"))?;
-    let opts = [
-        format!("-oDir::Etc::SourceList={}", apt.join("sources.list").display()),
-        "-oDir::Etc::SourceParts=/dev/null".to_string(),
-        format!("-oDir::State::Lists={}", apt.join("lists").display()),
-        format!("-oDir::Cache={}", apt.join("cache").display()),
-        format!("-oAPT::Architectures::={arch}"),
-    ];
-    crate::step(format!("apt-get update ({mirror} {suite} {component})"));
-    crate::run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
-    crate::step(format!("apt-get download {package}:{arch} ({component})"));
+    let opts = apt()?;
+    crate::step(format!("apt-get download {package}:{arch}"));
     // An `Architecture: all` package (firmware) is found by its bare name.
     let mut errors = String::new();
     for name in [format!("{package}:{arch}"), package.to_string()] {
@@ -92,16 +109,12 @@ pub fn download_from_component(package: &str, arch: &str, component: &str) -> Re
             .output()
             .context("running apt-get download")?;
         if out.status.success() {
-            errors.clear();
-            break;
+            return find_deb(&dir, package, arch)?
+                .with_context(|| format!("apt-get download {name} left no .deb in {}", dir.display()));
         }
         errors.push_str(&String::from_utf8_lossy(&out.stderr));
     }
-    if !errors.is_empty() {
-        bail!("apt-get download {package} from {component} failed:\n{errors}");
-    }
-    find_deb(&dir, package, arch)?
-        .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))
+    bail!("apt-get download {package}:{arch} failed:\n{errors}")
 }
 
 /// A cached .deb of `package` for `arch` (or `all`).
@@ -115,27 +128,6 @@ fn find_deb(dir: &Path, package: &str, arch: &str) -> Result<Option<PathBuf>> {
         }
     }
     Ok(None)
-}
-
-/// Downloads `package` for `arch` (cached) and returns the .deb path.
-pub fn download(package: &str, arch: &str) -> Result<PathBuf> {
-    let dir = cache_dir().join(arch);
-    std::fs::create_dir_all(&dir)?;
-    if let Some(p) = find_deb(&dir, package, arch)? {
-        return Ok(p);
-    }
-    ensure_arch(arch)?;
-    crate::step(format!("apt-get download {package}:{arch}"));
-    let out = Command::new("apt-get")
-        .current_dir(&dir)
-        .args(["download", "-q", &format!("{package}:{arch}")])
-        .output()
-        .context("running apt-get download")?;
-    if !out.status.success() {
-        bail!("apt-get download {package}:{arch} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    find_deb(&dir, package, arch)?
-        .with_context(|| format!("apt-get download {package}:{arch} left no .deb in {}", dir.display()))
 }
 
 /// The `Depends:` names of a .deb (versions and alternatives dropped).
