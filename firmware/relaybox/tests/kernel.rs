@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netns::{self, number_after, ok, phone_paced, phone_result, run, spawn_in, Netns};
@@ -419,19 +418,11 @@ fn rtp_bleed_a_sprayer_during_set_up_captures_nothing() {
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "bcall", &caller, &callee);
     let targets: Vec<String> =
         [caller_to, caller_to + 1, callee_to, callee_to + 1].iter().map(|p| format!("{RELAY_IP}:{p}")).collect();
-    let exe = std::env::current_exe().unwrap();
-    let mut sprayer = Command::new("ip")
-        .args(["netns", "exec", sprayer_ns])
-        .arg(exe)
-        .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-        .env("SPRAY_TO", targets.join(","))
-        .env("SPRAY_BIND", format!("{SPRAYER}:6000"))
-        .env("SPRAY_COUNT", "50")
-        .env("SPRAY_LISTEN_MS", "4000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (to, bind) = (targets.join(","), format!("{SPRAYER}:6000"));
+    let mut sprayer = netns::helper_in(
+        sprayer_ns,
+        &[("SPRAY_TO", &to), ("SPRAY_BIND", &bind), ("SPRAY_COUNT", "50"), ("SPRAY_LISTEN_MS", "4000")],
+    );
     // The phones start once the spray is over: it came first.
     let mut out = std::io::BufReader::new(sprayer.stdout.take().unwrap());
     let mut line = String::new();
@@ -575,20 +566,9 @@ fn many_calls_from_one_address_each_get_their_own_kernel_flow() {
         to_b.push(format!("{RELAY_IP}:{}", ports(&offer).1[0]));
     }
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64 + 500_000;
-    let exe = std::env::current_exe().unwrap();
     let side = |ns: &str, bind: &str, targets: &[String], offset: u64| {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(&exe)
-            .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-            .env("MANY_TO", targets.join(","))
-            .env("MANY_BIND", bind)
-            .env("MANY_AT_US", at.to_string())
-            .env("MANY_OFFSET_US", offset.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let (to, at, offset) = (targets.join(","), at.to_string(), offset.to_string());
+        netns::helper_in(ns, &[("MANY_TO", &to), ("MANY_BIND", bind), ("MANY_AT_US", &at), ("MANY_OFFSET_US", &offset)])
     };
     let a = side(&caller_ns, &caller, &to_a, 0);
     let b = side(&callee_ns, &callee, &to_b, 2000);

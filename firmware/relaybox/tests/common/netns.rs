@@ -133,14 +133,18 @@ pub struct PhoneResult {
 /// Starts a phone in `ns`: `count` packets from `bind` to `to`, `gap_ms`
 /// apart, counting what comes back.
 pub fn phone_paced(ns: &str, bind: &str, to: &str, count: u32, gap_ms: u32) -> Child {
+    let (count, gap_ms) = (count.to_string(), gap_ms.to_string());
+    helper_in(ns, &[("PHONE_BIND", bind), ("PHONE_TO", to), ("PHONE_COUNT", &count), ("PHONE_GAP_MS", &gap_ms)])
+}
+
+/// This test binary re-run in `ns` as its own `phone_helper` test, which
+/// does what `env` asks (a phone, a sprayer, many calls); stdout piped.
+pub fn helper_in(ns: &str, env: &[(&str, &str)]) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "phone_helper", "--nocapture", "--test-threads=1"])
-        .env("PHONE_BIND", bind)
-        .env("PHONE_TO", to)
-        .env("PHONE_COUNT", count.to_string())
-        .env("PHONE_GAP_MS", gap_ms.to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
