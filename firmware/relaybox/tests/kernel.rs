@@ -330,8 +330,10 @@ fn a_call_survives_a_relay_restart_and_the_kernel_never_stops_forwarding() {
 
     let r2 = spawn_in(&rig, &relay_ns, "relay", &rcfg, None);
     r2.wait_log("relay starting", Duration::from_secs(10));
-    let log = r2.wait_log("kernel flows of the restored sessions found again", Duration::from_secs(5));
-    assert!(log.contains("sessions restored"), "{log}");
+    let log = r2.wait_log_all(
+        &["kernel flows of the restored sessions found again", "sessions restored"],
+        Duration::from_secs(5),
+    );
     let line = log.lines().find(|l| l.contains("found again")).unwrap();
     assert!(line.contains("kept=1") && line.contains("gone=0"), "{line}");
     let until = Instant::now() + Duration::from_secs(10);

@@ -54,14 +54,25 @@ impl Daemon {
 
     /// Waits until the log contains `needle`; panics with the log if not.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_for(needle, timeout, |text| text.contains(needle))
+    }
+
+    /// Waits until every one of `needles` is in the log (in any order: lines
+    /// from different tasks are not ordered).
+    pub fn wait_log_all(&self, needles: &[&str], timeout: Duration) -> String {
+        self.wait_log_for(&needles.join(" + "), timeout, |text| needles.iter().all(|n| text.contains(n)))
+    }
+
+    /// Waits until `done(log)` holds; `what` names it in the panic.
+    pub fn wait_log_for(&self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
         let until = Instant::now() + timeout;
         loop {
             let text = self.log_text();
-            if text.contains(needle) {
+            if done(&text) {
                 return text;
             }
             if Instant::now() > until {
-                panic!("{:?} not in log {} within {timeout:?}:\n{text}", needle, self.log.display());
+                panic!("{what:?} not in log {} within {timeout:?}:\n{text}", self.log.display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
