@@ -23,7 +23,7 @@ use relaybox_proto::SessionStats;
 
 /// The `ipnet` version used by [`CoreConfig::routable_private_ranges`].
 pub use ipnet;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{ClockMark, Snapshot, SnapshotError};
 pub use table::SessionTable;
 
 /// Unix time, or a duration, in milliseconds.

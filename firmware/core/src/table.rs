@@ -9,7 +9,9 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 use crate::address::{may_latch, may_send_to};
 use crate::ports::{PortOwner, PortPool};
 use crate::session::{KernelFlow, OfferState, Order, Session, Side, SideAddrs, Stream};
-use crate::{CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Relayed, Snapshot, Verdict};
+use crate::{
+    ClockMark, CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Relayed, Snapshot, Verdict,
+};
 
 /// All sessions of one relay. See the crate documentation.
 #[derive(Debug)]
@@ -74,9 +76,11 @@ impl SessionTable {
         &self.config
     }
 
-    /// Everything needed to continue after a restart (see [`restore`](Self::restore)).
-    pub fn snapshot(&self) -> Snapshot {
+    /// Everything needed to continue after a restart (see [`restore`](Self::restore)),
+    /// with where the caller's clock stood (see [`ClockMark`]).
+    pub fn snapshot(&self, clock: ClockMark) -> Snapshot {
         Snapshot {
+            clock: Some(clock),
             port_range: self.config.port_range,
             next_session_id: self.next_session_id,
             next_flow_id: self.flows.next_id,

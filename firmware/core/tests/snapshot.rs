@@ -4,10 +4,11 @@
 mod common;
 
 use common::*;
-use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable, Snapshot, SnapshotError, Verdict};
+use relaybox_core::{ClockMark, CoreConfig, Event, FlowCounters, SessionTable, Snapshot, SnapshotError, Verdict};
 use relaybox_proto::StreamStatus;
 
 const T0: u64 = 1_700_000_000_000;
+const MARK: ClockMark = ClockMark { at: T0 + 5000, boot_id: [7; 16], since_boot_ms: 123_456 };
 
 fn kernel_config() -> CoreConfig {
     CoreConfig { kernel_flows: true, ..config() }
@@ -23,8 +24,10 @@ fn latched_call(t: &mut SessionTable) {
 }
 
 fn round_trip(t: &SessionTable) -> Snapshot {
-    let bytes = t.snapshot().encode();
-    Snapshot::decode(&bytes).unwrap()
+    let bytes = t.snapshot(MARK).encode();
+    let snapshot = Snapshot::decode(&bytes).unwrap();
+    assert_eq!(snapshot.clock(), Some(MARK));
+    snapshot
 }
 
 #[test]
@@ -127,7 +130,7 @@ fn sessions_that_do_not_fit_the_new_range_are_expired() {
 fn damaged_or_foreign_bytes_are_refused() {
     let mut t = table();
     latched_call(&mut t);
-    let bytes = t.snapshot().encode();
+    let bytes = t.snapshot(MARK).encode();
     assert!(matches!(Snapshot::decode(b"hello world"), Err(SnapshotError::NotASnapshot)));
     assert!(matches!(Snapshot::decode(&[]), Err(SnapshotError::NotASnapshot)));
     let mut other = bytes.clone();

@@ -4,6 +4,8 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use relaybox_core::ClockMark;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     base_unix_ms: u64,
@@ -14,6 +16,28 @@ impl Clock {
     pub fn new() -> Self {
         let base_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         Clock { base_unix_ms, base: Instant::now() }
+    }
+
+    /// A clock that continues the timescale of the one that took `mark`
+    /// (the previous relay's, before a SIGUSR1 restart), so the times in the
+    /// sessions it saved still mean what they meant, even if the wall clock
+    /// was set in between. Falls back to [`new`](Self::new) when the mark is
+    /// from another boot or the boot clock cannot be read.
+    pub fn resume(mark: Option<ClockMark>) -> Self {
+        let now = BootClock::read();
+        match (mark, now) {
+            (Some(mark), Some(now)) if mark.boot_id == now.boot_id && now.since_boot_ms >= mark.since_boot_ms => {
+                Clock { base_unix_ms: mark.at + (now.since_boot_ms - mark.since_boot_ms), base: Instant::now() }
+            }
+            _ => Clock::new(),
+        }
+    }
+
+    /// Where this clock stands against the boot clock, for a snapshot; a mark
+    /// with a zero boot id (no /proc) is never resumed.
+    pub fn mark(&self) -> ClockMark {
+        let boot = BootClock::read().unwrap_or(BootClock { boot_id: [0; 16], since_boot_ms: 0 });
+        ClockMark { at: self.now_ms(), boot_id: boot.boot_id, since_boot_ms: boot.since_boot_ms }
     }
 
     /// Unix time in milliseconds.
@@ -45,6 +69,36 @@ impl Clock {
     }
 }
 
+/// This boot and the time since it (CLOCK_BOOTTIME: counts suspend, never
+/// set).
+struct BootClock {
+    boot_id: [u8; 16],
+    since_boot_ms: u64,
+}
+
+impl BootClock {
+    fn read() -> Option<Self> {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let boot_id = parse_uuid(text.trim()).filter(|id| *id != [0; 16])?;
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        let since_boot_ms = u64::try_from(t.tv_sec).ok()? * 1000 + u64::try_from(t.tv_nsec).ok()? / 1_000_000;
+        Some(BootClock { boot_id, since_boot_ms })
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` as 16 bytes.
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod wall_tests {
     use super::*;
@@ -61,5 +115,36 @@ mod wall_tests {
         // A clock that started right is left alone.
         let right = Clock::new();
         assert_eq!(right.wall_secs(1_700_000_000), 1_700_000_000);
+    }
+
+    #[test]
+    fn a_restarted_relay_continues_the_previous_timescale_after_the_wall_clock_was_set() {
+        // The previous relay started in 1970 (no RTC) and saved its
+        // sessions at its 00:01:40; NTP set the wall clock since.
+        let old = Clock { base_unix_ms: 90_000, base: Instant::now() };
+        let mark = ClockMark { at: 100_000, ..old.mark() };
+        assert_ne!(mark.boot_id, [0; 16], "this test needs /proc/sys/kernel/random/boot_id");
+        let resumed = Clock::resume(Some(mark));
+        // Same timescale: the sessions' times stay fresh ...
+        assert!((100_000..100_000 + 2_000).contains(&resumed.now_ms()), "{}", resumed.now_ms());
+        // ... and reports still carry today's wall time.
+        let today = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert!(resumed.wall_secs(resumed.now_ms() / 1000).abs_diff(today) <= 1);
+        // A mark of another boot (or without one) starts on the wall clock.
+        for other in [Some(ClockMark { boot_id: [9; 16], ..mark }), None] {
+            assert!(Clock::resume(other).now_ms().abs_diff(today * 1000) < 2_000);
+        }
+        // A mark from later in this boot than now is another boot too.
+        let future = ClockMark { since_boot_ms: mark.since_boot_ms + 10_000_000, ..mark };
+        assert!(Clock::resume(Some(future)).now_ms().abs_diff(today * 1000) < 2_000);
+    }
+
+    #[test]
+    fn boot_ids_parse_as_uuids() {
+        let id = parse_uuid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0").unwrap();
+        assert_eq!(id[0], 0x0f);
+        assert_eq!(id[15], 0xf0);
+        assert_eq!(parse_uuid("0f1e2d3c"), None);
+        assert_eq!(parse_uuid("zz1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"), None);
     }
 }

@@ -133,13 +133,20 @@ impl Relay {
             _ if v6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         };
-        let clock = Clock::new();
-        let (table, restored) = match state::load(&r.state_file, core.port_range) {
+        let (clock, table, restored) = match state::load(&r.state_file, core.port_range) {
             Some(snapshot) => {
                 let count = snapshot.session_count();
-                (SessionTable::restore(core, snapshot, clock.now_ms()), count)
+                // The saved times are on the previous relay's clock.
+                let clock = Clock::resume(snapshot.clock());
+                if clock.wall_step_secs() != 0 {
+                    tracing::info!(
+                        seconds = clock.wall_step_secs(),
+                        "the wall clock was set since the restored sessions' relay started; they keep its timescale"
+                    );
+                }
+                (clock, SessionTable::restore(core, snapshot, clock.now_ms()), count)
             }
-            None => (SessionTable::new(core), 0),
+            None => (Clock::new(), SessionTable::new(core), 0),
         };
         Ok(Arc::new_cyclic(|weak| Relay {
             datapath: {
@@ -230,7 +237,7 @@ impl Relay {
             return;
         }
         *done = last;
-        let snapshot = self.table().snapshot();
+        let snapshot = self.table().snapshot(self.clock.mark());
         let path = &self.config.relay.state_file;
         match state::write_atomic(path, &snapshot.encode()) {
             Ok(()) => {

@@ -105,7 +105,7 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path.with_file_name("sessions.bin.tmp.4000000000"), b"half").unwrap();
         let table = SessionTable::new(CoreConfig { port_range: (40000, 40100), ..CoreConfig::default() });
-        write_atomic(&path, &table.snapshot().encode()).unwrap();
+        write_atomic(&path, &table.snapshot(crate::clock::Clock::new().mark()).encode()).unwrap();
         assert!(load(&path, (40000, 40100)).is_some());
         assert!(load(&path, (40000, 40200)).is_none());
         let names: Vec<_> =
