@@ -245,7 +245,7 @@ fn update_times_out_to_error_when_the_relay_stops_answering() {
     let mut rig = Rig::new();
     let d = rig.dispatcher("");
     let (r, _) = rig.relay(&d, "relay1", "");
-    r.signal("STOP"); // the TCP link stays up but nothing answers
+    r.freeze(); // the TCP link stays up but nothing answers
     let mut m = Module::connect(&rig.socket);
     let start = Instant::now();
     let (reply, _) = m.request(&update("request", "frozen", 1, "", &audio(4000)));
@@ -294,8 +294,14 @@ fn finished_sessions_reach_the_database() {
     let info: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
     assert_eq!(info["relay_ip"], "127.0.0.1");
     assert_eq!(info["streams"][0]["status"], "closed");
-    let left = std::fs::read_dir(spool.join("database")).unwrap().count();
-    assert_eq!(left, 0, "delivered records leave the spool");
+    // The spool file goes once the insert is committed, just after the row
+    // became visible.
+    let spooled = || std::fs::read_dir(spool.join("database")).unwrap().count();
+    let until = Instant::now() + Duration::from_secs(5);
+    while spooled() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(spooled(), 0, "delivered records leave the spool");
 }
 
 #[test]

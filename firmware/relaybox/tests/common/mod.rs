@@ -83,6 +83,26 @@ impl Daemon {
         assert!(status.success());
     }
 
+    /// SIGSTOP, and waits until every thread has stopped: the kernel stops
+    /// the others only once the thread that took the signal runs, and on a
+    /// loaded machine a worker woken by a socket could still answer first.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let until = Instant::now() + Duration::from_secs(10);
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return false };
+            tasks.flatten().all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the ")" closing the command name.
+                stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        };
+        while !stopped() {
+            assert!(Instant::now() < until, "process {} did not stop", self.child.id());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let until = Instant::now() + timeout;
