@@ -274,7 +274,10 @@ async fn freeradius_logs_the_records_with_mediaproxy_attributes() {
 #[ignore = "starts FreeRADIUS: run by ci/test.sh as root"]
 async fn records_made_while_freeradius_is_down_arrive_when_it_is_back() {
     let mut fr = FreeRadius::start();
-    let backend = RadiusBackend::from_config(&fr.client_conf(1, 1), Some(&dictionary())).unwrap();
+    // 3 s per send: a FreeRADIUS just restarted in debug mode can take over
+    // a second to answer, and a record resent after a failed delivery gets a
+    // new packet id (FreeRADIUS would log it twice).
+    let backend = RadiusBackend::from_config(&fr.client_conf(3, 1), Some(&dictionary())).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let retry = Retry { first: Duration::from_millis(100), max: Duration::from_millis(500) };
     let acc = Accounting::start(spool.path(), vec![Arc::new(backend)], retry).unwrap();

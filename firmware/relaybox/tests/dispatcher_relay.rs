@@ -53,13 +53,13 @@ fn a_call_is_relayed_both_ways_and_accounted() {
     let mut got_at_caller = 0;
     for seq in 0..20u16 {
         caller.send(to_caller_side, &rtp(seq));
-        if let Some((data, from)) = callee.recv() {
+        if let Some((data, from)) = callee.recv_rtp(seq) {
             assert_eq!(data, rtp(seq));
             assert_eq!(from, to_callee_side, "media must come from the relay port the callee was given");
             got_at_callee += 1;
         }
         callee.send(to_callee_side, &rtp(seq));
-        if let Some((data, from)) = caller.recv() {
+        if let Some((data, from)) = caller.recv_rtp(seq) {
             assert_eq!(data, rtp(seq));
             assert_eq!(from, to_caller_side);
             got_at_caller += 1;
@@ -243,7 +243,9 @@ fn management_commands() {
 #[test]
 fn update_times_out_to_error_when_the_relay_stops_answering() {
     let mut rig = Rig::new();
-    let d = rig.dispatcher("");
+    // A 250 ms module budget: the dispatcher must give up at ~225 ms, not at
+    // relay_timeout (2 s), and it leaves a loaded machine room to show it.
+    let d = rig.dispatcher("module_timeout = 0.25");
     let (r, _) = rig.relay(&d, "relay1", "");
     r.freeze(); // the TCP link stays up but nothing answers
     let mut m = Module::connect(&rig.socket);
@@ -252,6 +254,7 @@ fn update_times_out_to_error_when_the_relay_stops_answering() {
     let took = start.elapsed();
     r.signal("CONT");
     assert_eq!(reply, "error\r\n");
+    assert!(took >= Duration::from_millis(200), "answered before the deadline: {took:?}");
     assert!(took < MODULE_BUDGET, "proxy waited {took:?}");
     eprintln!("frozen relay: error after {took:?}");
 }

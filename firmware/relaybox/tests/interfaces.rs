@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_paced, Netns};
+use common::netns::{self, number_after, ok, phones_paced, Netns, PhoneAt};
 use common::*;
 
 const A_IP: &str = "198.51.100.7";
@@ -75,8 +75,9 @@ fn call(m: &mut Module, call: &str, offer_sig: &str, answer_sig: &str) -> ((Stri
     ((oi, op[0]), (ai, ap[0]))
 }
 
-fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
-    phone_paced(ns, bind, to, PACKETS, 5)
+/// The call's two phones, `PACKETS` each, 5 ms apart.
+fn phones(a: PhoneAt, b: PhoneAt) -> (std::process::Child, std::process::Child) {
+    phones_paced(a, b, PACKETS, 5)
 }
 
 /// (packets received, the addresses they came from).
@@ -118,8 +119,10 @@ fn call_over_two_interfaces(extra: &str, kernel: bool) {
     assert_eq!(to_a_ip, RELAY_A, "reply to the callee's SDP");
 
     let started = Instant::now();
-    let a = phone(&ns.a, &format!("{A_IP}:4000"), &format!("{to_a_ip}:{a_sends_to}"));
-    let b = phone(&ns.b, &format!("{B_IP}:5000"), &format!("{to_b_ip}:{b_sends_to}"));
+    let (a, b) = phones(
+        (&ns.a, &format!("{A_IP}:4000"), &format!("{to_a_ip}:{a_sends_to}")),
+        (&ns.b, &format!("{B_IP}:5000"), &format!("{to_b_ip}:{b_sends_to}")),
+    );
     let ((a_got, a_from), (b_got, b_from)) = (phone_result(a), phone_result(b));
     eprintln!("A got {a_got} from {a_from}, B got {b_got} from {b_from} of {PACKETS} each in {:?}", started.elapsed());
     assert!(a_got * 100 >= PACKETS * 95, "A got {a_got} of {PACKETS}");
@@ -220,8 +223,10 @@ fn advertised_ip_overrides_auto_detect_interfaces_and_the_kernel_forwards_behind
     let ((to_b_ip, b_sends_to), (to_a_ip, a_sends_to)) = call(&mut m, "advcall", &sig, &sig);
     assert_eq!((to_b_ip.as_str(), to_a_ip.as_str()), (PUBLIC, PUBLIC));
 
-    let a = phone(&ns.a, &format!("{A_IP}:4000"), &format!("{PUBLIC}:{a_sends_to}"));
-    let b = phone(&ns.b, &format!("{B_IP}:5000"), &format!("{PUBLIC}:{b_sends_to}"));
+    let (a, b) = phones(
+        (&ns.a, &format!("{A_IP}:4000"), &format!("{PUBLIC}:{a_sends_to}")),
+        (&ns.b, &format!("{B_IP}:5000"), &format!("{PUBLIC}:{b_sends_to}")),
+    );
     let ((a_got, a_from), (b_got, b_from)) = (phone_result(a), phone_result(b));
     eprintln!("A got {a_got} from {a_from}, B got {b_got} from {b_from} of {PACKETS} each");
     assert!(a_got * 100 >= PACKETS * 95 && b_got * 100 >= PACKETS * 95);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_paced, run, Netns};
+use common::netns::{self, number_after, ok, phones_paced, run, Netns, PhoneAt};
 use common::*;
 
 const RELAY_IP: &str = "2001:db8:77::1";
@@ -61,8 +61,9 @@ fn start(rig: &mut Rig, ns: &str, relay_ip: &str, extra: &str) -> (Daemon, Daemo
 }
 
 /// A phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.
-fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
-    phone_paced(ns, bind, to, PACKETS, 5)
+/// The call's two phones, `PACKETS` each, 5 ms apart.
+fn phones(a: PhoneAt, b: PhoneAt) -> (std::process::Child, std::process::Child) {
+    phones_paced(a, b, PACKETS, 5)
 }
 
 /// (sent, got) of a phone.
@@ -114,8 +115,10 @@ fn ipv6_call(extra: &str, kernel: bool) {
     assert_eq!(ip, RELAY_IP, "{answer}");
 
     let started = Instant::now();
-    let a = phone(&caller_ns, &format!("[{CALLER_IP}]:4000"), &format!("[{RELAY_IP}]:{}", answer_ports[0]));
-    let b = phone(&callee_ns, &format!("[{CALLEE_IP}]:5000"), &format!("[{RELAY_IP}]:{}", offer_ports[0]));
+    let (a, b) = phones(
+        (&caller_ns, &format!("[{CALLER_IP}]:4000"), &format!("[{RELAY_IP}]:{}", answer_ports[0])),
+        (&callee_ns, &format!("[{CALLEE_IP}]:5000"), &format!("[{RELAY_IP}]:{}", offer_ports[0])),
+    );
     let ((a_sent, a_got), (b_sent, b_got)) = (phone_result(a), phone_result(b));
     eprintln!("caller got {a_got}/{b_sent}, callee got {b_got}/{a_sent} in {:?}", started.elapsed());
     assert!(a_got * 100 >= b_sent * 95, "caller got {a_got} of {b_sent}");

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_paced, phone_result, run, spawn_in, Netns};
+use common::netns::{self, number_after, ok, phone_result, phones_paced, run, spawn_in, Netns, PhoneAt};
 use common::*;
 
 const RELAY_IP: &str = "10.77.0.1";
@@ -64,8 +64,9 @@ fn start_with(rig: &mut Rig, ns: &str, wrap: Option<&str>, extra: &str) -> (Daem
 }
 
 /// Starts a phone in `ns`: `PACKETS` packets from `bind` to `to`, 5 ms apart.
-fn phone(ns: &str, bind: &str, to: &str) -> std::process::Child {
-    phone_paced(ns, bind, to, PACKETS, 5)
+/// The call's two phones, `PACKETS` each, 5 ms apart.
+fn phones(a: PhoneAt, b: PhoneAt) -> (std::process::Child, std::process::Child) {
+    phones_paced(a, b, PACKETS, 5)
 }
 
 /// Not a test: the phone run by `phone()` inside a namespace.
@@ -121,8 +122,10 @@ fn the_kernel_forwards_a_latched_call_and_its_counters_reach_the_stats() {
     let callee = format!("{CALLEE_IP}:5000");
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "kcall", &caller, &callee);
     let started = Instant::now();
-    let a = phone(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
-    let b = phone(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = phones(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
     let (a, b) = (phone_result(a), phone_result(b));
     eprintln!("caller got {}/{}, callee got {}/{} in {:?}", a.got, b.sent, b.got, a.sent, started.elapsed());
     assert!(a.got * 100 >= b.sent * 95, "caller got {} of {}", a.got, b.sent);
@@ -215,8 +218,10 @@ fn without_conntrack_accounting_the_relay_says_so_and_relays_in_userspace() {
 
     let (caller, callee) = (format!("{RELAY_IP}:4000"), format!("{RELAY_IP}:5000"));
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "ucall", &caller, &callee);
-    let a = phone(&ns_name, &caller, &format!("{RELAY_IP}:{caller_to}"));
-    let b = phone(&ns_name, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = phones(
+        (&ns_name, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&ns_name, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
     let (a, b) = (phone_result(a), phone_result(b));
     eprintln!("userspace: caller got {}/{}, callee got {}/{}", a.got, b.sent, b.got, a.sent);
     assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95);
@@ -274,8 +279,10 @@ fn datapath_userspace_leaves_the_kernel_alone() {
     let caller = format!("{CALLER_IP}:4000");
     let callee = format!("{CALLEE_IP}:5000");
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "uscall", &caller, &callee);
-    let a = phone(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
-    let b = phone(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = phones(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
     let (a, b) = (phone_result(a), phone_result(b));
     assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95, "{}/{} {}/{}", a.got, b.sent, b.got, a.sent);
     assert!(conntrack_entries(&relay_ns).is_empty(), "userspace mode installed conntrack entries");
@@ -313,9 +320,17 @@ fn a_call_survives_a_relay_restart_and_the_kernel_never_stops_forwarding() {
     let caller = format!("{CALLER_IP}:4000");
     let callee = format!("{CALLEE_IP}:5000");
     let (mut m, caller_to, callee_to) = set_up_call(&rig, "rcall", &caller, &callee);
-    let a = phone_paced(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"), COUNT, 5);
-    let b = phone_paced(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"), COUNT, 5);
-    std::thread::sleep(Duration::from_millis(1500));
+    let (a, b) = phones_paced(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+        COUNT,
+        5,
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while conntrack_entries(&relay_ns).is_empty() {
+        assert!(Instant::now() < until, "the kernel never took the call:\n{}", r1.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the kernel forwards before the restart");
 
     // Stop for a restart: the state file is written, the entry stays.
@@ -326,7 +341,9 @@ fn a_call_survives_a_relay_restart_and_the_kernel_never_stops_forwarding() {
     assert!(rig.path("sessions.bin").exists(), "no state file");
     assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the entry must outlive the relay");
     assert!(nft_table_exists(&relay_ns), "the NAT hooks must outlive the relay");
-    std::thread::sleep(Duration::from_millis(500));
+    // No relay for 1.5 s: a datapath that stopped with it would show as a
+    // gap of at least that long at the phones.
+    std::thread::sleep(Duration::from_millis(1500));
 
     let r2 = spawn_in(&rig, &relay_ns, "relay", &rcfg, None);
     r2.wait_log("relay starting", Duration::from_secs(10));
@@ -349,7 +366,7 @@ fn a_call_survives_a_relay_restart_and_the_kernel_never_stops_forwarding() {
     );
     assert!(a.got * 100 >= b.sent * 95, "caller got {} of {}", a.got, b.sent);
     assert!(b.got * 100 >= a.sent * 95, "callee got {} of {}", b.got, a.sent);
-    assert!(a.max_gap < 300 && b.max_gap < 300, "media paused: {} / {} ms", a.max_gap, b.max_gap);
+    assert!(a.max_gap < 1000 && b.max_gap < 1000, "media paused: {} / {} ms", a.max_gap, b.max_gap);
 
     let sessions = management_in(&relay_ns, rig.mgmt_port, "sessions");
     assert!(sessions.contains("\"call_id\":\"rcall\""), "management sessions: {sessions}");
@@ -434,8 +451,10 @@ fn rtp_bleed_a_sprayer_during_set_up_captures_nothing() {
         assert!(Instant::now() < until, "sprayer did not finish");
         assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "sprayer ended early");
     }
-    let a = phone(caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
-    let b = phone(callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = phones(
+        (caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
     let (a, b) = (phone_result(a), phone_result(b));
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -475,8 +494,10 @@ fn a_kernel_forwarded_call_whose_media_stops_ends_as_conntrack_timeout() {
     let (d, _r) = start_with(&mut rig, &relay_ns, None, "datapath = kernel\nstream_timeout = 2");
     let (caller, callee) = (format!("{CALLER_IP}:4000"), format!("{CALLEE_IP}:5000"));
     let (_m, caller_to, callee_to) = set_up_call(&rig, "tcall", &caller, &callee);
-    let a = phone(&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}"));
-    let b = phone(&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}"));
+    let (a, b) = phones(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
     let (a, b) = (phone_result(a), phone_result(b));
     assert!(a.got * 100 >= b.sent * 95 && b.got * 100 >= a.sent * 95);
     // The phones are silent now (their receivers waited 1 s more).

@@ -233,11 +233,11 @@ mod tests {
 
     #[test]
     fn sessions_expire() {
-        let s = Sessions::new(Duration::from_millis(30));
+        let s = Sessions::new(Duration::from_millis(500));
         let (id, csrf) = s.create();
         assert_eq!(s.touch(&id), Some(csrf));
         assert_eq!(s.touch("nope"), None);
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(600));
         assert_eq!(s.touch(&id), None);
     }
 }

@@ -165,7 +165,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             secret: "s3cret".into(),
-            timeout: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
             tries,
             bind: None,
             attributes: SipAttributes::default(),
@@ -216,7 +216,7 @@ mod tests {
         let backend = RadiusBackend::new(settings(port, 2));
         let started = std::time::Instant::now();
         let err = backend.deliver(&crate::tests::stats("c1")).await.unwrap_err();
-        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() >= Duration::from_millis(600));
         let BackendError::Unavailable(m) = err;
         assert!(m.contains("no valid Accounting-Response after 2 sends"), "{m}");
         // Nobody listening at all (ICMP unreachable) fails the same way.

@@ -94,8 +94,9 @@ async fn accept(
         tx,
         halting: Arc::new(AtomicBool::new(false)),
     };
-    tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
+    // Logged once calls can go to it.
     dispatcher.add_relay(relay.clone());
+    tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
     // Learn the relay's media address and which calls it already holds.
     let startup = {
         let dispatcher = dispatcher.clone();

@@ -640,8 +640,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: halting, no new sessions; exiting when the last one ends");
                 relay.halting.store(true, Ordering::Relaxed);
+                tracing::info!("SIGHUP: halting, no new sessions; exiting when the last one ends");
                 relay.check_halted();
             }
             _ = usr1.recv() => {

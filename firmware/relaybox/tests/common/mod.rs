@@ -315,6 +315,21 @@ impl Phone {
         let mut buf = [0u8; 2048];
         self.socket.recv_from(&mut buf).ok().map(|(n, from)| (buf[..n].to_vec(), from))
     }
+
+    /// Waits for [`rtp(seq)`](rtp) and returns where it came from. Packets
+    /// of earlier sequence numbers (late ones, already counted as missed)
+    /// are skipped; anything else is returned as it is, for the caller to
+    /// reject.
+    pub fn recv_rtp(&self, seq: u16) -> Option<(Vec<u8>, SocketAddr)> {
+        loop {
+            let (data, from) = self.recv()?;
+            let late =
+                data.len() == rtp(seq).len() && data[..2] == [0x80, 8] && u16::from_be_bytes([data[2], data[3]]) < seq;
+            if !late {
+                return Some((data, from));
+            }
+        }
+    }
 }
 
 /// A minimal RTP packet with payload type 8 (PCMA).

@@ -130,11 +130,35 @@ pub struct PhoneResult {
     pub from: String,
 }
 
-/// Starts a phone in `ns`: `count` packets from `bind` to `to`, `gap_ms`
-/// apart, counting what comes back.
-pub fn phone_paced(ns: &str, bind: &str, to: &str, count: u32, gap_ms: u32) -> Child {
+/// One phone of a call: its namespace, the address it binds, where it sends.
+pub type PhoneAt<'a> = (&'a str, &'a str, &'a str);
+
+/// Starts the two phones of a call: each sends `count` packets from its
+/// address, `gap_ms` apart, counting what comes back. Both bind first and
+/// start sending at the same instant, 0.5 s from now: whatever one phone
+/// sends before the other has bound is lost, and on a loaded machine two
+/// process start-ups can be tens of milliseconds apart.
+pub fn phones_paced(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32) -> (Child, Child) {
+    let start = (unix_us() + 500_000).to_string();
     let (count, gap_ms) = (count.to_string(), gap_ms.to_string());
-    helper_in(ns, &[("PHONE_BIND", bind), ("PHONE_TO", to), ("PHONE_COUNT", &count), ("PHONE_GAP_MS", &gap_ms)])
+    let start_one = |(ns, bind, to): PhoneAt| {
+        helper_in(
+            ns,
+            &[
+                ("PHONE_BIND", bind),
+                ("PHONE_TO", to),
+                ("PHONE_COUNT", &count),
+                ("PHONE_GAP_MS", &gap_ms),
+                ("PHONE_START_US", &start),
+            ],
+        )
+    };
+    (start_one(a), start_one(b))
+}
+
+/// Microseconds since the Unix epoch (the phones' shared start time).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
 /// This test binary re-run in `ns` as its own `phone_helper` test, which
@@ -162,7 +186,7 @@ pub fn phone_result(child: Child) -> PhoneResult {
 }
 
 /// The body of each netns test file's `phone_helper`: does nothing unless
-/// started by [`phone_paced`]. Receiving ends after 1 s without packets once
+/// started by [`phones_paced`]. Receiving ends after 1 s without packets once
 /// some came, or 5 s without any (first IPv6 neighbour resolutions).
 pub fn phone_main() {
     let Ok(bind) = std::env::var("PHONE_BIND") else { return };
@@ -172,6 +196,11 @@ pub fn phone_main() {
     let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let receiver = socket.try_clone().unwrap();
+    let start: u64 = std::env::var("PHONE_START_US").unwrap().parse().unwrap();
+    let now = unix_us();
+    if start > now {
+        std::thread::sleep(Duration::from_micros(start - now));
+    }
     let got = std::thread::spawn(move || {
         let (mut got, mut idle, mut from) = (0u32, 0, BTreeSet::new());
         let mut buf = [0u8; 2048];
