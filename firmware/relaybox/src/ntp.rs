@@ -18,7 +18,8 @@ use tokio::net::UdpSocket;
 /// `relaybox clock` settings; every limit has a default.
 #[derive(clap::Args, Debug)]
 pub struct ClockArgs {
-    /// An NTP server, `host` or `host:port` (repeat for more; tried in order).
+    /// An NTP server, `host` or `host:port` (repeat for more; all are asked
+    /// at once, the first valid answer counts).
     #[arg(long = "server", required = true)]
     pub servers: Vec<String>,
     /// Seconds between queries once the clock is right.
@@ -131,28 +132,43 @@ fn with_port(server: &str) -> String {
     }
 }
 
-/// The first server (in order) with a valid answer: (name, address, reply).
+/// Asks every server at once and takes the first valid answer: (name,
+/// address, reply). So a server that is down, or a DNS that does not
+/// answer, costs `timeout_ms` once, not once per server (at boot, before
+/// the services start). A name's addresses are asked in turn.
 async fn query(args: &ClockArgs) -> Option<(String, SocketAddr, Reply)> {
     let timeout = Duration::from_millis(args.timeout_ms);
-    for server in &args.servers {
-        let target = with_port(server);
-        let addrs = match tokio::time::timeout(timeout, tokio::net::lookup_host(&target)).await {
-            Ok(Ok(a)) => a.collect::<Vec<_>>(),
-            Ok(Err(e)) => {
-                tracing::info!(server = %server, "cannot resolve: {e}");
-                continue;
-            }
-            Err(_) => {
-                tracing::info!(server = %server, "no DNS answer in {} ms", args.timeout_ms);
-                continue;
-            }
-        };
-        for addr in addrs {
-            match ask(addr, timeout).await {
-                Ok(Some(reply)) => return Some((server.clone(), addr, reply)),
-                Ok(None) => tracing::info!(server = %server, address = %addr, "no answer"),
-                Err(e) => tracing::info!(server = %server, address = %addr, "{e:#}"),
-            }
+    let mut asking = tokio::task::JoinSet::new();
+    for server in args.servers.clone() {
+        asking.spawn(ask_server(server, timeout));
+    }
+    while let Some(done) = asking.join_next().await {
+        if let Ok(Some(answer)) = done {
+            return Some(answer);
+        }
+    }
+    None
+}
+
+/// Resolves `server` and asks its addresses until one answers.
+async fn ask_server(server: String, timeout: Duration) -> Option<(String, SocketAddr, Reply)> {
+    let target = with_port(&server);
+    let addrs = match tokio::time::timeout(timeout, tokio::net::lookup_host(&target)).await {
+        Ok(Ok(a)) => a.collect::<Vec<_>>(),
+        Ok(Err(e)) => {
+            tracing::info!(server = %server, "cannot resolve: {e}");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(server = %server, "no DNS answer in {} ms", timeout.as_millis());
+            return None;
+        }
+    };
+    for addr in addrs {
+        match ask(addr, timeout).await {
+            Ok(Some(reply)) => return Some((server, addr, reply)),
+            Ok(None) => tracing::info!(server = %server, address = %addr, "no answer"),
+            Err(e) => tracing::info!(server = %server, address = %addr, "{e:#}"),
         }
     }
     None
