@@ -19,6 +19,7 @@ mod error;
 mod ini;
 mod passport;
 mod settings;
+mod system;
 mod value;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,
     RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
+pub use system::{set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS};
 pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
 
 use settings::{options_of, RENAMED};
@@ -88,7 +90,7 @@ impl Config {
             radius: RadiusConfig::defaults_in(base),
             opensips: OpenSipsConfig::default(),
             thor_network: ThorNetworkConfig::default(),
-            web: WebConfig::default(),
+            web: WebConfig::defaults_in(base),
             warnings: Vec::new(),
         }
     }
@@ -166,7 +168,7 @@ impl Config {
             "Radius" => self.radius.set(option, v, base),
             "OpenSIPS" => self.opensips.set(option, v, base),
             "ThorNetwork" => self.thor_network.set(option, v),
-            "Web" => self.web.set(option, v),
+            "Web" => self.web.set(option, v, base),
             _ => Err(ValueError(format!("internal error: section {section} has no setter"))),
         }
     }

@@ -103,6 +103,8 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "lockout"),
     ext("Web", "metrics"),
     ext("Web", "metrics_lan_only"),
+    ext("Web", "system_conf"),
+    ext("Web", "clock_pid_file"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -659,10 +661,23 @@ pub struct WebConfig {
     /// `/metrics` without logging in, but only to clients on loopback or
     /// private (LAN) addresses (no: logging in is required).
     pub metrics_lan_only: bool,
+    /// The box's `system.conf` (host name, NTP servers) that the System
+    /// page edits (`system.conf` next to the configuration file).
+    pub system_conf: PathBuf,
+    /// Pid file of the running `relaybox clock` daemon, told to restart
+    /// (SIGTERM; its supervisor starts it again) when the NTP servers
+    /// change (`/run/relaybox/clock.pid`).
+    pub clock_pid_file: PathBuf,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
+        WebConfig::defaults_in(Path::new(crate::DEFAULT_CONFIG_PATH).parent().unwrap_or(Path::new("/")))
+    }
+}
+
+impl WebConfig {
+    pub(crate) fn defaults_in(base: &Path) -> Self {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         WebConfig {
             listen: SocketAddr::new(any, 443),
@@ -673,6 +688,8 @@ impl Default for WebConfig {
             lockout: Duration::from_secs(60),
             metrics: true,
             metrics_lan_only: false,
+            system_conf: base.join("system.conf"),
+            clock_pid_file: PathBuf::from("/run/relaybox/clock.pid"),
         }
     }
 }
@@ -687,7 +704,7 @@ fn web_addr(v: &str, default_port: u16) -> Parsed<SocketAddr> {
 }
 
 impl WebConfig {
-    pub(crate) fn set(&mut self, name: &str, v: &str) -> Parsed<()> {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
         match name {
             "listen" => self.listen = web_addr(v, 443)?,
             "http_listen" => self.http_listen = if unset(v) { None } else { Some(web_addr(v, 80)?) },
@@ -697,6 +714,8 @@ impl WebConfig {
             "lockout" => self.lockout = value::seconds(v, 1)?,
             "metrics" => self.metrics = value::boolean(v)?,
             "metrics_lan_only" => self.metrics_lan_only = value::boolean(v)?,
+            "system_conf" => self.system_conf = value::path(v, base)?,
+            "clock_pid_file" => self.clock_pid_file = value::path(v, base)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -763,7 +782,13 @@ mod tests {
             "module_timeout" => "0.5",
             "datapath" => "kernel",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
-            n if n.ends_with("_path") || n.ends_with("_file") || n == "additional_dictionary" => "x",
+            n if n.ends_with("_path")
+                || n.ends_with("_file")
+                || n.ends_with("_conf")
+                || n == "additional_dictionary" =>
+            {
+                "x"
+            }
             n if n.ends_with("_table") || n.ends_with("_column") => "t",
             _ => "7",
         };
@@ -777,7 +802,7 @@ mod tests {
                 "Radius" => RadiusConfig::default().set(o.name, v, base),
                 "OpenSIPS" => OpenSipsConfig::default().set(o.name, v, base),
                 "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
-                "Web" => WebConfig::default().set(o.name, v),
+                "Web" => WebConfig::default().set(o.name, v, base),
                 s => panic!("section {s} not in SECTIONS"),
             };
             assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);

@@ -20,8 +20,13 @@ use tokio::net::UdpSocket;
 pub struct ClockArgs {
     /// An NTP server, `host` or `host:port` (repeat for more; all are asked
     /// at once, the first valid answer counts).
-    #[arg(long = "server", required = true)]
+    #[arg(long = "server", required_unless_present = "servers_from")]
     pub servers: Vec<String>,
+    /// Also the servers in `NTP_SERVERS` of this shell-style file (the box's
+    /// system.conf), read at each start: the web page changes the file and
+    /// restarts the daemon. Without any server the daemon waits idle.
+    #[arg(long)]
+    pub servers_from: Option<PathBuf>,
     /// Seconds between queries once the clock is right.
     #[arg(long, default_value_t = 1024)]
     pub interval: u64,
@@ -200,7 +205,20 @@ async fn sync(args: &ClockArgs) -> bool {
     true
 }
 
-pub async fn run(args: ClockArgs) -> anyhow::Result<()> {
+/// `--server`s, then those of `--servers-from`.
+fn all_servers(args: &ClockArgs) -> anyhow::Result<Vec<String>> {
+    let mut servers = args.servers.clone();
+    if let Some(path) = &args.servers_from {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let from_file = relaybox_config::SystemSettings::parse(&text).ntp_servers;
+        tracing::info!(file = %path.display(), servers = ?from_file, "NTP servers from the file");
+        servers.extend(from_file);
+    }
+    Ok(servers)
+}
+
+pub async fn run(mut args: ClockArgs) -> anyhow::Result<()> {
+    args.servers = all_servers(&args)?;
     if args.query {
         let (server, addr, reply) = query(&args).await.context("no NTP server answered")?;
         println!(
@@ -213,6 +231,12 @@ pub async fn run(args: ClockArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.state {
         restore_from_state(path);
+    }
+    if args.servers.is_empty() {
+        // The last known time is all there is.
+        anyhow::ensure!(!args.once, "no NTP servers: NTP is off");
+        tracing::info!("no NTP servers: NTP is off until restarted with some");
+        std::future::pending::<()>().await;
     }
     let interval = Duration::from_secs(args.interval.max(16));
     let mut retry = Duration::from_secs(args.retry.clamp(1, args.interval.max(1)));

@@ -136,3 +136,50 @@ fn servers_that_refuse_or_stay_silent_give_an_error_after_one_timeout() {
     assert!(took < Duration::from_millis(2000), "one timeout for all servers, not one each: {took:?}");
     assert_eq!((dead.requests(), kod.requests()), (1, 1));
 }
+
+#[test]
+fn servers_come_from_system_conf_and_none_there_means_ntp_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Played::start(Server::HourAhead);
+    let conf = dir.path().join("system.conf");
+    std::fs::write(&conf, format!("# Box-wide settings.\nHOSTNAME=relaybox\nNTP_SERVERS=\"{}\"\n", good.addr()))
+        .unwrap();
+    let out = Command::new(BIN).arg("clock").arg("--servers-from").arg(&conf).arg("--query").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with(&good.addr()),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(good.requests(), 1);
+
+    // NTP off: `--once` says so and fails; the daemon stays up doing
+    // nothing (its supervisor must not restart it in a loop) until it is
+    // restarted with servers. No --state: nothing may touch this clock.
+    std::fs::write(&conf, "HOSTNAME=relaybox\nNTP_SERVERS=\"\"\n").unwrap();
+    let once = Command::new(BIN).arg("clock").arg("--servers-from").arg(&conf).arg("--once").output().unwrap();
+    assert!(!once.status.success());
+    assert!(String::from_utf8_lossy(&once.stderr).contains("NTP is off"), "{}", String::from_utf8_lossy(&once.stderr));
+    let log = dir.path().join("clock.log");
+    let mut daemon = Command::new(BIN)
+        .arg("clock")
+        .arg("--servers-from")
+        .arg(&conf)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains("NTP is off until restarted") {
+        assert!(Instant::now() < until, "{}", std::fs::read_to_string(&log).unwrap());
+        assert!(daemon.try_wait().unwrap().is_none(), "exited: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.try_wait().unwrap().is_none(), "the idle daemon exited");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    // A file that cannot be read is an error, not "no servers".
+    let missing =
+        Command::new(BIN).args(["clock", "--servers-from", "/nonexistent/system.conf", "--once"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("reading /nonexistent/system.conf"));
+}

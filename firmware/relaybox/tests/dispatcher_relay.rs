@@ -185,7 +185,9 @@ fn killed_relay_new_calls_go_to_the_other_one_within_budget() {
         let (reply, took) = m.request(&update("request", &format!("after-kill{i}"), 1, "", &audio(6000)));
         let (_, p) = ports(&reply);
         assert!((range2.0..range2.1).contains(&p[0]), "{reply}");
-        assert!(took < MODULE_BUDGET, "{took:?}");
+        // Not asked of the dead relay first: that would cost its
+        // relay_timeout (2 s).
+        assert!(took < Duration::from_secs(1), "{took:?}");
     }
 }
 

@@ -180,6 +180,7 @@ pub fn router(state: State) -> Router {
         .route("/certs/csr", post(crate::certs::csr))
         .route("/certs/file/{name}", get(crate::certs::file))
         .route("/network", get(crate::network::page))
+        .route("/system", get(crate::system::form).post(crate::system::save))
         .route("/metrics", get(crate::metrics::metrics))
         .route("/static/{name}", get(asset))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })

@@ -25,8 +25,13 @@ pub fn csrf_field(token: &str) -> String {
     format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(token))
 }
 
-const NAV: &[(&str, &str)] =
-    &[("/status", "Status"), ("/settings", "Relay settings"), ("/certs", "Certificates"), ("/network", "Network")];
+const NAV: &[(&str, &str)] = &[
+    ("/status", "Status"),
+    ("/settings", "Relay settings"),
+    ("/certs", "Certificates"),
+    ("/network", "Network"),
+    ("/system", "System"),
+];
 
 /// A whole page. `csrf` is `Some` for a logged-in user (shows the menu and
 /// the logout button).

@@ -24,6 +24,7 @@ mod network;
 mod pages;
 mod server;
 mod status;
+mod system;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -236,12 +236,14 @@ fn file_text(state: &State) -> String {
     std::fs::read_to_string(&state.config_path).unwrap_or_default()
 }
 
+/// What a redirect after a POST tells the page to show (`?done=…&pid=…`);
+/// shared by the pages that save something.
 #[derive(Deserialize)]
 pub struct Flash {
     #[serde(default)]
-    done: String,
+    pub done: String,
     #[serde(default)]
-    pid: String,
+    pub pid: String,
 }
 
 fn flash(f: &Flash) -> String {

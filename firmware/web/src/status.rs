@@ -43,7 +43,7 @@ fn clock_row(config_dir: &std::path::Path) -> String {
     let ntp = match synced {
         Some(at) if at <= now => format!("last NTP answer {} ago", duration(now - at)),
         Some(_) => "last NTP answer in the future: the clock went back".to_string(),
-        None => "no NTP answer recorded (NTP_SERVERS in system.conf)".to_string(),
+        None => "no NTP answer recorded (NTP servers: System page)".to_string(),
     };
     format!(r#"<span class="mono" id="box-clock">{}</span> <span class="help">{}</span>"#, esc(&time), esc(&ntp))
 }

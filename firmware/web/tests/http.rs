@@ -481,3 +481,95 @@ fn network_page_lists_interfaces() {
     assert!(page.body.contains(r#"<td class="mono">lo</td><td>loopback</td>"#), "{}", page.body);
     assert!(page.body.contains("127.0.0.1/8"));
 }
+
+/// A process that looks like the clock daemon in /proc (argv[0] ends in
+/// `relaybox`, an argument `clock`); a shell that sleeps, ended by SIGTERM.
+fn fake_clock_daemon(named: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh").arg0(named).args(["-c", "sleep 30; :", "x", "clock"]).spawn().unwrap()
+}
+
+fn exited_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn the_system_page_sets_host_name_and_ntp_servers_and_restarts_the_clock() {
+    let web = Web::start("");
+    let conf = web.dir.path().join("system.conf");
+    std::fs::write(
+        &conf,
+        "# Box-wide settings.\nHOSTNAME=relaybox\n# keep me\nNTP_SERVERS=\"0.debian.pool.ntp.org\"\n",
+    )
+    .unwrap();
+    let s = web.login();
+    let page = web.get("/system", Some(&s));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"id="hostname" name="hostname" value="relaybox""#), "{}", page.body);
+    assert!(page.body.contains(r#"value="0.debian.pool.ntp.org""#), "{}", page.body);
+
+    let mut clock = fake_clock_daemon("/usr/bin/relaybox");
+    std::fs::write(web.dir.path().join("clock.pid"), format!("{}\n", clock.id())).unwrap();
+    let r = web.post(
+        "/system",
+        &s,
+        &[("csrf", &s.csrf), ("hostname", "edge-7.example.net"), ("ntp_servers", "10.0.2.2:12345, ntp.example.com")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some(format!("/system?done=restarted&pid={}", clock.id()).as_str()));
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "# Box-wide settings.\nHOSTNAME=\"edge-7.example.net\"\n# keep me\nNTP_SERVERS=\"10.0.2.2:12345 ntp.example.com\"\n"
+    );
+    assert!(exited_within(&mut clock, Duration::from_secs(5)), "the clock daemon was not told to restart");
+    let page = web.get("/system?done=restarted&pid=1", Some(&s));
+    assert!(page.body.contains("told to restart with the new NTP servers"), "{}", page.body);
+
+    // The same servers again: nothing to restart.
+    let r = web.post(
+        "/system",
+        &s,
+        &[("csrf", &s.csrf), ("hostname", "edge-8"), ("ntp_servers", "10.0.2.2:12345 ntp.example.com")],
+    );
+    assert_eq!(r.header("location"), Some("/system?done=unchanged-ntp"));
+    assert!(std::fs::read_to_string(&conf).unwrap().contains("HOSTNAME=\"edge-8\"\n"));
+}
+
+#[test]
+fn the_system_page_refuses_what_the_shell_would_run_and_leaves_the_file_alone() {
+    let web = Web::start("");
+    let conf = web.dir.path().join("system.conf");
+    let before = "HOSTNAME=relaybox\nNTP_SERVERS=\"pool.ntp.org\"\n";
+    std::fs::write(&conf, before).unwrap();
+    let s = web.login();
+    let r = web.post(
+        "/system",
+        &s,
+        &[("csrf", &s.csrf), ("hostname", "box;reboot"), ("ntp_servers", "pool.ntp.org $(reboot) host:70000")],
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains(r#"id="error-hostname""#) && r.body.contains(r#"id="error-ntp_servers""#), "{}", r.body);
+    assert!(r.body.contains("$(reboot)") && r.body.contains("70000"), "each bad server is named: {}", r.body);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), before);
+    // Without the form's token nothing happens either.
+    let r = web.post("/system", &s, &[("csrf", "stale"), ("hostname", "x"), ("ntp_servers", "")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), before);
+
+    // A stale pid file naming some other process: saved, nobody signalled.
+    let mut other = fake_clock_daemon("sh");
+    std::fs::write(web.dir.path().join("clock.pid"), format!("{}\n", other.id())).unwrap();
+    let r = web.post("/system", &s, &[("csrf", &s.csrf), ("hostname", "relaybox"), ("ntp_servers", "")]);
+    assert_eq!(r.header("location"), Some("/system?done=saved"));
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "HOSTNAME=\"relaybox\"\nNTP_SERVERS=\"\"\n");
+    assert!(!exited_within(&mut other, Duration::from_millis(300)), "a process that is not the clock was signalled");
+    other.kill().unwrap();
+    other.wait().unwrap();
+}

@@ -308,6 +308,14 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(console.contains("first boot: writing the default services.conf"), "{console}");
     assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
     assert!(console.contains("relaybox-init: clock set over NTP"), "{console}");
+    // The clock daemon reads system.conf itself and is the process the web
+    // page's System settings restart: its pid file names `relaybox ... clock`.
+    let cmdline =
+        vm.run("tr '\\0' ' ' < /proc/$(cat /run/relaybox/clock.pid)/cmdline; echo", Duration::from_secs(20)).unwrap();
+    assert!(
+        cmdline.contains("relaybox --config /config/relaybox.ini clock --servers-from /config/system.conf"),
+        "{cmdline}"
+    );
     let guest_now: u64 = vm.run("date +%s", Duration::from_secs(20)).unwrap().trim().parse().unwrap();
     assert!(guest_now.abs_diff(unix_now()) <= 10, "guest clock {guest_now}, host {}", unix_now());
     eprintln!("{board}: clock went from 2001 to {guest_now} over NTP (host {})", unix_now());

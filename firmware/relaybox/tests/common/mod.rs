@@ -153,7 +153,12 @@ impl Rig {
         (out, relay)
     }
 
+    /// `module_timeout` is 2 s unless `extra` sets it: MediaProxy's 0.5 s
+    /// is the product's default, but a loaded CI machine can make a debug
+    /// relay miss it, and tests that mean "at once" measure that themselves.
     pub fn dispatcher_config(&self, certs: &Path, extra: &str) -> PathBuf {
+        let extra =
+            if extra.contains("module_timeout") { extra.to_string() } else { format!("module_timeout = 2\n{extra}") };
         let text = format!(
             "[Dispatcher]\nsocket_path = {}\nlisten = 127.0.0.1:{}\nlisten_management = 127.0.0.1:{}\nmanagement_use_tls = no\nrelay_timeout = 2\nlog_level = DEBUG\n{extra}\n[TLS]\ncerts_path = {}\n",
             self.socket.display(),

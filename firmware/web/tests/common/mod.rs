@@ -285,7 +285,7 @@ impl Web {
         let dispatcher = ca.issue(&Subject::new("dispatcher"), 365).unwrap();
         relaybox_ca::write_certs_dir(&ca, &certs, &relay, &dispatcher).unwrap();
         let text = format!(
-            "{INITIAL}control_socket = {}\n\n[TLS]\n; keep me\ncerts_path = tls\n\n[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\nmax_body = 8192\nlogin_attempts = 3\nlockout = 4\n{web_extra}\n",
+            "{INITIAL}control_socket = {}\n\n[TLS]\n; keep me\ncerts_path = tls\n\n[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\nmax_body = 8192\nlogin_attempts = 3\nlockout = 4\nclock_pid_file = clock.pid\n{web_extra}\n",
             socket.display()
         );
         std::fs::write(&config, text).unwrap();
