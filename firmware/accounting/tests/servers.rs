@@ -57,13 +57,21 @@ fn wait_port(port: u16) {
 struct Server {
     child: Option<Child>,
     start: Box<dyn Fn() -> Child>,
+    /// Shuts the server down and returns once it is down; `None`: SIGTERM
+    /// to the child (MariaDB's normal shutdown closes every connection).
+    stop: Option<Box<dyn Fn()>>,
     port: u16,
 }
 
 impl Server {
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            match &self.stop {
+                Some(stop) => stop(),
+                None => {
+                    let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+                }
+            }
             let _ = c.wait();
         }
     }
@@ -100,8 +108,26 @@ fn postgres(dir: &Path) -> Server {
     assert!(ok.success(), "initdb failed");
     let port = free_port();
     let (bin2, data2, sock) = (bin.clone(), data.clone(), dir.to_path_buf());
+    // The child is runuser, and SIGTERM is PostgreSQL's "smart" shutdown,
+    // which lets open connections (the backend's pool) go on working:
+    // pg_ctl's fast shutdown ends them and waits until the server is down.
+    let (bin3, data3) = (bin.clone(), data.clone());
     let mut s = Server {
         child: None,
+        stop: Some(Box::new(move || {
+            let ok = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin3.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data3)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            if !ok.success() {
+                eprintln!("pg_ctl stop failed ({ok}); the server may still be up");
+            }
+        })),
         port,
         start: Box::new(move || {
             Command::new("runuser")
@@ -135,6 +161,7 @@ fn mariadb(dir: &Path) -> Server {
     let sock = dir.join("my.sock");
     let mut s = Server {
         child: None,
+        stop: None,
         port,
         start: Box::new(move || {
             Command::new("mariadbd")
