@@ -32,7 +32,9 @@ pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,
     RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
-pub use system::{set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS};
+pub use system::{
+    ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
+};
 pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
 
 use settings::{options_of, RENAMED};

@@ -91,7 +91,7 @@ impl SystemSettings {
             errors.push(SystemError { key: "NTP_SERVERS", reason: format!("at most {MAX_NTP_SERVERS} servers") });
         }
         for server in &self.ntp_servers {
-            if let Err(reason) = check_server(server) {
+            if let Err(reason) = ntp_server_target(server) {
                 errors.push(SystemError { key: "NTP_SERVERS", reason: format!("{server:?}: {reason}") });
             }
         }
@@ -139,32 +139,38 @@ fn check_hostname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `host`, `host:port`, an IP address, or `[IPv6]:port`.
-fn check_server(server: &str) -> Result<(), String> {
+/// The port of an NTP server named without one.
+pub const NTP_PORT: u16 = 123;
+
+/// An NTP server (`host`, `host:port`, an IP address, `[IPv6]` or
+/// `[IPv6]:port`) as a name resolver takes it: `host:port` or
+/// `[IPv6]:port`, port [`NTP_PORT`] when none is given. Anything else is an
+/// error saying why.
+pub fn ntp_server_target(server: &str) -> Result<String, String> {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
     if let Some(rest) = server.strip_prefix('[') {
         let (addr, port) = rest.split_once(']').ok_or("an opening [ without ]")?;
-        addr.parse::<std::net::Ipv6Addr>().map_err(|_| "not an IPv6 address in [...]".to_string())?;
-        return match port {
-            "" => Ok(()),
-            p => check_port(p.strip_prefix(':').ok_or("expected :port after ]")?),
+        let ip: Ipv6Addr = addr.parse().map_err(|_| "not an IPv6 address in [...]".to_string())?;
+        let port = match port {
+            "" => NTP_PORT,
+            p => parse_port(p.strip_prefix(':').ok_or("expected :port after ]")?)?,
         };
+        return Ok(SocketAddr::new(ip.into(), port).to_string());
     }
-    if server.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Ok(());
+    if let Ok(ip) = server.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, NTP_PORT).to_string());
     }
     let (host, port) = match server.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (server, None),
+        Some((h, p)) => (h, parse_port(p)?),
+        None => (server, NTP_PORT),
     };
-    if let Some(port) = port {
-        check_port(port)?;
-    }
-    check_hostname(host).map_err(|e| format!("not a host name ({e})"))
+    check_hostname(host).map_err(|e| format!("not a host name ({e})"))?;
+    Ok(format!("{host}:{port}"))
 }
 
-fn check_port(port: &str) -> Result<(), String> {
+fn parse_port(port: &str) -> Result<u16, String> {
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
+        Ok(p) if p > 0 => Ok(p),
         _ => Err(format!("port {port:?} is not 1-65535")),
     }
 }
@@ -197,6 +203,18 @@ mod tests {
         // Missing keys are added; no servers is NTP off.
         let off = SystemSettings { hostname: "a".into(), ntp_servers: vec![] };
         assert_eq!(off.apply_to("").unwrap(), "HOSTNAME=\"a\"\nNTP_SERVERS=\"\"\n");
+    }
+
+    #[test]
+    fn servers_get_port_123_unless_they_name_one() {
+        let target = |s: &str| ntp_server_target(s).unwrap();
+        assert_eq!(target("pool.ntp.org"), "pool.ntp.org:123");
+        assert_eq!(target("10.0.2.2:12345"), "10.0.2.2:12345");
+        assert_eq!(target("192.0.2.1"), "192.0.2.1:123");
+        assert_eq!(target("2001:db8::1"), "[2001:db8::1]:123");
+        assert_eq!(target("[2001:db8::1]"), "[2001:db8::1]:123");
+        assert_eq!(target("[2001:db8::1]:4123"), "[2001:db8::1]:4123");
+        assert_eq!(target("ntp.example.com:4123"), "ntp.example.com:4123");
     }
 
     #[test]

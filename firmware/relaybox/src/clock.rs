@@ -78,8 +78,12 @@ struct BootClock {
 
 impl BootClock {
     fn read() -> Option<Self> {
-        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-        let boot_id = parse_uuid(text.trim()).filter(|id| *id != [0; 16])?;
+        // The boot id cannot change under a running process: read it once.
+        static BOOT_ID: std::sync::OnceLock<Option<[u8; 16]>> = std::sync::OnceLock::new();
+        let boot_id = (*BOOT_ID.get_or_init(|| {
+            let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            parse_uuid(text.trim()).filter(|id| *id != [0; 16])
+        }))?;
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         let since_boot_ms = u64::try_from(t.tv_sec).ok()? * 1000 + u64::try_from(t.tv_nsec).ok()? / 1_000_000;
         Some(BootClock { boot_id, since_boot_ms })

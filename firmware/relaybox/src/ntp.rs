@@ -125,18 +125,6 @@ async fn ask(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Option<Reply
     }
 }
 
-/// `host`, `host:port`, an IP address or `[v6]:port`, as `lookup_host`
-/// takes it (port 123 when none is given).
-fn with_port(server: &str) -> String {
-    if let Ok(ip) = server.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
-        return SocketAddr::new(ip, 123).to_string();
-    }
-    match server.rsplit_once(':') {
-        Some((_, port)) if port.parse::<u16>().is_ok() => server.to_string(),
-        _ => format!("{server}:123"),
-    }
-}
-
 /// Asks every server at once and takes the first valid answer: (name,
 /// address, reply). So a server that is down, or a DNS that does not
 /// answer, costs `timeout_ms` once, not once per server (at boot, before
@@ -157,7 +145,13 @@ async fn query(args: &ClockArgs) -> Option<(String, SocketAddr, Reply)> {
 
 /// Resolves `server` and asks its addresses until one answers.
 async fn ask_server(server: String, timeout: Duration) -> Option<(String, SocketAddr, Reply)> {
-    let target = with_port(&server);
+    let target = match relaybox_config::ntp_server_target(&server) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(server = %server, "not an NTP server name: {e}");
+            return None;
+        }
+    };
     let addrs = match tokio::time::timeout(timeout, tokio::net::lookup_host(&target)).await {
         Ok(Ok(a)) => a.collect::<Vec<_>>(),
         Ok(Err(e)) => {
@@ -255,21 +249,5 @@ pub async fn run(mut args: ClockArgs) -> anyhow::Result<()> {
             wait
         };
         tokio::time::sleep(wait).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn servers_get_port_123_unless_they_name_one() {
-        assert_eq!(with_port("pool.ntp.org"), "pool.ntp.org:123");
-        assert_eq!(with_port("10.0.2.2:12345"), "10.0.2.2:12345");
-        assert_eq!(with_port("192.0.2.1"), "192.0.2.1:123");
-        assert_eq!(with_port("2001:db8::1"), "[2001:db8::1]:123");
-        assert_eq!(with_port("[2001:db8::1]"), "[2001:db8::1]:123");
-        assert_eq!(with_port("[2001:db8::1]:4123"), "[2001:db8::1]:4123");
-        assert_eq!(with_port("ntp.example.com:4123"), "ntp.example.com:4123");
     }
 }

@@ -20,6 +20,18 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// One labelled form field: `input` (HTML) with its error, if any, and its
+/// help (HTML), under the ids the pages and tests use (`field-{id}`,
+/// `error-{id}`).
+pub fn form_field(id: &str, label: &str, input: &str, error: Option<&str>, help: &str) -> String {
+    format!(
+        r#"<div class="field{}" id="field-{id}"><label for="{id}">{}</label>{input}{}<p class="help">{help}</p></div>"#,
+        if error.is_some() { " field-error" } else { "" },
+        esc(label),
+        error.map(|e| format!(r#"<p class="err" id="error-{id}">{}</p>"#, esc(e))).unwrap_or_default(),
+    )
+}
+
 /// The hidden CSRF field every form carries.
 pub fn csrf_field(token: &str) -> String {
     format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(token))

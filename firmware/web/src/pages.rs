@@ -11,7 +11,7 @@ use relaybox_config::Config;
 use serde::Deserialize;
 
 use crate::app::{cookie, forbidden, html_page, Authed, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
-use crate::html::{csrf_field, esc, page};
+use crate::html::{csrf_field, esc, form_field, page};
 use crate::{auth, control, files, ini_edit};
 
 fn session_cookie(id: &str, max_age: u64) -> String {
@@ -191,16 +191,8 @@ fn settings_page(
     let mut fields = String::new();
     for f in FIELDS {
         let value = values.get(f.name).map(String::as_str).unwrap_or("");
-        let error = errors.get(f.name);
-        fields.push_str(&format!(
-            r#"<div class="field{}" id="field-{name}"><label for="{name}">{label}</label>{input}{err}<p class="help">{help}</p></div>"#,
-            if error.is_some() { " field-error" } else { "" },
-            name = f.name,
-            label = esc(f.label),
-            input = input(f, value),
-            err = error.map(|e| format!(r#"<p class="err" id="error-{}">{}</p>"#, f.name, esc(e))).unwrap_or_default(),
-            help = esc(f.help),
-        ));
+        let error = errors.get(f.name).map(String::as_str);
+        fields.push_str(&form_field(f.name, f.label, &input(f, value), error, &esc(f.help)));
     }
     let general =
         errors.get("").map(|e| format!(r#"<p class="bad" id="error-file">{}</p>"#, esc(e))).unwrap_or_default();

@@ -17,7 +17,7 @@ use relaybox_config::{split_servers, SystemSettings, MAX_NTP_SERVERS};
 
 use crate::app::{html_page, Authed, State};
 use crate::files;
-use crate::html::{csrf_field, esc, page};
+use crate::html::{csrf_field, esc, form_field, page};
 use crate::pages::Flash;
 
 fn read(state: &State) -> String {
@@ -37,13 +37,8 @@ fn system_page(
     message: &str,
 ) -> String {
     let field = |key: &str, id: &str, label: &str, value: &str, help: &str| {
-        let error = errors.get(key);
-        format!(
-            r#"<div class="field{}" id="field-{id}"><label for="{id}">{label}</label><input type="text" id="{id}" name="{id}" value="{}">{}<p class="help">{help}</p></div>"#,
-            if error.is_some() { " field-error" } else { "" },
-            esc(value),
-            error.map(|e| format!(r#"<p class="err" id="error-{id}">{}</p>"#, esc(e))).unwrap_or_default(),
-        )
+        let input = format!(r#"<input type="text" id="{id}" name="{id}" value="{}">"#, esc(value));
+        form_field(id, label, &input, errors.get(key).map(String::as_str), help)
     };
     let hostname = field(
         "HOSTNAME",
