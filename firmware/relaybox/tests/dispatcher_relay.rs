@@ -383,3 +383,59 @@ fn a_relay_revoked_while_connected_is_dropped_at_the_next_verify_interval() {
     assert!(line.contains("revoked"), "{line}");
     drop(r);
 }
+
+/// This boot's id and milliseconds since it, as the relay marks snapshots.
+fn boot_now() -> ([u8; 16], u64) {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    (id, t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000)
+}
+
+#[test]
+fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved() {
+    use relaybox_core::{ClockMark, CoreConfig, SessionTable};
+    // The snapshot of a relay whose clock started in 1970 (a board without
+    // an RTC, before NTP): its call was offered at its 00:01:40, the
+    // snapshot taken half a second later, both in this boot. The wall clock
+    // says 2026 now; read on that scale the call would be 56 years old and
+    // expire at once.
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (certs, _) = rig.certs("relay-certs-restored", "relay1");
+    let ports = free_port_range(10);
+    let cfg = rig.relay_config(&certs, ports, "stream_timeout = 30");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let state = text.lines().find_map(|l| l.strip_prefix("state_file = ")).unwrap().to_string();
+    let mut table = SessionTable::new(CoreConfig { port_range: ports, ..CoreConfig::default() });
+    let offer = relaybox_proto::UpdateRequest {
+        party: relaybox_proto::PartyType::Request,
+        dialog_id: None,
+        call_id: "from-1970".into(),
+        cseq: relaybox_proto::CSeq { number: 1, method: "INVITE".into() },
+        from_uri: "sip:a@example.com".into(),
+        to_uri: "sip:b@example.com".into(),
+        from_tag: "ft".into(),
+        to_tag: None,
+        user_agent: String::new(),
+        signaling_ip: None,
+        media_relay: None,
+        media: relaybox_proto::MediaItem::parse_list(&audio(4000), 8).unwrap(),
+    };
+    table.update(&offer, "127.0.0.1".parse().unwrap(), 100_000).unwrap();
+    let (boot_id, since_boot_ms) = boot_now();
+    let mark = ClockMark { at: 100_500, boot_id, since_boot_ms };
+    std::fs::write(&state, table.snapshot(mark).encode()).unwrap();
+
+    let _r = rig.spawn("relay", &cfg);
+    let log = d.wait_log("relay sessions adopted", Duration::from_secs(10));
+    assert!(log.contains("sessions=1"), "{log}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!d.log_text().contains("expired"), "the restored call expired:\n{}", d.log_text());
+    let sessions = management(rig.mgmt_port, "sessions");
+    assert!(sessions.contains("\"call_id\":\"from-1970\""), "{sessions}");
+}
