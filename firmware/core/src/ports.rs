@@ -115,6 +115,18 @@ impl PortPool {
         self.free = free;
     }
 
+    /// The daemon could not bind the held pair `port` (another program on
+    /// the host has one of its ports): its owner gets the pair at the front
+    /// of the free list instead, and `port` goes to the back, to be tried
+    /// again much later. None (and nothing changes) when `port` is not held
+    /// or no other pair is free.
+    pub fn reassign(&mut self, port: u16, events: &mut VecDeque<Event>) -> Option<(PortOwner, u16)> {
+        let owner = self.owner(port)?;
+        let new = self.allocate(owner, events)?;
+        self.release(port, events);
+        Some((owner, new))
+    }
+
     /// Returns a pair to the back of the free list; a pair that is not held
     /// is ignored.
     pub fn release(&mut self, port: u16, events: &mut VecDeque<Event>) {
@@ -191,5 +203,28 @@ mod tests {
         pool.release(50000, &mut ev);
         pool.release(1, &mut ev);
         assert_eq!(pool.pairs_in_use(), 3);
+    }
+
+    #[test]
+    fn a_pair_that_cannot_be_bound_is_swapped_for_the_next_free_one() {
+        let mut pool = PortPool::new((40000, 40006));
+        let mut ev = VecDeque::new();
+        let a = pool.allocate(owner(), &mut ev).unwrap();
+        ev.clear();
+        assert_eq!(pool.reassign(a, &mut ev), Some((owner(), 40002)));
+        assert_eq!(ev.drain(..).collect::<Vec<_>>(), [Event::OpenPorts(40002), Event::ClosePorts(40000)]);
+        assert_eq!(pool.owner(40000), None);
+        assert_eq!(pool.owner(40002), Some(owner()));
+        assert_eq!(pool.pairs_in_use(), 1);
+        // The busy pair is tried again last.
+        assert_eq!(pool.free_order(), [40004, 40000]);
+        assert_eq!(pool.reassign(40004, &mut ev), None, "not held");
+        let b = pool.allocate(owner(), &mut ev).unwrap();
+        let c = pool.allocate(owner(), &mut ev).unwrap();
+        assert_eq!((b, c), (40004, 40000));
+        ev.clear();
+        assert_eq!(pool.reassign(b, &mut ev), None, "no free pair left");
+        assert!(ev.is_empty());
+        assert_eq!(pool.owner(b), Some(owner()));
     }
 }

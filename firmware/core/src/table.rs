@@ -244,6 +244,30 @@ impl SessionTable {
         Ok(ports)
     }
 
+    /// The daemon could not open the pair `port` of an [`Event::OpenPorts`]
+    /// just polled after [`update`](Self::update) (another program on the
+    /// host holds one of its ports): its stream side moves to the next free
+    /// pair, whose `OpenPorts` is queued, and the busy pair goes to the back
+    /// of the free list. Returns the new port, to put in the update's reply
+    /// in place of `port`. None when `port` is not held or no pair is free.
+    ///
+    /// Only for pairs nobody has been told about yet: a moved pair's old
+    /// number is forgotten.
+    pub fn move_unbindable(&mut self, port: u16) -> Option<u16> {
+        let (owner, new) = self.pool.reassign(port, &mut self.events)?;
+        let stream = self.sessions.get_mut(&owner.session).and_then(|s| s.stream_mut(owner.stream));
+        match stream {
+            Some(stream) => stream.leg_mut(owner.side).port = new,
+            // Cannot happen: every held pair belongs to a live stream. Do
+            // not leave the new pair held by nobody.
+            None => {
+                self.pool.release(new, &mut self.events);
+                return None;
+            }
+        }
+        Some(new)
+    }
+
     /// Ends a session on BYE or CANCEL and returns its final statistics.
     /// The request's from_tag or to_tag must be the session's from_tag (BYE
     /// from either side; CANCEL has no to_tag).

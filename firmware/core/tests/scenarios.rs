@@ -703,3 +703,29 @@ fn ipv6_sides_latch_by_the_same_rules_and_report_bracketed_addresses() {
         ("[2001:db8:77::1]:40000", "[2001:db8:77::1]:40002")
     );
 }
+
+#[test]
+fn a_pair_the_daemon_cannot_bind_is_replaced_before_anyone_is_told() {
+    let mut t = table();
+    assert_eq!(t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap(), vec![40002]);
+    assert_eq!(events(&mut t), vec![Event::OpenPorts(40000), Event::OpenPorts(40002)]);
+    // Another program holds 40003: the callee side moves to the next pair.
+    assert_eq!(t.move_unbindable(40002), Some(40004));
+    assert_eq!(events(&mut t), vec![Event::OpenPorts(40004), Event::ClosePorts(40002)]);
+    assert_eq!(t.move_unbindable(40002), None, "no longer held");
+    assert_eq!(t.ports_in_use(), 4);
+    // Retransmission and answer see the moved side; the caller's is kept.
+    assert_eq!(t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap(), vec![40004]);
+    assert_eq!(t.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0 + 1000).unwrap(), vec![40000]);
+    let st = &stats(&t, T0 + 1000).streams[0];
+    assert_eq!((st.caller_local.as_str(), st.callee_local.as_str()), ("203.0.113.1:40000", "203.0.113.1:40004"));
+    // Media flows through the new pair; the old one is nobody's.
+    assert_eq!(
+        t.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000),
+        Verdict::Drop(DropReason::UnknownPort)
+    );
+    assert_eq!(t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2000), Verdict::Drop(DropReason::NotLatched));
+    assert_eq!(t.on_packet(40004, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000), forward(40000, CALLER_ADDR));
+    assert_eq!(t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2020), forward(40004, CALLEE_NAT_ADDR));
+    assert_eq!(t.ports_in_use(), 4);
+}

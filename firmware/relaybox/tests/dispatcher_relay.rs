@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -49,23 +49,7 @@ fn a_call_is_relayed_both_ways_and_accounted() {
     // The callee sends to the port in the offer, the caller to the one in the answer.
     let to_callee_side: SocketAddr = format!("127.0.0.1:{}", offer_ports[0]).parse().unwrap();
     let to_caller_side: SocketAddr = format!("127.0.0.1:{}", answer_ports[0]).parse().unwrap();
-    let mut got_at_callee = 0;
-    let mut got_at_caller = 0;
-    for seq in 0..20u16 {
-        caller.send(to_caller_side, &rtp(seq));
-        if let Some((data, from)) = callee.recv_rtp(seq) {
-            assert_eq!(data, rtp(seq));
-            assert_eq!(from, to_callee_side, "media must come from the relay port the callee was given");
-            got_at_callee += 1;
-        }
-        callee.send(to_callee_side, &rtp(seq));
-        if let Some((data, from)) = caller.recv_rtp(seq) {
-            assert_eq!(data, rtp(seq));
-            assert_eq!(from, to_caller_side);
-            got_at_caller += 1;
-        }
-    }
-    eprintln!("relayed: {got_at_callee}/20 caller->callee, {got_at_caller}/20 callee->caller");
+    let (got_at_callee, got_at_caller) = exchange(&caller, &callee, to_caller_side, to_callee_side, 20);
     assert!(got_at_callee >= 19 && got_at_caller >= 19);
 
     let sessions = management(rig.mgmt_port, "sessions");
@@ -444,4 +428,33 @@ fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved()
     assert!(!d.log_text().contains("expired"), "the restored call expired:\n{}", d.log_text());
     let sessions = management(rig.mgmt_port, "sessions");
     assert!(sessions.contains("\"call_id\":\"from-1970\""), "{sessions}");
+}
+
+#[test]
+fn ports_another_program_holds_are_skipped_and_the_call_is_relayed() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (r, (start, end)) = rig.relay(&d, "relay1", "");
+    // The first call would get `start` (caller side) and `start + 2`
+    // (callee side); something else on the host holds `start` and the RTCP
+    // port `start + 3`.
+    let _busy: Vec<UdpSocket> =
+        [start, start + 3].iter().map(|&p| UdpSocket::bind(("127.0.0.1", p)).unwrap()).collect();
+    let caller = Phone::new();
+    let callee = Phone::new();
+    let mut m = Module::connect(&rig.socket);
+    let (offer, _) = m.request(&update("request", "busy", 1, "", &audio(caller.port())));
+    let (answer, _) = m.request(&update("reply", "busy", 1, "tt", &audio(callee.port())));
+    let (offer_port, answer_port) = (ports(&offer).1[0], ports(&answer).1[0]);
+    for p in [offer_port, answer_port] {
+        assert!((start + 4..end).contains(&p), "{p} (offer: {offer}, answer: {answer}) must skip the busy pairs");
+    }
+    let to_callee_side: SocketAddr = format!("127.0.0.1:{offer_port}").parse().unwrap();
+    let to_caller_side: SocketAddr = format!("127.0.0.1:{answer_port}").parse().unwrap();
+    let (got_at_callee, got_at_caller) = exchange(&caller, &callee, to_caller_side, to_callee_side, 20);
+    assert!(got_at_callee >= 19 && got_at_caller >= 19);
+    let log = r.log_text();
+    assert!(log.contains(&format!("relay ports {start}/{} are busy", start + 1)), "{log}");
+    assert!(log.contains(&format!("relay ports {}/{} are busy", start + 2, start + 3)), "{log}");
+    assert_eq!(m.request(&remove("busy")).0, "removed\r\n");
 }

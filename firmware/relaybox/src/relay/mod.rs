@@ -305,14 +305,42 @@ impl Relay {
     /// table.
     #[must_use]
     fn apply_events(&self, table: &mut SessionTable) -> Vec<SessionStats> {
+        self.apply_events_moving(table, None)
+    }
+
+    /// [`apply_events`](Self::apply_events) after an update whose reply is
+    /// not sent yet: a pair that cannot be bound (another program holds one
+    /// of its ports, e.g. an ephemeral port of the host's own traffic) is
+    /// swapped for the next free pair, each free pair tried at most once;
+    /// `(old, new)` goes into `moved` for the reply.
+    fn apply_events_moving(
+        &self,
+        table: &mut SessionTable,
+        mut moved: Option<&mut Vec<(u16, u16)>>,
+    ) -> Vec<SessionStats> {
         let mut expired = Vec::new();
         let mut changed = false;
+        let mut tries = table.ports_free() / 2;
         while let Some(event) = table.poll_event() {
             changed = true;
             match event {
                 Event::OpenPorts(p) => {
-                    if let Err(e) = self.datapath.open_ports(p) {
-                        tracing::error!(port = p, "cannot open relay ports {p}/{}: {e}", p + 1);
+                    let Err(e) = self.datapath.open_ports(p) else { continue };
+                    let replacement = match moved.as_deref_mut() {
+                        Some(moved) if tries > 0 => {
+                            tries -= 1;
+                            table.move_unbindable(p).inspect(|&new| moved.push((p, new)))
+                        }
+                        _ => None,
+                    };
+                    match replacement {
+                        Some(new) => tracing::warn!(
+                            port = p,
+                            "relay ports {p}/{} are busy ({e}); using {new}/{} instead",
+                            p + 1,
+                            new + 1
+                        ),
+                        None => tracing::error!(port = p, "cannot open relay ports {p}/{}: {e}", p + 1),
                     }
                 }
                 Event::ClosePorts(p) => self.datapath.close_ports(p),
@@ -401,13 +429,22 @@ impl Relay {
                 let flows = table.session_flow_ids(&update.call_id);
                 self.poll_flow_counters(&mut table, flows);
                 let result = table.update(&update, ip, now);
-                let expired = self.apply_events(&mut table);
+                let mut moved: Vec<(u16, u16)> = Vec::new();
+                let expired = self.apply_events_moving(&mut table, Some(&mut moved));
                 drop(table);
                 self.save.notify_one();
                 self.report_expired(expired);
                 self.wake.notify_one();
                 match result {
-                    Ok(ports) => {
+                    Ok(mut ports) => {
+                        for port in &mut ports {
+                            // A pair may have moved more than once.
+                            for &(old, new) in &moved {
+                                if *port == old {
+                                    *port = new;
+                                }
+                            }
+                        }
                         lock(&self.origin).insert(update.call_id.clone(), link_id);
                         UpdateReply::Ports(RelayPorts { ip, ports }).payload()
                     }

@@ -338,6 +338,37 @@ impl Phone {
 }
 
 /// A minimal RTP packet with payload type 8 (PCMA).
+/// Sends `count` RTP packets each way through the relay: the caller to
+/// `to_caller_side` (the port in the answer), the callee to `to_callee_side`
+/// (the port in the offer). Each received packet must be the one sent and
+/// come from the port its receiver was given. Returns what arrived
+/// (at the callee, at the caller).
+pub fn exchange(
+    caller: &Phone,
+    callee: &Phone,
+    to_caller_side: SocketAddr,
+    to_callee_side: SocketAddr,
+    count: u16,
+) -> (u16, u16) {
+    let (mut at_callee, mut at_caller) = (0, 0);
+    for seq in 0..count {
+        caller.send(to_caller_side, &rtp(seq));
+        if let Some((data, from)) = callee.recv_rtp(seq) {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_callee_side, "media must come from the relay port the callee was given");
+            at_callee += 1;
+        }
+        callee.send(to_callee_side, &rtp(seq));
+        if let Some((data, from)) = caller.recv_rtp(seq) {
+            assert_eq!(data, rtp(seq));
+            assert_eq!(from, to_caller_side, "media must come from the relay port the caller was given");
+            at_caller += 1;
+        }
+    }
+    eprintln!("relayed: {at_callee}/{count} caller->callee, {at_caller}/{count} callee->caller");
+    (at_callee, at_caller)
+}
+
 pub fn rtp(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 8];
     p.extend_from_slice(&seq.to_be_bytes());
