@@ -10,6 +10,8 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use relaybox_ca::{CertificateAuthority, IssuedCert, Subject};
@@ -25,20 +27,36 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// An even start port with `count` free UDP ports after it.
+/// An even start port with `count` free UDP ports after it. Ranges lie
+/// below the kernel's ephemeral ports (32768 and up), so no client socket of
+/// a test lands in one, and the ranges of one test process never overlap
+/// (the test threads share the cursor).
 pub fn free_port_range(count: u16) -> (u16, u16) {
+    const LOW: u32 = 20000;
+    const HIGH: u32 = 32768;
+    static CURSOR: Mutex<u32> = Mutex::new(0);
+    let count = u32::from(count + count % 2);
+    let mut cursor = CURSOR.lock().unwrap_or_else(|e| e.into_inner());
+    if *cursor == 0 {
+        // Each process starts somewhere else: test binaries may run side by side.
+        *cursor = LOW + std::process::id().wrapping_mul(2_654_435_761) % (HIGH - LOW) / 2 * 2;
+    }
     loop {
-        let start = 20000 + (rand_u16() % 20000) * 2;
-        let ok = (start..start + count).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok());
-        if ok {
-            return (start, start + count);
+        if *cursor + count > HIGH {
+            *cursor = LOW;
+        }
+        let (start, end) = (*cursor as u16, (*cursor + count) as u16);
+        *cursor += count;
+        if (start..end).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return (start, end);
         }
     }
 }
 
-fn rand_u16() -> u16 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    ((t ^ (std::process::id() << 7)) % 20000) as u16
+/// A number no other call in this process returns: unique file names.
+fn unique() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::SeqCst)
 }
 
 /// A running daemon; killed on drop.
@@ -166,7 +184,7 @@ impl Rig {
             self.mgmt_port,
             certs.display()
         );
-        let path = self.path(&format!("dispatcher-{}.ini", rand_u16()));
+        let path = self.path(&format!("dispatcher-{}.ini", unique()));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -177,16 +195,16 @@ impl Rig {
             self.relay_port,
             ports.0,
             ports.1,
-            self.path(&format!("relay-{}-{}.state", ports.0, rand_u16())).display(),
+            self.path(&format!("relay-{}-{}.state", ports.0, unique())).display(),
             certs.display()
         );
-        let path = self.path(&format!("relay-{}-{}.ini", ports.0, rand_u16()));
+        let path = self.path(&format!("relay-{}-{}.ini", ports.0, unique()));
         std::fs::write(&path, text).unwrap();
         path
     }
 
     pub fn spawn(&self, role: &str, config: &Path) -> Daemon {
-        let log = self.path(&format!("{role}-{}.log", rand_u16()));
+        let log = self.path(&format!("{role}-{}.log", unique()));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(BIN)
             .arg("--config")
@@ -214,7 +232,7 @@ impl Rig {
     /// dispatcher logs it.
     pub fn relay(&mut self, dispatcher: &Daemon, cn: &str, extra: &str) -> (Daemon, (u16, u16)) {
         let before = dispatcher.log_text().matches("relay connected").count();
-        let (certs, _) = self.certs(&format!("relay-certs-{cn}-{}", rand_u16()), cn);
+        let (certs, _) = self.certs(&format!("relay-certs-{cn}-{}", unique()), cn);
         let ports = free_port_range(40);
         let cfg = self.relay_config(&certs, ports, extra);
         let r = self.spawn("relay", &cfg);
