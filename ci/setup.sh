@@ -11,7 +11,7 @@ PACKAGES=(
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
-  chrony
+  chrony curl
 )
 
 missing=()

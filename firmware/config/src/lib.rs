@@ -17,6 +17,7 @@
 
 mod error;
 mod ini;
+mod network;
 mod passport;
 mod settings;
 mod system;
@@ -27,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigWarning};
+pub use network::{NetworkSettings, WanMode, MAX_DNS_SERVERS};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,

@@ -105,6 +105,8 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "metrics_lan_only"),
     ext("Web", "system_conf"),
     ext("Web", "clock_pid_file"),
+    ext("Web", "network_conf"),
+    ext("Web", "reboot_command"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -668,6 +670,12 @@ pub struct WebConfig {
     /// (SIGTERM; its supervisor starts it again) when the NTP servers
     /// change (`/run/relaybox/clock.pid`).
     pub clock_pid_file: PathBuf,
+    /// The box's `network.conf` (WAN and LAN addresses) that the Network
+    /// page edits (`network.conf` next to the configuration file).
+    pub network_conf: PathBuf,
+    /// Program run, without arguments, by the System page's Reboot button
+    /// (`/sbin/reboot`).
+    pub reboot_command: PathBuf,
 }
 
 impl Default for WebConfig {
@@ -690,6 +698,8 @@ impl WebConfig {
             metrics_lan_only: false,
             system_conf: base.join("system.conf"),
             clock_pid_file: PathBuf::from("/run/relaybox/clock.pid"),
+            network_conf: base.join("network.conf"),
+            reboot_command: PathBuf::from("/sbin/reboot"),
         }
     }
 }
@@ -716,6 +726,8 @@ impl WebConfig {
             "metrics_lan_only" => self.metrics_lan_only = value::boolean(v)?,
             "system_conf" => self.system_conf = value::path(v, base)?,
             "clock_pid_file" => self.clock_pid_file = value::path(v, base)?,
+            "network_conf" => self.network_conf = value::path(v, base)?,
+            "reboot_command" => self.reboot_command = value::path(v, base)?,
             _ => return unknown(name),
         }
         Ok(())

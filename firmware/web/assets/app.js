@@ -1,5 +1,6 @@
-// relaybox web: the only script. Live status polling and reading a chosen
-// PEM file into its text box. The server renders all HTML.
+// relaybox web: the only script. Live status polling, reading a chosen
+// PEM file into its text box, and confirming forms that cut calls. The
+// server renders all HTML.
 (function () {
   var live = document.getElementById("live");
   if (live) {
@@ -17,6 +18,12 @@
       var file = input.files[0];
       if (!target || !file) { return; }
       file.text().then(function (t) { target.value = t; });
+    });
+  });
+  // Forms that cut calls (Reboot) ask first.
+  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+    form.addEventListener("submit", function (e) {
+      if (!window.confirm(form.getAttribute("data-confirm"))) { e.preventDefault(); }
     });
   });
 })();

@@ -32,6 +32,30 @@ pub fn form_field(id: &str, label: &str, input: &str, error: Option<&str>, help:
     )
 }
 
+/// A text input named and identified `id`.
+pub fn text_input(id: &str, value: &str) -> String {
+    format!(r#"<input type="text" id="{id}" name="{id}" value="{}">"#, esc(value))
+}
+
+/// A drop-down named and identified `id` with `current` selected; a
+/// `current` that is not one of `choices` is shown (selected) as well, so
+/// that a form never silently changes a value it does not know.
+pub fn select(id: &str, choices: &[&str], current: &str) -> String {
+    let mut known = false;
+    let mut options: String = choices
+        .iter()
+        .map(|c| {
+            let selected = c.eq_ignore_ascii_case(current);
+            known |= selected;
+            format!(r#"<option{}>{c}</option>"#, if selected { " selected" } else { "" })
+        })
+        .collect();
+    if !known {
+        options.push_str(&format!(r#"<option selected>{}</option>"#, esc(current)));
+    }
+    format!(r#"<select id="{id}" name="{id}">{options}</select>"#)
+}
+
 /// The hidden CSRF field every form carries.
 pub fn csrf_field(token: &str) -> String {
     format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(token))

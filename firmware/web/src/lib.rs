@@ -15,6 +15,7 @@
 mod app;
 pub mod auth;
 mod certs;
+mod conf_form;
 pub mod control;
 pub mod files;
 mod html;

@@ -1,14 +1,23 @@
-//! The network page: the box's interfaces and addresses, read-only. The
-//! interface with the default route is the WAN side, the others the LAN.
+//! The network page: the box's interfaces and addresses as they are now
+//! (the interface with the default route is the WAN side, the others the
+//! LAN), and the settings init applies at boot, kept in `network.conf`
+//! (`[Web] network_conf`): WAN by DHCP or static (address, gateway, DNS),
+//! the LAN address. Checked by `relaybox-config` before anything is
+//! written; they take effect at the next boot (the page offers the Reboot
+//! button), so a typo cannot cut the page off mid-session.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::State as AxState;
-use axum::response::Response;
+use axum::extract::{Query, State as AxState};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use relaybox_config::{shell_var, NetworkSettings, MAX_DNS_SERVERS};
 
 use crate::app::{html_page, Authed, State};
-use crate::html::esc;
+use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
 use crate::html::page as frame;
+use crate::html::{csrf_field, esc, form_field, select};
+use crate::pages::Flash;
 
 /// Interfaces that carry a default route (from `/proc/net/route` and
 /// `/proc/net/ipv6_route`).
@@ -42,7 +51,8 @@ fn sys(name: &str, what: &str) -> String {
     std::fs::read_to_string(format!("/sys/class/net/{name}/{what}")).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-pub async fn page(AxState(_state): AxState<State>, auth: Authed) -> Response {
+/// The interfaces table: what the kernel has now.
+fn interfaces_table() -> String {
     let wan = default_route_interfaces();
     let mut interfaces: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for iface in if_addrs::get_if_addrs().unwrap_or_default() {
@@ -75,9 +85,113 @@ pub async fn page(AxState(_state): AxState<State>, auth: Authed) -> Response {
             esc(&sys(name, "address")),
         ));
     }
-    let body = format!(
-        r#"<section><p class="help">Read-only. The interface with the default route faces the WAN.</p>
+    format!(
+        r#"<section><h2>Now</h2><p class="help">The interface with the default route faces the WAN.</p>
 <table id="interfaces"><tr><th>Interface</th><th>Side</th><th>State</th><th>Addresses</th><th>MTU</th><th>MAC</th></tr>{rows}</table></section>"#
+    )
+}
+
+fn network_page(
+    state: &State,
+    auth: &Authed,
+    values: &NetworkSettings,
+    errors: &HashMap<String, String>,
+    message: &str,
+) -> String {
+    let file = conf_form::read(&state.web.network_conf);
+    let interface = |key: &str, default: &str| {
+        shell_var(&file, key).filter(|v| !v.is_empty()).unwrap_or_else(|| format!("{default} (board default)"))
+    };
+    let field = |id: &str, label: &str, value: &str, help: &str| text_field(id, label, value, errors, help);
+    let mode = form_field(
+        "wan_mode",
+        "WAN address",
+        &select("wan_mode", &["dhcp", "static"], &values.wan_mode),
+        errors.get("wan_mode").map(String::as_str),
+        "dhcp: from the WAN's DHCP server. static: the address, gateway and DNS below.",
     );
-    html_page(frame("Network", "/network", Some(&auth.csrf), &body))
+    let fields = [
+        mode,
+        field("wan_address", "WAN address/prefix", &values.wan_address, "Static WAN only, e.g. 203.0.113.10/24."),
+        field(
+            "wan_gateway",
+            "WAN gateway",
+            &values.wan_gateway,
+            "Static WAN only: the router, inside the WAN network. Empty: no default route.",
+        ),
+        field(
+            "wan_dns",
+            "DNS servers",
+            &values.wan_dns.join(" "),
+            &format!("Static WAN only: IP addresses separated by spaces, at most {MAX_DNS_SERVERS}."),
+        ),
+        field(
+            "lan_address",
+            "LAN address/prefix",
+            &values.lan_address,
+            "The box's address on the LAN, e.g. 192.168.1.1/24. Empty: the LAN interface stays down.",
+        ),
+    ]
+    .concat();
+    format!(
+        r#"{message}{table}<section><h2>At boot</h2><form method="post" action="/network">{csrf}
+<p class="help">File: <span class="mono">{path}</span>; other lines and comments in it are kept. WAN interface {wan}, LAN interface {lan}.
+The settings take effect at the next boot.</p>
+{fields}<button type="submit">Save</button></form></section>"#,
+        table = interfaces_table(),
+        csrf = csrf_field(&auth.csrf),
+        path = esc(&state.web.network_conf.display().to_string()),
+        wan = esc(&interface("WAN_IF", "eth0")),
+        lan = esc(&interface("LAN_IF", "eth1")),
+    )
+}
+
+pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
+    let values = NetworkSettings::parse(&conf_form::read(&state.web.network_conf));
+    let message = match f.done.as_str() {
+        "saved" => format!(
+            r#"<p class="ok" id="flash">Saved. The network settings take effect at the next boot.</p>{}"#,
+            crate::system::reboot_form(&auth.csrf)
+        ),
+        _ => String::new(),
+    };
+    html_page(frame(
+        "Network",
+        "/network",
+        Some(&auth.csrf),
+        &network_page(&state, &auth, &values, &HashMap::new(), &message),
+    ))
+}
+
+pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form<HashMap<String, String>>) -> Response {
+    if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return *r;
+    }
+    let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
+    let wanted = NetworkSettings {
+        wan_mode: value("wan_mode"),
+        wan_address: value("wan_address"),
+        wan_gateway: value("wan_gateway"),
+        wan_dns: relaybox_config::split_servers(&value("wan_dns")),
+        lan_address: value("lan_address"),
+    };
+    let path = &state.web.network_conf;
+    let text = match wanted.apply_to(&conf_form::read(path)) {
+        Ok(text) => text,
+        Err(errors) => {
+            let body = network_page(&state, &auth, &wanted, &errors_by_field(errors), NOTHING_SAVED);
+            return conf_form::refused(frame("Network", "/network", Some(&auth.csrf), &body));
+        }
+    };
+    if let Err(r) = conf_form::write(path, &text) {
+        return *r;
+    }
+    tracing::info!(
+        wan_mode = %wanted.wan_mode,
+        wan_address = %wanted.wan_address,
+        lan_address = %wanted.lan_address,
+        "web: saved {}; takes effect at the next boot",
+        path.display()
+    );
+    Redirect::to("/network?done=saved").into_response()
 }

@@ -11,7 +11,7 @@ use relaybox_config::Config;
 use serde::Deserialize;
 
 use crate::app::{cookie, forbidden, html_page, Authed, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
-use crate::html::{csrf_field, esc, form_field, page};
+use crate::html::{csrf_field, esc, form_field, page, select};
 use crate::{auth, control, files, ini_edit};
 
 fn session_cookie(id: &str, max_age: u64) -> String {
@@ -163,20 +163,7 @@ fn input(field: &Field, value: &str) -> String {
                 Kind::YesNo => &["no", "yes"],
                 _ => &["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
             };
-            let current = if value.is_empty() { field.default } else { value };
-            let mut known = false;
-            let mut options: String = choices
-                .iter()
-                .map(|c| {
-                    let selected = c.eq_ignore_ascii_case(current);
-                    known |= selected;
-                    format!(r#"<option{}>{c}</option>"#, if selected { " selected" } else { "" })
-                })
-                .collect();
-            if !known {
-                options.push_str(&format!(r#"<option selected>{}</option>"#, esc(current)));
-            }
-            format!(r#"<select id="{id}" name="{id}">{options}</select>"#)
+            select(id, choices, if value.is_empty() { field.default } else { value })
         }
     }
 }

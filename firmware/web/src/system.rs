@@ -4,25 +4,22 @@
 //! they are written, so the file can never run anything. New NTP servers
 //! take effect at once: the clock daemon (`[Web] clock_pid_file`) is told
 //! to stop and its supervisor starts it again, reading the file. The host
-//! name takes effect at the next boot.
+//! name takes effect at the next boot; the page's Reboot button runs
+//! `[Web] reboot_command`.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use axum::extract::{Query, State as AxState};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use relaybox_config::{split_servers, SystemSettings, MAX_NTP_SERVERS};
 
 use crate::app::{html_page, Authed, State};
-use crate::files;
-use crate::html::{csrf_field, esc, form_field, page};
+use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
+use crate::html::{csrf_field, esc, page};
 use crate::pages::Flash;
-
-fn read(state: &State) -> String {
-    std::fs::read_to_string(&state.web.system_conf).unwrap_or_default()
-}
 
 /// The host name the kernel has now.
 fn running_hostname() -> String {
@@ -33,15 +30,11 @@ fn system_page(
     state: &State,
     auth: &Authed,
     values: &SystemSettings,
-    errors: &HashMap<&str, String>,
+    errors: &HashMap<String, String>,
     message: &str,
 ) -> String {
-    let field = |key: &str, id: &str, label: &str, value: &str, help: &str| {
-        let input = format!(r#"<input type="text" id="{id}" name="{id}" value="{}">"#, esc(value));
-        form_field(id, label, &input, errors.get(key).map(String::as_str), help)
-    };
+    let field = |id: &str, label: &str, value: &str, help: &str| text_field(id, label, value, errors, help);
     let hostname = field(
-        "HOSTNAME",
         "hostname",
         "Host name",
         &values.hostname,
@@ -51,7 +44,6 @@ fn system_page(
         ),
     );
     let ntp = field(
-        "NTP_SERVERS",
         "ntp_servers",
         "NTP servers",
         &values.ntp_servers.join(" "),
@@ -64,9 +56,11 @@ fn system_page(
         r#"{message}<section><form method="post" action="/system">{csrf}
 <p class="help">File: <span class="mono">{path}</span>; other lines and comments in it are kept.</p>
 {hostname}{ntp}
-<button type="submit">Save</button></form></section>"#,
+<button type="submit">Save</button></form></section>
+{reboot}"#,
         csrf = csrf_field(&auth.csrf),
         path = esc(&state.web.system_conf.display().to_string()),
+        reboot = reboot_form(&auth.csrf),
     );
     page("System", "/system", Some(&auth.csrf), &body)
 }
@@ -89,8 +83,18 @@ fn flash(f: &Flash) -> String {
     }
 }
 
+/// The Reboot button (the System page, and the Network page after a save).
+pub fn reboot_form(csrf: &str) -> String {
+    format!(
+        r#"<section><form method="post" action="/system/reboot" id="reboot" data-confirm="Reboot the box now? Calls in progress are cut.">{}
+<p class="help">Reboot the box: calls in progress are cut; settings that take effect at the next boot (host name, network) are applied.</p>
+<button type="submit" class="danger">Reboot</button></form></section>"#,
+        csrf_field(csrf)
+    )
+}
+
 pub async fn form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
-    let values = SystemSettings::parse(&read(&state));
+    let values = SystemSettings::parse(&conf_form::read(&state.web.system_conf));
     html_page(system_page(&state, &auth, &values, &HashMap::new(), &flash(&f)))
 }
 
@@ -100,23 +104,16 @@ pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form
     }
     let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
     let wanted = SystemSettings { hostname: value("hostname"), ntp_servers: split_servers(&value("ntp_servers")) };
-    let old = read(&state);
+    let path = &state.web.system_conf;
+    let old = conf_form::read(path);
     let text = match wanted.apply_to(&old) {
         Ok(text) => text,
         Err(errors) => {
-            let mut by_key: HashMap<&str, String> = HashMap::new();
-            for e in errors {
-                by_key.entry(e.key).and_modify(|m| m.push_str(&format!("; {}", e.reason))).or_insert(e.reason);
-            }
-            let message = r#"<p class="bad" id="flash">Nothing was saved: correct the marked settings.</p>"#;
-            let body = system_page(&state, &auth, &wanted, &by_key, message);
-            return (StatusCode::UNPROCESSABLE_ENTITY, axum::response::Html(body)).into_response();
+            return conf_form::refused(system_page(&state, &auth, &wanted, &errors_by_field(errors), NOTHING_SAVED))
         }
     };
-    let path = &state.web.system_conf;
-    if let Err(e) = files::write_atomic(path, text.as_bytes(), 0o644) {
-        tracing::error!("web: saving {}: {e}", path.display());
-        return (StatusCode::INTERNAL_SERVER_ERROR, format!("saving failed: {e}\n")).into_response();
+    if let Err(r) = conf_form::write(path, &text) {
+        return *r;
     }
     tracing::info!(hostname = %wanted.hostname, ntp_servers = ?wanted.ntp_servers, "web: saved {}", path.display());
     if SystemSettings::parse(&old).ntp_servers == wanted.ntp_servers {
@@ -150,4 +147,31 @@ fn restart_clock(pid_file: &Path) -> Option<u32> {
             None
         }
     }
+}
+
+/// The Reboot button: answers at once, then runs `[Web] reboot_command`
+/// half a second later (so that the answer gets out first). A command that
+/// fails is logged.
+pub async fn reboot(
+    AxState(state): AxState<State>,
+    auth: Authed,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
+        return *r;
+    }
+    let command = state.web.reboot_command.clone();
+    tracing::warn!(command = %command.display(), "web: reboot requested");
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let shown = command.display().to_string();
+        match tokio::task::spawn_blocking(move || std::process::Command::new(&command).status()).await {
+            Ok(Ok(status)) if status.success() => tracing::info!(command = %shown, "web: reboot command done"),
+            Ok(Ok(status)) => tracing::error!(command = %shown, "web: reboot command failed: {status}"),
+            Ok(Err(e)) => tracing::error!(command = %shown, "web: cannot run the reboot command: {e}"),
+            Err(e) => tracing::error!(command = %shown, "web: reboot task: {e}"),
+        }
+    });
+    let body = r#"<section><p class="ok" id="flash">The box is rebooting. This page is back once it is up again (usually within a minute); log in again then.</p></section>"#;
+    html_page(page("Rebooting", "/system", None, body))
 }

@@ -33,7 +33,17 @@ fn every_page_requires_a_login() {
     assert_eq!(web.get("/metrics", None).status, 401);
     let forged = Session { id: "0".repeat(64), csrf: String::new() };
     assert_eq!(web.get("/status", Some(&forged)).status, 303);
-    for path in ["/settings", "/settings/apply", "/settings/rollback", "/certs/upload", "/certs/csr", "/logout"] {
+    for path in [
+        "/settings",
+        "/settings/apply",
+        "/settings/rollback",
+        "/certs/upload",
+        "/certs/csr",
+        "/logout",
+        "/network",
+        "/system",
+        "/system/reboot",
+    ] {
         let r = web.req("POST", path, &[], &form(&[("port_range", "50000:50100")]));
         assert_eq!(r.status, 401, "{path}");
     }
@@ -572,4 +582,118 @@ fn the_system_page_refuses_what_the_shell_would_run_and_leaves_the_file_alone() 
     assert!(!exited_within(&mut other, Duration::from_millis(300)), "a process that is not the clock was signalled");
     other.kill().unwrap();
     other.wait().unwrap();
+}
+
+const NETWORK_CONF: &str = "# Network settings.\nWAN_MODE=dhcp\nLAN_ADDRESS=\nWAN_IF=enp1s0\n";
+
+#[test]
+fn the_network_page_saves_a_static_wan_for_the_next_boot() {
+    let web = Web::start("");
+    let conf = web.dir.path().join("network.conf");
+    std::fs::write(&conf, NETWORK_CONF).unwrap();
+    let s = web.login();
+    let page = web.get("/network", Some(&s));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"<table id="interfaces">"#) && page.body.contains(">lo<"), "{}", page.body);
+    assert!(page.body.contains("<option selected>dhcp</option>"), "{}", page.body);
+    assert!(page.body.contains("WAN interface enp1s0, LAN interface eth1 (board default)"), "{}", page.body);
+    let r = web.post(
+        "/network",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("wan_mode", "static"),
+            ("wan_address", "10.0.2.15/24"),
+            ("wan_gateway", "10.0.2.2"),
+            ("wan_dns", "10.0.2.3, 2001:db8::53"),
+            ("lan_address", "192.168.50.1/24"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/network?done=saved"));
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "# Network settings.\nWAN_MODE=\"static\"\nLAN_ADDRESS=\"192.168.50.1/24\"\nWAN_IF=enp1s0\n\
+         WAN_ADDRESS=\"10.0.2.15/24\"\nWAN_GATEWAY=\"10.0.2.2\"\nWAN_DNS=\"10.0.2.3 2001:db8::53\"\n"
+    );
+    let page = web.get("/network?done=saved", Some(&s));
+    assert!(page.body.contains("take effect at the next boot"), "{}", page.body);
+    assert!(page.body.contains(r#"action="/system/reboot""#), "a reboot button follows a save: {}", page.body);
+    assert!(page.body.contains("<option selected>static</option>"), "{}", page.body);
+    assert!(page.body.contains(r#"id="wan_gateway" name="wan_gateway" value="10.0.2.2""#), "{}", page.body);
+    // Back to DHCP: the static values stay in the file for next time.
+    let r = web.post(
+        "/network",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("wan_mode", "dhcp"),
+            ("wan_address", "10.0.2.15/24"),
+            ("wan_gateway", "10.0.2.2"),
+            ("wan_dns", "10.0.2.3"),
+            ("lan_address", ""),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("WAN_MODE=\"dhcp\"\n") && text.contains("LAN_ADDRESS=\"\"\n"), "{text}");
+}
+
+#[test]
+fn the_network_page_refuses_settings_that_would_cut_the_box_off() {
+    let web = Web::start("");
+    let conf = web.dir.path().join("network.conf");
+    std::fs::write(&conf, NETWORK_CONF).unwrap();
+    let s = web.login();
+    let r = web.post(
+        "/network",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("wan_mode", "static"),
+            ("wan_address", "10.0.2.15/24"),
+            ("wan_gateway", "10.0.3.1"),
+            ("wan_dns", "$(reboot)"),
+            ("lan_address", "10.0.2.1/16"),
+        ],
+    );
+    assert_eq!(r.status, 422);
+    for id in ["wan_gateway", "wan_dns", "lan_address"] {
+        assert!(r.body.contains(&format!(r#"id="error-{id}""#)), "{id} marked: {}", r.body);
+    }
+    assert!(!r.body.contains(r#"id="error-wan_address""#), "{}", r.body);
+    assert!(r.body.contains("is not a host of the WAN network 10.0.2.0/24"), "{}", r.body);
+    assert!(r.body.contains(r#"value="10.0.3.1""#), "what was typed is shown again: {}", r.body);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), NETWORK_CONF);
+    let r = web.post("/network", &s, &[("csrf", &s.csrf), ("wan_mode", "static")]);
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains(r#"id="error-wan_address""#), "{}", r.body);
+    let r = web.post("/network", &s, &[("csrf", "stale"), ("wan_mode", "dhcp")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), NETWORK_CONF);
+}
+
+#[test]
+fn the_reboot_button_runs_the_reboot_command_after_answering() {
+    let web = Web::start("reboot_command = reboot.sh");
+    let script = web.dir.path().join("reboot.sh");
+    let marker = web.dir.path().join("rebooted");
+    std::fs::write(&script, "#!/bin/sh\necho yes > \"$(dirname \"$0\")/rebooted\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = web.login();
+    let page = web.get("/system", Some(&s));
+    assert!(page.body.contains(r#"action="/system/reboot""#) && page.body.contains("data-confirm"), "{}", page.body);
+    let r = web.post("/system/reboot", &s, &[("csrf", "stale")]);
+    assert_eq!(r.status, 403);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!marker.exists(), "rebooted without the form's token");
+    let r = web.post("/system/reboot", &s, &[("csrf", &s.csrf)]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("The box is rebooting"), "{}", r.body);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < until, "the reboot command never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "yes\n");
 }

@@ -2,8 +2,9 @@
 //! drives each like an operator and a SIP proxy would: a dispatcher on the
 //! host, the box provisioned through its config partition, a call placed
 //! through the module socket, RTP both ways through the box's relay (QEMU
-//! host forwards), a killed relay coming back under the supervisor, and a
-//! changed setting surviving a reboot.
+//! host forwards), a killed relay coming back under the supervisor, and
+//! settings changed on the box's web page (host name, a static WAN) taking
+//! effect after its Reboot button.
 //!
 //! Images are taken from target/images/<board>, rebuilt first when older
 //! than their inputs (ci/test.sh runs `cargo xtask image` before).
@@ -235,6 +236,60 @@ fn call_through_the_box(d: &Dispatcher, call_id: &str, range: (u16, u16)) -> (u3
     (at_callee, at_caller)
 }
 
+/// The box's web page through QEMU's forward of its HTTPS port, driven
+/// with curl as an operator's browser would: login, forms with the page's
+/// CSRF token, cookies in a jar.
+struct WebPage {
+    port: u16,
+    jar: PathBuf,
+}
+
+const WEB_PASSWORD: &str = "boot-test-password";
+
+impl WebPage {
+    /// One request; (status, body). The box's self-signed certificate is
+    /// not checked (`-k`): this is about the forms, not the TLS setup.
+    fn request(&self, method: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "--max-time", "60", "-X", method, "-w", "\n%{http_code}", "-c"])
+            .arg(&self.jar)
+            .arg("-b")
+            .arg(&self.jar);
+        for (k, v) in form {
+            cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
+        }
+        let out = cmd.arg(format!("https://127.0.0.1:{}{path}", self.port)).output().expect("running curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// Logs in (the web service may still be starting: retried for a while)
+    /// and returns the session's CSRF token.
+    fn login(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, _) = self.request("GET", "/login", &[]);
+            let jar = std::fs::read_to_string(&self.jar).unwrap_or_default();
+            let token = jar.lines().find_map(|l| l.split('\t').skip_while(|f| *f != "relaybox_login").nth(1));
+            if status == 200 {
+                let token = token.expect("login page sets its token cookie").to_string();
+                let (status, body) = self.request("POST", "/login", &[("csrf", &token), ("password", WEB_PASSWORD)]);
+                assert_eq!(status, 303, "login: {body}");
+                let (_, page) = self.request("GET", "/system", &[]);
+                let csrf = page
+                    .split(r#"name="csrf" value=""#)
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_else(|| panic!("no CSRF field on /system: {page}"));
+                return csrf.to_string();
+            }
+            assert!(Instant::now() < until, "the box's web page never answered (last status {status})");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
 fn image(board: &str) -> Image {
     xtask::image::current(board).unwrap()
 }
@@ -284,6 +339,16 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
         format!("HOSTNAME=relaybox\nNTP_SERVERS=\"{HOST_FROM_GUEST}:{}\"\n", ntp.port),
     )
     .unwrap();
+    // The operator set a web password on the console (`web set-password`).
+    let mut setpw = Command::new(host_relaybox)
+        .arg("--config")
+        .arg(cfg_dir.join("relaybox.ini"))
+        .args(["web", "set-password"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    setpw.stdin.take().unwrap().write_all(format!("{WEB_PASSWORD}\n").as_bytes()).unwrap();
+    assert!(setpw.wait().unwrap().success(), "web set-password");
     let cfg_img = dir.join("config.img");
     xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg_dir)).unwrap();
 
@@ -360,21 +425,49 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     vm.wait_for("connected to dispatcher", Duration::from_secs(90)).unwrap();
     d.wait_log("relay connected", 2, Duration::from_secs(30));
 
-    // 4. a changed setting survives a reboot.
+    // 4. on the web page: a new host name and a static WAN (QEMU's user
+    // network: 10.0.2.15/24 via 10.0.2.2), then the Reboot button; both
+    // hold after the reboot and the relay reaches the dispatcher over the
+    // static route.
     let host = format!("edge-{}", board.replace('_', "-"));
-    vm.run(&format!("sed -i 's/^HOSTNAME=.*/HOSTNAME={host}/' /config/system.conf; sync"), Duration::from_secs(20))
-        .unwrap();
-    vm.send("reboot").unwrap();
-    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let web = WebPage { port: vm_cfg.web_host_port, jar: dir.join("cookies") };
+    let csrf = web.login();
+    let ntp_servers = format!("{HOST_FROM_GUEST}:{}", ntp.port);
+    let (status, body) =
+        web.request("POST", "/system", &[("csrf", &csrf), ("hostname", &host), ("ntp_servers", &ntp_servers)]);
+    assert_eq!(status, 303, "System page: {body}");
+    let static_wan = [
+        ("csrf", csrf.as_str()),
+        ("wan_mode", "static"),
+        ("wan_address", "10.0.2.15/24"),
+        ("wan_gateway", "10.0.2.2"),
+        ("wan_dns", "10.0.2.3"),
+        ("lan_address", ""),
+    ];
+    let (status, body) = web.request("POST", "/network", &static_wan);
+    assert_eq!(status, 303, "Network page: {body}");
+    let (status, body) = web.request("POST", "/system/reboot", &[("csrf", &csrf)]);
+    assert_eq!(status, 200, "Reboot: {body}");
+    assert!(body.contains("The box is rebooting"), "{body}");
+    vm.wait_exit(Duration::from_secs(90)).unwrap();
     drop(vm);
     let on_disk = xtask::disk::ext4_cat(&cfg_img, "/system.conf").unwrap();
-    assert!(on_disk.contains(&format!("HOSTNAME={host}")), "{on_disk}");
+    assert!(on_disk.contains(&format!("HOSTNAME=\"{host}\"")), "{on_disk}");
+    let on_disk = xtask::disk::ext4_cat(&cfg_img, "/network.conf").unwrap();
+    assert!(on_disk.contains("WAN_MODE=\"static\"") && on_disk.contains("WAN_ADDRESS=\"10.0.2.15/24\""), "{on_disk}");
     let mut vm = Vm::start(&vm_cfg).unwrap();
     vm.wait_for(&format!("relaybox-init: hostname {host}"), BOOT_TIMEOUT).unwrap();
     vm.wait_for("connected to dispatcher", Duration::from_secs(120)).unwrap();
     let reboot_ready_secs = vm.started.elapsed().as_secs_f64();
-    assert!(!vm.console().contains("first boot"), "second boot keeps the partition's files:\n{}", vm.console());
+    let console = vm.console();
+    assert!(!console.contains("first boot"), "second boot keeps the partition's files:\n{console}");
+    assert!(console.contains("WAN eth0: 10.0.2.15/24"), "{console}");
     assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host);
+    let net = vm
+        .run("ip route show default; cat /etc/resolv.conf; pidof udhcpc || echo no-dhcp", Duration::from_secs(20))
+        .unwrap();
+    assert!(net.contains("default via 10.0.2.2"), "{net}");
+    assert!(net.contains("nameserver 10.0.2.3") && net.contains("no-dhcp"), "static WAN, no DHCP client: {net}");
     d.wait_log("relay connected", 3, Duration::from_secs(30));
     Report {
         board: board.into(),
