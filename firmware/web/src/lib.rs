@@ -6,8 +6,10 @@
 //! one-click rollback and applied by SIGHUP (graceful halt; the box's init
 //! restarts the relay); certificates (checked with `relaybox-tls` before
 //! anything is replaced, CSRs made on the box); live status and Prometheus
-//! metrics read from the relay's control socket; the network interfaces,
-//! read-only. It does not parse wire formats beyond the statistics JSON of
+//! metrics read from the relay's control socket; the network interfaces
+//! and the box's boot-time network, host name and NTP settings (shell
+//! files init reads, written only with values `relaybox-config` parsed);
+//! a Reboot button. It does not parse wire formats beyond the statistics JSON of
 //! `relaybox-proto`, make session decisions, or talk to dispatchers.
 
 #![forbid(unsafe_code)]
