@@ -21,6 +21,10 @@ pub(crate) struct PortPool {
     /// The first even port of the range (never 0).
     first: u32,
     free: VecDeque<u16>,
+    /// Pairs the daemon could not bind, out of rotation until
+    /// [`unpark`](Self::unpark) (the next update): one update never gets
+    /// the same busy pair twice, so moving a busy pair always ends.
+    parked: Vec<u16>,
     /// One slot per pair of the range.
     owners: Vec<Option<PortOwner>>,
     in_use: usize,
@@ -40,7 +44,7 @@ impl PortPool {
             p += 2;
         }
         let owners = vec![None; free.len()];
-        PortPool { first, free, owners, in_use: 0 }
+        PortPool { first, free, parked: Vec::new(), owners, in_use: 0 }
     }
 
     fn slot(&self, port: u16) -> Option<usize> {
@@ -56,8 +60,9 @@ impl PortPool {
         self.slot(port).and_then(|i| self.owners.get(i).copied().flatten())
     }
 
+    /// Pairs not held (parked ones included: they are tried again later).
     pub fn free_pairs(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.parked.len()
     }
 
     pub fn pairs_in_use(&self) -> usize {
@@ -83,7 +88,7 @@ impl PortPool {
 
     /// The free pairs, front first (for a snapshot).
     pub fn free_order(&self) -> Vec<u16> {
-        self.free.iter().copied().collect()
+        self.free.iter().chain(&self.parked).copied().collect()
     }
 
     /// Restoring: takes a specific pair for `owner`, as [`allocate`](Self::allocate)
@@ -117,14 +122,23 @@ impl PortPool {
 
     /// The daemon could not bind the held pair `port` (another program on
     /// the host has one of its ports): its owner gets the pair at the front
-    /// of the free list instead, and `port` goes to the back, to be tried
-    /// again much later. None (and nothing changes) when `port` is not held
-    /// or no other pair is free.
+    /// of the free list instead, and `port` is parked, then goes to the back
+    /// of the free list at [`unpark`](Self::unpark). None (and nothing
+    /// changes) when `port` is not held or no other pair is free.
     pub fn reassign(&mut self, port: u16, events: &mut VecDeque<Event>) -> Option<(PortOwner, u16)> {
         let owner = self.owner(port)?;
         let new = self.allocate(owner, events)?;
-        self.release(port, events);
+        let slot = self.slot(port).and_then(|i| self.owners.get_mut(i))?;
+        *slot = None;
+        self.in_use = self.in_use.saturating_sub(1);
+        self.parked.push(port);
+        events.push_back(Event::ClosePorts(port));
         Some((owner, new))
+    }
+
+    /// Puts the parked pairs back at the end of the free list.
+    pub fn unpark(&mut self) {
+        self.free.extend(self.parked.drain(..));
     }
 
     /// Returns a pair to the back of the free list; a pair that is not held
@@ -216,15 +230,20 @@ mod tests {
         assert_eq!(pool.owner(40000), None);
         assert_eq!(pool.owner(40002), Some(owner()));
         assert_eq!(pool.pairs_in_use(), 1);
-        // The busy pair is tried again last.
-        assert_eq!(pool.free_order(), [40004, 40000]);
-        assert_eq!(pool.reassign(40004, &mut ev), None, "not held");
-        let b = pool.allocate(owner(), &mut ev).unwrap();
-        let c = pool.allocate(owner(), &mut ev).unwrap();
-        assert_eq!((b, c), (40004, 40000));
+        assert_eq!(pool.free_pairs(), 2, "the parked pair counts as free");
+        // Until unparked, the busy pair is not handed out again: moving
+        // 40002 (busy too) gets 40004, and then there is nothing to move to.
+        assert_eq!(pool.reassign(40002, &mut ev), Some((owner(), 40004)));
         ev.clear();
-        assert_eq!(pool.reassign(b, &mut ev), None, "no free pair left");
+        assert_eq!(pool.reassign(40004, &mut ev), None, "no free pair left");
         assert!(ev.is_empty());
-        assert_eq!(pool.owner(b), Some(owner()));
+        assert_eq!(pool.owner(40004), Some(owner()));
+        assert_eq!(pool.reassign(40000, &mut ev), None, "not held");
+        // Unparked, they come back last, in the order they were parked.
+        assert_eq!(pool.free_order(), [40000, 40002]);
+        pool.unpark();
+        assert_eq!(pool.allocate(owner(), &mut ev), Some(40000));
+        assert_eq!(pool.allocate(owner(), &mut ev), Some(40002));
+        assert_eq!(pool.allocate(owner(), &mut ev), None);
     }
 }

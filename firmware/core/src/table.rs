@@ -200,6 +200,8 @@ impl SessionTable {
         if req.media.len() > self.config.max_streams {
             return Err(CoreError::TooManyStreams);
         }
+        // Pairs found busy during the last update may be free by now.
+        self.pool.unpark();
         let mut ctx = Ctx { config: &self.config, pool: &mut self.pool, events: &mut self.events };
         let id = match self.by_call_id.get(&req.call_id) {
             Some(&id) => {
@@ -248,8 +250,10 @@ impl SessionTable {
     /// just polled after [`update`](Self::update) (another program on the
     /// host holds one of its ports): its stream side moves to the next free
     /// pair, whose `OpenPorts` is queued, and the busy pair goes to the back
-    /// of the free list. Returns the new port, to put in the update's reply
-    /// in place of `port`. None when `port` is not held or no pair is free.
+    /// of the free list at the next update (so moving ends: each free pair
+    /// is tried at most once). Returns the new port, to put in the update's
+    /// reply in place of `port`. None when `port` is not held or no pair is
+    /// free.
     ///
     /// Only for pairs nobody has been told about yet: a moved pair's old
     /// number is forgotten.

@@ -15,9 +15,26 @@ const CALLS: u8 = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Update { call: u8, callee_dialog: bool, reply: bool, with_to_tag: bool, cseq: u32, items: Vec<ItemSpec> },
-    Remove { call: u8, tags: u8 },
-    Packet { port_offset: u16, src: u8, len: usize },
+    /// `busy`: pairs `40000 + 2 * bit` another program holds while the
+    /// daemon opens this update's ports (the daemon moves them).
+    Update {
+        call: u8,
+        callee_dialog: bool,
+        reply: bool,
+        with_to_tag: bool,
+        cseq: u32,
+        items: Vec<ItemSpec>,
+        busy: u16,
+    },
+    Remove {
+        call: u8,
+        tags: u8,
+    },
+    Packet {
+        port_offset: u16,
+        src: u8,
+        len: usize,
+    },
     Advance(u64),
     ExpireAll,
 }
@@ -43,9 +60,17 @@ fn item_spec() -> impl Strategy<Value = ItemSpec> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..CALLS, any::<bool>(), any::<bool>(), any::<bool>(), 0u32..4, prop::collection::vec(item_spec(), 0..5))
-            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items)| Op::Update {
-                call, callee_dialog, reply, with_to_tag, cseq, items
+        6 => (
+            0..CALLS,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0u32..4,
+            prop::collection::vec(item_spec(), 0..5),
+            prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
+        )
+            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items, busy)| Op::Update {
+                call, callee_dialog, reply, with_to_tag, cseq, items, busy
             }),
         1 => (0..CALLS, 0u8..4).prop_map(|(call, tags)| Op::Remove { call, tags }),
         4 => (0u16..48, 0u8..4, 0usize..40).prop_map(|(port_offset, src, len)| Op::Packet { port_offset, src, len }),
@@ -101,19 +126,56 @@ fn build_update(
 #[derive(Default)]
 struct Sockets {
     open: BTreeSet<u16>,
+    /// Pairs the table holds that the daemon could not bind and could not
+    /// move (no free pair left): nothing arrives on them.
+    unbound: BTreeSet<u16>,
     /// Kernel flows the daemon would hold.
     flows: BTreeMap<FlowId, Flow>,
 }
 
 impl Sockets {
     fn drain(&mut self, t: &mut SessionTable) -> Result<Vec<Event>, TestCaseError> {
+        self.drain_moving(t, 0, &mut Vec::new())
+    }
+
+    /// As the relay after an update: a pair in `busy` cannot be bound and
+    /// is moved with `move_unbindable`; `(old, new)` goes to `moved`.
+    fn drain_moving(
+        &mut self,
+        t: &mut SessionTable,
+        busy: u16,
+        moved: &mut Vec<(u16, u16)>,
+    ) -> Result<Vec<Event>, TestCaseError> {
+        let is_busy = |p: u16| p < 40032 && busy & (1 << ((p - 40000) / 2)) != 0;
+        let mut failed = BTreeSet::new();
         let mut seen = Vec::new();
         while let Some(event) = t.poll_event() {
             match &event {
+                Event::OpenPorts(p) if is_busy(*p) => {
+                    prop_assert!(!self.open.contains(p), "port {} handed out twice", p);
+                    match t.move_unbindable(*p) {
+                        Some(new) => {
+                            prop_assert_ne!(new, *p);
+                            failed.insert(*p);
+                            moved.push((*p, new));
+                        }
+                        None => {
+                            // Only the pairs parked by this update's moves are left.
+                            prop_assert_eq!(
+                                t.ports_free(),
+                                2 * moved.len(),
+                                "a free pair was left but {} was not moved",
+                                p
+                            );
+                            self.unbound.insert(*p);
+                        }
+                    }
+                }
                 Event::OpenPorts(p) => {
                     prop_assert!(p % 2 == 0, "odd port pair {}", p);
                     prop_assert!(self.open.insert(*p), "port {} handed out twice", p);
                 }
+                Event::ClosePorts(p) if failed.remove(p) || self.unbound.remove(p) => {}
                 Event::ClosePorts(p) => prop_assert!(self.open.remove(p), "port {} closed but not open", p),
                 Event::Expired(_) => {}
                 Event::FlowUp(f) => {
@@ -134,7 +196,7 @@ impl Sockets {
 /// stream legs share a port.
 fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.ports_in_use() + t.ports_free(), total);
-    prop_assert_eq!(t.ports_in_use(), sockets.open.len() * 2);
+    prop_assert_eq!(t.ports_in_use(), (sockets.open.len() + sockets.unbound.len()) * 2);
     let mut live_ports = BTreeSet::new();
     for session in t.sessions(now) {
         for stream in session.streams {
@@ -142,12 +204,13 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
                 for local in [&stream.caller_local, &stream.callee_local] {
                     let port = local.parse::<SocketAddr>().map_err(|e| TestCaseError::fail(e.to_string()))?.port();
                     prop_assert!(live_ports.insert(port), "port {} used by two legs", port);
-                    prop_assert!(sockets.open.contains(&port), "live port {} not open", port);
+                    let held = sockets.open.contains(&port) || sockets.unbound.contains(&port);
+                    prop_assert!(held, "live port {} not open", port);
                 }
             }
         }
     }
-    prop_assert_eq!(live_ports.len(), sockets.open.len());
+    prop_assert_eq!(live_ports.len(), sockets.open.len() + sockets.unbound.len());
     prop_assert_eq!(t.flow_ids(), sockets.flows.keys().copied().collect::<Vec<_>>());
     for f in sockets.flows.values() {
         prop_assert!(live_ports.contains(&(f.caller_port & !1)), "flow {:?} outlived its stream", f.id);
@@ -170,14 +233,26 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: u64 = 1_700_000_000_000;
     for op in ops {
         match op {
-            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items } => {
+            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items, busy } => {
                 let req = build_update(*call, *callee_dialog, *reply, *with_to_tag, *cseq, items);
-                let first = t.update(&req, relay_ip, now);
-                sockets.drain(&mut t)?;
-                if let Ok(ports) = &first {
+                let mut first = t.update(&req, relay_ip, now);
+                let mut moved = Vec::new();
+                sockets.drain_moving(&mut t, *busy, &mut moved)?;
+                if let Ok(ports) = &mut first {
                     prop_assert_eq!(ports.len(), req.media.len());
+                    for p in ports.iter_mut() {
+                        for &(old, new) in &moved {
+                            if *p == old {
+                                *p = new;
+                            }
+                        }
+                    }
                     for p in ports.iter().filter(|p| **p != 0) {
-                        prop_assert!(sockets.open.contains(p), "returned port {} is not open", p);
+                        prop_assert!(
+                            sockets.open.contains(p) || sockets.unbound.contains(p),
+                            "returned port {} is neither open nor stuck",
+                            p
+                        );
                     }
                 }
                 let second = t.update(&req, relay_ip, now);
@@ -208,6 +283,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Packet { port_offset, src, len } => {
                 let port = 40000 + port_offset;
+                if sockets.unbound.contains(&(port & !1)) {
+                    continue; // nothing listens there
+                }
                 let src: SocketAddr = SOURCES[usize::from(src % 4)].parse().unwrap();
                 let packet = vec![0x80u8; *len];
                 if let Verdict::Forward { via_port, .. } = t.on_packet(port, src, &packet, now) {

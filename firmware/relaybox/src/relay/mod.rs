@@ -311,8 +311,8 @@ impl Relay {
     /// [`apply_events`](Self::apply_events) after an update whose reply is
     /// not sent yet: a pair that cannot be bound (another program holds one
     /// of its ports, e.g. an ephemeral port of the host's own traffic) is
-    /// swapped for the next free pair, each free pair tried at most once;
-    /// `(old, new)` goes into `moved` for the reply.
+    /// swapped for the next free pair (the core tries each free pair at
+    /// most once); `(old, new)` goes into `moved` for the reply.
     fn apply_events_moving(
         &self,
         table: &mut SessionTable,
@@ -320,19 +320,14 @@ impl Relay {
     ) -> Vec<SessionStats> {
         let mut expired = Vec::new();
         let mut changed = false;
-        let mut tries = table.ports_free() / 2;
         while let Some(event) = table.poll_event() {
             changed = true;
             match event {
                 Event::OpenPorts(p) => {
                     let Err(e) = self.datapath.open_ports(p) else { continue };
-                    let replacement = match moved.as_deref_mut() {
-                        Some(moved) if tries > 0 => {
-                            tries -= 1;
-                            table.move_unbindable(p).inspect(|&new| moved.push((p, new)))
-                        }
-                        _ => None,
-                    };
+                    let replacement = moved
+                        .as_deref_mut()
+                        .and_then(|moved| table.move_unbindable(p).inspect(|&new| moved.push((p, new))));
                     match replacement {
                         Some(new) => tracing::warn!(
                             port = p,
