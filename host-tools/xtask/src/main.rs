@@ -56,7 +56,7 @@ enum Cmd {
         /// The relay's UDP port range to forward from 127.0.0.1, "start:end".
         #[arg(long, default_value = "40000:40016")]
         ports: String,
-        /// Host port forwarded to the box's web port.
+        /// Host port forwarded to the box's web page (HTTPS port 443 inside).
         #[arg(long, default_value_t = 8080)]
         web_port: u16,
         /// Stay attached after the relay is up (until Ctrl-C) instead of exiting.

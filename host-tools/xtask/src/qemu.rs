@@ -17,8 +17,9 @@ use crate::board::{Arch, Board};
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 /// The guest's own address under QEMU user networking (first DHCP lease).
 pub const GUEST_IP: &str = "10.0.2.15";
-/// The port `relaybox web` will listen on inside the box.
-pub const WEB_PORT: u16 = 8080;
+/// The port `relaybox web` listens on inside the box (HTTPS, `[Web] listen`
+/// default).
+pub const WEB_PORT: u16 = 443;
 
 #[derive(Debug, Clone)]
 pub struct VmConfig {
