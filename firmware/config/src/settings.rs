@@ -107,6 +107,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "clock_pid_file"),
     ext("Web", "network_conf"),
     ext("Web", "reboot_command"),
+    ext("Web", "hostname_command"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -676,6 +677,9 @@ pub struct WebConfig {
     /// Program run, without arguments, by the System page's Reboot button
     /// (`/sbin/reboot`).
     pub reboot_command: PathBuf,
+    /// Program the System page runs with the new host name as its one
+    /// argument, to set the running host name (`/bin/hostname`).
+    pub hostname_command: PathBuf,
 }
 
 impl Default for WebConfig {
@@ -700,6 +704,7 @@ impl WebConfig {
             clock_pid_file: PathBuf::from("/run/relaybox/clock.pid"),
             network_conf: base.join("network.conf"),
             reboot_command: PathBuf::from("/sbin/reboot"),
+            hostname_command: PathBuf::from("/bin/hostname"),
         }
     }
 }
@@ -728,6 +733,7 @@ impl WebConfig {
             "clock_pid_file" => self.clock_pid_file = value::path(v, base)?,
             "network_conf" => self.network_conf = value::path(v, base)?,
             "reboot_command" => self.reboot_command = value::path(v, base)?,
+            "hostname_command" => self.hostname_command = value::path(v, base)?,
             _ => return unknown(name),
         }
         Ok(())

@@ -223,6 +223,10 @@ pub struct Flash {
     pub done: String,
     #[serde(default)]
     pub pid: String,
+    /// System page: `set` (the running host name was changed) or `boot`
+    /// (it could not be; it changes at the next boot).
+    #[serde(default)]
+    pub host: String,
 }
 
 fn flash(f: &Flash) -> String {

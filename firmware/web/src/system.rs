@@ -3,9 +3,9 @@
 //! shell. Values are checked by `relaybox-config`'s strict rules before
 //! they are written, so the file can never run anything. New NTP servers
 //! take effect at once: the clock daemon (`[Web] clock_pid_file`) is told
-//! to stop and its supervisor starts it again, reading the file. The host
-//! name takes effect at the next boot; the page's Reboot button runs
-//! `[Web] reboot_command`.
+//! to stop and its supervisor starts it again, reading the file. A new
+//! host name is set at once with `[Web] hostname_command` (and by init at
+//! every boot). The page's Reboot button runs `[Web] reboot_command`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,7 +39,7 @@ fn system_page(
         "Host name",
         &values.hostname,
         &format!(
-            "Letters, digits, hyphens and dots. Takes effect at the next boot (running now: {}).",
+            "Letters, digits, hyphens and dots. Takes effect at once and at every boot (running now: {}).",
             esc(&running_hostname())
         ),
     );
@@ -66,20 +66,36 @@ fn system_page(
 }
 
 fn flash(f: &Flash) -> String {
-    match f.done.as_str() {
-        "restarted" => format!(
-            r#"<p class="ok" id="flash">Saved. The clock daemon (pid {}) was told to restart with the new NTP servers.</p>"#,
-            esc(&f.pid)
-        ),
-        "saved" => {
-            r#"<p class="ok" id="flash">Saved. No clock daemon is running: the NTP servers take effect at the next boot.</p>"#
-                .into()
-        }
-        "unchanged-ntp" => {
-            r#"<p class="ok" id="flash">Saved. The NTP servers are unchanged; a new host name takes effect at the next boot.</p>"#
-                .into()
-        }
+    let ntp = match f.done.as_str() {
+        "restarted" => format!("The clock daemon (pid {}) was told to restart with the new NTP servers.", esc(&f.pid)),
+        "saved" => "No clock daemon is running: the NTP servers take effect at the next boot.".into(),
+        "unchanged-ntp" => "The NTP servers are unchanged.".into(),
+        _ => return String::new(),
+    };
+    let host = match f.host.as_str() {
+        "set" => format!(" The host name is now {}.", esc(&running_hostname())),
+        "boot" => " The host name could not be changed now (see the log); it changes at the next boot.".into(),
         _ => String::new(),
+    };
+    format!(r#"<p class="ok" id="flash">Saved. {ntp}{host}</p>"#)
+}
+
+/// Sets the running host name with `[Web] hostname_command NAME`; true
+/// when it succeeded (failures are logged).
+fn set_running_hostname(command: &Path, name: &str) -> bool {
+    match std::process::Command::new(command).arg(name).status() {
+        Ok(status) if status.success() => {
+            tracing::info!(hostname = %name, "web: host name set");
+            true
+        }
+        Ok(status) => {
+            tracing::error!(command = %command.display(), hostname = %name, "web: setting the host name failed: {status}");
+            false
+        }
+        Err(e) => {
+            tracing::error!(command = %command.display(), hostname = %name, "web: cannot run the host name command: {e}");
+            false
+        }
     }
 }
 
@@ -87,7 +103,7 @@ fn flash(f: &Flash) -> String {
 pub fn reboot_form(csrf: &str) -> String {
     format!(
         r#"<section><form method="post" action="/system/reboot" id="reboot" data-confirm="Reboot the box now? Calls in progress are cut.">{}
-<p class="help">Reboot the box: calls in progress are cut; settings that take effect at the next boot (host name, network) are applied.</p>
+<p class="help">Reboot the box: calls in progress are cut; settings that take effect at the next boot (network) are applied.</p>
 <button type="submit" class="danger">Reboot</button></form></section>"#,
         csrf_field(csrf)
     )
@@ -116,15 +132,22 @@ pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form
         return *r;
     }
     tracing::info!(hostname = %wanted.hostname, ntp_servers = ?wanted.ntp_servers, "web: saved {}", path.display());
+    let host = if wanted.hostname == running_hostname() {
+        ""
+    } else if set_running_hostname(&state.web.hostname_command, &wanted.hostname) {
+        "&host=set"
+    } else {
+        "&host=boot"
+    };
     if SystemSettings::parse(&old).ntp_servers == wanted.ntp_servers {
-        return Redirect::to("/system?done=unchanged-ntp").into_response();
+        return Redirect::to(&format!("/system?done=unchanged-ntp{host}")).into_response();
     }
     match restart_clock(&state.web.clock_pid_file) {
         Some(pid) => {
             tracing::info!(pid, "web: clock daemon told to restart for the new NTP servers");
-            Redirect::to(&format!("/system?done=restarted&pid={pid}")).into_response()
+            Redirect::to(&format!("/system?done=restarted&pid={pid}{host}")).into_response()
         }
-        None => Redirect::to("/system?done=saved").into_response(),
+        None => Redirect::to(&format!("/system?done=saved{host}")).into_response(),
     }
 }
 

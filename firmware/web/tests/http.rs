@@ -533,14 +533,17 @@ fn the_system_page_sets_host_name_and_ntp_servers_and_restarts_the_clock() {
         &[("csrf", &s.csrf), ("hostname", "edge-7.example.net"), ("ntp_servers", "10.0.2.2:12345, ntp.example.com")],
     );
     assert_eq!(r.status, 303, "{}", r.body);
-    assert_eq!(r.header("location"), Some(format!("/system?done=restarted&pid={}", clock.id()).as_str()));
+    assert_eq!(r.header("location"), Some(format!("/system?done=restarted&pid={}&host=set", clock.id()).as_str()));
+    let set = web.dir.path().join("hostname-set");
+    assert_eq!(std::fs::read_to_string(&set).unwrap(), "edge-7.example.net\n", "the running host name is set at once");
     assert_eq!(
         std::fs::read_to_string(&conf).unwrap(),
         "# Box-wide settings.\nHOSTNAME=\"edge-7.example.net\"\n# keep me\nNTP_SERVERS=\"10.0.2.2:12345 ntp.example.com\"\n"
     );
     assert!(exited_within(&mut clock, Duration::from_secs(5)), "the clock daemon was not told to restart");
-    let page = web.get("/system?done=restarted&pid=1", Some(&s));
+    let page = web.get("/system?done=restarted&pid=1&host=set", Some(&s));
     assert!(page.body.contains("told to restart with the new NTP servers"), "{}", page.body);
+    assert!(page.body.contains("The host name is now "), "{}", page.body);
 
     // The same servers again: nothing to restart.
     let r = web.post(
@@ -548,8 +551,20 @@ fn the_system_page_sets_host_name_and_ntp_servers_and_restarts_the_clock() {
         &s,
         &[("csrf", &s.csrf), ("hostname", "edge-8"), ("ntp_servers", "10.0.2.2:12345 ntp.example.com")],
     );
-    assert_eq!(r.header("location"), Some("/system?done=unchanged-ntp"));
+    assert_eq!(r.header("location"), Some("/system?done=unchanged-ntp&host=set"));
     assert!(std::fs::read_to_string(&conf).unwrap().contains("HOSTNAME=\"edge-8\"\n"));
+    assert_eq!(std::fs::read_to_string(&set).unwrap(), "edge-7.example.net\nedge-8\n");
+    // A command that fails: saved, and the page says it waits for the boot.
+    std::fs::write(web.dir.path().join("hostname.sh"), "#!/bin/sh\nexit 3\n").unwrap();
+    let r = web.post(
+        "/system",
+        &s,
+        &[("csrf", &s.csrf), ("hostname", "edge-9"), ("ntp_servers", "10.0.2.2:12345 ntp.example.com")],
+    );
+    assert_eq!(r.header("location"), Some("/system?done=unchanged-ntp&host=boot"));
+    assert!(std::fs::read_to_string(&conf).unwrap().contains("HOSTNAME=\"edge-9\"\n"));
+    let page = web.get("/system?done=unchanged-ntp&host=boot", Some(&s));
+    assert!(page.body.contains("it changes at the next boot"), "{}", page.body);
 }
 
 #[test]
@@ -577,7 +592,7 @@ fn the_system_page_refuses_what_the_shell_would_run_and_leaves_the_file_alone() 
     let mut other = fake_clock_daemon("sh");
     std::fs::write(web.dir.path().join("clock.pid"), format!("{}\n", other.id())).unwrap();
     let r = web.post("/system", &s, &[("csrf", &s.csrf), ("hostname", "relaybox"), ("ntp_servers", "")]);
-    assert_eq!(r.header("location"), Some("/system?done=saved"));
+    assert!(r.header("location").is_some_and(|l| l.starts_with("/system?done=saved")), "{:?}", r.header("location"));
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), "HOSTNAME=\"relaybox\"\nNTP_SERVERS=\"\"\n");
     assert!(!exited_within(&mut other, Duration::from_millis(300)), "a process that is not the clock was signalled");
     other.kill().unwrap();

@@ -425,10 +425,10 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     vm.wait_for("connected to dispatcher", Duration::from_secs(90)).unwrap();
     d.wait_log("relay connected", 2, Duration::from_secs(30));
 
-    // 4. on the web page: a new host name and a static WAN (QEMU's user
-    // network: 10.0.2.15/24 via 10.0.2.2), then the Reboot button; both
-    // hold after the reboot and the relay reaches the dispatcher over the
-    // static route.
+    // 4. on the web page: a new host name (set at once) and a static WAN
+    // (QEMU's user network: 10.0.2.15/24 via 10.0.2.2), then the Reboot
+    // button; both hold after the reboot and the relay reaches the
+    // dispatcher over the static route.
     let host = format!("edge-{}", board.replace('_', "-"));
     let web = WebPage { port: vm_cfg.web_host_port, jar: dir.join("cookies") };
     let csrf = web.login();
@@ -436,6 +436,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let (status, body) =
         web.request("POST", "/system", &[("csrf", &csrf), ("hostname", &host), ("ntp_servers", &ntp_servers)]);
     assert_eq!(status, 303, "System page: {body}");
+    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host, "set at once, before the reboot");
     let static_wan = [
         ("csrf", csrf.as_str()),
         ("wan_mode", "static"),

@@ -285,10 +285,15 @@ impl Web {
         let dispatcher = ca.issue(&Subject::new("dispatcher"), 365).unwrap();
         relaybox_ca::write_certs_dir(&ca, &certs, &relay, &dispatcher).unwrap();
         let text = format!(
-            "{INITIAL}control_socket = {}\n\n[TLS]\n; keep me\ncerts_path = tls\n\n[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\nmax_body = 8192\nlogin_attempts = 3\nlockout = 4\nclock_pid_file = clock.pid\n{web_extra}\n",
+            "{INITIAL}control_socket = {}\n\n[TLS]\n; keep me\ncerts_path = tls\n\n[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\nmax_body = 8192\nlogin_attempts = 3\nlockout = 4\nclock_pid_file = clock.pid\nhostname_command = hostname.sh\n{web_extra}\n",
             socket.display()
         );
         std::fs::write(&config, text).unwrap();
+        // Never the test machine's own host name: the System page's command
+        // only records what it was asked to set.
+        let hostname = dir.path().join("hostname.sh");
+        std::fs::write(&hostname, "#!/bin/sh\necho \"$1\" >> \"$(dirname \"$0\")/hostname-set\"\n").unwrap();
+        std::fs::set_permissions(&hostname, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         relaybox_web::set_password(&config, PASSWORD).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let server = rt.block_on(relaybox_web::start(&config)).unwrap();
