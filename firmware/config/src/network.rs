@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use crate::system::{set_shell_var, shell_var, SystemError};
+use crate::system::{none_or_all, set_shell_var, shell_var, SystemError};
 
 /// At most this many DNS servers (the C library reads three).
 pub const MAX_DNS_SERVERS: usize = 3;
@@ -159,11 +159,7 @@ impl NetworkSettings {
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        none_or_all(errors)
     }
 
     /// `text` (the current file) with these settings written in, after

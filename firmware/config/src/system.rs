@@ -95,11 +95,7 @@ impl SystemSettings {
                 errors.push(SystemError { key: "NTP_SERVERS", reason: format!("{server:?}: {reason}") });
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        none_or_all(errors)
     }
 
     /// `text` (the current file) with these settings written in, after
@@ -108,6 +104,15 @@ impl SystemSettings {
         self.check()?;
         let text = set_shell_var(text, "HOSTNAME", &self.hostname);
         Ok(set_shell_var(&text, "NTP_SERVERS", &self.ntp_servers.join(" ")))
+    }
+}
+
+/// `Ok` when there are no errors, else all of them.
+pub(crate) fn none_or_all(errors: Vec<SystemError>) -> Result<(), Vec<SystemError>> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 

@@ -80,6 +80,11 @@ impl Authed {
             Err(Box::new(forbidden("The form's security token is missing or stale. Reload the page and try again.")))
         }
     }
+
+    /// [`check`](Self::check) on the form's `csrf` field.
+    pub fn check_form(&self, form: &std::collections::HashMap<String, String>) -> Result<(), Box<Response>> {
+        self.check(form.get("csrf").map(String::as_str).unwrap_or(""))
+    }
 }
 
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {

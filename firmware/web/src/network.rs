@@ -164,7 +164,7 @@ pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
 }
 
 pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form<HashMap<String, String>>) -> Response {
-    if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
+    if let Err(r) = auth.check_form(&form) {
         return *r;
     }
     let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();

@@ -312,7 +312,7 @@ pub async fn settings_save(
     auth: Authed,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = auth.check(form.get("csrf").map(String::as_str).unwrap_or("")) {
+    if let Err(r) = auth.check_form(&form) {
         return *r;
     }
     let text = match validate(&state, &form) {
