@@ -240,8 +240,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = format!("sqlite://{}/start.db", dir.path().display());
         let db = std::sync::Arc::new(DatabaseBackend::new(settings(&uri)).unwrap());
-        let _acc =
-            crate::Accounting::start(&dir.path().join("spool"), vec![db.clone()], crate::Retry::default()).unwrap();
+        let _acc = crate::Accounting::start(&dir.path().join("spool"), vec![db.clone()], crate::Retry::default(), 1000)
+            .unwrap();
         let mut found = false;
         for _ in 0..100 {
             let q = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'media_sessions'");

@@ -74,11 +74,18 @@ impl Accounting {
     /// Opens (creating if needed) `spool_dir/<backend>` for each backend and
     /// starts one delivery task per backend on the current tokio runtime.
     /// Records left in the spool by an earlier run are delivered first.
-    pub fn start(spool_dir: &Path, backends: Vec<Arc<dyn Backend>>, retry: Retry) -> std::io::Result<Self> {
+    /// At most `max_spooled` records wait per backend; beyond, `record`
+    /// logs the record (as JSON) instead of spooling it.
+    pub fn start(
+        spool_dir: &Path,
+        backends: Vec<Arc<dyn Backend>>,
+        retry: Retry,
+        max_spooled: usize,
+    ) -> std::io::Result<Self> {
         let mut queues = Vec::new();
         for backend in backends {
-            let spool = Spool::open(spool_dir.join(backend.name()))?;
-            let pending = spool.pending()?.len();
+            let spool = Spool::open(spool_dir.join(backend.name()), max_spooled)?;
+            let pending = spool.held();
             if pending > 0 {
                 tracing::info!(backend = backend.name(), pending, "accounting: records left in the spool, delivering");
             }
@@ -111,7 +118,7 @@ impl Accounting {
 
     /// Records not delivered yet, over all backends.
     pub fn pending(&self) -> usize {
-        self.queues.iter().map(|q| q.spool.pending().map(|p| p.len()).unwrap_or(0)).sum()
+        self.queues.iter().map(|q| q.spool.held()).sum()
     }
 
     /// The spool directories, for status output.
@@ -231,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = Arc::new(Flaky { fail: AtomicUsize::new(5), got: Mutex::new(vec![]) });
         let retry = Retry { first: Duration::from_millis(5), max: Duration::from_millis(20) };
-        let acc = Accounting::start(dir.path(), vec![backend.clone()], retry).unwrap();
+        let acc = Accounting::start(dir.path(), vec![backend.clone()], retry, 1000).unwrap();
         for i in 0..20 {
             acc.record(&stats(&format!("c{i}")));
         }
@@ -247,13 +254,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_spool_logs_further_records_and_delivers_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Arc::new(Flaky { fail: AtomicUsize::new(usize::MAX), got: Mutex::new(vec![]) });
+        let retry = Retry { first: Duration::from_millis(5), max: Duration::from_millis(20) };
+        let acc = Accounting::start(dir.path(), vec![backend.clone()], retry, 3).unwrap();
+        for i in 0..5 {
+            acc.record(&stats(&format!("c{i}")));
+        }
+        assert_eq!(acc.pending(), 3, "the spool stops at spool_max_records");
+        backend.fail.store(0, Ordering::SeqCst);
+        for _ in 0..400 {
+            if acc.pending() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(backend.got.lock().unwrap().clone(), ["c0", "c1", "c2"]);
+        // Room again: the next record is spooled and delivered.
+        acc.record(&stats("c5"));
+        for _ in 0..400 {
+            if backend.got.lock().unwrap().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(backend.got.lock().unwrap().last().map(String::as_str), Some("c5"));
+    }
+
+    #[tokio::test]
     async fn records_spooled_by_an_earlier_run_are_delivered_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path().join("flaky")).unwrap();
+        let spool = Spool::open(dir.path().join("flaky"), 1000).unwrap();
         spool.push(&stats("left-over").to_json()).unwrap();
         std::fs::write(dir.path().join("flaky").join("00000000000000000001-000000.json"), "{broken").unwrap();
         let backend = Arc::new(Flaky { fail: AtomicUsize::new(0), got: Mutex::new(vec![]) });
-        let _acc = Accounting::start(dir.path(), vec![backend.clone()], Retry::default()).unwrap();
+        let _acc = Accounting::start(dir.path(), vec![backend.clone()], Retry::default(), 1000).unwrap();
         for _ in 0..200 {
             if !backend.got.lock().unwrap().is_empty() {
                 break;

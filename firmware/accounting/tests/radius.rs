@@ -280,7 +280,7 @@ async fn records_made_while_freeradius_is_down_arrive_when_it_is_back() {
     let backend = RadiusBackend::from_config(&fr.client_conf(3, 1), Some(&dictionary())).unwrap();
     let spool = tempfile::tempdir().unwrap();
     let retry = Retry { first: Duration::from_millis(100), max: Duration::from_millis(500) };
-    let acc = Accounting::start(spool.path(), vec![Arc::new(backend)], retry).unwrap();
+    let acc = Accounting::start(spool.path(), vec![Arc::new(backend)], retry, 1000).unwrap();
     let stats = |id: &str| session(id, vec![stream("audio", "PCMA", StreamStatus::Closed, 1, 2)]);
 
     acc.record(&stats("before"));

@@ -199,7 +199,7 @@ async fn count(db: &DatabaseBackend) -> i64 {
 async fn survive_an_outage(mut server: Server, dburi: &str, spool: &Path) {
     let db = Arc::new(DatabaseBackend::new(settings(dburi)).unwrap());
     let retry = Retry { first: Duration::from_millis(100), max: Duration::from_millis(500) };
-    let acc = Accounting::start(spool, vec![db.clone() as Arc<dyn Backend>], retry).unwrap();
+    let acc = Accounting::start(spool, vec![db.clone() as Arc<dyn Backend>], retry, 1000).unwrap();
     for i in 0..5 {
         acc.record(&stats(&format!("before-{i}")));
     }

@@ -78,6 +78,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Dispatcher", "max_relay_line"),
     ext("Dispatcher", "module_timeout"),
     ext("Dispatcher", "spool_dir"),
+    ext("Dispatcher", "spool_max_records"),
     mp("TLS", "certs_path"),
     mp("TLS", "verify_interval"),
     mp("Database", "dburi"),
@@ -345,6 +346,10 @@ pub struct DispatcherConfig {
     /// relaybox: where accounting records wait until every backend has them
     /// (`/var/spool/relaybox`; relative paths are under `/var/spool`).
     pub spool_dir: PathBuf,
+    /// relaybox: most records waiting in one backend's spool (1000000,
+    /// about 1-2 GB); beyond it a record is written to the log (as JSON, so
+    /// it can be replayed) instead of filling the disk.
+    pub spool_max_records: usize,
 }
 
 impl Default for DispatcherConfig {
@@ -368,6 +373,7 @@ impl Default for DispatcherConfig {
             max_relay_line: 16 * MIB as usize,
             module_timeout: Duration::from_millis(500),
             spool_dir: PathBuf::from("/var/spool/relaybox"),
+            spool_max_records: 1_000_000,
         }
     }
 }
@@ -394,6 +400,7 @@ impl DispatcherConfig {
                 self.module_timeout = value::fractional_seconds(v, Duration::from_millis(10), Duration::from_secs(60))?
             }
             "spool_dir" => self.spool_dir = value::path(v, Path::new("/var/spool"))?,
+            "spool_max_records" => self.spool_max_records = value::count(v, 1, 1_000_000_000)? as usize,
             _ => return unknown(name),
         }
         Ok(())

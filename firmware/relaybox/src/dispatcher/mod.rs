@@ -104,7 +104,7 @@ fn accounting(config: &Config) -> anyhow::Result<Accounting> {
         }
     }
     let spool = &config.dispatcher.spool_dir;
-    Accounting::start(spool, backends, Retry::default())
+    Accounting::start(spool, backends, Retry::default(), config.dispatcher.spool_max_records)
         .with_context(|| format!("accounting spool {}", spool.display()))
 }
 
