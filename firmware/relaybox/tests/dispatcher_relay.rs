@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{BufRead, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -434,7 +435,8 @@ fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved()
 fn ports_another_program_holds_are_skipped_and_the_call_is_relayed() {
     let mut rig = Rig::new();
     let d = rig.dispatcher("");
-    let (r, (start, end)) = rig.relay(&d, "relay1", "");
+    let control = rig.path("busy-relay.sock");
+    let (r, (start, end)) = rig.relay(&d, "relay1", &format!("control_socket = {}", control.display()));
     // The first call would get `start` (caller side) and `start + 2`
     // (callee side); something else on the host holds `start` and the RTCP
     // port `start + 3`.
@@ -456,5 +458,12 @@ fn ports_another_program_holds_are_skipped_and_the_call_is_relayed() {
     let log = r.log_text();
     assert!(log.contains(&format!("relay ports {start}/{} are busy", start + 1)), "{log}");
     assert!(log.contains(&format!("relay ports {}/{} are busy", start + 2, start + 3)), "{log}");
+    // Counted for the box's /metrics.
+    let mut ctl = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    ctl.write_all(b"metrics\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(ctl).read_line(&mut line).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(metrics["port_bind_failures"], 2, "{line}");
     assert_eq!(m.request(&remove("busy")).0, "removed\r\n");
 }

@@ -128,6 +128,13 @@ pub fn render(m: Option<&Value>) -> String {
     );
     metric(
         &mut out,
+        "relaybox_port_bind_failures_total",
+        "counter",
+        "Relay port pairs that could not be bound because another program held a port (each call got the next free pair).",
+        &[(String::new(), n(&m["port_bind_failures"]))],
+    );
+    metric(
+        &mut out,
         "relaybox_dispatchers_configured",
         "gauge",
         "Dispatchers the relay is configured to connect to.",

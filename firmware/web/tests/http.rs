@@ -403,6 +403,7 @@ fn metrics_need_a_login_or_a_lan_address_by_setting() {
         "relaybox_ports{state=\"used\"} 4",
         "relaybox_ports{state=\"free\"} 96",
         "relaybox_latch_drops_total 3",
+        "relaybox_port_bind_failures_total 2",
         "relaybox_relay_status{status=\"active\"} 1",
         "relaybox_datapath{mode=\"userspace\"} 1",
         "# TYPE relaybox_relayed_bytes_total counter",

@@ -117,7 +117,7 @@ fn unspecified() -> IpAddr {
 }
 
 /// The summary plus counters: relayed bytes and packets, port pool use,
-/// RTP-bleed drops, the configured dispatchers.
+/// RTP-bleed drops, ports another program held, the configured dispatchers.
 fn metrics(relay: &Relay) -> String {
     let summary = Summary::from_json(&relay.handle(LinkRequest::Summary, 0, unspecified())).ok();
     let sessions =
@@ -141,6 +141,7 @@ fn metrics(relay: &Relay) -> String {
         "ports_used": ports_used,
         "ports_free": ports_free,
         "bleed_drops": bleed_drops,
+        "port_bind_failures": relay.port_bind_failures.load(std::sync::atomic::Ordering::Relaxed),
         "dispatchers": dispatchers,
         "links": relay.link_count(),
         "port_range": format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end),

@@ -60,6 +60,8 @@ pub(crate) struct Relay {
     /// Datagrams the userspace forwarder received (with the kernel datapath,
     /// only the first packets of each flow).
     pub userspace_packets: AtomicU64,
+    /// Port pairs that could not be bound (another program held a port).
+    pub port_bind_failures: AtomicU64,
     /// Why this datapath, for the start-up log.
     datapath_reason: String,
     /// Sessions restored from the state file at start.
@@ -164,6 +166,7 @@ impl Relay {
             },
             datapath_reason: reason,
             userspace_packets: AtomicU64::new(0),
+            port_bind_failures: AtomicU64::new(0),
             config,
             clock,
             table: Mutex::new(table),
@@ -325,6 +328,7 @@ impl Relay {
             match event {
                 Event::OpenPorts(p) => {
                     let Err(e) = self.datapath.open_ports(p) else { continue };
+                    self.port_bind_failures.fetch_add(1, Ordering::Relaxed);
                     let replacement = moved
                         .as_deref_mut()
                         .and_then(|moved| table.move_unbindable(p).inspect(|&new| moved.push((p, new))));

@@ -225,7 +225,7 @@ pub const SESSIONS_JSON: &str = r#"[{"call_id":"call-<b>1</b>","from_tag":"ft","
 
 pub fn metrics_json() -> String {
     format!(
-        r#"{{"summary":{{"ip":"192.0.2.1","version":"0.1.0","status":"active","uptime":3725,"session_count":1,"stream_count":{{"audio":1}},"bps_relayed":27520,"datapath":"userspace"}},"pid":{},"bytes_relayed":34300,"packets_relayed":200,"session_packets":199,"session_bytes":34300,"ports_used":4,"ports_free":96,"bleed_drops":3,"dispatchers":["127.0.0.1:25060"],"port_range":"40000:40100"}}"#,
+        r#"{{"summary":{{"ip":"192.0.2.1","version":"0.1.0","status":"active","uptime":3725,"session_count":1,"stream_count":{{"audio":1}},"bps_relayed":27520,"datapath":"userspace"}},"pid":{},"bytes_relayed":34300,"packets_relayed":200,"session_packets":199,"session_bytes":34300,"ports_used":4,"ports_free":96,"bleed_drops":3,"port_bind_failures":2,"dispatchers":["127.0.0.1:25060"],"port_range":"40000:40100"}}"#,
         std::process::id()
     )
 }
