@@ -234,7 +234,7 @@ fn rtp(seq: u16) -> Vec<u8> {
 
 #[test]
 #[ignore = "needs chromium: run by ci/test.sh"]
-fn browser_logs_in_changes_the_port_range_and_watches_a_live_call() {
+fn browser_logs_in_changes_the_port_range_watches_a_live_call_and_reboots_after_asking() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut ca = CertificateAuthority::create(&Subject::new("browser test CA"), 3650).unwrap();
@@ -260,7 +260,7 @@ fn browser_logs_in_changes_the_port_range_and_watches_a_live_call() {
     std::fs::write(
         &config,
         format!(
-            "[Relay]\ndispatchers = 127.0.0.1:{link_port}\nrelay_ip = 127.0.0.1\nport_range = {}:{}\nreconnect_delay = 1\ntraffic_sampling_period = 1\nlog_level = INFO\ncontrol_socket = {}\n\n[TLS]\ncerts_path = {}\n\n[Web]\nlisten = 127.0.0.1:{web_port}\nhttp_listen = None\n",
+            "[Relay]\ndispatchers = 127.0.0.1:{link_port}\nrelay_ip = 127.0.0.1\nport_range = {}:{}\nreconnect_delay = 1\ntraffic_sampling_period = 1\nlog_level = INFO\ncontrol_socket = {}\n\n[TLS]\ncerts_path = {}\n\n[Web]\nlisten = 127.0.0.1:{web_port}\nhttp_listen = None\nreboot_command = reboot.sh\nhostname_command = hostname.sh\n",
             first_range.0,
             first_range.1,
             d.join("relay.sock").display(),
@@ -269,6 +269,12 @@ fn browser_logs_in_changes_the_port_range_and_watches_a_live_call() {
     )
     .unwrap();
     let config_arg = config.to_str().unwrap();
+    // The box's commands, recorded instead of run.
+    for (name, line) in [("reboot.sh", "echo yes > \"$(dirname \"$0\")/rebooted\""), ("hostname.sh", "true")] {
+        std::fs::write(d.join(name), format!("#!/bin/sh\n{line}\n")).unwrap();
+        std::fs::set_permissions(d.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(d.join("network.conf"), "WAN_MODE=dhcp\nLAN_ADDRESS=\n").unwrap();
 
     let mut set = Command::new(relaybox_bin())
         .args(["--config", config_arg, "web", "set-password"])
@@ -356,6 +362,32 @@ fn browser_logs_in_changes_the_port_range_and_watches_a_live_call() {
     driver.screenshot(&shot);
     println!("screenshot: {}", shot.display());
     eprintln!("screenshot: {}", shot.display());
+
+    // Network settings for the next boot, then Reboot: the page asks first
+    // (app.js), and only an accepted dialog runs the reboot command.
+    driver.go(&format!("{base}/network"));
+    driver.js("document.getElementById('wan_mode').value = 'static'; return null");
+    driver.type_into("#wan_address", "192.0.2.10/24");
+    driver.type_into("#wan_gateway", "192.0.2.1");
+    driver.click("form[action='/network'] button[type=submit]");
+    driver.wait_text("#flash", "next boot");
+    let conf = std::fs::read_to_string(d.join("network.conf")).unwrap();
+    assert!(conf.contains("WAN_MODE=\"static\"") && conf.contains("WAN_GATEWAY=\"192.0.2.1\""), "{conf}");
+    let rebooted = d.join("rebooted");
+    driver.click("#reboot button");
+    let question = driver.cmd("GET", "/alert/text", None);
+    assert!(question.as_str().is_some_and(|q| q.contains("Calls in progress are cut")), "{question}");
+    driver.cmd("POST", "/alert/dismiss", Some(json!({})));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!rebooted.exists(), "a dismissed dialog rebooted the box");
+    driver.click("#reboot button");
+    driver.cmd("POST", "/alert/accept", Some(json!({})));
+    driver.wait_text("#flash", "rebooting");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !rebooted.exists() {
+        assert!(Instant::now() < until, "the reboot command did not run:\n{}", web.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(relay);
     drop(web);
     drop(dispatcher);
