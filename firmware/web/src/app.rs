@@ -2,16 +2,16 @@
 //! the session check, the Origin check and the CSRF token on every POST,
 //! the body limit, and the security headers on every answer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path as UrlPath};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path as UrlPath, Request};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Form, Router};
 use relaybox_config::{Config, WebConfig};
 
 use crate::auth::{Limiter, Sessions};
@@ -80,10 +80,23 @@ impl Authed {
             Err(Box::new(forbidden("The form's security token is missing or stale. Reload the page and try again.")))
         }
     }
+}
 
-    /// [`check`](Self::check) on the form's `csrf` field.
-    pub fn check_form(&self, form: &std::collections::HashMap<String, String>) -> Result<(), Box<Response>> {
-        self.check(form.get("csrf").map(String::as_str).unwrap_or(""))
+/// A form posted by a logged-in user that carries the session's CSRF
+/// token (`csrf` field): both are checked before the handler runs.
+pub struct CheckedForm(pub Authed, pub HashMap<String, String>);
+
+impl FromRequest<State> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &State) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let auth = Authed::from_request_parts(&mut parts, state).await?;
+        let Form(form) = Form::<HashMap<String, String>>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        auth.check(form.get("csrf").map(String::as_str).unwrap_or("")).map_err(|r| *r)?;
+        Ok(CheckedForm(auth, form))
     }
 }
 

@@ -10,10 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use relaybox_config::{shell_var, NetworkSettings, MAX_DNS_SERVERS};
 
-use crate::app::{html_page, Authed, State};
+use crate::app::{html_page, Authed, CheckedForm, State};
 use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
 use crate::html::page as frame;
 use crate::html::{csrf_field, esc, form_field, select};
@@ -163,10 +162,7 @@ pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
     ))
 }
 
-pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form<HashMap<String, String>>) -> Response {
-    if let Err(r) = auth.check_form(&form) {
-        return *r;
-    }
+pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
     let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
     let wanted = NetworkSettings {
         wan_mode: value("wan_mode"),

@@ -10,7 +10,7 @@ use axum::{Extension, Form};
 use relaybox_config::Config;
 use serde::Deserialize;
 
-use crate::app::{cookie, forbidden, html_page, Authed, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::app::{cookie, forbidden, html_page, Authed, CheckedForm, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::html::{csrf_field, esc, form_field, page, select};
 use crate::{auth, control, files, ini_edit};
 
@@ -108,16 +108,7 @@ pub async fn login(
     response
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
-    if let Err(r) = auth.check(&form.csrf) {
-        return *r;
-    }
+pub async fn logout(AxState(state): AxState<State>, CheckedForm(auth, _): CheckedForm) -> Response {
     state.sessions.remove(&auth.id);
     ([(header::SET_COOKIE, session_cookie("", 0))], Redirect::to("/login")).into_response()
 }
@@ -307,14 +298,7 @@ fn validate(state: &State, form: &HashMap<String, String>) -> Result<String, Has
     Err(errors)
 }
 
-pub async fn settings_save(
-    AxState(state): AxState<State>,
-    auth: Authed,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = auth.check_form(&form) {
-        return *r;
-    }
+pub async fn settings_save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
     let text = match validate(&state, &form) {
         Ok(text) => text,
         Err(errors) => {
@@ -351,20 +335,14 @@ fn apply_failed(state: &State, auth: &Authed, why: &str) -> Response {
     (StatusCode::BAD_GATEWAY, axum::response::Html(body)).into_response()
 }
 
-pub async fn settings_apply(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
-    if let Err(r) = auth.check(&form.csrf) {
-        return *r;
-    }
+pub async fn settings_apply(AxState(state): AxState<State>, CheckedForm(auth, _): CheckedForm) -> Response {
     match control::halt_relay(&state.control_socket()).await {
         Ok(pid) => Redirect::to(&format!("/settings?done=notified&pid={pid}")).into_response(),
         Err(e) => apply_failed(&state, &auth, &e.to_string()),
     }
 }
 
-pub async fn settings_rollback(AxState(state): AxState<State>, auth: Authed, Form(form): Form<CsrfOnly>) -> Response {
-    if let Err(r) = auth.check(&form.csrf) {
-        return *r;
-    }
+pub async fn settings_rollback(AxState(state): AxState<State>, _: CheckedForm) -> Response {
     match files::rollback(&state.config_path) {
         Ok(()) => {
             tracing::info!("web: rolled back {}", state.config_path.display());

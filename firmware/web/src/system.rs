@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use relaybox_config::{split_servers, SystemSettings, MAX_NTP_SERVERS};
 
-use crate::app::{html_page, Authed, State};
+use crate::app::{html_page, Authed, CheckedForm, State};
 use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
 use crate::html::{csrf_field, esc, page};
 use crate::pages::Flash;
@@ -114,10 +113,7 @@ pub async fn form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
     html_page(system_page(&state, &auth, &values, &HashMap::new(), &flash(&f)))
 }
 
-pub async fn save(AxState(state): AxState<State>, auth: Authed, Form(form): Form<HashMap<String, String>>) -> Response {
-    if let Err(r) = auth.check_form(&form) {
-        return *r;
-    }
+pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
     let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
     let wanted = SystemSettings { hostname: value("hostname"), ntp_servers: split_servers(&value("ntp_servers")) };
     let path = &state.web.system_conf;
@@ -175,14 +171,7 @@ fn restart_clock(pid_file: &Path) -> Option<u32> {
 /// The Reboot button: answers at once, then runs `[Web] reboot_command`
 /// half a second later (so that the answer gets out first). A command that
 /// fails is logged.
-pub async fn reboot(
-    AxState(state): AxState<State>,
-    auth: Authed,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    if let Err(r) = auth.check_form(&form) {
-        return *r;
-    }
+pub async fn reboot(AxState(state): AxState<State>, _: CheckedForm) -> Response {
     let command = state.web.reboot_command.clone();
     tracing::warn!(command = %command.display(), "web: reboot requested");
     tokio::spawn(async move {
