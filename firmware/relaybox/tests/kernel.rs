@@ -292,6 +292,31 @@ fn datapath_userspace_leaves_the_kernel_alone() {
     assert!(userspace >= u64::from(2 * PACKETS) * 95 / 100, "userspace forwarded only {userspace}");
 }
 
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_port_range_inside_the_kernels_ephemeral_ports_is_reported_at_start() {
+    let (_ns, _caller_ns, relay_ns, _callee_ns) = Netns::three();
+    let sysctl = |setting: &str| ok(&["ip", "netns", "exec", &relay_ns, "sysctl", "-q", "-w", setting]);
+    // The rigs' relays use port_range 40000:40100.
+    sysctl("net.ipv4.ip_local_port_range=40050 40199");
+    let mut rig = Rig::new();
+    let (d, r) = start_with(&mut rig, &relay_ns, None, "datapath = userspace");
+    let log = r.wait_log("overlaps the kernel's ephemeral ports", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("overlaps the kernel's ephemeral ports")).unwrap();
+    assert!(line.contains("WARN") && line.contains("port_range 40000:40100"), "{line}");
+    assert!(
+        line.contains("ephemeral ports 40050-40199") && line.contains("ip_local_reserved_ports=40050-40099"),
+        "{line}"
+    );
+    drop((r, d));
+    // Reserved for the relay: nothing to say.
+    sysctl("net.ipv4.ip_local_reserved_ports=40050-40099");
+    let mut rig = Rig::new();
+    let (_d, r) = start_with(&mut rig, &relay_ns, None, "datapath = userspace");
+    let log = r.log_text();
+    assert!(log.contains("relay starting") && !log.contains("ephemeral ports"), "{log}");
+}
+
 /// One management command, asked from inside `ns` (the dispatcher's
 /// management port listens on that namespace's loopback).
 fn management_in(ns: &str, port: u16, command: &str) -> String {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::clock::Clock;
 
 pub(crate) mod datapath;
+mod ephemeral;
 mod kernel;
 mod link;
 mod state;
@@ -659,6 +660,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "relay starting; media is forwarded in userspace, falling back from the kernel: {}",
             relay.datapath_reason
         );
+    }
+    let range = (relay.config.relay.port_range.start, relay.config.relay.port_range.end);
+    if let Some(warning) = ephemeral::warning(range) {
+        tracing::warn!("{warning}");
     }
     relay.resume();
     tokio::spawn(relay.clone().run_snapshots());
