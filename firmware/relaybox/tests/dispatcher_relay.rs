@@ -403,19 +403,13 @@ fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved()
     let text = std::fs::read_to_string(&cfg).unwrap();
     let state = text.lines().find_map(|l| l.strip_prefix("state_file = ")).unwrap().to_string();
     let mut table = SessionTable::new(CoreConfig { port_range: ports, ..CoreConfig::default() });
-    let offer = relaybox_proto::UpdateRequest {
-        party: relaybox_proto::PartyType::Request,
-        dialog_id: None,
-        call_id: "from-1970".into(),
-        cseq: relaybox_proto::CSeq { number: 1, method: "INVITE".into() },
-        from_uri: "sip:a@example.com".into(),
-        to_uri: "sip:b@example.com".into(),
-        from_tag: "ft".into(),
-        to_tag: None,
-        user_agent: String::new(),
-        signaling_ip: None,
-        media_relay: None,
-        media: relaybox_proto::MediaItem::parse_list(&audio(4000), 8).unwrap(),
+    // The offer as the proxy module sends it.
+    let text = update("request", "from-1970", 1, "", &audio(4000));
+    let frame: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let relaybox_proto::ModuleRequest::Update(offer) =
+        relaybox_proto::ModuleRequest::parse(&frame, &relaybox_proto::module::Limits::default()).unwrap()
+    else {
+        unreachable!("an update")
     };
     table.update(&offer, "127.0.0.1".parse().unwrap(), 100_000).unwrap();
     let (boot_id, since_boot_ms) = boot_now();

@@ -90,16 +90,18 @@ fn interfaces_table() -> String {
     )
 }
 
+/// The whole page: `values` in the form, `file` (the current network.conf)
+/// for the interface names.
 fn network_page(
     state: &State,
     auth: &Authed,
+    file: &str,
     values: &NetworkSettings,
     errors: &HashMap<String, String>,
     message: &str,
 ) -> String {
-    let file = conf_form::read(&state.web.network_conf);
     let interface = |key: &str, default: &str| {
-        shell_var(&file, key).filter(|v| !v.is_empty()).unwrap_or_else(|| format!("{default} (board default)"))
+        shell_var(file, key).filter(|v| !v.is_empty()).unwrap_or_else(|| format!("{default} (board default)"))
     };
     let field = |id: &str, label: &str, value: &str, help: &str| text_field(id, label, value, errors, help);
     let mode = form_field(
@@ -132,7 +134,7 @@ fn network_page(
         ),
     ]
     .concat();
-    format!(
+    let body = format!(
         r#"{message}{table}<section><h2>At boot</h2><form method="post" action="/network">{csrf}
 <p class="help">File: <span class="mono">{path}</span>; other lines and comments in it are kept. WAN interface {wan}, LAN interface {lan}.
 The settings take effect at the next boot.</p>
@@ -142,11 +144,13 @@ The settings take effect at the next boot.</p>
         path = esc(&state.web.network_conf.display().to_string()),
         wan = esc(&interface("WAN_IF", "eth0")),
         lan = esc(&interface("LAN_IF", "eth1")),
-    )
+    );
+    frame("Network", "/network", Some(&auth.csrf), &body)
 }
 
 pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
-    let values = NetworkSettings::parse(&conf_form::read(&state.web.network_conf));
+    let file = conf_form::read(&state.web.network_conf);
+    let values = NetworkSettings::parse(&file);
     let message = match f.done.as_str() {
         "saved" => format!(
             r#"<p class="ok" id="flash">Saved. The network settings take effect at the next boot.</p>{}"#,
@@ -154,12 +158,7 @@ pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
         ),
         _ => String::new(),
     };
-    html_page(frame(
-        "Network",
-        "/network",
-        Some(&auth.csrf),
-        &network_page(&state, &auth, &values, &HashMap::new(), &message),
-    ))
+    html_page(network_page(&state, &auth, &file, &values, &HashMap::new(), &message))
 }
 
 pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
@@ -172,11 +171,18 @@ pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): Check
         lan_address: value("lan_address"),
     };
     let path = &state.web.network_conf;
-    let text = match wanted.apply_to(&conf_form::read(path)) {
+    let file = conf_form::read(path);
+    let text = match wanted.apply_to(&file) {
         Ok(text) => text,
         Err(errors) => {
-            let body = network_page(&state, &auth, &wanted, &errors_by_field(errors), NOTHING_SAVED);
-            return conf_form::refused(frame("Network", "/network", Some(&auth.csrf), &body));
+            return conf_form::refused(network_page(
+                &state,
+                &auth,
+                &file,
+                &wanted,
+                &errors_by_field(errors),
+                NOTHING_SAVED,
+            ))
         }
     };
     if let Err(r) = conf_form::write(path, &text) {
