@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use relaybox_proto::sntp::{self, Reply};
@@ -43,11 +43,6 @@ pub struct ClockArgs {
     /// File keeping the last good time (Unix seconds), read at start.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Seconds between writes of `--state` while the clock stays right (it
-    /// is written at the first answer and after every step anyway): the
-    /// file lives on flash, and a boot only needs a roughly right time.
-    #[arg(long, default_value_t = 21600)]
-    pub state_every: u64,
     /// Ask once, print the offset, set nothing, exit (0: a server answered).
     #[arg(long)]
     pub query: bool,
@@ -178,18 +173,11 @@ async fn ask_server(server: String, timeout: Duration) -> Option<(String, Socket
     None
 }
 
-/// Whether an answer is worth writing `--state` for: the first one, one
-/// that stepped the clock, or `every` after the last write.
-fn state_due(last_saved: Option<Instant>, stepped: bool, every: Duration, now: Instant) -> bool {
-    stepped || last_saved.is_none_or(|at| now.duration_since(at) >= every)
-}
-
-/// One query; steps the clock when it is off by `step_ms` or more, and
-/// saves `--state` when due (`last_saved`). True when a server answered.
-async fn sync(args: &ClockArgs, last_saved: &mut Option<Instant>) -> bool {
+/// One query; steps the clock when it is off by `step_ms` or more. True
+/// when a server answered.
+async fn sync(args: &ClockArgs) -> bool {
     let Some((server, addr, reply)) = query(args).await else { return false };
-    let stepped = reply.offset.abs() >= i128::from(args.step_ms) * 1_000_000;
-    if stepped {
+    if reply.offset.abs() >= i128::from(args.step_ms) * 1_000_000 {
         let before = now_nanos();
         match set_clock(before + reply.offset) {
             Ok(()) => tracing::info!(
@@ -206,11 +194,7 @@ async fn sync(args: &ClockArgs, last_saved: &mut Option<Instant>) -> bool {
         tracing::debug!(server = %server, "clock within {} of the server", seconds(reply.offset.abs()));
     }
     if let Some(path) = &args.state {
-        let now = Instant::now();
-        if state_due(*last_saved, stepped, Duration::from_secs(args.state_every), now) {
-            save_state(path);
-            *last_saved = Some(now);
-        }
+        save_state(path);
     }
     true
 }
@@ -250,9 +234,8 @@ pub async fn run(mut args: ClockArgs) -> anyhow::Result<()> {
     }
     let interval = Duration::from_secs(args.interval.max(16));
     let mut retry = Duration::from_secs(args.retry.clamp(1, args.interval.max(1)));
-    let mut last_saved = None;
     loop {
-        let synced = sync(&args, &mut last_saved).await;
+        let synced = sync(&args).await;
         if args.once {
             return if synced { Ok(()) } else { anyhow::bail!("no NTP server answered: {:?}", args.servers) };
         }
@@ -266,20 +249,5 @@ pub async fn run(mut args: ClockArgs) -> anyhow::Result<()> {
             wait
         };
         tokio::time::sleep(wait).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_state_file_is_written_at_the_first_answer_after_a_step_and_then_rarely() {
-        let every = Duration::from_secs(21600);
-        let t0 = Instant::now();
-        assert!(state_due(None, false, every, t0), "first answer");
-        assert!(!state_due(Some(t0), false, every, t0 + Duration::from_secs(1024)), "a steady clock waits");
-        assert!(state_due(Some(t0), true, every, t0 + Duration::from_secs(1024)), "a step is saved at once");
-        assert!(state_due(Some(t0), false, every, t0 + every));
     }
 }
