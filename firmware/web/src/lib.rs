@@ -16,18 +16,18 @@
 
 mod app;
 pub mod auth;
-mod certs;
 mod conf_form;
 pub mod control;
+mod extract;
 pub mod files;
 mod html;
 pub mod ini_edit;
-pub mod metrics;
-mod network;
+mod layout;
 mod pages;
+mod router;
 mod server;
-mod status;
-mod system;
+
+pub use pages::metrics;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -88,8 +88,8 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     if auth::stored_hash(&config_path).is_none() {
         tracing::warn!("web: no password is set; run `relaybox --config {} web set-password`", config_path.display());
     }
-    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, app::router(state.clone())))];
-    tasks.push(tokio::spawn(status::sample_forever(state)));
+    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, router::router(state.clone())))];
+    tasks.push(tokio::spawn(pages::status::sample_forever(state)));
     let mut http_addr = None;
     if let Some(addr) = web.http_listen {
         let http = TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;

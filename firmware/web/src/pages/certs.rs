@@ -15,10 +15,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
 
-use crate::app::{html_page, Authed, State};
+use crate::app::State;
+use crate::extract::Authed;
 use crate::files::write_atomic;
 use crate::html::page as frame;
 use crate::html::{csrf_field, esc};
+use crate::layout::html_page;
 
 /// Largest PEM text accepted for one file.
 const MAX_PEM: usize = 32 * 1024;

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::Value;
 
-use crate::app::{cookie, is_lan, ClientIp, State, SESSION_COOKIE};
+use crate::app::{is_lan, ClientIp, State};
 use crate::control;
+use crate::extract::{cookie, SESSION_COOKIE};
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
