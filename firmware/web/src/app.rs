@@ -1,5 +1,6 @@
 //! The page's shared state, [`App`]: where the configuration file is, the
-//! settings the page started with, login sessions and the login limiter,
+//! settings the page started with, login sessions, the login limiter and
+//! the password checker,
 //! the bandwidth history; and what the accept loop puts on each request
 //! ([`ClientIp`]). Pages and extractors read it; it imports none of them.
 
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use relaybox_config::{Config, WebConfig};
 
-use crate::auth::{Limiter, Sessions};
+use crate::auth::{Checker, Limiter, LoginStats, Sessions};
 
 /// The client's address, put on each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +33,10 @@ pub struct App {
     pub web: WebConfig,
     pub sessions: Sessions,
     pub limiter: Limiter,
+    /// The password checks: `[Web] max_parallel_logins` threads behind a
+    /// queue of `login_queue`.
+    pub checker: Checker,
+    pub login_stats: Arc<LoginStats>,
     /// The last hour of relayed bandwidth, oldest first.
     pub history: Mutex<VecDeque<Sample>>,
     /// Called after a certificate upload so HTTPS picks it up.

@@ -75,11 +75,16 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     let https = TcpListener::bind(web.listen).await.with_context(|| format!("binding HTTPS {}", web.listen))?;
     let https_addr = https.local_addr()?;
     let reload = tls.clone();
+    let login_stats = Arc::new(auth::LoginStats::new());
+    let checker = auth::Checker::start(web.max_parallel_logins, web.login_queue, login_stats.clone())
+        .context("starting the password check threads")?;
     let state = Arc::new(app::App {
         config_dir: auth::config_dir(&config_path),
         config_path: config_path.clone(),
         sessions: auth::Sessions::new(web.session_timeout),
         limiter: auth::Limiter::new(web.login_attempts, web.lockout),
+        checker,
+        login_stats,
         history: Mutex::new(VecDeque::new()),
         reload_tls: Box::new(move || reload.reload()),
         web: web.clone(),

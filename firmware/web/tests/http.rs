@@ -252,6 +252,44 @@ fn wrong_passwords_lock_the_address_out() {
 }
 
 #[test]
+fn logins_beyond_the_password_queue_are_refused_at_once_and_not_counted() {
+    // One check at a time and one waiting: of six logins from six
+    // addresses sent together, the ones beyond those two get 503 at once.
+    let web = Web::start("max_parallel_logins = 1\nlogin_queue = 1\nmetrics_lan_only = yes");
+    let sources: Vec<std::net::IpAddr> = (11..17).map(|n| format!("127.0.0.{n}").parse().unwrap()).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sources.len()));
+    let addr = web.https;
+    let threads: Vec<_> = sources
+        .into_iter()
+        .map(|from| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let conn = Conn::open(from, addr, Duration::from_secs(60));
+                barrier.wait();
+                let (cookie, body) = login_request("not the password");
+                conn.unwrap().send("POST", "/login", &[("Cookie", &cookie)], &body).unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    let busy: Vec<&Resp> = answers.iter().filter(|r| r.status == 503).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(busy.len() + checked, 6, "{statuses:?}");
+    assert!(!busy.is_empty() && checked >= 2, "{statuses:?}");
+    for r in &busy {
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert!(r.body.contains("busy checking other logins"), "{}", r.body);
+    }
+    let m = web.get("/metrics", None);
+    assert!(m.body.contains(&format!("relaybox_web_password_checks_total {checked}\n")), "{}", m.body);
+    let refused = format!("relaybox_web_logins_refused_total{{reason=\"busy\"}} {}\n", busy.len());
+    assert!(m.body.contains(&refused), "{}", m.body);
+    // Nobody was locked out by a refusal: the right password works at once.
+    assert_eq!(web.try_login(PASSWORD).status, 303);
+}
+
+#[test]
 fn oversize_bodies_are_refused() {
     let web = Web::start(""); // max_body = 8192
     let s = web.login();

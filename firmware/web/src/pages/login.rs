@@ -2,6 +2,8 @@
 //! cookie, as no session exists yet), the password check and the session
 //! cookie.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -9,7 +11,7 @@ use axum::{Extension, Form};
 use serde::Deserialize;
 
 use crate::app::{ClientIp, State};
-use crate::auth;
+use crate::auth::{self, NoGuess};
 use crate::extract::{cookie, CheckedForm, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::html::{csrf_field, esc, page};
 use crate::layout::forbidden;
@@ -81,21 +83,52 @@ pub async fn login(
     let Some(hash) = auth::stored_hash(&state.config_path) else {
         return login_page(&state, &token, Some("No password is set; login is refused."), StatusCode::FORBIDDEN);
     };
-    if let Some(wait) = state.limiter.locked(ip) {
-        let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", wait.as_secs() + 1);
-        return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
-    }
-    let password = form.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify(&hash, &password)).await.unwrap_or(false);
-    if !ok {
-        tracing::warn!(client = %ip, "web: wrong password");
-        if state.limiter.failure(ip) {
-            let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", state.web.lockout.as_secs());
+    // The guess is counted before its password is checked, and checked by
+    // one of a fixed number of threads, or refused at once.
+    let guess = match state.limiter.admit(ip) {
+        Ok(guess) => guess,
+        Err(refused) => {
+            state.login_stats.refused_address.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = %ip, "web: login refused before the check: {refused:?}");
+            let m = match refused {
+                NoGuess::LockedOut(wait) => {
+                    format!("Too many wrong passwords from {ip}. Try again in {} s.", wait.as_secs() + 1)
+                }
+                NoGuess::AllInFlight => {
+                    format!("Too many logins from {ip} at once: wait for their answers, then try again.")
+                }
+            };
+            return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
+        }
+    };
+    let answer = match state.checker.check(hash, form.password, guess) {
+        Ok(answer) => answer,
+        Err(auth::Busy) => {
+            let refused = state.login_stats.refused_busy.fetch_add(1, Ordering::Relaxed) + 1;
+            if state.login_stats.busy_warning_due() {
+                tracing::warn!(client = %ip, refused, "web: every password check is busy and the queue is full ([Web] login_queue); login refused");
+            }
+            let m = "The box is busy checking other logins. Try again in a few seconds.";
+            let mut response = login_page(&state, &token, Some(m), StatusCode::SERVICE_UNAVAILABLE);
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    };
+    let checked = match answer.await {
+        Ok(checked) => checked,
+        Err(_) => {
+            tracing::error!(client = %ip, "web: the password check ended without an answer");
+            let m = "The password could not be checked. Try again.";
+            return login_page(&state, &token, Some(m), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    };
+    if !checked.right {
+        if let Some(lockout) = checked.locked {
+            let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", lockout.as_secs());
             return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
         }
         return login_page(&state, &token, Some("Wrong password."), StatusCode::UNAUTHORIZED);
     }
-    state.limiter.success(ip);
     let (id, _) = state.sessions.create();
     tracing::info!(client = %ip, "web: logged in");
     let mut response = Redirect::to("/status").into_response();
