@@ -522,6 +522,47 @@ fn certificates_page_uploads_and_requests() {
 }
 
 #[test]
+fn certificates_that_the_dispatcher_would_refuse_are_not_installed() {
+    let web = Web::start("");
+    // No CRL: a CA upload is then checked against relay.crt only (a CRL of
+    // the old CA would refuse a new CA before that).
+    std::fs::remove_file(web.certs.join("crl.pem")).unwrap();
+    let s = web.login();
+    let ca_before = std::fs::read_to_string(web.certs.join("ca.pem")).unwrap();
+    let relay_before = std::fs::read_to_string(web.certs.join("relay.crt")).unwrap();
+    let mut other = relaybox_ca::CertificateAuthority::create(&relaybox_ca::Subject::new("other CA"), 30).unwrap();
+
+    // A CA that did not sign the installed relay.crt.
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "ca"), ("pem", &other.cert_pem())]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("Nothing was replaced"), "{}", r.body);
+    assert!(r.body.contains("certs/relay.crt: is not signed by a CA in ca.pem"), "{}", r.body);
+    // A relay certificate (with its own key) from a CA that is not ca.pem.
+    let stranger = other.issue(&relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
+    let r = web.post(
+        "/certs/upload",
+        &s,
+        &[("csrf", &s.csrf), ("kind", "relay"), ("pem", &stranger.cert_pem), ("key", &stranger.key_pem)],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("is not signed by a CA in ca.pem"), "{}", r.body);
+    assert_eq!(std::fs::read_to_string(web.certs.join("ca.pem")).unwrap(), ca_before);
+    assert_eq!(std::fs::read_to_string(web.certs.join("relay.crt")).unwrap(), relay_before);
+
+    // Both CAs in ca.pem: the installed relay.crt still chains, accepted.
+    let both = format!("{}{}", ca_before.trim_end(), "\n") + &other.cert_pem();
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "ca"), ("pem", &both)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // Now the other CA's relay certificate chains too.
+    let r = web.post(
+        "/certs/upload",
+        &s,
+        &[("csrf", &s.csrf), ("kind", "relay"), ("pem", &stranger.cert_pem), ("key", &stranger.key_pem)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+}
+
+#[test]
 fn network_page_lists_interfaces() {
     let web = Web::start("");
     let s = web.login();
