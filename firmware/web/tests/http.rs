@@ -171,6 +171,57 @@ fn validation_errors_are_shown_next_to_their_field_and_nothing_is_saved() {
 }
 
 #[test]
+fn settings_the_relay_could_not_use_are_refused_with_a_message() {
+    let web = Web::start("");
+    let s = web.login();
+    let before = web.config_text();
+    let field = |body: &str, name: &str| {
+        let at = body.find(&format!(r#"id="field-{name}""#)).unwrap_or_else(|| panic!("no field {name}"));
+        let end = body[at..].find("</div>").unwrap() + at;
+        body[at..end].to_string()
+    };
+    // Relay and advertised addresses of two families, both ways round.
+    for (relay_ip, advertised_ip) in [("2001:db8::1", "203.0.113.5"), ("192.0.2.1", "2001:db8::5")] {
+        let r = web.post(
+            "/settings",
+            &s,
+            &[
+                ("csrf", &s.csrf),
+                ("dispatchers", "127.0.0.1"),
+                ("relay_ip", relay_ip),
+                ("advertised_ip", advertised_ip),
+            ],
+        );
+        assert_eq!(r.status, 422, "{relay_ip} / {advertised_ip}");
+        let error = field(&r.body, "advertised_ip");
+        assert!(error.contains(r#"id="error-advertised_ip""#) && error.contains("another family"), "{error}");
+        assert_eq!(web.config_text(), before);
+    }
+    // Passports with control characters (BEL, ESC, a tab, NUL, C1 NEL).
+    for passport in ["CN:re\u{7}lay", "O:Example Ltd, CN:\u{1b}[2Jrelay", "O:a,\tCN:b", "CN:a\0b", "CN:a\u{85}b"] {
+        let r = web.post("/settings", &s, &[("csrf", &s.csrf), ("dispatchers", "127.0.0.1"), ("passport", passport)]);
+        assert_eq!(r.status, 422, "{passport:?}: {}", r.body);
+        let error = field(&r.body, "passport");
+        assert!(error.contains(r#"id="error-passport""#) && error.contains("control character"), "{error}");
+        assert_eq!(web.config_text(), before, "{passport:?}");
+    }
+    // The same families and a printable passport are saved.
+    let r = web.post(
+        "/settings",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("dispatchers", "127.0.0.1"),
+            ("relay_ip", "2001:db8::1"),
+            ("advertised_ip", "2001:db8::5"),
+            ("passport", "O:Zürich AG, CN:*dispatcher"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(parses(&web.config_text()).relay.passport.unwrap().to_string(), "O:Zürich AG, CN:*dispatcher");
+}
+
+#[test]
 fn saving_is_atomic_keeps_the_rest_of_the_file_and_rolls_back() {
     let web = Web::start("");
     let s = web.login();
