@@ -1,7 +1,8 @@
 //! relaybox-web owns the box's configuration page (`relaybox web`): HTTPS
 //! with the box's certificate (plain HTTP only redirects), a login with an
-//! argon2 password hash (no default password), sessions, CSRF tokens and a
-//! login rate limit; the `[Relay]` settings form, validated by
+//! argon2 password hash (no default password), sessions, CSRF tokens, a
+//! per-address limit on password guesses (counted before they are checked)
+//! and a fixed number of argon2 check threads behind a bounded queue; the `[Relay]` settings form, validated by
 //! `relaybox-config` on the would-be file, saved atomically with a
 //! one-click rollback and applied by SIGHUP (graceful halt; the box's init
 //! restarts the relay); certificates (checked with `relaybox-tls` before
