@@ -194,6 +194,21 @@ impl Config {
                     .into(),
             ));
         }
+        if let (Some(relay_ip), Some(advertised)) = (relay.relay_ip, relay.advertised_ip) {
+            if relay_ip.is_ipv4() != advertised.is_ipv4() {
+                let family = |ip: std::net::IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(error(
+                    "Relay",
+                    "advertised_ip",
+                    format!(
+                        "{advertised} is {} but relay_ip {relay_ip} is {}: phones would be offered an address of \
+                         another family than the relay's media sockets; use one family for both",
+                        family(advertised),
+                        family(relay_ip)
+                    ),
+                ));
+            }
+        }
         let d = &self.dispatcher;
         if collide(d.listen, d.listen_management) {
             let option =

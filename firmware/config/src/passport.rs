@@ -123,10 +123,17 @@ pub enum PassportError {
     UnknownAttribute(String),
     #[error("passport is empty")]
     Empty,
+    #[error("passport contains the control character U+{:04X}; a passport is one line of printable text", u32::from(*.0))]
+    ControlCharacter(char),
 }
 
 impl Passport {
     pub fn parse(s: &str) -> Result<Self, PassportError> {
+        // Tabs, line breaks, NUL, DEL and the C1 controls: no certificate
+        // subject needs them, a log line or an INI file cannot carry them.
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(PassportError::ControlCharacter(c));
+        }
         let mut rules = Vec::new();
         for item in split_items(s).iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
             let (attr, value) = item.split_once(':').ok_or_else(|| PassportError::Malformed(item.to_string()))?;
@@ -213,6 +220,18 @@ mod tests {
         assert_eq!(Passport::parse(""), Err(PassportError::Empty));
         assert!(matches!(Passport::parse("XX:y"), Err(PassportError::UnknownAttribute(_))));
         assert!(matches!(Passport::parse("CN"), Err(PassportError::Malformed(_))));
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["CN:re\nlay", "CN:relay\r", "CN:re\0lay", "O:a,\tCN:b", "CN:\u{7f}", "CN:x\u{85}", "CN:\u{1b}[31m"]
+        {
+            let c = bad.chars().find(|c| c.is_control()).unwrap();
+            assert_eq!(Passport::parse(bad), Err(PassportError::ControlCharacter(c)), "{bad:?}");
+        }
+        let e = Passport::parse("CN:a\u{7}b").unwrap_err().to_string();
+        assert_eq!(e, "passport contains the control character U+0007; a passport is one line of printable text");
+        assert!(Passport::parse("O:Zürich AG, CN:*relay").is_ok(), "non-ASCII letters are fine");
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "max_body"),
     ext("Web", "login_attempts"),
     ext("Web", "lockout"),
+    ext("Web", "max_parallel_logins"),
+    ext("Web", "login_queue"),
     ext("Web", "metrics"),
     ext("Web", "metrics_lan_only"),
     ext("Web", "system_conf"),
@@ -666,6 +668,11 @@ pub struct WebConfig {
     pub login_attempts: u32,
     /// How long a locked-out address must wait (60 s).
     pub lockout: Duration,
+    /// Passwords checked at once (1); each check holds argon2's 19 MiB.
+    pub max_parallel_logins: usize,
+    /// Logins that may wait for a check (8); beyond them a login is
+    /// answered 503 at once, without checking its password.
+    pub login_queue: usize,
     /// Serve Prometheus metrics at `/metrics` (yes).
     pub metrics: bool,
     /// `/metrics` without logging in, but only to clients on loopback or
@@ -705,6 +712,8 @@ impl WebConfig {
             max_body: 65_536,
             login_attempts: 5,
             lockout: Duration::from_secs(60),
+            max_parallel_logins: 1,
+            login_queue: 8,
             metrics: true,
             metrics_lan_only: false,
             system_conf: base.join("system.conf"),
@@ -734,6 +743,8 @@ impl WebConfig {
             "max_body" => self.max_body = value::count(v, 4096, 16 * MIB)? as usize,
             "login_attempts" => self.login_attempts = value::count(v, 1, 1000)? as u32,
             "lockout" => self.lockout = value::seconds(v, 1)?,
+            "max_parallel_logins" => self.max_parallel_logins = value::count(v, 1, 16)? as usize,
+            "login_queue" => self.login_queue = value::count(v, 0, 1024)? as usize,
             "metrics" => self.metrics = value::boolean(v)?,
             "metrics_lan_only" => self.metrics_lan_only = value::boolean(v)?,
             "system_conf" => self.system_conf = value::path(v, base)?,

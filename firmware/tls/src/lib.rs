@@ -2,7 +2,8 @@
 //! section 2): it reads a MediaProxy-style `certs_path` (`ca.pem`, optional `crl.pem`, the role's
 //! certificate and key), builds rustls configurations with the *ring* provider only (never
 //! aws-lc-rs: the firmware is cross-compiled for musl/aarch64), verifies that every peer chains to
-//! the CA and is not on the CRL, deliberately ignores the server *name* (MediaProxy identifies peers
+//! the CA and is not on the CRL (and checks our own certificate with the verifier the other side
+//! uses, so a certificate it would refuse is caught before it is installed), deliberately ignores the server *name* (MediaProxy identifies peers
 //! by passport and relays connect by IP), extracts a peer's identity (subject, serial, fingerprint),
 //! checks it against a [`Passport`], and turns handshake failures into short reasons for the log.
 //! It owns no sockets and no protocol: the daemons wrap their own streams with tokio-rustls.
@@ -97,6 +98,8 @@ pub enum TlsError {
     Passport(String),
     #[error("cannot parse peer certificate: {0}")]
     Parse(String),
+    #[error("{}: {reason}", path.display())]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 /// The only crypto provider relaybox uses.
@@ -148,6 +151,67 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
         .with_client_auth_cert(chain, key)
         .map_err(|e| identity_error(files, e))?;
     Ok(Arc::new(config))
+}
+
+/// Checks that our own certificate (`files.cert`) is one the other side of the link accepts, with
+/// the verifier that side builds from the same `ca.pem` and `crl.pem`: a relay's certificate as the
+/// dispatcher checks a client, a dispatcher's as a relay checks a server. So it must chain to a CA
+/// in `files.ca` (signatures included), must not be revoked and must have its role's key usage.
+/// Validity dates are left to the handshake (a box may not know the time yet): the chain is
+/// checked at the current time when the certificate is valid then, else in the middle of its
+/// validity.
+pub fn check_own_certificate(files: &TlsFiles, role: Role) -> Result<(), TlsError> {
+    let roots = load_roots(&files.ca)?;
+    let crls = load_crls(files.crl.as_deref())?;
+    check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let chain = load_certs(&files.cert)?;
+    let (end_entity, intermediates) =
+        chain.split_first().ok_or_else(|| TlsError::NoCertificate { path: files.cert.clone() })?;
+    let at = check_time(end_entity);
+    let result = match role {
+        Role::Relay => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+                .with_crls(crls)
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| verifier_error(files, e))?;
+            verifier.verify_client_cert(end_entity, intermediates, at).map(|_| ())
+        }
+        Role::Dispatcher => {
+            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .with_crls(crls)
+                .allow_unknown_revocation_status()
+                .build()
+                .map_err(|e| verifier_error(files, e))?;
+            let name = ServerName::try_from("relaybox").expect("a valid DNS name");
+            AnyNameServerVerifier { inner }.verify_server_cert(end_entity, intermediates, &name, &[], at).map(|_| ())
+        }
+    };
+    result.map_err(|e| {
+        let ca = files.ca.file_name().map_or_else(|| files.ca.display().to_string(), |n| n.to_string_lossy().into());
+        let reason = match &e {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+                format!("is not signed by a CA in {ca}: the other side of the link would refuse it")
+            }
+            rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+                "is revoked by the CRL: the other side of the link would refuse it".to_string()
+            }
+            other => format!("the other side of the link would refuse it: {}", describe_rustls_error(other)),
+        };
+        TlsError::Untrusted { path: files.cert.clone(), reason }
+    })
+}
+
+/// Now, when `cert` is valid now; else the middle of its validity.
+fn check_time(cert: &CertificateDer<'_>) -> UnixTime {
+    let now = UnixTime::now();
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(cert) else { return now };
+    let (from, to) = (x509.validity().not_before.timestamp(), x509.validity().not_after.timestamp());
+    let secs = now.as_secs() as i64;
+    if (from..=to).contains(&secs) || from > to {
+        return now;
+    }
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs((from / 2 + to / 2).max(0) as u64))
 }
 
 /// webpki server verification minus the name check. webpki checks the chain, validity, EKU and

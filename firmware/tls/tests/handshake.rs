@@ -332,3 +332,48 @@ fn revoked_serials_match_peer_identities() {
     let der = rustls_pki_types::CertificateDer::from_pem_slice(pki.dispatcher.cert_pem.as_bytes()).unwrap();
     assert!(!revoked.contains(&identity(&der).serial_hex));
 }
+
+#[tokio::test]
+async fn own_certificate_is_checked_as_the_other_side_of_the_link_checks_it() {
+    let mut pki = Pki::new();
+    relaybox_tls::check_own_certificate(&pki.relay_files(), Role::Relay).unwrap();
+    relaybox_tls::check_own_certificate(&pki.dispatcher_files(), Role::Dispatcher).unwrap();
+
+    // A relay certificate from another CA, with its own key (so it loads):
+    // the check refuses it, and so does the dispatcher in a real handshake.
+    let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
+    let stranger = other.issue(&Subject::new("edge-relay").with_org(ORG), 30).unwrap();
+    let files = pki.files_with("stranger", &stranger);
+    client_config(&files).expect("the files load: the key matches the certificate");
+    let err = relaybox_tls::check_own_certificate(&files, Role::Relay).unwrap_err();
+    assert!(matches!(&err, TlsError::Untrusted { path, .. } if path == &files.cert), "{err:?}");
+    assert!(err.to_string().contains("is not signed by a CA in ca.pem"), "{err}");
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let out = handshake(server, client_config(&files).unwrap(), localhost()).await;
+    assert!(out.server.is_err(), "the dispatcher refuses it too");
+
+    // ca.pem replaced by another CA (and no CRL, which would be refused
+    // first): the relay's own certificate no longer chains.
+    std::fs::remove_file(pki.certs.join("crl.pem")).unwrap();
+    let ca = pki.certs.join("ca.pem");
+    let original = std::fs::read(&ca).unwrap();
+    std::fs::write(&ca, other.cert_pem()).unwrap();
+    let err = relaybox_tls::check_own_certificate(&pki.relay_files(), Role::Relay).unwrap_err();
+    assert!(err.to_string().contains("not signed by a CA in ca.pem"), "{err}");
+    let err = relaybox_tls::check_own_certificate(&pki.dispatcher_files(), Role::Dispatcher).unwrap_err();
+    assert!(err.to_string().contains("not signed by a CA in ca.pem"), "{err}");
+    // Both CAs in ca.pem: fine again.
+    std::fs::write(&ca, [original.clone(), other.cert_pem().into_bytes()].concat()).unwrap();
+    relaybox_tls::check_own_certificate(&pki.relay_files(), Role::Relay).unwrap();
+    std::fs::write(&ca, original).unwrap();
+
+    // Revoked by the CRL next to it.
+    pki.ca.revoke(&pki.relay.serial_hex).unwrap();
+    pki.rewrite_crl();
+    let err = relaybox_tls::check_own_certificate(&pki.relay_files(), Role::Relay).unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+
+    // Dates are the handshake's business (a box may not know the time yet).
+    let expired = pki.ca.issue_expired(&Subject::new("old-relay").with_org(ORG)).unwrap();
+    relaybox_tls::check_own_certificate(&pki.files_with("old", &expired), Role::Relay).unwrap();
+}

@@ -1,7 +1,8 @@
 //! relaybox-web owns the box's configuration page (`relaybox web`): HTTPS
 //! with the box's certificate (plain HTTP only redirects), a login with an
-//! argon2 password hash (no default password), sessions, CSRF tokens and a
-//! login rate limit; the `[Relay]` settings form, validated by
+//! argon2 password hash (no default password), sessions, CSRF tokens, a
+//! per-address limit on password guesses (counted before they are checked)
+//! and a fixed number of argon2 check threads behind a bounded queue; the `[Relay]` settings form, validated by
 //! `relaybox-config` on the would-be file, saved atomically with a
 //! one-click rollback and applied by SIGHUP (graceful halt; the box's init
 //! restarts the relay); certificates (checked with `relaybox-tls` before
@@ -16,18 +17,18 @@
 
 mod app;
 pub mod auth;
-mod certs;
 mod conf_form;
 pub mod control;
+mod extract;
 pub mod files;
 mod html;
 pub mod ini_edit;
-pub mod metrics;
-mod network;
+mod layout;
 mod pages;
+mod router;
 mod server;
-mod status;
-mod system;
+
+pub use pages::metrics;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -75,11 +76,16 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     let https = TcpListener::bind(web.listen).await.with_context(|| format!("binding HTTPS {}", web.listen))?;
     let https_addr = https.local_addr()?;
     let reload = tls.clone();
+    let login_stats = Arc::new(auth::LoginStats::new());
+    let checker = auth::Checker::start(web.max_parallel_logins, web.login_queue, login_stats.clone())
+        .context("starting the password check threads")?;
     let state = Arc::new(app::App {
         config_dir: auth::config_dir(&config_path),
         config_path: config_path.clone(),
         sessions: auth::Sessions::new(web.session_timeout),
         limiter: auth::Limiter::new(web.login_attempts, web.lockout),
+        checker,
+        login_stats,
         history: Mutex::new(VecDeque::new()),
         reload_tls: Box::new(move || reload.reload()),
         web: web.clone(),
@@ -88,8 +94,8 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     if auth::stored_hash(&config_path).is_none() {
         tracing::warn!("web: no password is set; run `relaybox --config {} web set-password`", config_path.display());
     }
-    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, app::router(state.clone())))];
-    tasks.push(tokio::spawn(status::sample_forever(state)));
+    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, router::router(state.clone())))];
+    tasks.push(tokio::spawn(pages::status::sample_forever(state)));
     let mut http_addr = None;
     if let Some(addr) = web.http_listen {
         let http = TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;

@@ -171,6 +171,57 @@ fn validation_errors_are_shown_next_to_their_field_and_nothing_is_saved() {
 }
 
 #[test]
+fn settings_the_relay_could_not_use_are_refused_with_a_message() {
+    let web = Web::start("");
+    let s = web.login();
+    let before = web.config_text();
+    let field = |body: &str, name: &str| {
+        let at = body.find(&format!(r#"id="field-{name}""#)).unwrap_or_else(|| panic!("no field {name}"));
+        let end = body[at..].find("</div>").unwrap() + at;
+        body[at..end].to_string()
+    };
+    // Relay and advertised addresses of two families, both ways round.
+    for (relay_ip, advertised_ip) in [("2001:db8::1", "203.0.113.5"), ("192.0.2.1", "2001:db8::5")] {
+        let r = web.post(
+            "/settings",
+            &s,
+            &[
+                ("csrf", &s.csrf),
+                ("dispatchers", "127.0.0.1"),
+                ("relay_ip", relay_ip),
+                ("advertised_ip", advertised_ip),
+            ],
+        );
+        assert_eq!(r.status, 422, "{relay_ip} / {advertised_ip}");
+        let error = field(&r.body, "advertised_ip");
+        assert!(error.contains(r#"id="error-advertised_ip""#) && error.contains("another family"), "{error}");
+        assert_eq!(web.config_text(), before);
+    }
+    // Passports with control characters (BEL, ESC, a tab, NUL, C1 NEL).
+    for passport in ["CN:re\u{7}lay", "O:Example Ltd, CN:\u{1b}[2Jrelay", "O:a,\tCN:b", "CN:a\0b", "CN:a\u{85}b"] {
+        let r = web.post("/settings", &s, &[("csrf", &s.csrf), ("dispatchers", "127.0.0.1"), ("passport", passport)]);
+        assert_eq!(r.status, 422, "{passport:?}: {}", r.body);
+        let error = field(&r.body, "passport");
+        assert!(error.contains(r#"id="error-passport""#) && error.contains("control character"), "{error}");
+        assert_eq!(web.config_text(), before, "{passport:?}");
+    }
+    // The same families and a printable passport are saved.
+    let r = web.post(
+        "/settings",
+        &s,
+        &[
+            ("csrf", &s.csrf),
+            ("dispatchers", "127.0.0.1"),
+            ("relay_ip", "2001:db8::1"),
+            ("advertised_ip", "2001:db8::5"),
+            ("passport", "O:Zürich AG, CN:*dispatcher"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(parses(&web.config_text()).relay.passport.unwrap().to_string(), "O:Zürich AG, CN:*dispatcher");
+}
+
+#[test]
 fn saving_is_atomic_keeps_the_rest_of_the_file_and_rolls_back() {
     let web = Web::start("");
     let s = web.login();
@@ -248,6 +299,44 @@ fn wrong_passwords_lock_the_address_out() {
     assert_eq!(right.status, 429, "locked out even with the right password");
     assert!(right.cookie("relaybox_session").is_none());
     std::thread::sleep(Duration::from_millis(4300));
+    assert_eq!(web.try_login(PASSWORD).status, 303);
+}
+
+#[test]
+fn logins_beyond_the_password_queue_are_refused_at_once_and_not_counted() {
+    // One check at a time and one waiting: of six logins from six
+    // addresses sent together, the ones beyond those two get 503 at once.
+    let web = Web::start("max_parallel_logins = 1\nlogin_queue = 1\nmetrics_lan_only = yes");
+    let sources: Vec<std::net::IpAddr> = (11..17).map(|n| format!("127.0.0.{n}").parse().unwrap()).collect();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(sources.len()));
+    let addr = web.https;
+    let threads: Vec<_> = sources
+        .into_iter()
+        .map(|from| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let conn = Conn::open(from, addr, Duration::from_secs(60));
+                barrier.wait();
+                let (cookie, body) = login_request("not the password");
+                conn.unwrap().send("POST", "/login", &[("Cookie", &cookie)], &body).unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    let busy: Vec<&Resp> = answers.iter().filter(|r| r.status == 503).collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert_eq!(busy.len() + checked, 6, "{statuses:?}");
+    assert!(!busy.is_empty() && checked >= 2, "{statuses:?}");
+    for r in &busy {
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert!(r.body.contains("busy checking other logins"), "{}", r.body);
+    }
+    let m = web.get("/metrics", None);
+    assert!(m.body.contains(&format!("relaybox_web_password_checks_total {checked}\n")), "{}", m.body);
+    let refused = format!("relaybox_web_logins_refused_total{{reason=\"busy\"}} {}\n", busy.len());
+    assert!(m.body.contains(&refused), "{}", m.body);
+    // Nobody was locked out by a refusal: the right password works at once.
     assert_eq!(web.try_login(PASSWORD).status, 303);
 }
 
@@ -481,6 +570,47 @@ fn certificates_page_uploads_and_requests() {
     let bad = web.post("/certs/csr", &s, &[("csrf", &s.csrf), ("cn", "")]);
     assert_eq!(bad.status, 422);
     web.server.take();
+}
+
+#[test]
+fn certificates_that_the_dispatcher_would_refuse_are_not_installed() {
+    let web = Web::start("");
+    // No CRL: a CA upload is then checked against relay.crt only (a CRL of
+    // the old CA would refuse a new CA before that).
+    std::fs::remove_file(web.certs.join("crl.pem")).unwrap();
+    let s = web.login();
+    let ca_before = std::fs::read_to_string(web.certs.join("ca.pem")).unwrap();
+    let relay_before = std::fs::read_to_string(web.certs.join("relay.crt")).unwrap();
+    let mut other = relaybox_ca::CertificateAuthority::create(&relaybox_ca::Subject::new("other CA"), 30).unwrap();
+
+    // A CA that did not sign the installed relay.crt.
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "ca"), ("pem", &other.cert_pem())]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("Nothing was replaced"), "{}", r.body);
+    assert!(r.body.contains("certs/relay.crt: is not signed by a CA in ca.pem"), "{}", r.body);
+    // A relay certificate (with its own key) from a CA that is not ca.pem.
+    let stranger = other.issue(&relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
+    let r = web.post(
+        "/certs/upload",
+        &s,
+        &[("csrf", &s.csrf), ("kind", "relay"), ("pem", &stranger.cert_pem), ("key", &stranger.key_pem)],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("is not signed by a CA in ca.pem"), "{}", r.body);
+    assert_eq!(std::fs::read_to_string(web.certs.join("ca.pem")).unwrap(), ca_before);
+    assert_eq!(std::fs::read_to_string(web.certs.join("relay.crt")).unwrap(), relay_before);
+
+    // Both CAs in ca.pem: the installed relay.crt still chains, accepted.
+    let both = format!("{}{}", ca_before.trim_end(), "\n") + &other.cert_pem();
+    let r = web.post("/certs/upload", &s, &[("csrf", &s.csrf), ("kind", "ca"), ("pem", &both)]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // Now the other CA's relay certificate chains too.
+    let r = web.post(
+        "/certs/upload",
+        &s,
+        &[("csrf", &s.csrf), ("kind", "relay"), ("pem", &stranger.cert_pem), ("key", &stranger.key_pem)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
 }
 
 #[test]

@@ -157,6 +157,63 @@ pub fn https(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)
     parse_response(&raw)
 }
 
+/// A TLS connection to the page from a chosen local address (anything in
+/// 127.0.0.0/8 is loopback: a second "client machine" without a
+/// namespace), handshake done, one request to send.
+pub struct Conn(rustls::StreamOwned<rustls::ClientConnection, TcpStream>, SocketAddr);
+
+impl Conn {
+    pub fn open(from: std::net::IpAddr, addr: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let tcp = rt.block_on(async {
+            let socket =
+                if from.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(from, 0))?;
+            tokio::time::timeout(timeout, socket.connect(addr))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect"))?
+        })?;
+        let tcp = tcp.into_std()?;
+        tcp.set_nonblocking(false)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        let conn = rustls::ClientConnection::new(client_config(), ServerName::try_from("relaybox").unwrap())
+            .map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Conn(tls, addr))
+    }
+
+    /// Sends one request and reads the answer (the connection closes after it).
+    pub fn send(mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        self.0.write_all(&request_bytes(method, path, &self.1.to_string(), headers, body))?;
+        self.0.flush()?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if raw.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete answer"));
+        }
+        Ok(parse_response(&raw))
+    }
+}
+
+/// A login POST as a browser sends it (the login form's token in its
+/// cookie and its field; any value works, it is a double submit).
+pub fn login_request(password: &str) -> (String, Vec<u8>) {
+    let token = "0123456789abcdef".repeat(4);
+    (format!("relaybox_login={token}"), form(&[("csrf", &token), ("password", password)]))
+}
+
 /// One plain-HTTP request.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut tcp = TcpStream::connect(addr).unwrap();

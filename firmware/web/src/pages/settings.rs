@@ -1,117 +1,18 @@
-//! Login, logout and the relay settings form (validate with the daemon's own
-//! parser, save atomically, keep `.prev`, roll back, apply by SIGHUP).
+//! The relay settings form: validate with the daemon's own parser, save
+//! atomically, keep `.prev`, roll back, apply by SIGHUP.
 
 use std::collections::HashMap;
 
 use axum::extract::{Query, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
 use relaybox_config::Config;
-use serde::Deserialize;
 
-use crate::app::{cookie, forbidden, html_page, Authed, CheckedForm, ClientIp, State, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::app::State;
+use crate::extract::{Authed, CheckedForm, Flash};
 use crate::html::{csrf_field, esc, form_field, page, select};
+use crate::layout::html_page;
 use crate::{auth, control, files, ini_edit};
-
-fn session_cookie(id: &str, max_age: u64) -> String {
-    format!("{SESSION_COOKIE}={id}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict")
-}
-
-fn origin_ok(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else { return true };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    matches!((origin.to_str().ok(), host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(&format!("https://{h}")))
-}
-
-fn login_page(state: &State, token: &str, message: Option<&str>, status: StatusCode) -> Response {
-    let mut body = String::new();
-    if let Some(m) = message {
-        body.push_str(&format!(r#"<p class="bad">{}</p>"#, esc(m)));
-    }
-    if auth::stored_hash(&state.config_path).is_none() {
-        body.push_str(&format!(
-            r#"<section><p class="warn">No password is set, so nobody can log in. There is no default password.</p>
-<p>On the box, as root, run</p><pre class="mono">relaybox --config {} web set-password</pre>
-<p>and type the new password (at least {} characters) followed by Enter. Then reload this page.</p></section>"#,
-            esc(&state.config_path.display().to_string()),
-            auth::MIN_PASSWORD_LEN
-        ));
-    } else {
-        body.push_str(&format!(
-            r#"<section><form method="post" action="/login">{}
-<label for="password">Password</label><input type="password" id="password" name="password" autocomplete="current-password" autofocus>
-<button type="submit">Log in</button></form></section>"#,
-            csrf_field(token)
-        ));
-    }
-    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; Max-Age=900; Secure; HttpOnly; SameSite=Strict");
-    (status, [(header::SET_COOKIE, cookie)], axum::response::Html(page("Log in", "", None, &body))).into_response()
-}
-
-pub async fn login_form(AxState(state): AxState<State>, headers: HeaderMap) -> Response {
-    if cookie(&headers, SESSION_COOKIE).is_some_and(|id| state.sessions.touch(&id).is_some()) {
-        return Redirect::to("/status").into_response();
-    }
-    login_page(&state, &auth::random_hex(32), None, StatusCode::OK)
-}
-
-#[derive(Deserialize)]
-pub struct LoginForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    password: String,
-}
-
-pub async fn login(
-    AxState(state): AxState<State>,
-    Extension(ClientIp(ip)): Extension<ClientIp>,
-    headers: HeaderMap,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    if !origin_ok(&headers) {
-        return forbidden("Cross-origin requests are refused.");
-    }
-    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !auth::same_secret(&expected, &form.csrf) {
-        return forbidden("The form's security token is missing or stale. Reload the page and try again.");
-    }
-    let token = auth::random_hex(32);
-    let Some(hash) = auth::stored_hash(&state.config_path) else {
-        return login_page(&state, &token, Some("No password is set; login is refused."), StatusCode::FORBIDDEN);
-    };
-    if let Some(wait) = state.limiter.locked(ip) {
-        let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", wait.as_secs() + 1);
-        return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
-    }
-    let password = form.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify(&hash, &password)).await.unwrap_or(false);
-    if !ok {
-        tracing::warn!(client = %ip, "web: wrong password");
-        if state.limiter.failure(ip) {
-            let m = format!("Too many wrong passwords from {ip}. Try again in {} s.", state.web.lockout.as_secs());
-            return login_page(&state, &token, Some(&m), StatusCode::TOO_MANY_REQUESTS);
-        }
-        return login_page(&state, &token, Some("Wrong password."), StatusCode::UNAUTHORIZED);
-    }
-    state.limiter.success(ip);
-    let (id, _) = state.sessions.create();
-    tracing::info!(client = %ip, "web: logged in");
-    let mut response = Redirect::to("/status").into_response();
-    let h = response.headers_mut();
-    h.append(header::SET_COOKIE, session_cookie(&id, state.web.session_timeout.as_secs()).parse().unwrap());
-    h.append(
-        header::SET_COOKIE,
-        format!("{LOGIN_COOKIE}=; Path=/login; Max-Age=0; Secure; HttpOnly; SameSite=Strict").parse().unwrap(),
-    );
-    response
-}
-
-pub async fn logout(AxState(state): AxState<State>, CheckedForm(auth, _): CheckedForm) -> Response {
-    state.sessions.remove(&auth.id);
-    ([(header::SET_COOKIE, session_cookie("", 0))], Redirect::to("/login")).into_response()
-}
 
 /// How a relay setting is edited.
 enum Kind {
@@ -208,18 +109,6 @@ fn file_text(state: &State) -> String {
 
 /// What a redirect after a POST tells the page to show (`?done=…&pid=…`);
 /// shared by the pages that save something.
-#[derive(Deserialize)]
-pub struct Flash {
-    #[serde(default)]
-    pub done: String,
-    #[serde(default)]
-    pub pid: String,
-    /// System page: `set` (the running host name was changed) or `boot`
-    /// (it could not be; it changes at the next boot).
-    #[serde(default)]
-    pub host: String,
-}
-
 fn flash(f: &Flash) -> String {
     let pid = esc(&f.pid);
     match f.done.as_str() {
@@ -238,7 +127,7 @@ fn flash(f: &Flash) -> String {
     }
 }
 
-pub async fn settings_form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
+pub async fn form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
     let values = ini_edit::section_values(&file_text(&state), "Relay");
     let mut errors = HashMap::new();
     if let Err(e) = Config::load(&state.config_path) {
@@ -253,7 +142,7 @@ pub async fn settings_form(AxState(state): AxState<State>, auth: Authed, Query(f
 /// the daemon's parser. Returns the new file text or the errors by field
 /// ("" for the file as a whole).
 fn validate(state: &State, form: &HashMap<String, String>) -> Result<String, HashMap<String, String>> {
-    let base = crate::app::config_dir_of(&state.config_path);
+    let base = auth::config_dir(&state.config_path);
     let origin = state.config_path.display().to_string();
     let value_of = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
     let mut errors = HashMap::new();
@@ -298,7 +187,7 @@ fn validate(state: &State, form: &HashMap<String, String>) -> Result<String, Has
     Err(errors)
 }
 
-pub async fn settings_save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
+pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
     let text = match validate(&state, &form) {
         Ok(text) => text,
         Err(errors) => {
@@ -335,14 +224,14 @@ fn apply_failed(state: &State, auth: &Authed, why: &str) -> Response {
     (StatusCode::BAD_GATEWAY, axum::response::Html(body)).into_response()
 }
 
-pub async fn settings_apply(AxState(state): AxState<State>, CheckedForm(auth, _): CheckedForm) -> Response {
+pub async fn apply(AxState(state): AxState<State>, CheckedForm(auth, _): CheckedForm) -> Response {
     match control::halt_relay(&state.control_socket()).await {
         Ok(pid) => Redirect::to(&format!("/settings?done=notified&pid={pid}")).into_response(),
         Err(e) => apply_failed(&state, &auth, &e.to_string()),
     }
 }
 
-pub async fn settings_rollback(AxState(state): AxState<State>, _: CheckedForm) -> Response {
+pub async fn rollback(AxState(state): AxState<State>, _: CheckedForm) -> Response {
     match files::rollback(&state.config_path) {
         Ok(()) => {
             tracing::info!("web: rolled back {}", state.config_path.display());

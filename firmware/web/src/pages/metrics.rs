@@ -3,6 +3,7 @@
 //! without login to clients on loopback or private addresses.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::Value;
 
-use crate::app::{cookie, is_lan, ClientIp, State, SESSION_COOKIE};
+use crate::app::{is_lan, ClientIp, State};
+use crate::auth::LoginStats;
 use crate::control;
+use crate::extract::{cookie, SESSION_COOKIE};
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -152,6 +155,27 @@ pub fn render(m: Option<&Value>) -> String {
     out
 }
 
+/// The page's own login counters.
+pub fn render_logins(stats: &LoginStats) -> String {
+    let mut out = String::new();
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    metric(
+        &mut out,
+        "relaybox_web_password_checks_total",
+        "counter",
+        "Login passwords checked (argon2 runs) by the web page.",
+        &[(String::new(), n(&stats.checks))],
+    );
+    metric(
+        &mut out,
+        "relaybox_web_logins_refused_total",
+        "counter",
+        "Logins refused before their password was checked: the address was locked out or had every guess in flight, or every check was busy and the queue full.",
+        &[(label("reason", "address"), n(&stats.refused_address)), (label("reason", "busy"), n(&stats.refused_busy))],
+    );
+    out
+}
+
 pub async fn metrics(
     AxState(state): AxState<State>,
     Extension(ClientIp(ip)): Extension<ClientIp>,
@@ -170,5 +194,6 @@ pub async fn metrics(
         }
     }
     let m = control::query_json(&state.control_socket(), "metrics").await.ok();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(m.as_ref())).into_response()
+    let text = render(m.as_ref()) + &render_logins(&state.login_stats);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

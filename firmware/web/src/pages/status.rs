@@ -10,10 +10,12 @@ use axum::response::{IntoResponse, Json, Response};
 use relaybox_proto::SessionStats;
 use serde_json::Value;
 
-use crate::app::{html_page, Authed, Sample, State};
+use crate::app::{Sample, State};
 use crate::control;
+use crate::extract::Authed;
 use crate::html::page as frame;
 use crate::html::{bps, bytes, duration, esc};
+use crate::layout::html_page;
 
 /// Samples kept: one hour at one every 10 s.
 const HISTORY: usize = 360;

@@ -15,10 +15,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use serde::Deserialize;
 
-use crate::app::{html_page, Authed, State};
+use crate::app::State;
+use crate::extract::Authed;
 use crate::files::write_atomic;
 use crate::html::page as frame;
 use crate::html::{csrf_field, esc};
+use crate::layout::html_page;
 
 /// Largest PEM text accepted for one file.
 const MAX_PEM: usize = 32 * 1024;
@@ -138,7 +140,7 @@ fn certs_page(state: &State, auth: &Authed, message: &str, csr: Option<&str>) ->
 <label for="kind">What</label><select id="kind" name="kind"><option value="relay">Relay certificate and key (relay.crt, relay.key)</option><option value="ca">CA certificate (ca.pem)</option><option value="crl">Revocation list (crl.pem)</option><option value="web">This page's certificate and key (web.crt, web.key)</option></select>
 <label for="pem">Certificate or CRL (PEM)</label><input type="file" accept=".pem,.crt" data-into="pem"><textarea id="pem" name="pem"></textarea>
 <label for="key">Private key (PEM; relay and web only)</label><input type="file" accept=".pem,.key" data-into="key"><textarea id="key" name="key"></textarea>
-<p class="help">Each file is checked (it parses, the key matches the certificate, the CRL belongs to the CA) before anything is replaced. At most {max} KiB per file. Apply the relay settings afterwards so the relay reloads them.</p>
+<p class="help">Each file is checked (it parses, the key matches the certificate, the relay certificate is signed by the CA, the CRL belongs to the CA) before anything is replaced. At most {max} KiB per file. Apply the relay settings afterwards so the relay reloads them.</p>
 <button type="submit">Upload</button></form></section>
 <section><h2>Make a key and request on the box</h2><form method="post" action="/certs/csr">{csrf}
 <label for="cn">Common name (CN)</label><input type="text" id="cn" name="cn" placeholder="edge-relay">
@@ -250,8 +252,14 @@ fn check_upload(dir: &Path, u: &Upload) -> Result<Writes, String> {
         && stage.0.join("ca.pem").exists()
     {
         let files = relaybox_tls::TlsFiles::for_role(&stage.0, relaybox_tls::Role::Relay);
-        relaybox_tls::client_config(&files)
-            .map_err(|e| e.to_string().replace(&stage.0.display().to_string(), "certs"))?;
+        let shown = |e: relaybox_tls::TlsError| e.to_string().replace(&stage.0.display().to_string(), "certs");
+        relaybox_tls::client_config(&files).map_err(shown)?;
+        // The relay's certificate must chain to the CA as the dispatcher
+        // checks it (a new CRL is exempt: it may revoke a certificate on
+        // its way out).
+        if u.kind != "crl" {
+            relaybox_tls::check_own_certificate(&files, relaybox_tls::Role::Relay).map_err(shown)?;
+        }
     } else if u.kind == "relay" {
         return Err("upload the CA certificate (ca.pem) first".into());
     }

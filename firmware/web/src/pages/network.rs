@@ -12,11 +12,12 @@ use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Redirect, Response};
 use relaybox_config::{shell_var, NetworkSettings, MAX_DNS_SERVERS};
 
-use crate::app::{html_page, Authed, CheckedForm, State};
+use crate::app::State;
 use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
+use crate::extract::{Authed, CheckedForm, Flash};
 use crate::html::page as frame;
 use crate::html::{csrf_field, esc, form_field, select};
-use crate::pages::Flash;
+use crate::layout::{html_page, reboot_form};
 
 /// Interfaces that carry a default route (from `/proc/net/route` and
 /// `/proc/net/ipv6_route`).
@@ -154,7 +155,7 @@ pub async fn page(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
     let message = match f.done.as_str() {
         "saved" => format!(
             r#"<p class="ok" id="flash">Saved. The network settings take effect at the next boot.</p>{}"#,
-            crate::system::reboot_form(&auth.csrf)
+            reboot_form(&auth.csrf)
         ),
         _ => String::new(),
     };

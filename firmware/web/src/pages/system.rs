@@ -15,10 +15,11 @@ use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Redirect, Response};
 use relaybox_config::{split_servers, SystemSettings, MAX_NTP_SERVERS};
 
-use crate::app::{html_page, Authed, CheckedForm, State};
+use crate::app::State;
 use crate::conf_form::{self, errors_by_field, text_field, NOTHING_SAVED};
+use crate::extract::{Authed, CheckedForm, Flash};
 use crate::html::{csrf_field, esc, page};
-use crate::pages::Flash;
+use crate::layout::{html_page, reboot_form};
 
 /// The host name the kernel has now.
 fn running_hostname() -> String {
@@ -96,16 +97,6 @@ fn set_running_hostname(command: &Path, name: &str) -> bool {
             false
         }
     }
-}
-
-/// The Reboot button (the System page, and the Network page after a save).
-pub fn reboot_form(csrf: &str) -> String {
-    format!(
-        r#"<section><form method="post" action="/system/reboot" id="reboot" data-confirm="Reboot the box now? Calls in progress are cut.">{}
-<p class="help">Reboot the box: calls in progress are cut; settings that take effect at the next boot (network) are applied.</p>
-<button type="submit" class="danger">Reboot</button></form></section>"#,
-        csrf_field(csrf)
-    )
 }
 
 pub async fn form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<Flash>) -> Response {
