@@ -1,6 +1,8 @@
 //! Property tests over random sequences of updates, removes, packets and
-//! timeouts: ports are never handed out twice, every port comes back, and a
-//! repeated update gets the same answer.
+//! timeouts: ports are never handed out twice, every port comes back, a
+//! repeated update gets the same answer, a source nothing vouches for gets
+//! and gives no media while the learning window holds, and STUN never
+//! latches or makes a kernel flow.
 
 mod common;
 
@@ -8,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
-use relaybox_core::{CoreConfig, Event, Flow, FlowId, SessionTable, Verdict};
-use relaybox_proto::{CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, StreamStatus, UpdateRequest};
+use relaybox_core::{CoreConfig, Event, Flow, FlowId, LatchRule, SessionTable, Verdict};
+use relaybox_proto::{
+    CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, SignalingIp, StreamStatus, UpdateRequest,
+};
 
 const CALLS: u8 = 3;
 
@@ -25,6 +29,7 @@ enum Op {
         cseq: u32,
         items: Vec<ItemSpec>,
         busy: u16,
+        signaling: u8,
     },
     Remove {
         call: u8,
@@ -34,6 +39,7 @@ enum Op {
         port_offset: u16,
         src: u8,
         len: usize,
+        stun: bool,
     },
     Advance(u64),
     ExpireAll,
@@ -68,12 +74,14 @@ fn op() -> impl Strategy<Value = Op> {
             0u32..4,
             prop::collection::vec(item_spec(), 0..5),
             prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
+            0u8..4,
         )
-            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items, busy)| Op::Update {
-                call, callee_dialog, reply, with_to_tag, cseq, items, busy
+            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling)| Op::Update {
+                call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling
             }),
         1 => (0..CALLS, 0u8..4).prop_map(|(call, tags)| Op::Remove { call, tags }),
-        4 => (0u16..48, 0u8..4, 0usize..40).prop_map(|(port_offset, src, len)| Op::Packet { port_offset, src, len }),
+        4 => (0u16..48, 0u8..4, 0usize..40, prop::bool::weighted(0.2))
+            .prop_map(|(port_offset, src, len, stun)| Op::Packet { port_offset, src, len, stun }),
         2 => (0u64..200_000).prop_map(Op::Advance),
         1 => Just(Op::ExpireAll),
     ]
@@ -81,6 +89,20 @@ fn op() -> impl Strategy<Value = Op> {
 
 const IPS: [&str; 4] = ["198.51.100.10", "192.168.1.20", "0.0.0.0", "2001:db8::7"];
 const SOURCES: [&str; 4] = ["198.51.100.10:4000", "203.0.113.77:31000", "192.0.2.66:999", "[2001:db8::7]:4000"];
+/// Never announced and never a signaling IP: only a fallback latches it.
+const STRANGER: &str = "192.0.2.66:999";
+/// `signaling_ip` of an update: none, the NAT source, a proxy, the public one.
+const SIGNALING: [Option<&str>; 4] = [None, Some("203.0.113.77"), Some("198.18.0.1"), Some("198.51.100.10")];
+
+/// A STUN Binding request of `len` bytes or a little more (RFC 5389).
+fn stun_packet(len: usize) -> Vec<u8> {
+    let body = (len / 4) * 4;
+    let mut p = vec![0x00, 0x01];
+    p.extend_from_slice(&(body as u16).to_be_bytes());
+    p.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    p.resize(20 + body, 0x5a);
+    p
+}
 
 fn build_item(spec: &ItemSpec) -> MediaItem {
     let media_type = [MediaType::Audio, MediaType::Video, MediaType::Image][usize::from(spec.kind % 3)].clone();
@@ -102,6 +124,7 @@ fn build_update(
     with_to_tag: bool,
     cseq: u32,
     items: &[ItemSpec],
+    signaling: u8,
 ) -> UpdateRequest {
     let (caller, callee) = (format!("f{call}"), format!("t{call}"));
     let (from_tag, to_tag) =
@@ -116,7 +139,7 @@ fn build_update(
         from_tag,
         to_tag,
         user_agent: "UA".into(),
-        signaling_ip: None,
+        signaling_ip: SIGNALING[usize::from(signaling % 4)].and_then(SignalingIp::parse),
         media_relay: None,
         media: items.iter().map(build_item).collect(),
     }
@@ -131,6 +154,8 @@ struct Sockets {
     unbound: BTreeSet<u16>,
     /// Kernel flows the daemon would hold.
     flows: BTreeMap<FlowId, Flow>,
+    /// Fallback latches seen.
+    fallbacks: usize,
 }
 
 impl Sockets {
@@ -185,6 +210,14 @@ impl Sockets {
                     prop_assert!(self.flows.insert(f.id, *f).is_none(), "flow {:?} up twice", f.id);
                 }
                 Event::FlowDown(id) => prop_assert!(self.flows.remove(id).is_some(), "flow {:?} down, not up", id),
+                Event::Latched(latch) => {
+                    if latch.rule == LatchRule::Fallback {
+                        self.fallbacks += 1;
+                    } else {
+                        prop_assert!(latch.previous.is_some(), "a first latch by a rule is not reported: {:?}", latch);
+                        prop_assert_ne!(latch.source.to_string(), STRANGER, "nothing vouches for the stranger");
+                    }
+                }
             }
             seen.push(event);
         }
@@ -218,12 +251,18 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// The learning windows the runs use: fallback at once, MediaProxy-like;
+/// the default; never within a run.
+const WINDOWS: [u64; 3] = [0, 3_000, u64::MAX];
+
+fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
     let config = CoreConfig {
         port_range: (40000, 40040),
         max_sessions: 2,
         max_streams: 4,
         kernel_flows: true,
+        latching_window: window,
+        signaling_proxies: vec!["198.18.0.0/15".parse().unwrap()],
         ..CoreConfig::default()
     };
     let mut t = SessionTable::new(config);
@@ -233,8 +272,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: u64 = 1_700_000_000_000;
     for op in ops {
         match op {
-            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items, busy } => {
-                let req = build_update(*call, *callee_dialog, *reply, *with_to_tag, *cseq, items);
+            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling } => {
+                let req = build_update(*call, *callee_dialog, *reply, *with_to_tag, *cseq, items, *signaling);
                 let mut first = t.update(&req, relay_ip, now);
                 let mut moved = Vec::new();
                 sockets.drain_moving(&mut t, *busy, &mut moved)?;
@@ -281,17 +320,38 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         .all(|s| !matches!(s.status, StreamStatus::Active | StreamStatus::OnHold)));
                 }
             }
-            Op::Packet { port_offset, src, len } => {
+            Op::Packet { port_offset, src, len, stun } => {
                 let port = 40000 + port_offset;
                 if sockets.unbound.contains(&(port & !1)) {
                     continue; // nothing listens there
                 }
                 let src: SocketAddr = SOURCES[usize::from(src % 4)].parse().unwrap();
-                let packet = vec![0x80u8; *len];
-                if let Verdict::Forward { via_port, .. } = t.on_packet(port, src, &packet, now) {
+                let packet = if *stun { stun_packet(*len) } else { vec![0x80u8; *len] };
+                let remotes = |t: &SessionTable| {
+                    t.sessions(now)
+                        .into_iter()
+                        .flat_map(|s| s.streams.into_iter().map(|st| (st.caller_remote, st.callee_remote)))
+                        .collect::<Vec<_>>()
+                };
+                let before = remotes(&t);
+                let verdict = t.on_packet(port, src, &packet, now);
+                if let Verdict::Forward { via_port, to } = verdict {
                     prop_assert!(sockets.open.contains(&(via_port & !1)), "forwarded via a closed port {}", via_port);
                     prop_assert_eq!(via_port & 1, port & 1, "RTP stays RTP, RTCP stays RTCP");
                     prop_assert_ne!(via_port & !1, port & !1, "forwarded out of the receiving leg");
+                    if window == u64::MAX {
+                        prop_assert_ne!(src.to_string(), STRANGER, "the stranger's packet was forwarded");
+                        prop_assert_ne!(to.to_string(), STRANGER, "media went to the stranger");
+                    }
+                }
+                if *stun {
+                    let events = sockets.drain(&mut t)?;
+                    prop_assert!(
+                        !events.iter().any(|e| matches!(e, Event::FlowUp(_))),
+                        "STUN made a flow: {:?}",
+                        events
+                    );
+                    prop_assert_eq!(remotes(&t), before, "STUN latched");
                 }
             }
             Op::Advance(ms) => {
@@ -322,6 +382,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.ports_free(), total);
     prop_assert!(sockets.open.is_empty());
     prop_assert_eq!(t.next_timeout(), None);
+    if window == u64::MAX {
+        prop_assert_eq!(sockets.fallbacks, 0, "a fallback latch without the window passing");
+    }
     Ok(())
 }
 
@@ -329,8 +392,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn ports_are_unique_returned_and_updates_idempotent(ops in prop::collection::vec(op(), 1..60)) {
-        run(&ops)?;
+    fn ports_are_unique_returned_and_updates_idempotent(
+        ops in prop::collection::vec(op(), 1..60),
+        window in prop::sample::select(WINDOWS.to_vec()),
+    ) {
+        run(&ops, window)?;
     }
 
     #[test]
