@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Signaled;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
@@ -417,5 +419,131 @@ proptest! {
         }
         t.handle_timeout(now);
         prop_assert_eq!(t.ports_in_use() + t.ports_free(), 100);
+    }
+}
+
+/// One step of [`latching_never_lets_a_stranger_in`].
+#[derive(Debug, Clone)]
+enum LatchOp {
+    /// `port`: 0..4 from 40000; `src`: an index into `LATCH_SOURCES`.
+    Packet {
+        port: u16,
+        src: usize,
+        stun: bool,
+    },
+    Advance(u64),
+    /// The caller re-INVITEs with another private address.
+    Reinvite,
+}
+
+/// The caller's NAT (its signaling IP) on two ports, the callee's NAT, the
+/// stranger, and the callee's announced address itself.
+const LATCH_SOURCES: [&str; 5] =
+    ["198.51.100.10:31000", "198.51.100.10:31500", "203.0.113.77:42000", STRANGER, "192.168.2.20:5000"];
+
+fn latch_op() -> impl Strategy<Value = LatchOp> {
+    prop_oneof![
+        8 => (0u16..4, 0usize..LATCH_SOURCES.len(), prop::bool::weighted(0.2))
+            .prop_map(|(port, src, stun)| LatchOp::Packet { port, src, stun }),
+        3 => (0u64..5_000).prop_map(LatchOp::Advance),
+        1 => Just(LatchOp::Reinvite),
+    ]
+}
+
+/// A call between phones behind NAT (private SDP, signaling from their
+/// NATs), a stranger among the sources: whatever the order and timing,
+/// the stranger never gets or gives media while the learning window holds
+/// (never, with an endless window), never takes a leg a vouched source
+/// holds, and STUN never latches or makes a flow.
+fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
+    let config = CoreConfig { kernel_flows: true, latching_window: window, ..common::config() };
+    let mut t = SessionTable::new(config);
+    let relay: IpAddr = "203.0.113.1".parse().unwrap();
+    let mut now = 1_700_000_000_000u64;
+    let offer = |cseq: u32, ip: &str| {
+        let list = format!("audio:{ip}:4000:sendrecv:ice=yes");
+        common::caller_offer(cseq, &list).signaled_by("198.51.100.10")
+    };
+    let answer =
+        |cseq: u32| common::callee_answer(cseq, "audio:192.168.2.20:5000:sendrecv:ice=yes").signaled_by("203.0.113.77");
+    t.update(&offer(1, "192.168.1.10"), relay, now).unwrap();
+    t.update(&answer(1), relay, now).unwrap();
+    let mut sockets = Sockets::default();
+    sockets.drain(&mut t)?;
+    let (mut cseq, mut vouched_held) = (1u32, [false, false]);
+    let remotes = |t: &SessionTable, now: u64| {
+        t.session(common::CALL, now).map(|s| {
+            let st = s.streams.last().cloned().unwrap();
+            [st.caller_remote, st.callee_remote]
+        })
+    };
+    for op in ops {
+        match op {
+            LatchOp::Packet { port, src, stun } => {
+                let src: SocketAddr = LATCH_SOURCES[*src].parse().unwrap();
+                let packet = if *stun { stun_packet(12) } else { vec![0x80u8, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0] };
+                let before = remotes(&t, now);
+                let verdict = t.on_packet(40000 + port, src, &packet, now);
+                let events = sockets.drain(&mut t)?;
+                let after = remotes(&t, now);
+                if let Verdict::Forward { to, .. } = verdict {
+                    if window == u64::MAX {
+                        prop_assert_ne!(src.to_string(), STRANGER, "the stranger's packet was forwarded");
+                        prop_assert_ne!(to.to_string(), STRANGER, "media went to the stranger");
+                    }
+                }
+                if *stun {
+                    prop_assert_eq!(&after, &before, "STUN latched");
+                    prop_assert!(!events.iter().any(|e| matches!(e, Event::FlowUp(_))), "STUN made a flow");
+                }
+                if let Some(after) = &after {
+                    for (i, remote) in after.iter().enumerate() {
+                        if vouched_held[i] {
+                            prop_assert_ne!(remote, STRANGER, "the stranger took a leg a vouched source held");
+                        }
+                        if window == u64::MAX {
+                            prop_assert_ne!(remote, STRANGER, "the stranger latched without a window passing");
+                        }
+                        if remote != "Unknown" && remote != STRANGER {
+                            vouched_held[i] = true;
+                        }
+                    }
+                }
+            }
+            LatchOp::Advance(ms) => {
+                now += ms;
+                t.handle_timeout(now);
+                sockets.drain(&mut t)?;
+            }
+            LatchOp::Reinvite => {
+                cseq += 1;
+                let ip = if cseq % 2 == 0 { "192.168.1.11" } else { "192.168.1.10" };
+                if !t.has_session(common::CALL) {
+                    vouched_held = [false, false]; // a new call
+                }
+                if t.update(&offer(cseq, ip), relay, now).is_ok() {
+                    t.update(&answer(cseq), relay, now).unwrap();
+                    vouched_held[0] = false;
+                }
+                sockets.drain(&mut t)?;
+            }
+        }
+        check_invariants(&t, &sockets, 100, now)?;
+    }
+    if window == u64::MAX {
+        prop_assert_eq!(sockets.fallbacks, 0);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn latching_never_lets_a_stranger_in(
+        ops in prop::collection::vec(latch_op(), 1..80),
+        window in prop::sample::select(vec![3_000u64, u64::MAX]),
+    ) {
+        run_latching(&ops, window)?;
     }
 }
