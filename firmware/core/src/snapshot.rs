@@ -153,7 +153,6 @@ fn whole<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CoreConfig;
 
     /// Written by the relay of format 3 (commit 78a0ed7): one answered call,
     /// the caller latched from its public address, the callee (private SDP)
