@@ -859,3 +859,40 @@ fn a_phone_whose_nat_mapping_changes_keeps_its_media_in_userspace() {
 fn a_phone_whose_nat_mapping_changes_keeps_its_media_in_the_kernel() {
     a_nat_rebind_keeps_the_media_flowing("kernel");
 }
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_phone_behind_a_signaling_proxy_latches_after_the_learning_window_with_a_warning() {
+    // The callee's SIP comes through a proxy listed in signaling_proxies:
+    // nothing vouches for its NAT, so its media waits out the window (1 s
+    // here), then latches; the relay says so.
+    let (_ns, names) = nat_star();
+    let (relay_ns, caller_ns, callee_ns) = (&names[0], &names[1], &names[2]);
+    let mut rig = Rig::new();
+    let extra = "datapath = userspace\nlatching_window = 1\nsignaling_proxies = 198.18.0.0/15";
+    let (_d, r) = start_with(&mut rig, relay_ns, None, extra);
+    let mut m = Module::connect(&rig.socket);
+    let media = |sdp: &str| format!("audio:{sdp}:sendrecv:ice=no");
+    let (offer, _) = m.request(&signaled_update("request", "viaproxy", "", NAT_CALLER, &media(CALLER_SDP)));
+    let (answer, _) = m.request(&signaled_update("reply", "viaproxy", "tt", "198.18.5.5", &media(CALLEE_SDP)));
+    let (caller_to, callee_to) = (ports(&answer).1[0], ports(&offer).1[0]);
+    let (caller, callee) = (format!("{NAT_CALLER}:31000"), format!("{NAT_CALLEE}:42000"));
+    let (a, b) = phones(
+        (caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    eprintln!("behind a proxy: caller got {}/{}, callee got {}/{}", a.got, b.sent, b.got, a.sent);
+    // The callee's first second waited for the window; then both ways flow.
+    assert!(a.got > 0 && a.got < b.sent, "caller got {} of {}", a.got, b.sent);
+    assert!(b.got > 0, "the callee got nothing");
+    let log = r.wait_log("which nothing vouches for", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("which nothing vouches for")).unwrap();
+    eprintln!("{line}");
+    assert!(line.contains("WARN") && line.contains("call_id=viaproxy") && line.contains("side=callee"), "{line}");
+    assert!(
+        line.contains(&format!("callee RTP latched to {callee}")) && line.contains("latching_window (1 s)"),
+        "{line}"
+    );
+    assert!(line.contains("its SDP address 192.168.2.20:5000 or its signaling IP (none usable)"), "{line}");
+}

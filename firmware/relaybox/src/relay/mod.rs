@@ -366,14 +366,24 @@ impl Relay {
     /// nor the signaling vouched for. A moved latch (a NAT rebind) is INFO.
     fn log_latch(&self, l: &relaybox_core::Latch) {
         let kind = if l.rtcp { "RTCP" } else { "RTP" };
-        let signaling = l.signaling_ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        let signaling = l.signaling_ip.map_or_else(|| "none usable".to_string(), |ip| ip.to_string());
         let window = self.config.relay.latching_window.as_secs_f64();
         match (l.rule, l.previous) {
+            // RTCP follows an RTP fallback (already logged) from its IP.
+            (relaybox_core::LatchRule::Fallback, _) if l.rtcp => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} RTCP latched to {}, the IP its RTP fell back to",
+                l.side,
+                l.source
+            ),
             (relaybox_core::LatchRule::Fallback, _) if window > 0.0 => tracing::warn!(
                 call_id = %l.call_id,
                 side = %l.side,
                 source = %l.source,
-                "{} {kind} latched to {}, which neither its SDP address {} nor its signaling IP {signaling} vouches for:                  nothing they vouch for arrived within latching_window ({window} s)",
+                "{} {kind} latched to {}, which nothing vouches for: no source that its SDP address {} or its \
+                 signaling IP ({signaling}) vouches for arrived within latching_window ({window} s)",
                 l.side,
                 l.source,
                 l.announced
