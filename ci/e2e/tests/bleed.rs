@@ -26,6 +26,16 @@ const ATTACK_SSRC: u32 = 0xbadc_0de5;
 /// Share of the packets one phone sent that the other must receive.
 const MIN_RELAYED: f64 = 0.99;
 
+/// An RTP-looking datagram of the attacker: payload type 0, its SSRC.
+fn attack_packet(seq: u16) -> Vec<u8> {
+    let mut packet = vec![0x80u8, 0];
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&[0; 4]);
+    packet.extend_from_slice(&ATTACK_SSRC.to_be_bytes());
+    packet.resize(172, 0xd5);
+    packet
+}
+
 /// What the attacker did and got.
 struct Spray {
     sent: u64,
@@ -57,12 +67,9 @@ fn spray(sockets: Vec<UdpSocket>, relay: RelaySettings, stop: Arc<AtomicBool>) -
                 })
             })
             .collect();
-        let mut packet = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0];
-        packet.extend_from_slice(&ATTACK_SSRC.to_be_bytes());
-        packet.resize(172, 0xd5);
         let (mut sent, mut seq) = (0u64, 0u16);
         while !stop.load(Ordering::Relaxed) {
-            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            let packet = attack_packet(seq);
             seq = seq.wrapping_add(1);
             for port in (relay.port_min..relay.port_max).filter(|p| *p != 0) {
                 for s in &sockets {
@@ -88,7 +95,14 @@ fn attack(test: &str, label: &str, relay: RelaySettings) -> Result<()> {
     let want = relay.datapath.unwrap_or("kernel");
     ensure!(datapath.as_deref() == Some(want), "the relay's datapath is {datapath:?}, the test wants {want}");
     for side in [Side::A, Side::B] {
-        counters::install_marked(rig.topo.phone(side), ATTACK_SSRC)?;
+        let phone = rig.topo.phone(side);
+        counters::install_marked(phone, ATTACK_SSRC)?;
+        // The counter counts: one marked datagram from inside the phone's
+        // namespace to its own media port.
+        let probe = phone.bind_udp(SocketAddr::from((side.phone_ip(), 0)))?;
+        probe.send_to(&attack_packet(0), SocketAddr::from((side.phone_ip(), 6000)))?;
+        let marked = counters::read_marked(phone)?;
+        ensure!(marked.packets == 1, "the attack counter of {side:?} saw {marked} for one probe");
     }
     let attacker = rig.topo.attach("atk", ATTACKER)?;
     let sockets =
@@ -106,8 +120,9 @@ fn attack(test: &str, label: &str, relay: RelaySettings) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1)); // sprays after the call too
     stop.store(true, Ordering::Relaxed);
     let spray = sprayer.join().map_err(|_| anyhow::anyhow!("sprayer panicked"))?;
-    let marked_a = counters::read_marked(rig.topo.phone(Side::A))?;
-    let marked_b = counters::read_marked(rig.topo.phone(Side::B))?;
+    // Less the probe.
+    let marked_a = counters::read_marked(rig.topo.phone(Side::A))?.packets - 1;
+    let marked_b = counters::read_marked(rig.topo.phone(Side::B))?.packets - 1;
     eprintln!("[e2e] {}: {}", rig.label(), report.summary());
     eprintln!(
         "[e2e] {}: attacker sprayed {} datagrams from {:.1} s after the INVITE, got {} back; attacker datagrams at the caller {}, at the callee {}",
@@ -115,17 +130,14 @@ fn attack(test: &str, label: &str, relay: RelaySettings) -> Result<()> {
         spray.sent,
         sprayed_at.as_secs_f64(),
         spray.got,
-        marked_a.packets,
-        marked_b.packets
+        marked_a,
+        marked_b
     );
 
     report.check_completed()?;
     report.check_sdps()?;
     ensure!(spray.sent >= 20_000, "the spray was too thin: {} datagrams", spray.sent);
-    ensure!(
-        marked_a.packets == 0 && marked_b.packets == 0,
-        "attacker datagrams reached the phones: {marked_a} / {marked_b}"
-    );
+    ensure!(marked_a == 0 && marked_b == 0, "attacker datagrams reached the phones: {marked_a} / {marked_b}");
     ensure!(spray.got == 0, "{} datagrams reached the attacker", spray.got);
     report.check_relayed_media(MIN_RELAYED)?;
     let remotes = watch.last.as_ref().context("`sessions` never listed the call")?["streams"][0].clone();
