@@ -61,6 +61,8 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Relay", "state_file"),
     ext("Relay", "control_socket"),
     ext("Relay", "datapath"),
+    ext("Relay", "latching_window"),
+    ext("Relay", "signaling_proxies"),
     mp("Dispatcher", "socket_path"),
     mp("Dispatcher", "listen"),
     mp("Dispatcher", "listen_management"),
@@ -237,6 +239,17 @@ pub struct RelayConfig {
     /// relaybox: `auto` (default), `kernel` or `userspace`; see
     /// [`DatapathMode`].
     pub datapath: DatapathMode,
+    /// relaybox: how long a leg whose phone is behind NAT refuses media
+    /// sources that neither its SDP address nor its signaling IP vouch
+    /// for, from the first such datagram (3 s, 0 to 60); after it the next
+    /// source latches. 0: any source latches at once, as in MediaProxy
+    /// (open to RTP bleed).
+    pub latching_window: Duration,
+    /// relaybox: networks of SIP proxies in front of the phones (a proxy
+    /// that relays INVITEs from other proxies): a `signaling_ip` in them
+    /// says nothing about the phone's NAT and vouches for no media source.
+    /// Default none.
+    pub signaling_proxies: Vec<IpNet>,
 }
 
 impl Default for RelayConfig {
@@ -263,6 +276,8 @@ impl Default for RelayConfig {
             state_file: PathBuf::from("/var/lib/relaybox/sessions.bin"),
             control_socket: PathBuf::from("/run/relaybox/relay.sock"),
             datapath: DatapathMode::Auto,
+            latching_window: Duration::from_secs(3),
+            signaling_proxies: Vec::new(),
         }
     }
 }
@@ -298,6 +313,10 @@ impl RelayConfig {
             "state_file" => self.state_file = value::path(v, base)?,
             "control_socket" => self.control_socket = value::path(v, base)?,
             "datapath" => self.datapath = v.parse()?,
+            "latching_window" => {
+                self.latching_window = value::fractional_seconds(v, Duration::ZERO, Duration::from_secs(60))?
+            }
+            "signaling_proxies" => self.signaling_proxies = value::networks(v)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -806,7 +825,8 @@ mod tests {
             "port_range" => "40000:40100",
             "auto_detect_interfaces" | "management_use_tls" => "yes",
             "proxy" => "kamailio",
-            "routable_private_ranges" => "10.0.0.0/8",
+            "routable_private_ranges" | "signaling_proxies" => "10.0.0.0/8",
+            "latching_window" => "2.5",
             "log_level" => "INFO",
             "listen" | "listen_management" | "http_listen" => "127.0.0.1",
             "metrics" | "metrics_lan_only" => "no",

@@ -124,6 +124,8 @@ impl Relay {
             stream_timeout: r.stream_timeout.as_millis() as u64,
             on_hold_timeout: r.on_hold_timeout.as_millis() as u64,
             routable_private_ranges: r.routable_private_ranges.clone(),
+            latching_window: r.latching_window.as_millis() as u64,
+            signaling_proxies: r.signaling_proxies.clone(),
             max_sessions: r.max_sessions,
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
@@ -351,12 +353,62 @@ impl Relay {
                     }
                 }
                 Event::FlowDown(id) => self.datapath.flow_down(id),
+                Event::Latched(latch) => self.log_latch(&latch),
             }
         }
         if changed {
             self.save.notify_one();
         }
         expired
+    }
+
+    /// A fallback latch is a WARN: the leg went to a source neither the SDP
+    /// nor the signaling vouched for. A moved latch (a NAT rebind) is INFO.
+    fn log_latch(&self, l: &relaybox_core::Latch) {
+        let kind = if l.rtcp { "RTCP" } else { "RTP" };
+        let signaling = l.signaling_ip.map_or_else(|| "none usable".to_string(), |ip| ip.to_string());
+        let window = self.config.relay.latching_window.as_secs_f64();
+        match (l.rule, l.previous) {
+            // RTCP follows an RTP fallback (already logged) from its IP.
+            (relaybox_core::LatchRule::Fallback, _) if l.rtcp => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} RTCP latched to {}, the IP its RTP fell back to",
+                l.side,
+                l.source
+            ),
+            (relaybox_core::LatchRule::Fallback, _) if window > 0.0 => tracing::warn!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} latched to {}, which nothing vouches for: no source that its SDP address {} or its \
+                 signaling IP ({signaling}) vouches for arrived within latching_window ({window} s)",
+                l.side,
+                l.source,
+                l.announced
+            ),
+            (relaybox_core::LatchRule::Fallback, _) => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} latched to the first source, {} (latching_window = 0)",
+                l.side,
+                l.source
+            ),
+            (rule, Some(previous)) => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} moved from {previous} to {} ({})",
+                l.side,
+                l.source,
+                rule.as_str()
+            ),
+            (rule, None) => {
+                tracing::debug!(call_id = %l.call_id, side = %l.side, source = %l.source, "{kind} latched ({})", rule.as_str())
+            }
+        }
     }
 
     /// Reads the kernel's counters of the given flows into the table (before
