@@ -249,8 +249,10 @@ fn check_upload(dir: &Path, u: &Upload) -> Result<Writes, String> {
         && stage.0.join("relay.key").exists()
         && stage.0.join("ca.pem").exists()
     {
+        // As the relay loads them: a certificate of another role than a
+        // relay's (a dispatcher's, say) is refused here.
         let files = relaybox_tls::TlsFiles::for_role(&stage.0, relaybox_tls::Role::Relay);
-        relaybox_tls::client_config(&files)
+        relaybox_tls::client_config(&files, relaybox_tls::PeerRole::strict(relaybox_tls::Role::Dispatcher))
             .map_err(|e| e.to_string().replace(&stage.0.display().to_string(), "certs"))?;
     } else if u.kind == "relay" {
         return Err("upload the CA certificate (ca.pem) first".into());

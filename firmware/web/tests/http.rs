@@ -433,7 +433,7 @@ fn certificates_page_uploads_and_requests() {
     assert!(!page.body.contains("expires in"), "365 days: no warning");
 
     // A certificate close to expiry, with its key: accepted, and warned about.
-    let soon = web.ca.issue(&relaybox_ca::Subject::new("soon-relay"), 10).unwrap();
+    let soon = web.ca.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("soon-relay"), 10).unwrap();
     let r = web.post(
         "/certs/upload",
         &s,
@@ -447,7 +447,7 @@ fn certificates_page_uploads_and_requests() {
     assert_eq!(std::fs::metadata(web.certs.join("relay.key")).unwrap().permissions().mode() & 0o777, 0o600);
 
     // A key that does not match, garbage, a non-CA as CA: refused, nothing replaced.
-    let other = web.ca.issue(&relaybox_ca::Subject::new("other"), 30).unwrap();
+    let other = web.ca.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("other"), 30).unwrap();
     for (kind, pem, key, why) in [
         ("relay", other.cert_pem.as_str(), soon.key_pem.as_str(), "does not match"),
         (
