@@ -112,6 +112,9 @@ enum Claim {
 pub(crate) struct LinkCall {
     pub request: LinkRequest,
     pub reply: oneshot::Sender<String>,
+    /// A `sessions` whose answer the link task adopts before it reads the
+    /// relay's next line (an `expired` that follows must find the call).
+    pub adopt: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -241,8 +244,23 @@ impl Dispatcher {
         request: LinkRequest,
         timeout: Duration,
     ) -> Result<String, RelayCallError> {
+        self.send_call(relay, request, timeout, false).await
+    }
+
+    /// `sessions`, whose answer the link task adopts (see [`LinkCall::adopt`]).
+    pub async fn sessions_to_adopt(&self, relay: &RelayHandle, timeout: Duration) -> Result<String, RelayCallError> {
+        self.send_call(relay, LinkRequest::Sessions, timeout, true).await
+    }
+
+    async fn send_call(
+        &self,
+        relay: &RelayHandle,
+        request: LinkRequest,
+        timeout: Duration,
+        adopt: bool,
+    ) -> Result<String, RelayCallError> {
         let (tx, rx) = oneshot::channel();
-        relay.tx.send(LinkCall { request, reply: tx }).map_err(|_| RelayCallError::Gone)?;
+        relay.tx.send(LinkCall { request, reply: tx, adopt }).map_err(|_| RelayCallError::Gone)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(RelayCallError::Gone),

@@ -131,25 +131,9 @@ async fn accept(
                 Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad summary on connect: {e}"),
                 Err(e) => tracing::warn!(relay = %relay.ip, "summary on connect: no answer ({e:?})"),
             }
-            match dispatcher.call(&relay, LinkRequest::Sessions, dispatcher.config.dispatcher.relay_timeout).await {
-                Ok(payload) => match SessionStats::list_from_json(&payload) {
-                    Ok(list) => {
-                        let listed = list.len();
-                        let (adopted, refused) = dispatcher.adopt_sessions(&relay, list);
-                        tracing::info!(relay = %relay.ip, sessions = adopted, "relay sessions adopted");
-                        if refused > 0 {
-                            tracing::warn!(
-                                relay = %relay.ip,
-                                subject = %relay.subject,
-                                listed,
-                                refused,
-                                "the relay listed calls that other relays hold; they stay with their holders"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(relay = %relay.ip, "bad sessions list: {e}"),
-                },
-                Err(e) => tracing::warn!(relay = %relay.ip, "sessions on connect: no answer ({e:?})"),
+            // The link task adopts the answer (see adopt_listed).
+            if let Err(e) = dispatcher.sessions_to_adopt(&relay, dispatcher.config.dispatcher.relay_timeout).await {
+                tracing::warn!(relay = %relay.ip, "sessions on connect: no answer ({e:?})");
             }
         }
     };
@@ -166,6 +150,8 @@ async fn accept(
 
 struct Pending {
     kind: &'static str,
+    /// See [`LinkCall::adopt`].
+    adopt: bool,
     /// The call a `remove` was for: its late answer must be about that call.
     call_id: Option<String>,
     reply: oneshot::Sender<String>,
@@ -192,7 +178,8 @@ async fn run_link(
                     _ => None,
                 };
                 let command = LinkCommand { seq, request: call.request };
-                pending.insert(seq, Pending { kind: command.request.name(), call_id, reply: call.reply });
+                let kind = command.request.name();
+                pending.insert(seq, Pending { kind, adopt: call.adopt, call_id, reply: call.reply });
                 seq += 1;
                 writer.write_all(command.encode().as_bytes()).await.context("writing to relay")?;
                 writer.flush().await.context("flushing to relay")?;
@@ -221,7 +208,12 @@ async fn run_link(
                         }
                         Ok(RelayLine::Expired(stats)) => dispatcher.session_finished(relay, stats, true),
                         Ok(RelayLine::Reply { seq, payload }) => match pending.remove(&seq) {
-                            Some(Pending { kind, call_id, reply }) => {
+                            Some(Pending { kind, adopt, call_id, reply }) => {
+                                if adopt {
+                                    // Before the next line: an `expired` for a
+                                    // listed call may follow at once.
+                                    adopt_listed(dispatcher, relay, &payload);
+                                }
                                 if let Err(payload) = reply.send(payload) {
                                     late_answer(dispatcher, relay, kind, call_id.as_deref(), &payload);
                                 }
@@ -233,6 +225,27 @@ async fn run_link(
                 }
             }
         }
+    }
+}
+
+/// The relay's answer to `sessions` on connect: the calls it holds.
+fn adopt_listed(dispatcher: &Dispatcher, relay: &RelayHandle, payload: &str) {
+    match SessionStats::list_from_json(payload) {
+        Ok(list) => {
+            let listed = list.len();
+            let (adopted, refused) = dispatcher.adopt_sessions(relay, list);
+            tracing::info!(relay = %relay.ip, sessions = adopted, "relay sessions adopted");
+            if refused > 0 {
+                tracing::warn!(
+                    relay = %relay.ip,
+                    subject = %relay.subject,
+                    listed,
+                    refused,
+                    "the relay listed calls that other relays hold; they stay with their holders"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(relay = %relay.ip, "bad sessions list: {e}"),
     }
 }
 
