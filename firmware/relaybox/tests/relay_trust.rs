@@ -359,6 +359,45 @@ fn a_relays_own_expired_call_ends_the_dialog_the_module_named_once() {
 }
 
 #[test]
+fn a_remove_answer_carrying_another_calls_statistics_takes_nothing_from_its_holder() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (_r1, range1) = rig.relay(&d, "relay1", "");
+    let mut m = Module::connect(&rig.socket);
+    answered_call(&mut m, "victim", "11:22", "");
+    let victim = stats_of(rig.mgmt_port, "victim");
+
+    // The rogue gets a call of its own, then answers its remove with the
+    // victim's statistics.
+    let mut rogue = Rogue::connect(&mut rig, "rogue-relay", "127.0.0.9", "[]");
+    let socket = rig.socket.clone();
+    let module = std::thread::spawn(move || {
+        let mut m = Module::connect(&socket);
+        let offer = m.request(&update_with_dialog("request", "mine", 1, "", "7:8", "media_relay: 127.0.0.9\r\n")).0;
+        (offer, m.request(&remove("mine")).0)
+    });
+    let frame = read_frame(&mut rogue.link);
+    let seq = frame[0].strip_prefix("update ").unwrap_or_else(|| panic!("{frame:?}"));
+    rogue.send(&format!("{seq} 127.0.0.9 41000\r\n"));
+    let frame = read_frame(&mut rogue.link);
+    let seq = frame[0].strip_prefix("remove ").unwrap_or_else(|| panic!("{frame:?}"));
+    assert!(frame.contains(&"call_id: mine".to_string()), "{frame:?}");
+    rogue.send(&format!("{seq} {victim}\r\n"));
+    assert_eq!(module.join().unwrap(), ("127.0.0.9 41000\r\n".to_string(), "removed\r\n".to_string()));
+    rogue.sync();
+
+    let log = d.wait_log("refused a remove answer", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("refused a remove answer")).unwrap();
+    assert!(line.contains("CN=rogue-relay") && line.contains("\"victim\""), "{line}");
+    assert_eq!(lines_with(&log, &["and accounted", "victim"]), 0, "{log}");
+    // The victim's re-INVITE still goes to relay 1, even preferring the rogue.
+    let (again, _) =
+        m.request(&update_with_dialog("request", "victim", 2, "tt", "11:22", "media_relay: 127.0.0.9\r\n"));
+    let (ip, ports) = common::ports(&again);
+    assert!(ip == "127.0.0.1" && (range1.0..range1.1).contains(&ports[0]), "{again}");
+}
+
+#[test]
 fn a_call_that_expired_while_the_dispatcher_restarted_is_accounted_but_ends_no_relay_named_dialog() {
     let mut rig = Rig::new();
     let proxy = FakeProxy::start(rig.path("proxy.sock"));

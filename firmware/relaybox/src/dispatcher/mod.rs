@@ -440,6 +440,10 @@ impl Dispatcher {
                 "a remove answer",
                 &format!("it carries the statistics of another call ({:?}); not accounted", stats.call_id),
             );
+            // The module removed the call all the same.
+            if self.claim(relay, call_id) == Claim::Own {
+                self.sessions().remove(call_id);
+            }
             return;
         }
         self.session_finished(relay, stats, false);
