@@ -125,7 +125,7 @@ fn certs_page(state: &State, auth: &Authed, message: &str, csr: Option<&str>) ->
     let rows: String = ["ca.pem", "crl.pem", "relay.crt", "web.crt"].iter().map(|n| describe(&dir.join(n))).collect();
     let csr_section = match csr.map(str::to_string).or_else(|| std::fs::read_to_string(dir.join("relay.csr")).ok()) {
         Some(text) if dir.join(CSR_KEY).exists() => format!(
-            r#"<section><h2>Pending request</h2><p>Sign this request with the operator's CA, then upload the certificate as "relay certificate" with the key left empty: the key made on the box is used. <a href="/certs/file/relay.csr">Download relay.csr</a></p><pre class="mono" id="csr">{}</pre></section>"#,
+            r#"<section><h2>Pending request</h2><p>Sign this request with the operator's CA (<span class="mono">relaybox-ca sign --csr relay.csr</span> gives it the relay role, which the dispatcher requires), then upload the certificate as "relay certificate" with the key left empty: the key made on the box is used. <a href="/certs/file/relay.csr">Download relay.csr</a></p><pre class="mono" id="csr">{}</pre></section>"#,
             esc(&text)
         ),
         _ => String::new(),
