@@ -81,8 +81,12 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Dispatcher", "module_timeout"),
     ext("Dispatcher", "spool_dir"),
     ext("Dispatcher", "spool_max_records"),
+    ext("Dispatcher", "management_allow_anonymous"),
+    ext("Dispatcher", "end_adopted_dialogs"),
+    ext("Dispatcher", "refusal_log_limit"),
     mp("TLS", "certs_path"),
     mp("TLS", "verify_interval"),
+    ext("TLS", "accept_unmarked_certificates"),
     mp("Database", "dburi"),
     mp("Database", "sessions_table"),
     mp("Database", "callid_column"),
@@ -371,6 +375,18 @@ pub struct DispatcherConfig {
     /// about 1-2 GB); beyond it a record is written to the log (as JSON, so
     /// it can be replayed) instead of filling the disk.
     pub spool_max_records: usize,
+    /// relaybox: with `management_use_tls` and no `management_passport`,
+    /// serve management clients that present no certificate (default no:
+    /// a management certificate is required). Logged as a warning at start.
+    pub management_allow_anonymous: bool,
+    /// relaybox: whether a call adopted from a relay's `sessions` list (after
+    /// a dispatcher restart), whose dialog id no module request confirmed,
+    /// may end that dialog through the proxy when it expires (default no).
+    pub end_adopted_dialogs: bool,
+    /// relaybox: refused relay reports (an `expired` or statistics for a call
+    /// the relay does not hold) logged one by one per relay and minute; the
+    /// rest are counted in one line a minute (10).
+    pub refusal_log_limit: u32,
 }
 
 impl Default for DispatcherConfig {
@@ -395,6 +411,9 @@ impl Default for DispatcherConfig {
             module_timeout: Duration::from_millis(500),
             spool_dir: PathBuf::from("/var/spool/relaybox"),
             spool_max_records: 1_000_000,
+            management_allow_anonymous: false,
+            end_adopted_dialogs: false,
+            refusal_log_limit: 10,
         }
     }
 }
@@ -422,6 +441,9 @@ impl DispatcherConfig {
             }
             "spool_dir" => self.spool_dir = value::path(v, Path::new("/var/spool"))?,
             "spool_max_records" => self.spool_max_records = value::count(v, 1, 1_000_000_000)? as usize,
+            "management_allow_anonymous" => self.management_allow_anonymous = value::boolean(v)?,
+            "end_adopted_dialogs" => self.end_adopted_dialogs = value::boolean(v)?,
+            "refusal_log_limit" => self.refusal_log_limit = value::count(v, 0, 1_000_000)? as u32,
             _ => return unknown(name),
         }
         Ok(())
@@ -437,17 +459,26 @@ pub struct TlsConfig {
     /// How often the peer certificate is checked again for expiry and
     /// revocation (300 s).
     pub verify_interval: Duration,
+    /// relaybox: accept peer certificates that carry no relaybox role (made
+    /// by another CA, e.g. MediaProxy's, during a migration). Default no. A
+    /// certificate of another role is refused either way.
+    pub accept_unmarked_certificates: bool,
 }
 
 impl TlsConfig {
     pub(crate) fn defaults_in(base: &Path) -> Self {
-        TlsConfig { certs_path: base.join("tls"), verify_interval: Duration::from_secs(300) }
+        TlsConfig {
+            certs_path: base.join("tls"),
+            verify_interval: Duration::from_secs(300),
+            accept_unmarked_certificates: false,
+        }
     }
 
     pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
         match name {
             "certs_path" => self.certs_path = value::path(v, base)?,
             "verify_interval" => self.verify_interval = value::seconds(v, 1)?,
+            "accept_unmarked_certificates" => self.accept_unmarked_certificates = value::boolean(v)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -823,7 +854,11 @@ mod tests {
             "passport" | "management_passport" => "CN:x",
             "relay_ip" | "advertised_ip" | "node_ip" => "192.0.2.1",
             "port_range" => "40000:40100",
-            "auto_detect_interfaces" | "management_use_tls" => "yes",
+            "auto_detect_interfaces"
+            | "management_use_tls"
+            | "management_allow_anonymous"
+            | "end_adopted_dialogs"
+            | "accept_unmarked_certificates" => "yes",
             "proxy" => "kamailio",
             "routable_private_ranges" | "signaling_proxies" => "10.0.0.0/8",
             "latching_window" => "2.5",

@@ -285,6 +285,7 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Dispatcher]\nlisten = localhost\n", "config.ini:2: [Dispatcher] listen: expected ip[:port] or any[:port], got \"localhost\" (host names are not resolved)"),
         ("[Dispatcher]\nlisten = 0.0.0.0:25061\n", "config.ini:2: [Dispatcher] listen: the relay port 0.0.0.0:25061 and the management port 0.0.0.0:25061 collide"),
         ("[Dispatcher]\nlisten_management = 10.0.0.1:25060\n", "config.ini:2: [Dispatcher] listen_management: the relay port 0.0.0.0:25060 and the management port 10.0.0.1:25060 collide"),
+        ("[Dispatcher]\nmanagement_passport = CN:ops\nmanagement_allow_anonymous = yes\n", "config.ini:3: [Dispatcher] management_allow_anonymous: management_passport requires a client certificate; remove one of the two"),
         ("[Dispatcher]\nsocket = /a.sock\nsocket_path = /b.sock\n", "config.ini:3: [Dispatcher] socket_path: set twice (first at line 2)"),
         ("[Dispatcher]\nsocket_path = /b.sock\nsocket = /a.sock\n", "config.ini:3: [Dispatcher] socket: `socket` is the old name of `socket_path`, already set at line 2"),
         ("[Dispatcher]\nsocket_path =\n", "config.ini:2: [Dispatcher] socket_path: a path is required"),

@@ -19,6 +19,7 @@ mod control;
 mod dispatcher;
 mod ntp;
 mod relay;
+mod trust;
 
 #[derive(Parser)]
 #[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]

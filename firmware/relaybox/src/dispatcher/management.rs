@@ -1,5 +1,6 @@
 //! The management port: `summary`, `sessions`, `version`, `quit`. TLS by
-//! default (`management_use_tls`), optionally restricted by
+//! default (`management_use_tls`) with a management client certificate
+//! required (unless `management_allow_anonymous`), optionally restricted by
 //! `management_passport`; one line per command, one line back.
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use anyhow::Context;
 use relaybox_proto::headers::LineDecoder;
 use relaybox_proto::mgmt::{reply_line, MgmtCommand, MGMT_ERROR};
 use relaybox_proto::{SessionStats, Summary};
-use relaybox_tls::{ClientAuth, Role, TlsFiles};
+use relaybox_tls::{ClientAuth, PeerRole, Role, TlsFiles};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,9 +25,26 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     let cfg = &dispatcher.config.dispatcher;
     let acceptor = if cfg.management_use_tls {
         let files = TlsFiles::for_role(&dispatcher.config.tls.certs_path, Role::Dispatcher);
-        let auth = if cfg.management_passport.is_some() { ClientAuth::Required } else { ClientAuth::Optional };
-        Some(TlsAcceptor::from(relaybox_tls::server_config(&files, auth).context("management TLS")?))
+        // A client certificate is required unless the operator said otherwise;
+        // one that is presented must be a management client's either way.
+        let anonymous = cfg.management_allow_anonymous && cfg.management_passport.is_none();
+        let auth = if anonymous { ClientAuth::Optional } else { ClientAuth::Required };
+        if anonymous {
+            tracing::warn!(
+                listen = %cfg.listen_management,
+                "management_allow_anonymous = yes: the management port serves TLS clients without a certificate; \
+                 anyone who reaches it reads every call's parties and addresses"
+            );
+        }
+        let peers =
+            PeerRole { role: Role::Management, accept_unmarked: dispatcher.config.tls.accept_unmarked_certificates };
+        Some(TlsAcceptor::from(relaybox_tls::server_config(&files, auth, peers).context("management TLS")?))
     } else {
+        tracing::warn!(
+            listen = %cfg.listen_management,
+            "management_use_tls = no: the management port is plain TCP without authentication; anyone who reaches \
+             it reads every call's parties and addresses"
+        );
         None
     };
     let listener =

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use relaybox_config::HostPort;
-use relaybox_proto::link::{RelayDecoder, RelayInbound, RelayLine};
+use relaybox_proto::link::{LinkRequest, RelayDecoder, RelayInbound, RelayLine};
 use relaybox_proto::module::Limits;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +45,8 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
         .await
         .context("TLS handshake timed out")?
         .map_err(|e| anyhow::anyhow!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e)))?;
+    // The handshake refused any certificate but a dispatcher's (or, with
+    // accept_unmarked_certificates, one without a role).
     if let Some(passport) = relay.config.relay.passport.as_ref() {
         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
         let cert = cert.context("dispatcher presented no certificate")?;
@@ -62,6 +64,7 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
         let mut ping = tokio::time::interval(relay.config.relay.keepalive_interval);
         ping.tick().await;
         let mut missed = 0u32;
+        let mut pending_sent = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             tokio::select! {
@@ -78,8 +81,18 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                                 continue;
                             }
                             RelayInbound::Command(c) => {
+                                let sessions = matches!(c.request, LinkRequest::Sessions);
                                 let payload = relay.handle(c.request, link_id, local_ip);
-                                RelayLine::Reply { seq: c.seq, payload }
+                                let reply = RelayLine::Reply { seq: c.seq, payload };
+                                if sessions {
+                                    // The list named the calls whose reports
+                                    // waited for a dispatcher: send them now.
+                                    writer.write_all(reply.encode().as_bytes()).await.context("writing")?;
+                                    send_pending_expired(relay, &mut writer).await?;
+                                    pending_sent = true;
+                                    continue;
+                                }
+                                reply
                             }
                             RelayInbound::Invalid(e) => {
                                 tracing::warn!(dispatcher = %target, "bad command: {}", e.error);
@@ -105,6 +118,12 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                     None => return Ok(()),
                 },
                 _ = ping.tick() => {
+                    if !pending_sent {
+                        // A dispatcher that never asks for `sessions` still
+                        // gets the reports that waited.
+                        send_pending_expired(relay, &mut writer).await?;
+                        pending_sent = true;
+                    }
                     if missed >= MISSED_PONGS {
                         anyhow::bail!("{MISSED_PONGS} keepalives in a row got no answer, assuming the link is down");
                     }
@@ -118,4 +137,13 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
     .await;
     relay.unregister_link(link_id);
     result
+}
+
+/// Writes the expired reports that waited for a dispatcher.
+async fn send_pending_expired<W: tokio::io::AsyncWrite + Unpin>(relay: &Relay, writer: &mut W) -> anyhow::Result<()> {
+    for stats in relay.take_pending_expired() {
+        tracing::info!(call_id = %stats.call_id, "sending the expired report that waited for a dispatcher");
+        writer.write_all(RelayLine::Expired(stats).encode().as_bytes()).await.context("writing")?;
+    }
+    Ok(())
 }

@@ -74,7 +74,9 @@ pub(crate) struct Relay {
     save_lock: Mutex<bool>,
     save_failing: AtomicBool,
     /// Expired reports made while no dispatcher was connected (after a
-    /// restart); sent to the first link that comes up.
+    /// restart). Listed in the answer to the first `sessions` command (so a
+    /// restarted dispatcher adopts the calls and then accepts their reports),
+    /// and sent right after it.
     pending_expired: Mutex<Vec<SessionStats>>,
 }
 
@@ -194,11 +196,13 @@ impl Relay {
 
     pub fn register_link(&self, tx: mpsc::UnboundedSender<Outbound>) -> u64 {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
-        for stats in lock(&self.pending_expired).drain(..) {
-            let _ = tx.send(Outbound::Line(Box::new(RelayLine::Expired(stats))));
-        }
         lock(&self.links).push(LinkHandle { id, tx });
         id
+    }
+
+    /// The expired reports that waited for a dispatcher, to send now.
+    pub fn take_pending_expired(&self) -> Vec<SessionStats> {
+        std::mem::take(&mut *lock(&self.pending_expired))
     }
 
     /// After a restore: binds the restored sessions' ports, takes over the
@@ -542,6 +546,9 @@ impl Relay {
                 self.poll_flow_counters(&mut table, flows);
                 let mut list = table.sessions(now);
                 list.iter_mut().for_each(|s| self.wall_clock(s));
+                // Calls that ended while no dispatcher was connected are still
+                // ours until their reports, sent after this answer, are taken.
+                list.extend(lock(&self.pending_expired).iter().cloned());
                 SessionStats::list_to_json(&list)
             }
         }
@@ -697,8 +704,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    crate::trust::warn_at_start(&config, relaybox_tls::Role::Relay);
     let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Relay);
-    let tls = relaybox_tls::client_config(&files).context("loading TLS credentials")?;
+    // Only a dispatcher's certificate is accepted from the other end.
+    let dispatchers = relaybox_tls::PeerRole {
+        role: relaybox_tls::Role::Dispatcher,
+        accept_unmarked: config.tls.accept_unmarked_certificates,
+    };
+    let tls = relaybox_tls::client_config(&files, dispatchers).context("loading TLS credentials")?;
     let relay = Relay::new(config)?;
     let ports = format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end);
     if relay.datapath.name() == "kernel" {
