@@ -53,7 +53,11 @@ impl AcceptErrors {
                 "{}: accepting a connection failed{why}: {error}; trying again in {} ms{}",
                 self.listener,
                 self.pause.as_millis(),
-                if held_back > 0 { format!(" ({held_back} more such errors since the last line)") } else { String::new() }
+                if held_back > 0 {
+                    format!(" ({held_back} more such errors since the last line)")
+                } else {
+                    String::new()
+                }
             );
         }
         tokio::time::sleep(self.pause).await;

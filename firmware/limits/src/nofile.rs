@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn the_error_names_every_item_and_the_limit() {
-        let budget = DescriptorBudget::new().add("media ports ([Relay] port_range 40000:60000)", 20_000).add("margin", 64);
+        let budget =
+            DescriptorBudget::new().add("media ports ([Relay] port_range 40000:60000)", 20_000).add("margin", 64);
         assert_eq!(budget.total(), 20_064);
         assert!(budget.check(20_064).is_ok());
         let e = budget.check(4096).unwrap_err();

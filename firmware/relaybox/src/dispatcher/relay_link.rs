@@ -2,13 +2,14 @@
 //! task per connected relay that numbers commands, matches answers, answers
 //! `ping` and takes `expired` reports.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate};
 use relaybox_proto::headers::LineDecoder;
 use relaybox_proto::link::{LinkCommand, LinkRequest, RelayLine, PONG_LINE};
 use relaybox_proto::{SessionStats, Summary};
@@ -28,16 +29,31 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     let addr = dispatcher.config.dispatcher.listen;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tokio::spawn(reload_credentials(dispatcher.clone(), files, acceptor.clone()));
+    let cfg = &dispatcher.config.dispatcher;
+    // Connections count from their accept, before TLS: a peer without a
+    // certificate holds a place only for handshake_timeout, and at most
+    // max_relay_connections_per_ip of them from one address.
+    let gate = Gate::new(
+        "relay port",
+        ConnectionLimits {
+            total: cfg.max_relay_connections,
+            per_source: cfg.max_relay_connections_per_ip,
+            total_setting: "[Dispatcher] max_relay_connections",
+            per_source_setting: "[Dispatcher] max_relay_connections_per_ip",
+        },
+    );
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
+        let mut errors = AcceptErrors::new("relay port");
         loop {
-            let (tcp, peer) = super::next_connection(&listener, "relay").await;
+            let (tcp, peer, admission) = super::next_connection(&listener, &gate, &mut errors).await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {
                 if let Err(reason) = accept(dispatcher, acceptor, tcp, peer).await {
                     tracing::warn!(peer = %peer, "relay connection refused: {reason}");
                 }
+                drop(admission);
             });
         }
     }))
@@ -77,7 +93,7 @@ async fn accept(
     peer: SocketAddr,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let stream = super::tls_accept(&acceptor, tcp).await?;
+    let stream = super::tls_accept(&acceptor, tcp, dispatcher.config.dispatcher.handshake_timeout).await?;
     let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
     let cert = cert.ok_or("relay presented no certificate")?;
     let identity = relaybox_tls::peer_identity(&cert).map_err(|e| format!("unreadable certificate: {e}"))?;
@@ -148,7 +164,11 @@ async fn run_link(
     mut calls: mpsc::UnboundedReceiver<LinkCall>,
 ) -> anyhow::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let cfg = &dispatcher.config.dispatcher;
+    // Every module connection and management refresh waits for at most one
+    // answer at a time; what is beyond is left by callers that gave up.
+    let max_pending = cfg.max_module_connections + cfg.max_management_connections + 16;
     let mut seq: u64 = 0;
     let mut lines = LineDecoder::new(dispatcher.config.dispatcher.max_relay_line);
     let mut buf = vec![0u8; 64 * 1024];
@@ -158,6 +178,9 @@ async fn run_link(
             call = calls.recv() => {
                 let Some(call) = call else { return Ok(()) };
                 let command = LinkCommand { seq, request: call.request };
+                if pending.len() >= max_pending {
+                    forget_unanswered(&mut pending, max_pending, relay);
+                }
                 pending.insert(seq, Pending { kind: command.request.name(), reply: call.reply });
                 seq += 1;
                 writer.write_all(command.encode().as_bytes()).await.context("writing to relay")?;
@@ -200,6 +223,20 @@ async fn run_link(
             }
         }
     }
+}
+
+/// Bounds the commands a relay has not answered (one that answers nothing
+/// must not make the dispatcher remember every command for ever): those
+/// whose caller gave up go first, except `remove`s, whose late answer
+/// still carries a call's statistics; then the oldest.
+fn forget_unanswered(pending: &mut BTreeMap<u64, Pending>, max: usize, relay: &RelayHandle) {
+    let before = pending.len();
+    pending.retain(|_, p| p.kind == "remove" || !p.reply.is_closed());
+    while pending.len() >= max {
+        let Some((seq, p)) = pending.pop_first() else { break };
+        tracing::warn!(relay = %relay.ip, seq, "relay never answered {} {seq}; forgetting it", p.kind);
+    }
+    tracing::debug!(relay = %relay.ip, forgotten = before - pending.len(), "unanswered commands forgotten");
 }
 
 /// An answer that came after its caller stopped waiting. A late `remove`
