@@ -105,10 +105,10 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
             Some(at) => match tokio::time::timeout_at(at, stream.read(&mut buf)).await {
                 Ok(read) => read,
                 Err(_) => {
-                    let what = if served { "the rest of a request" } else { "a valid request" };
+                    let what = if served { "a request not complete" } else { "no valid request" };
                     tracing::warn!(
                         peer = %peer,
-                        "module connection closed: it sent no {what} within {} s ([Dispatcher] module_request_timeout)",
+                        "module connection closed: {what} within {} s ([Dispatcher] module_request_timeout)",
                         timeout.as_secs()
                     );
                     let reply = ModuleReply::Error.encode();
@@ -155,7 +155,14 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
                 }
             }
         }
-        frame_started = if decoder.in_frame() { frame_started.or(Some(Instant::now())) } else { None };
+        if decoder.in_frame() {
+            frame_started = frame_started.or(Some(Instant::now()));
+        } else {
+            frame_started = None;
+            // Between requests a connection holds no buffer: a big request
+            // does not leave its memory with an idle worker's connection.
+            decoder = FrameDecoder::with_max_frame(cfg.max_request_size, MAX_HEADER_LINES);
+        }
     }
 }
 

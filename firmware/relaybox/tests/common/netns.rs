@@ -128,6 +128,8 @@ pub struct PhoneResult {
     pub max_gap: u32,
     /// The source addresses of what it received, comma separated.
     pub from: String,
+    /// Datagrams received at the size both phones send (`PHONE_SIZE`).
+    pub whole: u32,
 }
 
 /// One phone of a call: its namespace, the address it binds, where it sends.
@@ -139,8 +141,13 @@ pub type PhoneAt<'a> = (&'a str, &'a str, &'a str);
 /// sends before the other has bound is lost, and on a loaded machine two
 /// process start-ups can be tens of milliseconds apart.
 pub fn phones_paced(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32) -> (Child, Child) {
+    phones_sized(a, b, count, gap_ms, 172)
+}
+
+/// [`phones_paced`] with datagrams of `size` bytes.
+pub fn phones_sized(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32, size: usize) -> (Child, Child) {
     let start = (unix_us() + 500_000).to_string();
-    let (count, gap_ms) = (count.to_string(), gap_ms.to_string());
+    let (count, gap_ms, size) = (count.to_string(), gap_ms.to_string(), size.to_string());
     let start_one = |(ns, bind, to): PhoneAt| {
         helper_in(
             ns,
@@ -150,6 +157,7 @@ pub fn phones_paced(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32) -> (Child, 
                 ("PHONE_COUNT", &count),
                 ("PHONE_GAP_MS", &gap_ms),
                 ("PHONE_START_US", &start),
+                ("PHONE_SIZE", &size),
             ],
         )
     };
@@ -182,7 +190,13 @@ pub fn phone_result(child: Child) -> PhoneResult {
         text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("phone said: {text}"));
     let word = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("").to_string();
     let num = |key: &str| -> u32 { word(key).parse().unwrap_or_else(|_| panic!("no {key} in {line}")) };
-    PhoneResult { sent: num("sent="), got: num("got="), max_gap: num("maxgap="), from: word("from=") }
+    PhoneResult {
+        sent: num("sent="),
+        got: num("got="),
+        max_gap: num("maxgap="),
+        from: word("from="),
+        whole: num("whole="),
+    }
 }
 
 /// The body of each netns test file's `phone_helper`: does nothing unless
@@ -193,6 +207,7 @@ pub fn phone_main() {
     let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
     let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
     let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
+    let size: usize = std::env::var("PHONE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(172);
     let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let receiver = socket.try_clone().unwrap();
@@ -202,13 +217,14 @@ pub fn phone_main() {
         std::thread::sleep(Duration::from_micros(start - now));
     }
     let got = std::thread::spawn(move || {
-        let (mut got, mut idle, mut from) = (0u32, 0, BTreeSet::new());
-        let mut buf = [0u8; 2048];
+        let (mut got, mut whole, mut idle, mut from) = (0u32, 0u32, 0, BTreeSet::new());
+        let mut buf = vec![0u8; 65_536];
         let (start, mut last, mut max_gap) = (Instant::now(), None::<Instant>, Duration::ZERO);
         while idle < 5 || (got == 0 && start.elapsed() < Duration::from_secs(5)) {
             match receiver.recv_from(&mut buf) {
-                Ok((_, src)) => {
+                Ok((n, src)) => {
                     got += 1;
+                    whole += u32::from(n == size);
                     idle = 0;
                     from.insert(src.ip().to_string());
                     let now = Instant::now();
@@ -220,17 +236,17 @@ pub fn phone_main() {
                 Err(_) => idle += 1,
             }
         }
-        (got, max_gap.as_millis(), from.into_iter().collect::<Vec<_>>().join(","))
+        (got, whole, max_gap.as_millis(), from.into_iter().collect::<Vec<_>>().join(","))
     });
     for seq in 0..count {
         let mut packet = vec![0x80u8, 8];
         packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
+        packet.resize(size, 0);
         let _ = socket.send_to(&packet, to);
         std::thread::sleep(Duration::from_millis(gap));
     }
-    let (got, max_gap, from) = got.join().unwrap();
-    println!("PHONE sent={count} got={got} maxgap={max_gap} from={from}");
+    let (got, whole, max_gap, from) = got.join().unwrap();
+    println!("PHONE sent={count} got={got} whole={whole} maxgap={max_gap} from={from}");
 }
 
 /// The relay's conntrack mark (0x72620001), as `conntrack -m` takes it.
