@@ -235,7 +235,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// relaybox: most media streams in one session (16).
     pub max_streams_per_session: usize,
-    /// relaybox: longest line accepted from a dispatcher, in bytes (65536).
+    /// relaybox: longest line, and longest command (all its lines),
+    /// accepted from a dispatcher, in bytes (65536).
     pub max_line_length: usize,
     /// relaybox: where sessions are saved so that they survive a restart
     /// (`/var/lib/relaybox/sessions.bin`).

@@ -200,7 +200,7 @@ mod tests {
         assert_eq!(c1.source(), c);
         drop(c1);
         assert_eq!(g.open_from(c), 0);
-        assert!(g.lock().by_source.get(&c).is_none(), "no entry left for a source that went");
+        assert!(!g.lock().by_source.contains_key(&c), "no entry left for a source that went");
     }
 
     #[test]

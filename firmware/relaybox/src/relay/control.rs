@@ -93,7 +93,7 @@ async fn serve(relay: Arc<Relay>, listener: UnixListener) {
     }
 }
 
-async fn connection(relay: &Relay, stream: UnixStream) -> std::io::Result<()> {
+async fn connection(relay: &Arc<Relay>, stream: UnixStream) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -110,13 +110,21 @@ async fn connection(relay: &Relay, stream: UnixStream) -> std::io::Result<()> {
             writer.write_all(b"error\r\n").await?;
             return Ok(());
         }
-        let reply = match line.trim() {
-            "summary" => relay.handle(LinkRequest::Summary, 0, unspecified()),
-            "sessions" => relay.handle(LinkRequest::Sessions, 0, unspecified()),
-            "metrics" => metrics(relay),
-            "quit" | "exit" => return Ok(()),
+        let command = line.trim().to_string();
+        if command == "quit" || command == "exit" {
+            return Ok(());
+        }
+        // `sessions` and `metrics` go through every session: on a blocking
+        // thread, not on a runtime worker that the dispatcher links share.
+        let answering = relay.clone();
+        let reply = tokio::task::spawn_blocking(move || match command.as_str() {
+            "summary" => answering.handle(LinkRequest::Summary, 0, unspecified()),
+            "sessions" => answering.handle(LinkRequest::Sessions, 0, unspecified()),
+            "metrics" => metrics(&answering),
             _ => "error".to_string(),
-        };
+        })
+        .await
+        .unwrap_or_else(|_| "error".to_string());
         writer.write_all(reply.as_bytes()).await?;
         writer.write_all(b"\r\n").await?;
     }

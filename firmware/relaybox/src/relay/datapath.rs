@@ -71,8 +71,14 @@ pub(crate) struct UserspaceDatapath {
 }
 
 impl UserspaceDatapath {
-    pub fn new(bind_ip: IpAddr, relay: Weak<Relay>, reserve: u64) -> Self {
-        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())), reserve }
+    pub fn new(bind_ip: IpAddr, relay: Weak<Relay>) -> Self {
+        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())), reserve: 0 }
+    }
+
+    /// Media sockets leave `reserve` descriptors of the limit to the rest.
+    pub fn with_reserve(mut self, reserve: u64) -> Self {
+        self.reserve = reserve;
+        self
     }
 
     fn bind(&self, port: u16) -> io::Result<Arc<UdpSocket>> {

@@ -62,7 +62,8 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
     let result = async {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let limits = Limits { max_media: relay.config.relay.max_streams_per_session };
-        let mut decoder = RelayDecoder::new(relay.config.relay.max_line_length, MAX_HEADER_LINES, limits);
+        let max_line = relay.config.relay.max_line_length;
+        let mut decoder = RelayDecoder::new(max_line, MAX_HEADER_LINES, limits).with_max_frame(max_line);
         let mut ping = tokio::time::interval(relay.config.relay.keepalive_interval);
         ping.tick().await;
         let mut missed = 0u32;

@@ -157,7 +157,8 @@ impl Relay {
         };
         Ok(Arc::new_cyclic(|weak| Relay {
             datapath: {
-                let userspace = UserspaceDatapath::new(bind_ip, weak.clone(), reserved_descriptors(&config));
+                let userspace =
+                    UserspaceDatapath::new(bind_ip, weak.clone()).with_reserve(reserved_descriptors(&config));
                 match kernel_flows {
                     Some(table) => {
                         let dp = KernelDatapath::new(userspace, table, local, v6);
