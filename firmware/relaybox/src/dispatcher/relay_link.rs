@@ -179,7 +179,7 @@ async fn run_link(
                 let Some(call) = call else { return Ok(()) };
                 let command = LinkCommand { seq, request: call.request };
                 if pending.len() >= max_pending {
-                    forget_unanswered(&mut pending, max_pending, relay);
+                    forget_unanswered(&mut pending, max_pending, relay.ip);
                 }
                 pending.insert(seq, Pending { kind: command.request.name(), reply: call.reply });
                 seq += 1;
@@ -229,14 +229,14 @@ async fn run_link(
 /// must not make the dispatcher remember every command for ever): those
 /// whose caller gave up go first, except `remove`s, whose late answer
 /// still carries a call's statistics; then the oldest.
-fn forget_unanswered(pending: &mut BTreeMap<u64, Pending>, max: usize, relay: &RelayHandle) {
+fn forget_unanswered(pending: &mut BTreeMap<u64, Pending>, max: usize, relay: std::net::IpAddr) {
     let before = pending.len();
     pending.retain(|_, p| p.kind == "remove" || !p.reply.is_closed());
     while pending.len() >= max {
         let Some((seq, p)) = pending.pop_first() else { break };
-        tracing::warn!(relay = %relay.ip, seq, "relay never answered {} {seq}; forgetting it", p.kind);
+        tracing::warn!(relay = %relay, seq, "relay never answered {} {seq}; forgetting it", p.kind);
     }
-    tracing::debug!(relay = %relay.ip, forgotten = before - pending.len(), "unanswered commands forgotten");
+    tracing::debug!(relay = %relay, forgotten = before - pending.len(), "unanswered commands forgotten");
 }
 
 /// An answer that came after its caller stopped waiting. A late `remove`
@@ -249,5 +249,30 @@ fn late_answer(dispatcher: &Dispatcher, relay: &RelayHandle, kind: &str, payload
         }
     } else {
         tracing::debug!(relay = %relay.ip, "late {kind} answer dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_commands_are_bounded_keeping_waiters_and_removes_first() {
+        let mut pending = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for seq in 0..6u64 {
+            let (reply, rx) = oneshot::channel();
+            let kind = if seq % 3 == 0 { "remove" } else { "update" };
+            pending.insert(seq, Pending { kind, reply });
+            // The callers of 1 and 2 gave up; the others still wait.
+            if seq != 1 && seq != 2 {
+                waiting.push(rx);
+            }
+        }
+        let ip = "192.0.2.1".parse().unwrap();
+        forget_unanswered(&mut pending, 5, ip);
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [0, 3, 4, 5], "abandoned updates go first");
+        forget_unanswered(&mut pending, 3, ip);
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [4, 5], "then the oldest");
     }
 }
