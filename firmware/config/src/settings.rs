@@ -77,6 +77,15 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     mp("Dispatcher", "log_level"),
     ext("Dispatcher", "max_request_size"),
     ext("Dispatcher", "max_module_connections"),
+    ext("Dispatcher", "max_module_connections_per_uid"),
+    ext("Dispatcher", "module_request_timeout"),
+    ext("Dispatcher", "max_relay_connections"),
+    ext("Dispatcher", "max_relay_connections_per_ip"),
+    ext("Dispatcher", "max_management_connections"),
+    ext("Dispatcher", "max_management_connections_per_ip"),
+    ext("Dispatcher", "handshake_timeout"),
+    ext("Dispatcher", "management_idle_timeout"),
+    ext("Dispatcher", "management_refresh_interval"),
     ext("Dispatcher", "max_relay_line"),
     ext("Dispatcher", "module_timeout"),
     ext("Dispatcher", "spool_dir"),
@@ -117,6 +126,9 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "network_conf"),
     ext("Web", "reboot_command"),
     ext("Web", "hostname_command"),
+    ext("Web", "max_connections"),
+    ext("Web", "max_connections_per_ip"),
+    ext("Web", "handshake_timeout"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -231,7 +243,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// relaybox: most media streams in one session (16).
     pub max_streams_per_session: usize,
-    /// relaybox: longest line accepted from a dispatcher, in bytes (65536).
+    /// relaybox: longest line, and longest command (all its lines),
+    /// accepted from a dispatcher, in bytes (65536).
     pub max_line_length: usize,
     /// relaybox: where sessions are saved so that they survive a restart
     /// (`/var/lib/relaybox/sessions.bin`).
@@ -362,6 +375,37 @@ pub struct DispatcherConfig {
     pub max_request_size: usize,
     /// relaybox: most module connections at once (1024).
     pub max_module_connections: usize,
+    /// relaybox: most module connections at once from one user id (512).
+    /// Every worker of the proxy connects as the proxy's user, so this is
+    /// high; it keeps another local user (the socket is mode 0666) from
+    /// taking every place.
+    pub max_module_connections_per_uid: usize,
+    /// relaybox: a module connection must send its first request, and any
+    /// request must arrive whole, within this long (10 s); a connection that
+    /// has sent a valid request may then stay idle for as long as it likes
+    /// (each proxy worker keeps one open between calls).
+    pub module_request_timeout: Duration,
+    /// relaybox: most connections to the relay port (`listen`) at once,
+    /// TLS handshakes included (64).
+    pub max_relay_connections: usize,
+    /// relaybox: most connections to the relay port from one address (an
+    /// IPv6 /64) at once (8).
+    pub max_relay_connections_per_ip: usize,
+    /// relaybox: most management connections at once (32).
+    pub max_management_connections: usize,
+    /// relaybox: most management connections from one address (an IPv6
+    /// /64) at once (8).
+    pub max_management_connections_per_ip: usize,
+    /// relaybox: how long a TLS handshake may take on the relay and
+    /// management ports (10 s).
+    pub handshake_timeout: Duration,
+    /// relaybox: a management connection that sends no command, or does not
+    /// read its answer, for this long is closed (60 s).
+    pub management_idle_timeout: Duration,
+    /// relaybox: the relays are asked for `summary` or `sessions` at most
+    /// this often on behalf of management clients (1 s); every client
+    /// waiting meanwhile gets the next answer.
+    pub management_refresh_interval: Duration,
     /// relaybox: longest line accepted from a relay, in bytes; a `sessions`
     /// reply carries every session (16 MiB).
     pub max_relay_line: usize,
@@ -407,6 +451,15 @@ impl Default for DispatcherConfig {
             log_level: LogLevel::Debug,
             max_request_size: 16_384,
             max_module_connections: 1024,
+            max_module_connections_per_uid: 512,
+            module_request_timeout: Duration::from_secs(10),
+            max_relay_connections: 64,
+            max_relay_connections_per_ip: 8,
+            max_management_connections: 32,
+            max_management_connections_per_ip: 8,
+            handshake_timeout: Duration::from_secs(10),
+            management_idle_timeout: Duration::from_secs(60),
+            management_refresh_interval: Duration::from_secs(1),
             max_relay_line: 16 * MIB as usize,
             module_timeout: Duration::from_millis(500),
             spool_dir: PathBuf::from("/var/spool/relaybox"),
@@ -435,6 +488,22 @@ impl DispatcherConfig {
             "log_level" => self.log_level = v.parse()?,
             "max_request_size" => self.max_request_size = value::count(v, 1024, 16 * MIB)? as usize,
             "max_module_connections" => self.max_module_connections = value::count(v, 1, 65_536)? as usize,
+            "max_module_connections_per_uid" => {
+                self.max_module_connections_per_uid = value::count(v, 1, 65_536)? as usize
+            }
+            "module_request_timeout" => self.module_request_timeout = value::seconds(v, 1)?,
+            "max_relay_connections" => self.max_relay_connections = value::count(v, 1, 65_536)? as usize,
+            "max_relay_connections_per_ip" => self.max_relay_connections_per_ip = value::count(v, 1, 65_536)? as usize,
+            "max_management_connections" => self.max_management_connections = value::count(v, 1, 65_536)? as usize,
+            "max_management_connections_per_ip" => {
+                self.max_management_connections_per_ip = value::count(v, 1, 65_536)? as usize
+            }
+            "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
+            "management_idle_timeout" => self.management_idle_timeout = value::seconds(v, 1)?,
+            "management_refresh_interval" => {
+                self.management_refresh_interval =
+                    value::fractional_seconds(v, Duration::ZERO, Duration::from_secs(3600))?
+            }
             "max_relay_line" => self.max_relay_line = value::count(v, 1024, 1024 * MIB)? as usize,
             "module_timeout" => {
                 self.module_timeout = value::fractional_seconds(v, Duration::from_millis(10), Duration::from_secs(60))?
@@ -744,6 +813,14 @@ pub struct WebConfig {
     /// Program the System page runs with the new host name as its one
     /// argument, to set the running host name (`/bin/hostname`).
     pub hostname_command: PathBuf,
+    /// Most connections to each of the page's ports at once (64).
+    pub max_connections: usize,
+    /// Most connections to each of the page's ports from one address (an
+    /// IPv6 /64) at once (8): a browser opens up to 6.
+    pub max_connections_per_ip: usize,
+    /// How long a client may take for its TLS handshake, and for each
+    /// request's header (10 s).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for WebConfig {
@@ -771,6 +848,9 @@ impl WebConfig {
             network_conf: base.join("network.conf"),
             reboot_command: PathBuf::from("/sbin/reboot"),
             hostname_command: PathBuf::from("/bin/hostname"),
+            max_connections: 64,
+            max_connections_per_ip: 8,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -802,6 +882,9 @@ impl WebConfig {
             "network_conf" => self.network_conf = value::path(v, base)?,
             "reboot_command" => self.reboot_command = value::path(v, base)?,
             "hostname_command" => self.hostname_command = value::path(v, base)?,
+            "max_connections" => self.max_connections = value::count(v, 1, 65_536)? as usize,
+            "max_connections_per_ip" => self.max_connections_per_ip = value::count(v, 1, 65_536)? as usize,
+            "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -870,7 +953,7 @@ mod tests {
             "accounting" => "radius",
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",
-            "module_timeout" => "0.5",
+            "module_timeout" | "management_refresh_interval" => "0.5",
             "datapath" => "kernel",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
             n if n.ends_with("_path")

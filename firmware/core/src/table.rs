@@ -274,6 +274,36 @@ impl SessionTable {
         Some(new)
     }
 
+    /// The daemon could not bind the pair `port` of an [`Event::OpenPorts`]
+    /// just polled after [`update`](Self::update) for want of resources
+    /// (out of file descriptors: not a pair another program holds, which
+    /// [`move_unbindable`](Self::move_unbindable) handles): the stream
+    /// holding it ends as rejected, so that no answer names the pair, and
+    /// its pairs go back to the pool ([`Event::ClosePorts`] queued). False
+    /// when `port` is not held.
+    pub fn reject_unbindable(&mut self, port: u16, now: Millis) -> bool {
+        let Some(owner) = self.pool.owner(port) else { return false };
+        let Some(session) = self.sessions.get_mut(&owner.session) else { return false };
+        let Some(stream) = session.stream_mut(owner.stream) else { return false };
+        stream.end(StreamStatus::Rejected, now, &mut self.pool, &mut self.events);
+        self.sync_flows(owner.session);
+        self.reschedule(owner.session);
+        true
+    }
+
+    /// Forgets a session that the update just made, without a report: the
+    /// daemon could not bind its ports and answered `error`, so nobody was
+    /// told of it (the dispatcher tries another relay). Its pairs go back
+    /// to the pool ([`Event::ClosePorts`] queued). False when there is no
+    /// such session.
+    pub fn discard(&mut self, call_id: &str) -> bool {
+        let Some(&id) = self.by_call_id.get(call_id) else { return false };
+        let Some(mut session) = self.take_session(id) else { return false };
+        session.end_all(StreamStatus::Closed, session.last_update, &mut self.pool, &mut self.events);
+        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        true
+    }
+
     /// Ends a session on BYE or CANCEL and returns its final statistics.
     /// The request's from_tag or to_tag must be the session's from_tag (BYE
     /// from either side; CANCEL has no to_tag).

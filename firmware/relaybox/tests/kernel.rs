@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_result, phones_paced, phones_with, run, spawn_in, Netns, PhoneAt};
+use common::netns::{
+    self, number_after, ok, phone_result, phones_paced, phones_sized, phones_with, run, spawn_in, Netns, PhoneAt,
+};
 use common::*;
 
 const RELAY_IP: &str = "10.77.0.1";
@@ -895,4 +897,37 @@ fn a_phone_behind_a_signaling_proxy_latches_after_the_learning_window_with_a_war
         "{line}"
     );
     assert!(line.contains("its SDP address 192.168.2.20:5000 or its signaling IP (none usable)"), "{line}");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn datagrams_longer_than_2_kib_are_forwarded_whole_by_userspace_and_the_kernel() {
+    // 3000-byte datagrams, IP-fragmented on the 1500-byte veths: the first
+    // ones go through the relay's userspace path while the sides latch,
+    // the rest through the kernel's conntrack NAT. Every one arrives whole.
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    let mut rig = Rig::new();
+    let (_d, r) = start(&mut rig, &relay_ns, None);
+    let caller = format!("{CALLER_IP}:4000");
+    let callee = format!("{CALLEE_IP}:5000");
+    let (mut m, caller_to, callee_to) = set_up_call(&rig, "bigcall", &caller, &callee);
+    let (a, b) = phones_sized(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+        100,
+        5,
+        3000,
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the kernel took the flow over");
+    assert_eq!(m.request(&remove("bigcall")).0, "removed\r\n");
+    let log = r.wait_log("session removed", Duration::from_secs(5));
+    let userspace = number_after(log.lines().find(|l| l.contains("session removed")).unwrap(), "userspace_packets=");
+    eprintln!(
+        "caller got {} ({} whole) of {}, callee got {} ({} whole) of {}; userspace saw {userspace} datagrams",
+        a.got, a.whole, b.sent, b.got, b.whole, a.sent
+    );
+    assert!(a.got * 100 >= b.sent * 90 && b.got * 100 >= a.sent * 90, "relayed");
+    assert_eq!((a.whole, b.whole), (a.got, b.got), "every datagram whole, in userspace and in the kernel");
+    assert!(userspace >= 1, "the first datagrams went through userspace");
 }

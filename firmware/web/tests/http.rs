@@ -597,7 +597,7 @@ fn certificates_that_the_dispatcher_would_refuse_are_not_installed() {
     assert!(r.body.contains("Nothing was replaced"), "{}", r.body);
     assert!(r.body.contains("certs/relay.crt: is not signed by a CA in ca.pem"), "{}", r.body);
     // A relay certificate (with its own key) from a CA that is not ca.pem.
-    let stranger = other.issue(&relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
+    let stranger = other.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
     let r = web.post(
         "/certs/upload",
         &s,

@@ -16,6 +16,7 @@ use anyhow::Context;
 use rand::seq::SliceRandom;
 use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
 use relaybox_config::{AccountingBackend, Config};
+use relaybox_limits::{AcceptErrors, Admission, DescriptorBudget, Gate, Source};
 use relaybox_proto::link::{LinkRequest, UpdateReply};
 use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
@@ -582,63 +583,89 @@ impl Dispatcher {
         out
     }
 
-    pub async fn all_sessions(&self) -> Vec<SessionStats> {
+    /// Every relay's sessions as one JSON array, each session with its
+    /// relay's address. The relays' answers (megabytes with thousands of
+    /// calls) are decoded and the array made on a blocking thread, so that
+    /// no runtime worker is kept from the module's requests meanwhile.
+    pub async fn all_sessions_json(&self) -> String {
         let timeout = self.config.dispatcher.relay_timeout;
-        let mut out = Vec::new();
+        let mut answers = Vec::new();
         for relay in self.relays() {
-            match self.call(&relay, LinkRequest::Sessions, timeout).await.map(|p| SessionStats::list_from_json(&p)) {
-                Ok(Ok(list)) => {
-                    // Only the calls the dispatcher knows this relay holds.
-                    let table = self.sessions();
-                    let (own, other): (Vec<SessionStats>, Vec<SessionStats>) =
-                        list.into_iter().partition(|s| table.get(&s.call_id).is_some_and(|e| e.relay_id == relay.id));
-                    drop(table);
-                    if !other.is_empty() {
-                        tracing::debug!(relay = %relay.ip, left_out = other.len(), "sessions: calls this relay does not hold left out");
-                    }
-                    out.extend(own.into_iter().map(|mut s| {
-                        s.relay_ip.get_or_insert_with(|| relay.address().to_string());
-                        s
-                    }))
-                }
-                Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad sessions list from relay: {e}"),
+            match self.call(&relay, LinkRequest::Sessions, timeout).await {
+                Ok(payload) => answers.push((relay.id, relay.ip, relay.address(), payload)),
                 Err(e) => tracing::warn!(relay = %relay.ip, "sessions: relay did not answer ({e:?})"),
             }
         }
-        out
+        // Only the calls the dispatcher knows each relay holds are listed.
+        let holders: HashMap<String, u64> = self.sessions().iter().map(|(k, e)| (k.clone(), e.relay_id)).collect();
+        let merge = move || {
+            let mut out = Vec::new();
+            for (id, ip, address, payload) in answers {
+                match SessionStats::list_from_json(&payload) {
+                    Ok(list) => {
+                        let (own, other): (Vec<SessionStats>, Vec<SessionStats>) =
+                            list.into_iter().partition(|s| holders.get(&s.call_id) == Some(&id));
+                        if !other.is_empty() {
+                            tracing::debug!(relay = %ip, left_out = other.len(), "sessions: calls this relay does not hold left out");
+                        }
+                        out.extend(own.into_iter().map(|mut s| {
+                            s.relay_ip.get_or_insert_with(|| address.to_string());
+                            s
+                        }))
+                    }
+                    Err(e) => tracing::warn!(relay = %ip, "bad sessions list from relay: {e}"),
+                }
+            }
+            SessionStats::list_to_json(&out)
+        };
+        tokio::task::spawn_blocking(merge).await.unwrap_or_else(|_| "[]".to_string())
     }
 }
 
-/// How long a TLS peer gets to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The next accepted TCP connection; accept errors (out of file
-/// descriptors, say) are logged and retried after a pause.
+/// The next TCP connection that `gate` admits (per source address and in
+/// total), with its place in the gate. Accept errors (out of file
+/// descriptors, say) are logged and paused, never returned: no accept error
+/// ends the dispatcher. Refused connections are closed at once.
 pub(crate) async fn next_connection(
     listener: &tokio::net::TcpListener,
-    what: &str,
-) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    gate: &Arc<Gate>,
+    errors: &mut AcceptErrors,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, Admission) {
     loop {
         match listener.accept().await {
-            Ok(x) => return x,
-            Err(e) => {
-                tracing::warn!("accepting a {what} connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok((tcp, peer)) => {
+                errors.accepted();
+                if let Some(admission) = gate.admit(Source::from_ip(peer.ip()), &peer) {
+                    return (tcp, peer, admission);
+                }
             }
+            Err(e) => errors.pause(&e).await,
         }
     }
 }
 
-/// The server side of a TLS handshake, bounded in time; the error is a
-/// reason for the log line.
+/// The descriptors the dispatcher's settings can make it hold at once.
+pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
+    let d = &config.dispatcher;
+    DescriptorBudget::new()
+        .add("module connections ([Dispatcher] max_module_connections)", d.max_module_connections as u64)
+        .add("relay connections ([Dispatcher] max_relay_connections)", d.max_relay_connections as u64)
+        .add("management connections ([Dispatcher] max_management_connections)", d.max_management_connections as u64)
+        .add("the proxy's management socket ([OpenSIPS] max_connections)", config.opensips.max_connections as u64)
+        .add("listeners, accounting, spool files and the runtime", 64)
+}
+
+/// The server side of a TLS handshake, bounded by `handshake_timeout`; the
+/// error is a reason for the log line.
 pub(crate) async fn tls_accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
+    timeout: Duration,
 ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(format!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e))),
-        Err(_) => Err("TLS handshake timed out".into()),
+        Err(_) => Err(format!("no TLS handshake within {} s ([Dispatcher] handshake_timeout)", timeout.as_secs())),
     }
 }
 

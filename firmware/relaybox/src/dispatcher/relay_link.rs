@@ -4,13 +4,14 @@
 //! `relaybox_tls::PeerRole`); what a relay reports is checked against the
 //! calls it holds (`Dispatcher::session_finished`, `adopt_sessions`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate};
 use relaybox_proto::headers::LineDecoder;
 use relaybox_proto::link::{LinkCommand, LinkRequest, RelayLine, PONG_LINE};
 use relaybox_proto::{SessionStats, Summary};
@@ -37,16 +38,31 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     let addr = dispatcher.config.dispatcher.listen;
     let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tokio::spawn(reload_credentials(dispatcher.clone(), files, acceptor.clone()));
+    let cfg = &dispatcher.config.dispatcher;
+    // Connections count from their accept, before TLS: a peer without a
+    // certificate holds a place only for handshake_timeout, and at most
+    // max_relay_connections_per_ip of them from one address.
+    let gate = Gate::new(
+        "relay port",
+        ConnectionLimits {
+            total: cfg.max_relay_connections,
+            per_source: cfg.max_relay_connections_per_ip,
+            total_setting: "[Dispatcher] max_relay_connections",
+            per_source_setting: "[Dispatcher] max_relay_connections_per_ip",
+        },
+    );
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
+        let mut errors = AcceptErrors::new("relay port");
         loop {
-            let (tcp, peer) = super::next_connection(&listener, "relay").await;
+            let (tcp, peer, admission) = super::next_connection(&listener, &gate, &mut errors).await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {
                 if let Err(reason) = accept(dispatcher, acceptor, tcp, peer).await {
                     tracing::warn!(peer = %peer, "relay connection refused: {reason}");
                 }
+                drop(admission);
             });
         }
     }))
@@ -86,7 +102,7 @@ async fn accept(
     peer: SocketAddr,
 ) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    let stream = super::tls_accept(&acceptor, tcp).await?;
+    let stream = super::tls_accept(&acceptor, tcp, dispatcher.config.dispatcher.handshake_timeout).await?;
     let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
     let cert = cert.ok_or("relay presented no certificate")?;
     let identity = relaybox_tls::peer_identity(&cert).map_err(|e| format!("unreadable certificate: {e}"))?;
@@ -164,7 +180,11 @@ async fn run_link(
     mut calls: mpsc::UnboundedReceiver<LinkCall>,
 ) -> anyhow::Result<()> {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let cfg = &dispatcher.config.dispatcher;
+    // Every module connection and management refresh waits for at most one
+    // answer at a time; what is beyond is left by callers that gave up.
+    let max_pending = cfg.max_module_connections + cfg.max_management_connections + 16;
     let mut seq: u64 = 0;
     let mut lines = LineDecoder::new(dispatcher.config.dispatcher.max_relay_line);
     let mut buf = vec![0u8; 64 * 1024];
@@ -178,6 +198,9 @@ async fn run_link(
                     _ => None,
                 };
                 let command = LinkCommand { seq, request: call.request };
+                if pending.len() >= max_pending {
+                    forget_unanswered(&mut pending, max_pending, relay.ip);
+                }
                 let kind = command.request.name();
                 pending.insert(seq, Pending { kind, adopt: call.adopt, call_id, reply: call.reply });
                 seq += 1;
@@ -249,6 +272,20 @@ fn adopt_listed(dispatcher: &Dispatcher, relay: &RelayHandle, payload: &str) {
     }
 }
 
+/// Bounds the commands a relay has not answered (one that answers nothing
+/// must not make the dispatcher remember every command for ever): those
+/// whose caller gave up go first, except `remove`s, whose late answer
+/// still carries a call's statistics; then the oldest.
+fn forget_unanswered(pending: &mut BTreeMap<u64, Pending>, max: usize, relay: std::net::IpAddr) {
+    let before = pending.len();
+    pending.retain(|_, p| p.kind == "remove" || !p.reply.is_closed());
+    while pending.len() >= max {
+        let Some((seq, p)) = pending.pop_first() else { break };
+        tracing::warn!(relay = %relay, seq, "relay never answered {} {seq}; forgetting it", p.kind);
+    }
+    tracing::debug!(relay = %relay, forgotten = before - pending.len(), "unanswered commands forgotten");
+}
+
 /// An answer that came after its caller stopped waiting. A late `remove`
 /// answer still carries the call's statistics: account them (if they are the
 /// statistics of the call removed, and the relay holds it).
@@ -259,5 +296,30 @@ fn late_answer(dispatcher: &Dispatcher, relay: &RelayHandle, kind: &str, call_id
             Err(_) => tracing::warn!(relay = %relay.ip, "late remove answer without statistics: {payload}"),
         },
         (kind, _) => tracing::debug!(relay = %relay.ip, "late {kind} answer dropped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_commands_are_bounded_keeping_waiters_and_removes_first() {
+        let mut pending = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for seq in 0..6u64 {
+            let (reply, rx) = oneshot::channel();
+            let kind = if seq % 3 == 0 { "remove" } else { "update" };
+            pending.insert(seq, Pending { kind, adopt: false, call_id: None, reply });
+            // The callers of 1 and 2 gave up; the others still wait.
+            if seq != 1 && seq != 2 {
+                waiting.push(rx);
+            }
+        }
+        let ip = "192.0.2.1".parse().unwrap();
+        forget_unanswered(&mut pending, 5, ip);
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [0, 3, 4, 5], "abandoned updates go first");
+        forget_unanswered(&mut pending, 3, ip);
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [4, 5], "then the oldest");
     }
 }

@@ -2,6 +2,7 @@
 //! answer its commands, send `ping` every `keepalive_interval`, reconnect
 //! every `reconnect_delay` when the link drops.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,11 +57,15 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
     }
     tracing::info!(dispatcher = %target, "connected to dispatcher");
     let (tx, mut outbound) = mpsc::unbounded_channel();
+    let answers = tx.downgrade();
     let link_id = relay.register_link(tx);
+    // One `sessions` at a time is answered beside the link (see below).
+    let sessions_busy = Arc::new(AtomicBool::new(false));
     let result = async {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let limits = Limits { max_media: relay.config.relay.max_streams_per_session };
-        let mut decoder = RelayDecoder::new(relay.config.relay.max_line_length, MAX_HEADER_LINES, limits);
+        let max_line = relay.config.relay.max_line_length;
+        let mut decoder = RelayDecoder::new(max_line, MAX_HEADER_LINES, limits).with_max_frame(max_line);
         let mut ping = tokio::time::interval(relay.config.relay.keepalive_interval);
         ping.tick().await;
         let mut missed = 0u32;
@@ -78,6 +83,24 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                         let line = match inbound {
                             RelayInbound::Pong => {
                                 missed = 0;
+                                continue;
+                            }
+                            RelayInbound::Command(c) if matches!(c.request, LinkRequest::Sessions)
+                                && !sessions_busy.swap(true, Ordering::AcqRel) =>
+                            {
+                                // Every session as JSON takes a while with
+                                // thousands of calls: made on a blocking
+                                // thread and answered when ready (answers
+                                // carry their seq), so that the updates
+                                // behind it are answered meanwhile.
+                                let (relay, answers, busy) = (relay.clone(), answers.clone(), sessions_busy.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    let payload = relay.handle(c.request, link_id, local_ip);
+                                    busy.store(false, Ordering::Release);
+                                    if let Some(tx) = answers.upgrade() {
+                                        let _ = tx.send(Outbound::Line(Box::new(RelayLine::Reply { seq: c.seq, payload })));
+                                    }
+                                });
                                 continue;
                             }
                             RelayInbound::Command(c) => {

@@ -134,6 +134,8 @@ pub struct PhoneResult {
     pub foreign: u32,
     /// With `PHONE_REBIND_AT`: what arrived at the second socket.
     pub got_after_rebind: u32,
+    /// Datagrams received at the size both phones send (`PHONE_SIZE`).
+    pub whole: u32,
 }
 
 /// One phone of a call: its namespace, the address it binds, where it sends.
@@ -148,8 +150,15 @@ pub fn phones_paced(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32) -> (Child, 
     phones_with(a, &[], b, &[], count, gap_ms)
 }
 
+/// [`phones_paced`] with datagrams of `size` bytes.
+pub fn phones_sized(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32, size: usize) -> (Child, Child) {
+    let size = size.to_string();
+    let env = [("PHONE_SIZE", size.as_str())];
+    phones_with(a, &env, b, &env, count, gap_ms)
+}
+
 /// [`phones_paced`] with more of [`phone_main`]'s settings for each phone
-/// (`PHONE_REBIND_AT`, ...).
+/// (`PHONE_REBIND_AT`, `PHONE_SIZE`, ...).
 pub fn phones_with(
     a: PhoneAt,
     a_env: &[(&str, &str)],
@@ -201,13 +210,16 @@ pub fn phone_result(child: Child) -> PhoneResult {
     let word = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("").to_string();
     let num = |key: &str| -> u32 { word(key).parse().unwrap_or_else(|_| panic!("no {key} in {line}")) };
     let optional = |key: &str| -> u32 { word(key).parse().unwrap_or(0) };
+    let got = num("got=");
     PhoneResult {
         sent: num("sent="),
-        got: num("got="),
+        got,
         max_gap: num("maxgap="),
         from: word("from="),
         foreign: optional("foreign="),
         got_after_rebind: optional("rebound="),
+        // Helpers that do not check sizes print no whole=.
+        whole: word("whole=").parse().unwrap_or(got),
     }
 }
 
@@ -216,13 +228,15 @@ pub fn phone_result(child: Child) -> PhoneResult {
 /// some came, or 5 s without any (first IPv6 neighbour resolutions). With
 /// `PHONE_REBIND_AT=n` (and `PHONE_REBIND_BIND`), the phone's NAT mapping
 /// changes after `n` packets: the rest leave from the second address, and
-/// what arrives there is counted too.
+/// what arrives there is counted too. `PHONE_SIZE` (172) is the size of
+/// every datagram a phone sends.
 pub fn phone_main() {
     let Ok(bind) = std::env::var("PHONE_BIND") else { return };
     let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
     let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
     let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
     let rebind_at: Option<u32> = std::env::var("PHONE_REBIND_AT").ok().and_then(|n| n.parse().ok());
+    let size: usize = std::env::var("PHONE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(172);
     let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
     let second =
         rebind_at.map(|_| std::net::UdpSocket::bind(std::env::var("PHONE_REBIND_BIND").unwrap().as_str()).unwrap());
@@ -232,11 +246,11 @@ pub fn phone_main() {
         std::thread::sleep(Duration::from_micros(start - now));
     }
     let receivers: Vec<_> =
-        std::iter::once(&socket).chain(second.as_ref()).map(|s| std::thread::spawn(receive(s))).collect();
+        std::iter::once(&socket).chain(second.as_ref()).map(|s| std::thread::spawn(receive(s, size))).collect();
     for seq in 0..count {
         let mut packet = vec![0x80u8, 8];
         packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
+        packet.resize(size, 0);
         let from = match (&second, rebind_at) {
             (Some(second), Some(at)) if seq >= at => second,
             _ => &socket,
@@ -247,35 +261,42 @@ pub fn phone_main() {
     let results: Vec<Received> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
     let got: u32 = results.iter().map(|r| r.got).sum();
     let foreign: u32 = results.iter().map(|r| r.foreign).sum();
+    let whole: u32 = results.iter().map(|r| r.whole).sum();
     let max_gap = results.iter().map(|r| r.max_gap).max().unwrap_or(0);
     let from: BTreeSet<String> = results.iter().flat_map(|r| r.from.iter().cloned()).collect();
     let rebound = results.get(1).map_or(0, |r| r.got);
     let from = from.into_iter().collect::<Vec<_>>().join(",");
-    println!("PHONE sent={count} got={got} maxgap={max_gap} from={from} foreign={foreign} rebound={rebound}");
+    println!(
+        "PHONE sent={count} got={got} maxgap={max_gap} from={from} foreign={foreign} rebound={rebound} whole={whole}"
+    );
 }
 
 /// What one phone socket received.
 struct Received {
     got: u32,
     foreign: u32,
+    /// Datagrams of the size the phones send.
+    whole: u32,
     max_gap: u128,
     from: BTreeSet<String>,
 }
 
-/// A receiving thread on a clone of `socket` (see [`phone_main`]).
-fn receive(socket: &std::net::UdpSocket) -> impl FnOnce() -> Received {
+/// A receiving thread on a clone of `socket` (see [`phone_main`]); the
+/// phones send `size`-byte datagrams.
+fn receive(socket: &std::net::UdpSocket, size: usize) -> impl FnOnce() -> Received {
     let receiver = socket.try_clone().unwrap();
     receiver.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     move || {
-        let (mut got, mut foreign, mut idle, mut from) = (0u32, 0u32, 0, BTreeSet::new());
-        let mut buf = [0u8; 2048];
+        let (mut got, mut foreign, mut whole, mut idle, mut from) = (0u32, 0u32, 0u32, 0, BTreeSet::new());
+        let mut buf = vec![0u8; 65_536];
         let (start, mut last, mut max_gap) = (Instant::now(), None::<Instant>, Duration::ZERO);
         while idle < 5 || (got == 0 && start.elapsed() < Duration::from_secs(5)) {
             match receiver.recv_from(&mut buf) {
                 Ok((n, src)) => {
                     got += 1;
                     idle = 0;
-                    if n != 172 || buf[..2] != [0x80, 8] {
+                    whole += u32::from(n == size);
+                    if n != size || buf[..2] != [0x80, 8] {
                         foreign += 1;
                     }
                     from.insert(src.ip().to_string());
@@ -288,7 +309,7 @@ fn receive(socket: &std::net::UdpSocket) -> impl FnOnce() -> Received {
                 Err(_) => idle += 1,
             }
         }
-        Received { got, foreign, max_gap: max_gap.as_millis(), from }
+        Received { got, foreign, whole, max_gap: max_gap.as_millis(), from }
     }
 }
 
