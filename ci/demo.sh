@@ -18,6 +18,11 @@ bin=target/$profile
 
 demo=${RELAYBOX_DEMO_DIR:-$PWD/demo}
 mkdir -p "$demo/run"
+# Certificates from before relaybox-ca marked roles would be refused: make new ones.
+if [ -f "$demo/certs/relay.crt" ] && ! "$bin/relaybox-ca" show "$demo/certs/relay.crt" | grep -q '^role: *relay$'; then
+  echo "demo: $demo/certs has certificates without relaybox roles; making new ones"
+  rm -rf "$demo/ca" "$demo/certs"
+fi
 if [ ! -f "$demo/certs/relay.crt" ]; then
   "$bin/relaybox-ca" demo --out "$demo" --org "relaybox demo"
 fi

@@ -49,6 +49,9 @@ pub struct CallSpec {
     pub hold: Duration,
     /// Extra talk time after the media of a basic call, before BYE.
     pub extra_talk: Duration,
+    /// Basic calls: both phones wait this long after the ACK before their
+    /// first RTP (zero by default).
+    pub media_delay: Duration,
 }
 
 impl CallSpec {
@@ -77,7 +80,8 @@ impl CallSpec {
     /// Stalled: the longest it waits for the proxy's BYE).
     pub fn talk_time(&self) -> Duration {
         match self.kind {
-            CallKind::Basic | CallKind::Ice | CallKind::Stalled | CallKind::Fax => self.play + self.extra_talk,
+            CallKind::Basic => self.media_delay + self.play + self.extra_talk,
+            CallKind::Ice | CallKind::Stalled | CallKind::Fax => self.play + self.extra_talk,
             CallKind::HoldResume => self.play * 2 + self.hold,
             CallKind::AudioVideo => self.play * 2,
             CallKind::Unanswered | CallKind::IceSilent => self.extra_talk,
@@ -103,6 +107,7 @@ impl CallSpec {
             media_port: leg.media_port,
             play_audio: self.kind.plays_audio(),
             extra: self.extra_talk,
+            media_delay: self.media_delay,
         }
     }
 }

@@ -147,6 +147,36 @@ pub fn ruleset(relay_ips: &[Ipv4Addr]) -> String {
     )
 }
 
+/// The table of [`install_marked`].
+pub const MARKED_TABLE: &str = "e2e_marked";
+
+/// Counts, in `phone`, the UDP datagrams arriving on a watched media port
+/// whose RTP SSRC (payload bytes 8..12) is `ssrc`: an attacker's packets
+/// carry one no phone uses, so this counts what of them reached the phone.
+pub fn install_marked(phone: &Netns, ssrc: u32) -> Result<()> {
+    let ports: Vec<String> = WATCHED_PORTS.iter().map(u16::to_string).collect();
+    phone.nft_load(&format!(
+        "table inet {MARKED_TABLE} {{\n  counter marked {{ }}\n  chain input {{\n    \
+         type filter hook input priority -20; policy accept;\n    \
+         udp dport {{ {} }} @th,128,32 {ssrc:#010x} counter name marked\n  }}\n}}\n",
+        ports.join(", ")
+    ))
+}
+
+/// What [`install_marked`]'s counter has seen in `phone`.
+pub fn read_marked(phone: &Netns) -> Result<Counter> {
+    let json = phone.nft(&["-j", "list", "counter", "inet", MARKED_TABLE, "marked"])?;
+    let doc: Value = serde_json::from_str(&json).context("nft -j output is not JSON")?;
+    let counter = doc["nftables"]
+        .as_array()
+        .and_then(|items| items.iter().find_map(|i| i.get("counter")))
+        .with_context(|| format!("no counter in {json}"))?;
+    Ok(Counter {
+        packets: counter["packets"].as_u64().unwrap_or_default(),
+        bytes: counter["bytes"].as_u64().unwrap_or_default(),
+    })
+}
+
 /// Installs the counters in `phone`.
 pub fn install(phone: &Netns, relay_ips: &[Ipv4Addr]) -> Result<()> {
     phone.nft_load(&ruleset(relay_ips))

@@ -200,6 +200,7 @@ impl Rig {
             play: pcap_len + Duration::from_millis(1500),
             hold: Duration::from_secs(2),
             extra_talk: Duration::ZERO,
+            media_delay: Duration::ZERO,
         })
     }
 

@@ -244,6 +244,9 @@ pub struct ScenarioParams {
     pub play_audio: bool,
     /// Ring time (Unanswered), time on T.38 before BYE (Fax).
     pub extra: Duration,
+    /// Wait between the ACK and the first RTP of the basic scenario
+    /// (`MEDIA_DELAY`): phones in the field start 0.1 to 2 s after the answer.
+    pub media_delay: Duration,
 }
 
 /// The checked-in scenario template `name` (in `sipp/`).
@@ -263,6 +266,11 @@ pub fn render(name: &str, params: &ScenarioParams) -> Result<String> {
     } else {
         "  <!-- no media: this phone plays no RTP -->".to_string()
     };
+    let media_delay = if params.media_delay.is_zero() {
+        "<!-- media starts at once -->".to_string()
+    } else {
+        format!("<pause milliseconds=\"{}\"/>", params.media_delay.as_millis())
+    };
     render_vars(
         name,
         &[
@@ -278,6 +286,7 @@ pub fn render(name: &str, params: &ScenarioParams) -> Result<String> {
             ("CALL_MS", ms(params.call)),
             ("EXTRA_MS", ms(params.extra)),
             ("PLAY_AUDIO", play),
+            ("MEDIA_DELAY", media_delay),
             ("MEDIA_PORT", params.media_port.to_string()),
             ("RTCP_PORT", (params.media_port + 1).to_string()),
             ("IMAGE_PORT", (params.media_port + 4).to_string()),
@@ -718,6 +727,7 @@ a=recvonly\r\n\
             media_port: 6000,
             play_audio: true,
             extra: Duration::from_secs(3),
+            media_delay: Duration::from_secs(1),
         };
         for kind in CallKind::ALL {
             let (caller, callee) = kind.templates();
@@ -735,6 +745,9 @@ a=recvonly\r\n\
                     assert!(xml.contains("a=candidate:1 1 UDP 2130706431 [local_ip] 6000 typ host"), "{name}");
                     assert!(xml.contains("a=candidate:1 2 UDP 2130706430 [local_ip] 6001 typ host"), "{name}");
                     assert!(xml.contains("a=ice-ufrag:e2e6000"), "{name}");
+                }
+                if kind == CallKind::Basic {
+                    assert!(xml.contains("<pause milliseconds=\"1000\"/>\n\n  <nop>"), "{name}: media delay");
                 }
                 if kind == CallKind::Fax {
                     assert!(xml.contains("m=image 6004 udptl t38"), "{name}");

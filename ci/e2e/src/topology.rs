@@ -114,6 +114,19 @@ impl Topology {
         }
     }
 
+    /// A namespace of its own on the internet bridge with address `ip`/24
+    /// (a host on the public side, such as an attacker), named
+    /// `<prefix>-<role>`; deleted when the returned value is dropped.
+    pub fn attach(&self, role: &str, ip: Ipv4Addr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{role}", self.prefix))?;
+        let port = format!("p-{role}");
+        self.inet.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        self.inet.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
     /// Reads the media counters of one phone.
     pub fn counters(&self, side: Side) -> Result<MediaCounters> {
         counters::read(self.phone(side), &RELAY_IPS)

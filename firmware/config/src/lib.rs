@@ -227,6 +227,13 @@ impl Config {
                 format!("the HTTPS address {} and the HTTP address collide", w.listen),
             ));
         }
+        if d.management_allow_anonymous && d.management_passport.is_some() {
+            return Err(error(
+                "Dispatcher",
+                "management_allow_anonymous",
+                "management_passport requires a client certificate; remove one of the two".into(),
+            ));
+        }
         if d.accounting.contains(&AccountingBackend::Database) && self.database.dburi.is_none() {
             return Err(error("Dispatcher", "accounting", "database accounting needs [Database] dburi".into()));
         }

@@ -61,6 +61,8 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Relay", "state_file"),
     ext("Relay", "control_socket"),
     ext("Relay", "datapath"),
+    ext("Relay", "latching_window"),
+    ext("Relay", "signaling_proxies"),
     mp("Dispatcher", "socket_path"),
     mp("Dispatcher", "listen"),
     mp("Dispatcher", "listen_management"),
@@ -75,12 +77,25 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     mp("Dispatcher", "log_level"),
     ext("Dispatcher", "max_request_size"),
     ext("Dispatcher", "max_module_connections"),
+    ext("Dispatcher", "max_module_connections_per_uid"),
+    ext("Dispatcher", "module_request_timeout"),
+    ext("Dispatcher", "max_relay_connections"),
+    ext("Dispatcher", "max_relay_connections_per_ip"),
+    ext("Dispatcher", "max_management_connections"),
+    ext("Dispatcher", "max_management_connections_per_ip"),
+    ext("Dispatcher", "handshake_timeout"),
+    ext("Dispatcher", "management_idle_timeout"),
+    ext("Dispatcher", "management_refresh_interval"),
     ext("Dispatcher", "max_relay_line"),
     ext("Dispatcher", "module_timeout"),
     ext("Dispatcher", "spool_dir"),
     ext("Dispatcher", "spool_max_records"),
+    ext("Dispatcher", "management_allow_anonymous"),
+    ext("Dispatcher", "end_adopted_dialogs"),
+    ext("Dispatcher", "refusal_log_limit"),
     mp("TLS", "certs_path"),
     mp("TLS", "verify_interval"),
+    ext("TLS", "accept_unmarked_certificates"),
     mp("Database", "dburi"),
     mp("Database", "sessions_table"),
     mp("Database", "callid_column"),
@@ -111,6 +126,9 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "network_conf"),
     ext("Web", "reboot_command"),
     ext("Web", "hostname_command"),
+    ext("Web", "max_connections"),
+    ext("Web", "max_connections_per_ip"),
+    ext("Web", "handshake_timeout"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -225,7 +243,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// relaybox: most media streams in one session (16).
     pub max_streams_per_session: usize,
-    /// relaybox: longest line accepted from a dispatcher, in bytes (65536).
+    /// relaybox: longest line, and longest command (all its lines),
+    /// accepted from a dispatcher, in bytes (65536).
     pub max_line_length: usize,
     /// relaybox: where sessions are saved so that they survive a restart
     /// (`/var/lib/relaybox/sessions.bin`).
@@ -237,6 +256,17 @@ pub struct RelayConfig {
     /// relaybox: `auto` (default), `kernel` or `userspace`; see
     /// [`DatapathMode`].
     pub datapath: DatapathMode,
+    /// relaybox: how long a leg whose phone is behind NAT refuses media
+    /// sources that neither its SDP address nor its signaling IP vouch
+    /// for, from the first such datagram (3 s, 0 to 60); after it the next
+    /// source latches. 0: any source latches at once, as in MediaProxy
+    /// (open to RTP bleed).
+    pub latching_window: Duration,
+    /// relaybox: networks of SIP proxies in front of the phones (a proxy
+    /// that relays INVITEs from other proxies): a `signaling_ip` in them
+    /// says nothing about the phone's NAT and vouches for no media source.
+    /// Default none.
+    pub signaling_proxies: Vec<IpNet>,
 }
 
 impl Default for RelayConfig {
@@ -263,6 +293,8 @@ impl Default for RelayConfig {
             state_file: PathBuf::from("/var/lib/relaybox/sessions.bin"),
             control_socket: PathBuf::from("/run/relaybox/relay.sock"),
             datapath: DatapathMode::Auto,
+            latching_window: Duration::from_secs(3),
+            signaling_proxies: Vec::new(),
         }
     }
 }
@@ -298,6 +330,10 @@ impl RelayConfig {
             "state_file" => self.state_file = value::path(v, base)?,
             "control_socket" => self.control_socket = value::path(v, base)?,
             "datapath" => self.datapath = v.parse()?,
+            "latching_window" => {
+                self.latching_window = value::fractional_seconds(v, Duration::ZERO, Duration::from_secs(60))?
+            }
+            "signaling_proxies" => self.signaling_proxies = value::networks(v)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -339,6 +375,37 @@ pub struct DispatcherConfig {
     pub max_request_size: usize,
     /// relaybox: most module connections at once (1024).
     pub max_module_connections: usize,
+    /// relaybox: most module connections at once from one user id (512).
+    /// Every worker of the proxy connects as the proxy's user, so this is
+    /// high; it keeps another local user (the socket is mode 0666) from
+    /// taking every place.
+    pub max_module_connections_per_uid: usize,
+    /// relaybox: a module connection must send its first request, and any
+    /// request must arrive whole, within this long (10 s); a connection that
+    /// has sent a valid request may then stay idle for as long as it likes
+    /// (each proxy worker keeps one open between calls).
+    pub module_request_timeout: Duration,
+    /// relaybox: most connections to the relay port (`listen`) at once,
+    /// TLS handshakes included (64).
+    pub max_relay_connections: usize,
+    /// relaybox: most connections to the relay port from one address (an
+    /// IPv6 /64) at once (8).
+    pub max_relay_connections_per_ip: usize,
+    /// relaybox: most management connections at once (32).
+    pub max_management_connections: usize,
+    /// relaybox: most management connections from one address (an IPv6
+    /// /64) at once (8).
+    pub max_management_connections_per_ip: usize,
+    /// relaybox: how long a TLS handshake may take on the relay and
+    /// management ports (10 s).
+    pub handshake_timeout: Duration,
+    /// relaybox: a management connection that sends no command, or does not
+    /// read its answer, for this long is closed (60 s).
+    pub management_idle_timeout: Duration,
+    /// relaybox: the relays are asked for `summary` or `sessions` at most
+    /// this often on behalf of management clients (1 s); every client
+    /// waiting meanwhile gets the next answer.
+    pub management_refresh_interval: Duration,
     /// relaybox: longest line accepted from a relay, in bytes; a `sessions`
     /// reply carries every session (16 MiB).
     pub max_relay_line: usize,
@@ -352,6 +419,18 @@ pub struct DispatcherConfig {
     /// about 1-2 GB); beyond it a record is written to the log (as JSON, so
     /// it can be replayed) instead of filling the disk.
     pub spool_max_records: usize,
+    /// relaybox: with `management_use_tls` and no `management_passport`,
+    /// serve management clients that present no certificate (default no:
+    /// a management certificate is required). Logged as a warning at start.
+    pub management_allow_anonymous: bool,
+    /// relaybox: whether a call adopted from a relay's `sessions` list (after
+    /// a dispatcher restart), whose dialog id no module request confirmed,
+    /// may end that dialog through the proxy when it expires (default no).
+    pub end_adopted_dialogs: bool,
+    /// relaybox: refused relay reports (an `expired` or statistics for a call
+    /// the relay does not hold) logged one by one per relay and minute; the
+    /// rest are counted in one line a minute (10).
+    pub refusal_log_limit: u32,
 }
 
 impl Default for DispatcherConfig {
@@ -372,10 +451,22 @@ impl Default for DispatcherConfig {
             log_level: LogLevel::Debug,
             max_request_size: 16_384,
             max_module_connections: 1024,
+            max_module_connections_per_uid: 512,
+            module_request_timeout: Duration::from_secs(10),
+            max_relay_connections: 64,
+            max_relay_connections_per_ip: 8,
+            max_management_connections: 32,
+            max_management_connections_per_ip: 8,
+            handshake_timeout: Duration::from_secs(10),
+            management_idle_timeout: Duration::from_secs(60),
+            management_refresh_interval: Duration::from_secs(1),
             max_relay_line: 16 * MIB as usize,
             module_timeout: Duration::from_millis(500),
             spool_dir: PathBuf::from("/var/spool/relaybox"),
             spool_max_records: 1_000_000,
+            management_allow_anonymous: false,
+            end_adopted_dialogs: false,
+            refusal_log_limit: 10,
         }
     }
 }
@@ -397,12 +488,31 @@ impl DispatcherConfig {
             "log_level" => self.log_level = v.parse()?,
             "max_request_size" => self.max_request_size = value::count(v, 1024, 16 * MIB)? as usize,
             "max_module_connections" => self.max_module_connections = value::count(v, 1, 65_536)? as usize,
+            "max_module_connections_per_uid" => {
+                self.max_module_connections_per_uid = value::count(v, 1, 65_536)? as usize
+            }
+            "module_request_timeout" => self.module_request_timeout = value::seconds(v, 1)?,
+            "max_relay_connections" => self.max_relay_connections = value::count(v, 1, 65_536)? as usize,
+            "max_relay_connections_per_ip" => self.max_relay_connections_per_ip = value::count(v, 1, 65_536)? as usize,
+            "max_management_connections" => self.max_management_connections = value::count(v, 1, 65_536)? as usize,
+            "max_management_connections_per_ip" => {
+                self.max_management_connections_per_ip = value::count(v, 1, 65_536)? as usize
+            }
+            "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
+            "management_idle_timeout" => self.management_idle_timeout = value::seconds(v, 1)?,
+            "management_refresh_interval" => {
+                self.management_refresh_interval =
+                    value::fractional_seconds(v, Duration::ZERO, Duration::from_secs(3600))?
+            }
             "max_relay_line" => self.max_relay_line = value::count(v, 1024, 1024 * MIB)? as usize,
             "module_timeout" => {
                 self.module_timeout = value::fractional_seconds(v, Duration::from_millis(10), Duration::from_secs(60))?
             }
             "spool_dir" => self.spool_dir = value::path(v, Path::new("/var/spool"))?,
             "spool_max_records" => self.spool_max_records = value::count(v, 1, 1_000_000_000)? as usize,
+            "management_allow_anonymous" => self.management_allow_anonymous = value::boolean(v)?,
+            "end_adopted_dialogs" => self.end_adopted_dialogs = value::boolean(v)?,
+            "refusal_log_limit" => self.refusal_log_limit = value::count(v, 0, 1_000_000)? as u32,
             _ => return unknown(name),
         }
         Ok(())
@@ -418,17 +528,26 @@ pub struct TlsConfig {
     /// How often the peer certificate is checked again for expiry and
     /// revocation (300 s).
     pub verify_interval: Duration,
+    /// relaybox: accept peer certificates that carry no relaybox role (made
+    /// by another CA, e.g. MediaProxy's, during a migration). Default no. A
+    /// certificate of another role is refused either way.
+    pub accept_unmarked_certificates: bool,
 }
 
 impl TlsConfig {
     pub(crate) fn defaults_in(base: &Path) -> Self {
-        TlsConfig { certs_path: base.join("tls"), verify_interval: Duration::from_secs(300) }
+        TlsConfig {
+            certs_path: base.join("tls"),
+            verify_interval: Duration::from_secs(300),
+            accept_unmarked_certificates: false,
+        }
     }
 
     pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
         match name {
             "certs_path" => self.certs_path = value::path(v, base)?,
             "verify_interval" => self.verify_interval = value::seconds(v, 1)?,
+            "accept_unmarked_certificates" => self.accept_unmarked_certificates = value::boolean(v)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -694,6 +813,14 @@ pub struct WebConfig {
     /// Program the System page runs with the new host name as its one
     /// argument, to set the running host name (`/bin/hostname`).
     pub hostname_command: PathBuf,
+    /// Most connections to each of the page's ports at once (64).
+    pub max_connections: usize,
+    /// Most connections to each of the page's ports from one address (an
+    /// IPv6 /64) at once (8): a browser opens up to 6.
+    pub max_connections_per_ip: usize,
+    /// How long a client may take for its TLS handshake, and for each
+    /// request's header (10 s).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for WebConfig {
@@ -721,6 +848,9 @@ impl WebConfig {
             network_conf: base.join("network.conf"),
             reboot_command: PathBuf::from("/sbin/reboot"),
             hostname_command: PathBuf::from("/bin/hostname"),
+            max_connections: 64,
+            max_connections_per_ip: 8,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -752,6 +882,9 @@ impl WebConfig {
             "network_conf" => self.network_conf = value::path(v, base)?,
             "reboot_command" => self.reboot_command = value::path(v, base)?,
             "hostname_command" => self.hostname_command = value::path(v, base)?,
+            "max_connections" => self.max_connections = value::count(v, 1, 65_536)? as usize,
+            "max_connections_per_ip" => self.max_connections_per_ip = value::count(v, 1, 65_536)? as usize,
+            "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
             _ => return unknown(name),
         }
         Ok(())
@@ -804,9 +937,14 @@ mod tests {
             "passport" | "management_passport" => "CN:x",
             "relay_ip" | "advertised_ip" | "node_ip" => "192.0.2.1",
             "port_range" => "40000:40100",
-            "auto_detect_interfaces" | "management_use_tls" => "yes",
+            "auto_detect_interfaces"
+            | "management_use_tls"
+            | "management_allow_anonymous"
+            | "end_adopted_dialogs"
+            | "accept_unmarked_certificates" => "yes",
             "proxy" => "kamailio",
-            "routable_private_ranges" => "10.0.0.0/8",
+            "routable_private_ranges" | "signaling_proxies" => "10.0.0.0/8",
+            "latching_window" => "2.5",
             "log_level" => "INFO",
             "listen" | "listen_management" | "http_listen" => "127.0.0.1",
             "metrics" | "metrics_lan_only" => "no",
@@ -815,7 +953,7 @@ mod tests {
             "accounting" => "radius",
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",
-            "module_timeout" => "0.5",
+            "module_timeout" | "management_refresh_interval" => "0.5",
             "datapath" => "kernel",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
             n if n.ends_with("_path")

@@ -115,6 +115,8 @@ fn every_default_of_an_empty_file() {
     assert_eq!(r.max_line_length, 65_536);
     assert_eq!(r.state_file, PathBuf::from("/var/lib/relaybox/sessions.bin"));
     assert_eq!(r.datapath, relaybox_config::DatapathMode::Auto);
+    assert_eq!(r.latching_window, secs(3));
+    assert!(r.signaling_proxies.is_empty());
 
     let d = &c.dispatcher;
     assert_eq!(d.socket_path, PathBuf::from("/var/run/mediaproxy/dispatcher.sock"));
@@ -168,6 +170,8 @@ fn values_people_write() {
          advertised_ip = 198.51.100.1\n\
          auto_detect_interfaces = ON\n\
          routable_private_ranges = 10.8.0.0/16 192.168.5.7\n\
+         latching_window = 0.5\n\
+         signaling_proxies = 198.51.100.0/24, 2001:db8::1\n\
          log_level = warning\n\
          state_file = state/sessions.bin\n\
          [Dispatcher]\n\
@@ -190,6 +194,9 @@ fn values_people_write() {
     assert!(c.relay.auto_detect_interfaces);
     let nets: Vec<String> = c.relay.routable_private_ranges.iter().map(ToString::to_string).collect();
     assert_eq!(nets, ["10.8.0.0/16", "192.168.5.7/32"]);
+    assert_eq!(c.relay.latching_window, Duration::from_millis(500));
+    let proxies: Vec<String> = c.relay.signaling_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(proxies, ["198.51.100.0/24", "2001:db8::1/128"]);
     assert_eq!(c.relay.log_level.as_tracing_filter(), "warn");
     assert_eq!(c.relay.state_file, PathBuf::from("/etc/relaybox/state/sessions.bin"));
     assert_eq!(c.dispatcher.listen, addr("127.0.0.1:25060"));
@@ -247,7 +254,7 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Relay]\nreconnect_delay = soon\n", "config.ini:2: [Relay] reconnect_delay: expected a number, got \"soon\" (seconds)"),
         ("[Relay]\nstream_timout = 90\n", "config.ini:2: [Relay] stream_timout: unknown option; did you mean `stream_timeout`?"),
         ("[Relay]\nlisten = 0.0.0.0\n", "config.ini:2: [Relay] listen: unknown option here; `listen` belongs in [Dispatcher] or [Web]"),
-        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket, datapath"),
+        ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket, datapath, latching_window, signaling_proxies"),
         ("[relay]\n", "config.ini:1: unknown section [relay]; did you mean [Relay]? (section names are case-sensitive)"),
         ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork], [Web]"),
         ("[Relay]\n[TLS]\n[Relay]\n", "config.ini:3: section [Relay] appears twice (first at line 1)"),
@@ -269,6 +276,8 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Relay]\npassport = XX:y\n", "config.ini:2: [Relay] passport: passport attribute \"XX\" is not one of O, OU, CN, C, L, ST, EMAIL (write None for no passport)"),
         ("[Relay]\nlog_level = verbose\n", "config.ini:2: [Relay] log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got \"verbose\""),
         ("[Relay]\nroutable_private_ranges = 10.0.0.0/33\n", "config.ini:2: [Relay] routable_private_ranges: \"10.0.0.0/33\" is not an address or a network such as 10.0.0.0/8"),
+        ("[Relay]\nlatching_window = 61\n", "config.ini:2: [Relay] latching_window: must be between 0 and 60 seconds (got 61)"),
+        ("[Relay]\nsignaling_proxies = proxy.example\n", "config.ini:2: [Relay] signaling_proxies: \"proxy.example\" is not an address or a network such as 10.0.0.0/8"),
         ("[Relay]\nuserspace_transmit_every = 0\n", "config.ini:2: [Relay] userspace_transmit_every: must be between 1 and 4294967295 (got 0)"),
         ("[Relay]\nmax_streams_per_session = 0\n", "config.ini:2: [Relay] max_streams_per_session: must be between 1 and 128 (got 0)"),
         ("[Dispatcher]\naccounting = database, mysql\n", "config.ini:2: [Dispatcher] accounting: unknown accounting backend \"mysql\"; the backends are database and radius"),
@@ -276,6 +285,7 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Dispatcher]\nlisten = localhost\n", "config.ini:2: [Dispatcher] listen: expected ip[:port] or any[:port], got \"localhost\" (host names are not resolved)"),
         ("[Dispatcher]\nlisten = 0.0.0.0:25061\n", "config.ini:2: [Dispatcher] listen: the relay port 0.0.0.0:25061 and the management port 0.0.0.0:25061 collide"),
         ("[Dispatcher]\nlisten_management = 10.0.0.1:25060\n", "config.ini:2: [Dispatcher] listen_management: the relay port 0.0.0.0:25060 and the management port 10.0.0.1:25060 collide"),
+        ("[Dispatcher]\nmanagement_passport = CN:ops\nmanagement_allow_anonymous = yes\n", "config.ini:3: [Dispatcher] management_allow_anonymous: management_passport requires a client certificate; remove one of the two"),
         ("[Dispatcher]\nsocket = /a.sock\nsocket_path = /b.sock\n", "config.ini:3: [Dispatcher] socket_path: set twice (first at line 2)"),
         ("[Dispatcher]\nsocket_path = /b.sock\nsocket = /a.sock\n", "config.ini:3: [Dispatcher] socket: `socket` is the old name of `socket_path`, already set at line 2"),
         ("[Dispatcher]\nsocket_path =\n", "config.ini:2: [Dispatcher] socket_path: a path is required"),

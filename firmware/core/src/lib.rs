@@ -5,7 +5,8 @@
 //! for every datagram, stream timeouts and the per-session statistics. It is a
 //! plain deterministic state machine: requests, datagrams and the current time
 //! (`now`, Unix milliseconds) come in as arguments; verdicts, port open/close
-//! requests and expiry reports come out ([`Verdict`], [`Event`]). It must not
+//! requests, expiry reports and latches worth a log line come out
+//! ([`Verdict`], [`Event`]). It must not
 //! touch sockets, clocks, threads, async runtimes, the kernel (conntrack) or
 //! any wire format: the daemon does the I/O and `relaybox-proto` owns the
 //! codecs. No input can make it panic.
@@ -23,6 +24,7 @@ use relaybox_proto::SessionStats;
 
 /// The `ipnet` version used by [`CoreConfig::routable_private_ranges`].
 pub use ipnet;
+pub use session::Side;
 pub use snapshot::{ClockMark, Snapshot, SnapshotError};
 pub use table::SessionTable;
 
@@ -39,9 +41,19 @@ pub struct CoreConfig {
     pub stream_timeout: Millis,
     /// The same for a stream on hold.
     pub on_hold_timeout: Millis,
-    /// Announced addresses in these ranges are trusted like private ones
-    /// for latching, and reachable for forwarding.
+    /// Private announced addresses in these ranges are reachable as they
+    /// are: latching requires the announced IP there (as for a public
+    /// address), and they may be sent to before they are learned.
     pub routable_private_ranges: Vec<ipnet::IpNet>,
+    /// How long a leg whose party is behind NAT refuses sources that no
+    /// rule vouches for (see [`LatchRule`]), counted from the first such
+    /// datagram; after it, the next datagram from any source latches
+    /// ([`LatchRule::Fallback`]). 0: any source latches at once
+    /// (MediaProxy's behaviour, open to RTP bleed).
+    pub latching_window: Millis,
+    /// Signaling IPs in these ranges belong to proxies in front of the
+    /// phones, not to the phones' NAT: they never vouch for a media source.
+    pub signaling_proxies: Vec<ipnet::IpNet>,
     pub max_sessions: usize,
     /// Most media items in one update (streams per session).
     pub max_streams: usize,
@@ -57,6 +69,8 @@ impl Default for CoreConfig {
             stream_timeout: 90_000,
             on_hold_timeout: 7_200_000,
             routable_private_ranges: Vec::new(),
+            latching_window: 3_000,
+            signaling_proxies: Vec::new(),
             max_sessions: 10_000,
             max_streams: 16,
             kernel_flows: false,
@@ -84,6 +98,68 @@ pub enum Event {
     /// removed): remove it from the kernel. Its counters are final as last
     /// fed with [`SessionTable::set_flow_counters`].
     FlowDown(FlowId),
+    /// A leg latched in a way the operator should hear about: a
+    /// [`LatchRule::Fallback`] (nothing acceptable arrived within the
+    /// learning window), or a latch moved to a new source (a phone's NAT
+    /// mapping changed). Ordinary first latches are not reported.
+    Latched(Latch),
+}
+
+/// Why a source may latch a leg. Ranked by [`rank`](Self::rank): a latched
+/// leg moves to a new source whose rule ranks at least as high as its
+/// latch's (a NAT rebind), never to a lower one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum LatchRule {
+    /// No rule vouched for any RTP source within the learning window; the
+    /// first datagram after it latched (rank 0). RTCP from that IP follows.
+    Fallback,
+    /// The party is behind NAT and the source's IP is the one its SIP
+    /// messages came from (`signaling_ip`; rank 1).
+    SignalingIp,
+    /// RTCP of a party behind NAT from the IP its RTP is latched to (rank 1).
+    RtpPeer,
+    /// The IP announced in the SDP, another port (rank 2).
+    AnnouncedIp,
+    /// Exactly the announced address (RTCP: its port + 1; rank 3).
+    Announced,
+}
+
+impl LatchRule {
+    pub fn rank(self) -> u8 {
+        match self {
+            LatchRule::Fallback => 0,
+            LatchRule::SignalingIp | LatchRule::RtpPeer => 1,
+            LatchRule::AnnouncedIp => 2,
+            LatchRule::Announced => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LatchRule::Fallback => "fallback",
+            LatchRule::SignalingIp => "signaling IP",
+            LatchRule::RtpPeer => "RTP peer's IP",
+            LatchRule::AnnouncedIp => "announced IP",
+            LatchRule::Announced => "announced address",
+        }
+    }
+}
+
+/// See [`Event::Latched`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latch {
+    pub call_id: String,
+    pub side: Side,
+    pub rtcp: bool,
+    /// The source the leg is latched to now.
+    pub source: SocketAddr,
+    /// The source it was latched to before (a move), if any.
+    pub previous: Option<SocketAddr>,
+    pub rule: LatchRule,
+    /// What vouches for sources: the party's announced address (for RTCP
+    /// its port + 1) and its signaling IP.
+    pub announced: SocketAddr,
+    pub signaling_ip: Option<IpAddr>,
 }
 
 /// Names one kernel flow for its whole life; never reused by a table.
@@ -152,8 +228,10 @@ pub enum DropReason {
     /// The sending side has not announced any SDP yet, so its source cannot
     /// be checked.
     NoRemoteSdp,
-    /// RTP bleed: the source does not match the announced address, so it is
-    /// neither latched nor forwarded (counted in `bleed_drops`).
+    /// RTP bleed: no rule vouches for the source (see [`LatchRule`]) and
+    /// it may not fall back: the learning window is open, the party is not
+    /// behind NAT, it is RTCP (which follows its RTP) or STUN (which never
+    /// latches). Neither latched nor forwarded; counted in `bleed_drops`.
     Bleed,
     /// The side is latched to another address.
     WrongSource,

@@ -8,11 +8,11 @@ use relaybox_proto::{MediaItem, MediaType, SessionStats, StreamStats, StreamStat
 use serde::{Deserialize, Serialize};
 
 use crate::ports::PortPool;
-use crate::{CoreConfig, Event, FlowCounters, FlowId, Millis};
+use crate::{CoreConfig, Event, FlowCounters, FlowId, LatchRule, Millis};
 
 /// A party of the call. The caller is the side with the session's from_tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub(crate) enum Side {
+pub enum Side {
     Caller,
     Callee,
 }
@@ -23,6 +23,19 @@ impl Side {
             Side::Caller => Side::Callee,
             Side::Callee => Side::Caller,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Caller => "caller",
+            Side::Callee => "callee",
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -43,12 +56,58 @@ pub(crate) struct Leg {
     /// Forwarded bytes and packets received from this party.
     pub bytes: u64,
     pub packets: u64,
+    /// The rule each latch was made by: `[RTP, RTCP]`, set with the peer.
+    pub latched_by: [Option<LatchRule>; 2],
+    /// `[RTP, RTCP]`: the last source a rule vouched for that sent STUN
+    /// while the port was not latched. STUN never latches, but ICE checks
+    /// through the relay candidate need their answers back: packets for
+    /// this party go here while nothing is latched.
+    pub stun_peers: [Option<SocketAddr>; 2],
+    /// When the first datagram from a source no rule vouches for arrived,
+    /// since the party's SDP address last changed: the learning window
+    /// counts from here.
+    pub window_opened: Option<Millis>,
 }
 
 impl Leg {
     fn reset_latch(&mut self) {
         self.rtp_peer = None;
         self.rtcp_peer = None;
+        self.latched_by = [None, None];
+        self.stun_peers = [None, None];
+        self.window_opened = None;
+    }
+
+    /// The latched peer of RTP (`index` 0) or RTCP (1).
+    pub fn peer(&self, index: usize) -> Option<SocketAddr> {
+        if index == 0 {
+            self.rtp_peer
+        } else {
+            self.rtcp_peer
+        }
+    }
+
+    pub fn set_peer(&mut self, index: usize, peer: SocketAddr, rule: LatchRule) {
+        if index == 0 {
+            self.rtp_peer = Some(peer);
+        } else {
+            self.rtcp_peer = Some(peer);
+        }
+        if let Some(slot) = self.latched_by.get_mut(index) {
+            *slot = Some(rule);
+        }
+    }
+
+    /// Forgets the RTCP latch (its kernel flow ended; it is learned anew).
+    pub fn reset_rtcp(&mut self) {
+        self.rtcp_peer = None;
+        self.latched_by[1] = None;
+    }
+
+    /// Where packets for this party's RTP (0) or RTCP (1) go when it is
+    /// known: its latch, else a source that sent vouched-for STUN.
+    pub fn destination(&self, index: usize) -> Option<SocketAddr> {
+        self.peer(index).or_else(|| self.stun_peers.get(index).copied().flatten())
     }
 }
 
@@ -82,9 +141,12 @@ pub(crate) struct Stream {
     pub created_at: Millis,
     pub answered_at: Option<Millis>,
     pub ended_at: Option<Millis>,
-    /// Creation, the last accepted packet, the last SDP address change or
-    /// the last resume from hold: the timeout counts from here.
+    /// Creation, the last accepted media packet (STUN is not media), the
+    /// last SDP address change or the last resume from hold: the timeout
+    /// counts from here.
     pub last_activity: Millis,
+    /// The first media packet (not STUN): a stream of ICE parties without
+    /// one ends as `unselected ICE candidate`.
     pub first_media_at: Option<Millis>,
     /// The timeout applied when the stream timed out, else 0.
     pub timeout_wait: Millis,
@@ -325,7 +387,7 @@ impl Stream {
 }
 
 /// `MediaType` saved by its SDP name (the proto type has no serde).
-mod media_type_name {
+pub(crate) mod media_type_name {
     use relaybox_proto::MediaType;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
@@ -337,6 +399,19 @@ mod media_type_name {
         let name = String::deserialize(d)?;
         MediaType::parse(&name).ok_or_else(|| D::Error::custom("unknown media type"))
     }
+}
+
+/// A STUN message (RFC 5389): the two top bits zero, the magic cookie at
+/// bytes 4..8, and a length that is a multiple of 4 and matches the
+/// datagram. ICE connectivity checks and consent refreshes are STUN; RTP
+/// (version 2) and RTCP never look like it.
+pub(crate) fn is_stun(packet: &[u8]) -> bool {
+    const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    let (Some(&first), Some(length), Some(cookie)) = (packet.first(), packet.get(2..4), packet.get(4..8)) else {
+        return false;
+    };
+    let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+    first & 0xc0 == 0 && cookie == MAGIC_COOKIE && length % 4 == 0 && packet.len() == 20 + length
 }
 
 /// The codec name of an RTP packet, `None` for anything that is not RTP
@@ -464,6 +539,30 @@ impl SideAddrs {
     }
 }
 
+/// The IP each party's SIP messages came from (`signaling_ip`'s source),
+/// as far as it can vouch for the party's media (see `note_signaling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SignalingIps {
+    pub caller: Option<IpAddr>,
+    pub callee: Option<IpAddr>,
+}
+
+impl SignalingIps {
+    pub fn get(&self, side: Side) -> Option<IpAddr> {
+        match side {
+            Side::Caller => self.caller,
+            Side::Callee => self.callee,
+        }
+    }
+
+    pub fn set(&mut self, side: Side, ip: IpAddr) {
+        match side {
+            Side::Caller => self.caller = Some(ip),
+            Side::Callee => self.callee = Some(ip),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub id: u64,
@@ -488,6 +587,8 @@ pub(crate) struct Session {
     pub last_update: Millis,
     pub answered_at: Option<Millis>,
     pub ended_at: Option<Millis>,
+    /// Each party's signaling IP, from the updates it sent.
+    pub signaling: SignalingIps,
     /// The time this session is in the timer set under, if any (not saved:
     /// a restored table schedules anew).
     #[serde(skip)]
@@ -607,6 +708,29 @@ mod tests {
         assert_eq!(rtp_codec(&[0x80, 0]), None, "too short");
         assert_eq!(rtp_codec(&[0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None, "STUN");
         assert_eq!(rtp_codec(&[]), None);
+    }
+
+    #[test]
+    fn stun_is_recognised_by_its_cookie_and_length() {
+        // A Binding request with one 8-byte attribute.
+        let mut binding = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+        binding.extend_from_slice(&[7; 12]); // transaction id
+        binding.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]); // PRIORITY
+        assert!(is_stun(&binding));
+        let success = [&[0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42][..], &[9; 12]].concat();
+        assert!(is_stun(&success), "a Binding success response without attributes");
+        assert!(!is_stun(&binding[..24]), "length does not match");
+        let mut rtp = binding.clone();
+        rtp[0] = 0x80;
+        assert!(!is_stun(&rtp), "RTP version 2");
+        let mut no_cookie = binding.clone();
+        no_cookie[4] = 0;
+        assert!(!is_stun(&no_cookie), "RFC 3489 STUN has no cookie");
+        let mut odd = binding.clone();
+        odd[3] = 0x07;
+        odd.pop();
+        assert!(!is_stun(&odd), "length not a multiple of 4");
+        assert!(!is_stun(&[]) && !is_stun(&binding[..7]));
     }
 
     #[test]

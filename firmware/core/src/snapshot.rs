@@ -7,14 +7,22 @@ use serde::{Deserialize, Serialize};
 use crate::session::Session;
 use crate::Millis;
 
+mod v3;
+
 /// `RBSS` + format version: a file of another program or version is refused
 /// rather than misread.
 const MAGIC: [u8; 4] = *b"RBSS";
 /// 2: a relay address per side of a session and of each kernel flow
 /// (`auto_detect_interfaces` with the kernel datapath).
 /// 3: the [`ClockMark`] of the table's clock when the snapshot was taken.
-/// Format 2 is still read (without a mark).
-const FORMAT_VERSION: u32 = 3;
+/// 4: per session the parties' signaling IPs, per leg the rule of each
+/// latch, the STUN sources and the learning window's start (RTP-bleed
+/// protection for parties behind NAT).
+/// Formats 2 and 3 are still read (2 without a mark; both without the
+/// format 4 fields, which start empty: a restored latch counts as a
+/// fallback until a source a rule vouches for moves it).
+const FORMAT_VERSION: u32 = 4;
+const FORMAT_WITHOUT_LATCH_RULES: u32 = 3;
 const FORMAT_WITHOUT_CLOCK: u32 = 2;
 
 /// Where the table's clock stood when a snapshot was taken, against a clock
@@ -48,7 +56,27 @@ pub struct Snapshot {
     pub(crate) clock: Option<ClockMark>,
 }
 
-/// Format 2: the same fields without the clock mark (postcard is positional).
+/// Format 3: sessions without the format 4 fields (postcard is positional).
+#[derive(Deserialize)]
+struct SnapshotV3 {
+    port_range: (u16, u16),
+    next_session_id: u64,
+    next_flow_id: u64,
+    bleed_drops: u64,
+    free: Vec<u16>,
+    sessions: Vec<v3::Session>,
+    clock: Option<ClockMark>,
+}
+
+impl From<SnapshotV3> for Snapshot {
+    fn from(v: SnapshotV3) -> Self {
+        let SnapshotV3 { port_range, next_session_id, next_flow_id, bleed_drops, free, sessions, clock } = v;
+        let sessions = sessions.into_iter().map(Session::from).collect();
+        Snapshot { port_range, next_session_id, next_flow_id, bleed_drops, free, sessions, clock }
+    }
+}
+
+/// Format 2: format 3 without the clock mark.
 #[derive(Deserialize)]
 struct SnapshotV2 {
     port_range: (u16, u16),
@@ -56,13 +84,13 @@ struct SnapshotV2 {
     next_flow_id: u64,
     bleed_drops: u64,
     free: Vec<u16>,
-    sessions: Vec<Session>,
+    sessions: Vec<v3::Session>,
 }
 
 impl From<SnapshotV2> for Snapshot {
     fn from(v: SnapshotV2) -> Self {
         let SnapshotV2 { port_range, next_session_id, next_flow_id, bleed_drops, free, sessions } = v;
-        Snapshot { port_range, next_session_id, next_flow_id, bleed_drops, free, sessions, clock: None }
+        SnapshotV3 { port_range, next_session_id, next_flow_id, bleed_drops, free, sessions, clock: None }.into()
     }
 }
 
@@ -106,6 +134,7 @@ impl Snapshot {
         let version = u32::from_le_bytes(version.try_into().map_err(|_| SnapshotError::NotASnapshot)?);
         match version {
             FORMAT_VERSION => whole::<Snapshot>(body),
+            FORMAT_WITHOUT_LATCH_RULES => whole::<SnapshotV3>(body).map(Snapshot::from),
             FORMAT_WITHOUT_CLOCK => whole::<SnapshotV2>(body).map(Snapshot::from),
             other => Err(SnapshotError::Version(other)),
         }
@@ -124,35 +153,39 @@ fn whole<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CoreConfig;
+
+    /// Written by the relay of format 3 (commit 78a0ed7): one answered call,
+    /// the caller latched from its public address, the callee (private SDP)
+    /// from its NAT, an RTP kernel flow; see tests/snapshot.rs.
+    const FORMAT_3: &[u8] = include_bytes!("../tests/fixtures/snapshot-format3.bin");
+    const FORMAT_3_MARK: ClockMark = ClockMark { at: 1_700_000_005_000, boot_id: [7; 16], since_boot_ms: 123_456 };
 
     #[test]
     fn a_format_2_file_is_read_without_a_clock_mark() {
-        let mut table = crate::SessionTable::new(CoreConfig { port_range: (40000, 40010), ..CoreConfig::default() });
-        let relay = "192.0.2.1".parse().unwrap();
-        let offer = relaybox_proto::UpdateRequest {
-            party: relaybox_proto::PartyType::Request,
-            dialog_id: None,
-            call_id: "c1".into(),
-            cseq: relaybox_proto::CSeq { number: 1, method: "INVITE".into() },
-            from_uri: "sip:a@example.com".into(),
-            to_uri: "sip:b@example.com".into(),
-            from_tag: "ft".into(),
-            to_tag: None,
-            user_agent: String::new(),
-            signaling_ip: None,
-            media_relay: None,
-            media: relaybox_proto::MediaItem::parse_list("audio:10.0.0.5:4000:sendrecv:ice=no", 8).unwrap(),
-        };
-        table.update(&offer, relay, 1000).unwrap();
-        let mut snapshot = table.snapshot(ClockMark { at: 2000, boot_id: [1; 16], since_boot_ms: 5 });
-        snapshot.clock = None;
-        // Format 2 is format 3 without the trailing `Option` (its `None` tag).
-        let mut v2 = snapshot.encode();
-        assert_eq!(v2.pop(), Some(0));
+        // Format 2 is format 3 without the trailing `Option<ClockMark>`.
+        let tail = postcard::to_allocvec(&Some(FORMAT_3_MARK)).unwrap();
+        let mut v2 = FORMAT_3.strip_suffix(tail.as_slice()).expect("the fixture ends with its mark").to_vec();
         v2[4..8].copy_from_slice(&FORMAT_WITHOUT_CLOCK.to_le_bytes());
         let read = Snapshot::decode(&v2).unwrap();
-        assert_eq!((read.session_count(), read.clock(), read.port_range()), (1, None, (40000, 40010)));
-        assert_eq!(read.sessions[0].call_id, "c1");
+        assert_eq!((read.session_count(), read.clock(), read.port_range()), (1, None, (40000, 40100)));
+        assert_eq!(read.sessions[0].call_id, "call-1@example.com");
+        assert_eq!(read.sessions[0].streams[0].callee.rtp_peer, Some("203.0.113.77:31000".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_format_3_file_is_read_with_empty_latching_state() {
+        let read = Snapshot::decode(FORMAT_3).unwrap();
+        assert_eq!((read.session_count(), read.clock()), (1, Some(FORMAT_3_MARK)));
+        let session = &read.sessions[0];
+        assert_eq!(session.signaling, crate::session::SignalingIps::default());
+        let callee = &session.streams[0].callee;
+        assert_eq!(callee.rtp_peer, Some("203.0.113.77:31000".parse().unwrap()));
+        assert_eq!(callee.latched_by, [Some(crate::LatchRule::Fallback), None], "an old latch has no rule");
+        assert_eq!((callee.stun_peers, callee.window_opened), ([None, None], None));
+        assert!(session.streams[0].flows[0].is_some());
+        // Written again, it is format 4 and reads back the same.
+        let again = Snapshot::decode(&read.encode()).unwrap();
+        assert_eq!(again.encode(), read.encode());
+        assert_eq!(&read.encode()[4..8], &FORMAT_VERSION.to_le_bytes());
     }
 }

@@ -6,11 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamStatus, UpdateRequest};
 
-use crate::address::{may_latch, may_send_to};
+use crate::address::{behind_nat, in_ranges, latch_rule, may_send_to, Expected};
 use crate::ports::{PortOwner, PortPool};
-use crate::session::{KernelFlow, OfferState, Order, Session, Side, SideAddrs, Stream};
+use crate::session::{is_stun, KernelFlow, OfferState, Order, Session, Side, SideAddrs, SignalingIps, Stream};
 use crate::{
-    ClockMark, CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Millis, Relayed, Snapshot, Verdict,
+    ClockMark, CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Latch, LatchRule, Millis, Relayed,
+    Snapshot, Verdict,
 };
 
 /// All sessions of one relay. See the crate documentation.
@@ -236,6 +237,7 @@ impl SessionTable {
             last_update: now,
             answered_at: None,
             ended_at: None,
+            signaling: SignalingIps::default(),
             scheduled: None,
         };
         let ports = apply_update(&mut session, req, relay_ip, now, &mut ctx)?;
@@ -270,6 +272,36 @@ impl SessionTable {
             }
         }
         Some(new)
+    }
+
+    /// The daemon could not bind the pair `port` of an [`Event::OpenPorts`]
+    /// just polled after [`update`](Self::update) for want of resources
+    /// (out of file descriptors: not a pair another program holds, which
+    /// [`move_unbindable`](Self::move_unbindable) handles): the stream
+    /// holding it ends as rejected, so that no answer names the pair, and
+    /// its pairs go back to the pool ([`Event::ClosePorts`] queued). False
+    /// when `port` is not held.
+    pub fn reject_unbindable(&mut self, port: u16, now: Millis) -> bool {
+        let Some(owner) = self.pool.owner(port) else { return false };
+        let Some(session) = self.sessions.get_mut(&owner.session) else { return false };
+        let Some(stream) = session.stream_mut(owner.stream) else { return false };
+        stream.end(StreamStatus::Rejected, now, &mut self.pool, &mut self.events);
+        self.sync_flows(owner.session);
+        self.reschedule(owner.session);
+        true
+    }
+
+    /// Forgets a session that the update just made, without a report: the
+    /// daemon could not bind its ports and answered `error`, so nobody was
+    /// told of it (the dispatcher tries another relay). Its pairs go back
+    /// to the pool ([`Event::ClosePorts`] queued). False when there is no
+    /// such session.
+    pub fn discard(&mut self, call_id: &str) -> bool {
+        let Some(&id) = self.by_call_id.get(call_id) else { return false };
+        let Some(mut session) = self.take_session(id) else { return false };
+        session.end_all(StreamStatus::Closed, session.last_update, &mut self.pool, &mut self.events);
+        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        true
     }
 
     /// Ends a session on BYE or CANCEL and returns its final statistics.
@@ -315,39 +347,93 @@ impl SessionTable {
     ) -> Verdict {
         let base = local_port & !1;
         let rtcp = local_port & 1 == 1;
-        let Some(PortOwner { session, stream, side }) = self.pool.owner(base) else {
+        let index = usize::from(rtcp);
+        let Some(PortOwner { session: session_id, stream, side }) = self.pool.owner(base) else {
             return Verdict::Drop(DropReason::UnknownPort);
         };
-        let Some(stream) = self.sessions.get_mut(&session).and_then(|s| s.stream_mut(stream)) else {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return Verdict::Drop(DropReason::UnknownPort);
+        };
+        let signaling = session.signaling.get(side);
+        let Some(stream) = session.streams.iter_mut().find(|s| s.id == stream) else {
             return Verdict::Drop(DropReason::UnknownPort);
         };
         if !stream.is_live() {
             return Verdict::Drop(DropReason::UnknownPort);
         }
-        let routable = &self.config.routable_private_ranges;
+        let config = &self.config;
+        let routable = &config.routable_private_ranges;
+        // STUN (ICE checks) is forwarded like media but is not media: it
+        // never latches and never counts as the stream's activity.
+        let stun = is_stun(packet);
 
         // Is the sender who we expect on this port?
         let leg = stream.leg_mut(side);
-        let learned = if rtcp { &mut leg.rtcp_peer } else { &mut leg.rtp_peer };
-        match *learned {
-            Some(addr) if addr == src => {}
-            Some(_) => return Verdict::Drop(DropReason::WrongSource),
-            None => {
-                let Some(announced) = leg.sdp else { return Verdict::Drop(DropReason::NoRemoteSdp) };
-                if !may_latch(announced.ip(), src.ip(), routable) {
-                    self.bleed_drops += 1;
-                    return Verdict::Drop(DropReason::Bleed);
+        let current = leg.peer(index);
+        if current != Some(src) {
+            let Some(sdp) = leg.sdp else { return Verdict::Drop(DropReason::NoRemoteSdp) };
+            let announced_port = if rtcp { sdp.port().checked_add(1) } else { Some(sdp.port()) };
+            let rtp_peer = if rtcp { leg.rtp_peer.zip(leg.latched_by[0]).map(|(p, r)| (p.ip(), r)) } else { None };
+            let expected = Expected { announced: sdp.ip(), announced_port, signaling, rtp_peer };
+            let rule = latch_rule(&expected, src, routable);
+            let current_rank = leg.latched_by[index].map_or(0, LatchRule::rank);
+            let note = |rule, previous| Latch {
+                call_id: session.call_id.clone(),
+                side,
+                rtcp,
+                source: src,
+                previous,
+                rule,
+                announced: SocketAddr::new(sdp.ip(), announced_port.unwrap_or(0)),
+                signaling_ip: signaling,
+            };
+            match (current, rule) {
+                // Vouched for, but not the latch: forwarded, changes nothing.
+                (Some(_), Some(_)) if stun => {}
+                // At least as trusted as the latch: the party's NAT mapping
+                // changed (or a fallback latch meets the real party).
+                (Some(previous), Some(rule)) if rule.rank() >= current_rank => {
+                    leg.set_peer(index, src, rule);
+                    // An RTCP latch the old RTP latch vouched for goes with it.
+                    let follower = matches!(leg.latched_by[1], Some(LatchRule::RtpPeer | LatchRule::Fallback));
+                    if !rtcp && follower && leg.rtcp_peer.is_some_and(|p| p.ip() != src.ip()) {
+                        leg.reset_rtcp();
+                    }
+                    self.events.push_back(Event::Latched(note(rule, Some(previous))));
+                    *latched = Some(session_id);
                 }
-                *learned = Some(src);
-                if self.config.kernel_flows {
-                    *latched = Some(session);
+                (Some(_), _) => return Verdict::Drop(DropReason::WrongSource),
+                (None, Some(_)) if stun => leg.stun_peers[index] = Some(src),
+                (None, Some(rule)) => {
+                    leg.set_peer(index, src, rule);
+                    if rule == LatchRule::Fallback {
+                        self.events.push_back(Event::Latched(note(rule, None)));
+                    }
+                    *latched = Some(session_id);
+                }
+                (None, None) => {
+                    let opened = *leg.window_opened.get_or_insert(now);
+                    let window_over = now >= opened.saturating_add(config.latching_window);
+                    // Only RTP falls back, and not once its party is found
+                    // (its RTCP latched by a rule): RTCP follows its RTP.
+                    let found = leg.latched_by[1].is_some_and(|r| r.rank() > 0);
+                    if stun || rtcp || found || !behind_nat(sdp.ip(), routable) || !window_over {
+                        self.bleed_drops += 1;
+                        return Verdict::Drop(DropReason::Bleed);
+                    }
+                    // Nothing vouched-for arrived within the window.
+                    leg.set_peer(index, src, LatchRule::Fallback);
+                    self.events.push_back(Event::Latched(note(LatchRule::Fallback, None)));
+                    *latched = Some(session_id);
                 }
             }
         }
-        stream.last_activity = stream.last_activity.max(now);
-        stream.first_media_at.get_or_insert(now);
-        if !rtcp {
-            stream.note_codec(side, packet);
+        if !stun {
+            stream.last_activity = stream.last_activity.max(now);
+            stream.first_media_at.get_or_insert(now);
+            if !rtcp {
+                stream.note_codec(side, packet);
+            }
         }
 
         // Where does it go?
@@ -355,17 +441,18 @@ impl SessionTable {
         if other.hold {
             return Verdict::Drop(DropReason::OnHold);
         }
-        let learned = if rtcp { other.rtcp_peer } else { other.rtp_peer };
-        let to = learned.or_else(|| {
+        let to = other.destination(index).or_else(|| {
             let announced = other.sdp.filter(|a| may_send_to(*a, routable))?;
             let port = if rtcp { announced.port().checked_add(1)? } else { announced.port() };
             Some(SocketAddr::new(announced.ip(), port))
         });
         let Some(to) = to else { return Verdict::Drop(DropReason::NotLatched) };
         let via_port = other.port | u16::from(rtcp);
-        let leg = stream.leg_mut(side);
-        leg.bytes = leg.bytes.saturating_add(packet.len() as u64);
-        leg.packets = leg.packets.saturating_add(1);
+        if !stun {
+            let leg = stream.leg_mut(side);
+            leg.bytes = leg.bytes.saturating_add(packet.len() as u64);
+            leg.packets = leg.packets.saturating_add(1);
+        }
         Verdict::Forward { via_port, to }
     }
 
@@ -557,8 +644,8 @@ impl SessionTable {
             let ended = stream.last_activity.min(now);
             stream.end(StreamStatus::ConntrackTimeout, ended, &mut self.pool, &mut self.events);
         } else {
-            stream.caller.rtcp_peer = None;
-            stream.callee.rtcp_peer = None;
+            stream.caller.reset_rtcp();
+            stream.callee.reset_rtcp();
         }
         self.sync_flows(session);
         let expiry = self.sessions.get(&session).and_then(|s| s.expiry(&self.config));
@@ -633,6 +720,7 @@ fn apply_update(
 
     // From here on nothing fails.
     note_dialog(session, req, sender, relay_ip, now);
+    note_signaling(session, req, sender, ctx.config);
     match order {
         Some(Order::Newer) => {
             apply_offer(session, &req.media, sender, now, ctx);
@@ -661,6 +749,27 @@ fn note_dialog(session: &mut Session, req: &UpdateRequest, sender: Side, relay_i
             Side::Callee => session.callee_ua.clone_from(&req.user_agent),
         }
     }
+}
+
+/// Remembers the sender's signaling IP (the source of `signaling_ip`, also
+/// in the `src_dst` form), which vouches for its media sources while it is
+/// behind NAT. Addresses of `signaling_proxies` say nothing about the
+/// phone's NAT and are left out.
+///
+/// A reply may carry the caller's value (a `signaling_ip_avp` set in the
+/// request route is the transaction's value in the reply), or the callee
+/// really is behind the caller's NAT (two phones of one office). It is
+/// kept for the callee all the same: it vouches only for hosts behind the
+/// caller's NAT, which the caller's own leg trusts anyway, while without
+/// it a callee of the same office would wait out the learning window and
+/// then latch to whoever sends first.
+fn note_signaling(session: &mut Session, req: &UpdateRequest, sender: Side, config: &CoreConfig) {
+    let Some(signaling) = req.signaling_ip else { return };
+    let ip = signaling.src.to_canonical();
+    if ip.is_unspecified() || ip.is_multicast() || in_ranges(ip, &config.signaling_proxies) {
+        return;
+    }
+    session.signaling.set(sender, ip);
 }
 
 /// What a new offer does at each position.

@@ -1,15 +1,21 @@
 //! Property tests over random sequences of updates, removes, packets and
-//! timeouts: ports are never handed out twice, every port comes back, and a
-//! repeated update gets the same answer.
+//! timeouts: ports are never handed out twice, every port comes back, a
+//! repeated update gets the same answer, a source nothing vouches for gets
+//! and gives no media while the learning window holds, and STUN never
+//! latches or makes a kernel flow.
 
 mod common;
+
+use common::Signaled;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
-use relaybox_core::{CoreConfig, Event, Flow, FlowId, SessionTable, Verdict};
-use relaybox_proto::{CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, StreamStatus, UpdateRequest};
+use relaybox_core::{CoreConfig, Event, Flow, FlowId, LatchRule, SessionTable, Verdict};
+use relaybox_proto::{
+    CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, SignalingIp, StreamStatus, UpdateRequest,
+};
 
 const CALLS: u8 = 3;
 
@@ -25,6 +31,7 @@ enum Op {
         cseq: u32,
         items: Vec<ItemSpec>,
         busy: u16,
+        signaling: u8,
     },
     Remove {
         call: u8,
@@ -34,6 +41,7 @@ enum Op {
         port_offset: u16,
         src: u8,
         len: usize,
+        stun: bool,
     },
     Advance(u64),
     ExpireAll,
@@ -68,12 +76,14 @@ fn op() -> impl Strategy<Value = Op> {
             0u32..4,
             prop::collection::vec(item_spec(), 0..5),
             prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
+            0u8..4,
         )
-            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items, busy)| Op::Update {
-                call, callee_dialog, reply, with_to_tag, cseq, items, busy
+            .prop_map(|(call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling)| Op::Update {
+                call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling
             }),
         1 => (0..CALLS, 0u8..4).prop_map(|(call, tags)| Op::Remove { call, tags }),
-        4 => (0u16..48, 0u8..4, 0usize..40).prop_map(|(port_offset, src, len)| Op::Packet { port_offset, src, len }),
+        4 => (0u16..48, 0u8..4, 0usize..40, prop::bool::weighted(0.2))
+            .prop_map(|(port_offset, src, len, stun)| Op::Packet { port_offset, src, len, stun }),
         2 => (0u64..200_000).prop_map(Op::Advance),
         1 => Just(Op::ExpireAll),
     ]
@@ -81,6 +91,20 @@ fn op() -> impl Strategy<Value = Op> {
 
 const IPS: [&str; 4] = ["198.51.100.10", "192.168.1.20", "0.0.0.0", "2001:db8::7"];
 const SOURCES: [&str; 4] = ["198.51.100.10:4000", "203.0.113.77:31000", "192.0.2.66:999", "[2001:db8::7]:4000"];
+/// Never announced and never a signaling IP: only a fallback latches it.
+const STRANGER: &str = "192.0.2.66:999";
+/// `signaling_ip` of an update: none, the NAT source, a proxy, the public one.
+const SIGNALING: [Option<&str>; 4] = [None, Some("203.0.113.77"), Some("198.18.0.1"), Some("198.51.100.10")];
+
+/// A STUN Binding request of `len` bytes or a little more (RFC 5389).
+fn stun_packet(len: usize) -> Vec<u8> {
+    let body = (len / 4) * 4;
+    let mut p = vec![0x00, 0x01];
+    p.extend_from_slice(&(body as u16).to_be_bytes());
+    p.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    p.resize(20 + body, 0x5a);
+    p
+}
 
 fn build_item(spec: &ItemSpec) -> MediaItem {
     let media_type = [MediaType::Audio, MediaType::Video, MediaType::Image][usize::from(spec.kind % 3)].clone();
@@ -102,6 +126,7 @@ fn build_update(
     with_to_tag: bool,
     cseq: u32,
     items: &[ItemSpec],
+    signaling: u8,
 ) -> UpdateRequest {
     let (caller, callee) = (format!("f{call}"), format!("t{call}"));
     let (from_tag, to_tag) =
@@ -116,7 +141,7 @@ fn build_update(
         from_tag,
         to_tag,
         user_agent: "UA".into(),
-        signaling_ip: None,
+        signaling_ip: SIGNALING[usize::from(signaling % 4)].and_then(SignalingIp::parse),
         media_relay: None,
         media: items.iter().map(build_item).collect(),
     }
@@ -131,6 +156,8 @@ struct Sockets {
     unbound: BTreeSet<u16>,
     /// Kernel flows the daemon would hold.
     flows: BTreeMap<FlowId, Flow>,
+    /// Fallback latches seen.
+    fallbacks: usize,
 }
 
 impl Sockets {
@@ -185,6 +212,14 @@ impl Sockets {
                     prop_assert!(self.flows.insert(f.id, *f).is_none(), "flow {:?} up twice", f.id);
                 }
                 Event::FlowDown(id) => prop_assert!(self.flows.remove(id).is_some(), "flow {:?} down, not up", id),
+                Event::Latched(latch) => {
+                    if latch.rule == LatchRule::Fallback {
+                        self.fallbacks += 1;
+                    } else {
+                        prop_assert!(latch.previous.is_some(), "a first latch by a rule is not reported: {:?}", latch);
+                        prop_assert_ne!(latch.source.to_string(), STRANGER, "nothing vouches for the stranger");
+                    }
+                }
             }
             seen.push(event);
         }
@@ -218,12 +253,18 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+/// The learning windows the runs use: fallback at once, MediaProxy-like;
+/// the default; never within a run.
+const WINDOWS: [u64; 3] = [0, 3_000, u64::MAX];
+
+fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
     let config = CoreConfig {
         port_range: (40000, 40040),
         max_sessions: 2,
         max_streams: 4,
         kernel_flows: true,
+        latching_window: window,
+        signaling_proxies: vec!["198.18.0.0/15".parse().unwrap()],
         ..CoreConfig::default()
     };
     let mut t = SessionTable::new(config);
@@ -233,8 +274,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut now: u64 = 1_700_000_000_000;
     for op in ops {
         match op {
-            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items, busy } => {
-                let req = build_update(*call, *callee_dialog, *reply, *with_to_tag, *cseq, items);
+            Op::Update { call, callee_dialog, reply, with_to_tag, cseq, items, busy, signaling } => {
+                let req = build_update(*call, *callee_dialog, *reply, *with_to_tag, *cseq, items, *signaling);
                 let mut first = t.update(&req, relay_ip, now);
                 let mut moved = Vec::new();
                 sockets.drain_moving(&mut t, *busy, &mut moved)?;
@@ -281,17 +322,38 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         .all(|s| !matches!(s.status, StreamStatus::Active | StreamStatus::OnHold)));
                 }
             }
-            Op::Packet { port_offset, src, len } => {
+            Op::Packet { port_offset, src, len, stun } => {
                 let port = 40000 + port_offset;
                 if sockets.unbound.contains(&(port & !1)) {
                     continue; // nothing listens there
                 }
                 let src: SocketAddr = SOURCES[usize::from(src % 4)].parse().unwrap();
-                let packet = vec![0x80u8; *len];
-                if let Verdict::Forward { via_port, .. } = t.on_packet(port, src, &packet, now) {
+                let packet = if *stun { stun_packet(*len) } else { vec![0x80u8; *len] };
+                let remotes = |t: &SessionTable| {
+                    t.sessions(now)
+                        .into_iter()
+                        .flat_map(|s| s.streams.into_iter().map(|st| (st.caller_remote, st.callee_remote)))
+                        .collect::<Vec<_>>()
+                };
+                let before = remotes(&t);
+                let verdict = t.on_packet(port, src, &packet, now);
+                if let Verdict::Forward { via_port, to } = verdict {
                     prop_assert!(sockets.open.contains(&(via_port & !1)), "forwarded via a closed port {}", via_port);
                     prop_assert_eq!(via_port & 1, port & 1, "RTP stays RTP, RTCP stays RTCP");
                     prop_assert_ne!(via_port & !1, port & !1, "forwarded out of the receiving leg");
+                    if window == u64::MAX {
+                        prop_assert_ne!(src.to_string(), STRANGER, "the stranger's packet was forwarded");
+                        prop_assert_ne!(to.to_string(), STRANGER, "media went to the stranger");
+                    }
+                }
+                if *stun {
+                    let events = sockets.drain(&mut t)?;
+                    prop_assert!(
+                        !events.iter().any(|e| matches!(e, Event::FlowUp(_))),
+                        "STUN made a flow: {:?}",
+                        events
+                    );
+                    prop_assert_eq!(remotes(&t), before, "STUN latched");
                 }
             }
             Op::Advance(ms) => {
@@ -322,6 +384,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.ports_free(), total);
     prop_assert!(sockets.open.is_empty());
     prop_assert_eq!(t.next_timeout(), None);
+    if window == u64::MAX {
+        prop_assert_eq!(sockets.fallbacks, 0, "a fallback latch without the window passing");
+    }
     Ok(())
 }
 
@@ -329,8 +394,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn ports_are_unique_returned_and_updates_idempotent(ops in prop::collection::vec(op(), 1..60)) {
-        run(&ops)?;
+    fn ports_are_unique_returned_and_updates_idempotent(
+        ops in prop::collection::vec(op(), 1..60),
+        window in prop::sample::select(WINDOWS.to_vec()),
+    ) {
+        run(&ops, window)?;
     }
 
     #[test]
@@ -351,5 +419,131 @@ proptest! {
         }
         t.handle_timeout(now);
         prop_assert_eq!(t.ports_in_use() + t.ports_free(), 100);
+    }
+}
+
+/// One step of [`latching_never_lets_a_stranger_in`].
+#[derive(Debug, Clone)]
+enum LatchOp {
+    /// `port`: 0..4 from 40000; `src`: an index into `LATCH_SOURCES`.
+    Packet {
+        port: u16,
+        src: usize,
+        stun: bool,
+    },
+    Advance(u64),
+    /// The caller re-INVITEs with another private address.
+    Reinvite,
+}
+
+/// The caller's NAT (its signaling IP) on two ports, the callee's NAT, the
+/// stranger, and the callee's announced address itself.
+const LATCH_SOURCES: [&str; 5] =
+    ["198.51.100.10:31000", "198.51.100.10:31500", "203.0.113.77:42000", STRANGER, "192.168.2.20:5000"];
+
+fn latch_op() -> impl Strategy<Value = LatchOp> {
+    prop_oneof![
+        8 => (0u16..4, 0usize..LATCH_SOURCES.len(), prop::bool::weighted(0.2))
+            .prop_map(|(port, src, stun)| LatchOp::Packet { port, src, stun }),
+        3 => (0u64..5_000).prop_map(LatchOp::Advance),
+        1 => Just(LatchOp::Reinvite),
+    ]
+}
+
+/// A call between phones behind NAT (private SDP, signaling from their
+/// NATs), a stranger among the sources: whatever the order and timing,
+/// the stranger never gets or gives media while the learning window holds
+/// (never, with an endless window), never takes a leg a vouched source
+/// holds, and STUN never latches or makes a flow.
+fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
+    let config = CoreConfig { kernel_flows: true, latching_window: window, ..common::config() };
+    let mut t = SessionTable::new(config);
+    let relay: IpAddr = "203.0.113.1".parse().unwrap();
+    let mut now = 1_700_000_000_000u64;
+    let offer = |cseq: u32, ip: &str| {
+        let list = format!("audio:{ip}:4000:sendrecv:ice=yes");
+        common::caller_offer(cseq, &list).signaled_by("198.51.100.10")
+    };
+    let answer =
+        |cseq: u32| common::callee_answer(cseq, "audio:192.168.2.20:5000:sendrecv:ice=yes").signaled_by("203.0.113.77");
+    t.update(&offer(1, "192.168.1.10"), relay, now).unwrap();
+    t.update(&answer(1), relay, now).unwrap();
+    let mut sockets = Sockets::default();
+    sockets.drain(&mut t)?;
+    let (mut cseq, mut vouched_held) = (1u32, [false, false]);
+    let remotes = |t: &SessionTable, now: u64| {
+        t.session(common::CALL, now).map(|s| {
+            let st = s.streams.last().cloned().unwrap();
+            [st.caller_remote, st.callee_remote]
+        })
+    };
+    for op in ops {
+        match op {
+            LatchOp::Packet { port, src, stun } => {
+                let src: SocketAddr = LATCH_SOURCES[*src].parse().unwrap();
+                let packet = if *stun { stun_packet(12) } else { vec![0x80u8, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0] };
+                let before = remotes(&t, now);
+                let verdict = t.on_packet(40000 + port, src, &packet, now);
+                let events = sockets.drain(&mut t)?;
+                let after = remotes(&t, now);
+                if let Verdict::Forward { to, .. } = verdict {
+                    if window == u64::MAX {
+                        prop_assert_ne!(src.to_string(), STRANGER, "the stranger's packet was forwarded");
+                        prop_assert_ne!(to.to_string(), STRANGER, "media went to the stranger");
+                    }
+                }
+                if *stun {
+                    prop_assert_eq!(&after, &before, "STUN latched");
+                    prop_assert!(!events.iter().any(|e| matches!(e, Event::FlowUp(_))), "STUN made a flow");
+                }
+                if let Some(after) = &after {
+                    for (i, remote) in after.iter().enumerate() {
+                        if vouched_held[i] {
+                            prop_assert_ne!(remote, STRANGER, "the stranger took a leg a vouched source held");
+                        }
+                        if window == u64::MAX {
+                            prop_assert_ne!(remote, STRANGER, "the stranger latched without a window passing");
+                        }
+                        if remote != "Unknown" && remote != STRANGER {
+                            vouched_held[i] = true;
+                        }
+                    }
+                }
+            }
+            LatchOp::Advance(ms) => {
+                now += ms;
+                t.handle_timeout(now);
+                sockets.drain(&mut t)?;
+            }
+            LatchOp::Reinvite => {
+                cseq += 1;
+                let ip = if cseq % 2 == 0 { "192.168.1.11" } else { "192.168.1.10" };
+                if !t.has_session(common::CALL) {
+                    vouched_held = [false, false]; // a new call
+                }
+                if t.update(&offer(cseq, ip), relay, now).is_ok() {
+                    t.update(&answer(cseq), relay, now).unwrap();
+                    vouched_held[0] = false;
+                }
+                sockets.drain(&mut t)?;
+            }
+        }
+        check_invariants(&t, &sockets, 100, now)?;
+    }
+    if window == u64::MAX {
+        prop_assert_eq!(sockets.fallbacks, 0);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn latching_never_lets_a_stranger_in(
+        ops in prop::collection::vec(latch_op(), 1..80),
+        window in prop::sample::select(vec![3_000u64, u64::MAX]),
+    ) {
+        run_latching(&ops, window)?;
     }
 }

@@ -326,7 +326,7 @@ fn latching_drops_bleed_and_counts_it() {
 
     // The real caller latches, but the callee (private SDP) is unknown yet.
     assert_eq!(t.on_packet(40000, sa(CALLER_ADDR), &rtp(0, 100), T0 + 1200), Verdict::Drop(DropReason::NotLatched));
-    // The callee behind NAT latches from any address (its SDP is private).
+    // The callee behind NAT latches from its NAT, where its SIP came from.
     assert_eq!(t.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(0, 100), T0 + 1300), forward(40000, CALLER_ADDR));
     assert_eq!(t.on_packet(40000, sa(CALLER_ADDR), &rtp(0, 100), T0 + 1400), forward(40002, CALLEE_NAT_ADDR));
     // Once latched, other sources are refused (not as bleed).
@@ -385,14 +385,15 @@ fn forwarding_directions_for_rtp_and_rtcp() {
         t.on_packet(40001, sa(CALLER_ADDR), &[0x81, 200, 0, 6], T0 + 1300),
         Verdict::Drop(DropReason::WrongSource)
     );
-    // A stranger on the RTCP port of a side with a public SDP is bleed; on
-    // the side with a private SDP it latches and goes to the other side's
-    // public announced RTCP address.
+    // A stranger on the RTCP port of either side is bleed; the callee behind
+    // NAT latches its RTCP from its signaling IP, and it goes to the other
+    // side's public announced RTCP address.
     let mut t2 = table();
     t2.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap();
     t2.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0).unwrap();
     assert_eq!(t2.on_packet(40001, sa("192.0.2.66:1"), &[0x81, 200], T0), Verdict::Drop(DropReason::Bleed));
-    assert_eq!(t2.on_packet(40003, sa("192.0.2.66:1"), &[0x81, 200], T0), forward(40001, "198.51.100.10:4001"));
+    assert_eq!(t2.on_packet(40003, sa("192.0.2.66:1"), &[0x81, 200], T0), Verdict::Drop(DropReason::Bleed));
+    assert_eq!(t2.on_packet(40003, sa("203.0.113.77:31001"), &[0x81, 200], T0), forward(40001, "198.51.100.10:4001"));
 }
 
 #[test]
@@ -673,7 +674,8 @@ fn ipv6_sides_latch_by_the_same_rules_and_report_bracketed_addresses() {
     let mut t = table();
     // The caller announces a public address, the callee a ULA (behind NAT).
     t.update(&caller_offer(1, "audio:2001:db8:1::2:4000:sendrecv:ice=no"), relay, T0).unwrap();
-    t.update(&callee_answer(1, "audio:fd00:2::2:5000:sendrecv:ice=no"), relay, T0 + 1000).unwrap();
+    let answer = callee_answer(1, "audio:fd00:2::2:5000:sendrecv:ice=no").signaled_by("2001:db8:2::9");
+    t.update(&answer, relay, T0 + 1000).unwrap();
     events(&mut t);
     // A stranger cannot take the public caller's side; the caller can.
     assert_eq!(
@@ -684,7 +686,8 @@ fn ipv6_sides_latch_by_the_same_rules_and_report_bracketed_addresses() {
         t.on_packet(40000, sa("[2001:db8:1::2]:4000"), &rtp(8, 172), T0 + 1200),
         Verdict::Drop(DropReason::NotLatched)
     );
-    // The ULA callee is behind NAT: it latches from its translated address.
+    // The ULA callee is behind NAT: it latches from its translated address,
+    // where its SIP came from.
     assert_eq!(
         t.on_packet(40002, sa("[2001:db8:2::9]:6000"), &rtp(8, 172), T0 + 1300),
         forward(40000, "[2001:db8:1::2]:4000")
@@ -728,4 +731,59 @@ fn a_pair_the_daemon_cannot_bind_is_replaced_before_anyone_is_told() {
     assert_eq!(t.on_packet(40004, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 2000), forward(40000, CALLER_ADDR));
     assert_eq!(t.on_packet(40000, sa(CALLER_ADDR), &rtp(8, 172), T0 + 2020), forward(40004, CALLEE_NAT_ADDR));
     assert_eq!(t.ports_in_use(), 4);
+}
+
+#[test]
+fn pairs_the_daemon_has_no_descriptors_for_are_never_answered() {
+    // A new call whose pairs cannot be bound is forgotten without a report.
+    let mut t = table();
+    assert_eq!(t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap(), vec![40002]);
+    assert_eq!(events(&mut t), vec![Event::OpenPorts(40000), Event::OpenPorts(40002)]);
+    assert!(t.discard(CALL));
+    assert_eq!(events(&mut t), vec![Event::ClosePorts(40000), Event::ClosePorts(40002)], "no Expired report");
+    assert!(!t.has_session(CALL) && !t.discard(CALL));
+    assert_eq!(t.ports_in_use(), 0);
+
+    // A re-INVITE adding a stream the daemon cannot bind: that stream is
+    // rejected, the first one keeps its ports, a retransmission answers 0.
+    let mut t = answered_call();
+    let two = "audio:198.51.100.10:4000:sendrecv:ice=no,video:198.51.100.10:4002:sendrecv:ice=no";
+    assert_eq!(t.update(&caller_offer(2, two), relay_ip(), T0 + 2000).unwrap(), vec![40002, 40006]);
+    assert_eq!(events(&mut t), vec![Event::OpenPorts(40004), Event::OpenPorts(40006)]);
+    assert!(t.reject_unbindable(40004, T0 + 2000));
+    assert_eq!(events(&mut t), vec![Event::ClosePorts(40004), Event::ClosePorts(40006)]);
+    assert!(!t.reject_unbindable(40006, T0 + 2000), "released with its stream");
+    assert_eq!(t.update(&caller_offer(2, two), relay_ip(), T0 + 2000).unwrap(), vec![40002, 0]);
+    assert_eq!(statuses(&t), vec![StreamStatus::Active, StreamStatus::Rejected]);
+    assert_eq!(t.ports_in_use(), 4);
+}
+
+#[test]
+fn a_session_never_holds_more_than_max_streams_across_re_invites() {
+    let max = 3;
+    let mut t = SessionTable::new(CoreConfig { port_range: (40000, 40400), max_streams: max, ..CoreConfig::default() });
+    let kinds = ["audio", "video", "image"];
+    let mut cseq = 1;
+    for round in 0..30usize {
+        // Each offer has max items, the types rotated so that streams are
+        // replaced rather than reused; some rounds come from the callee.
+        let items: Vec<String> = (0..max)
+            .map(|i| format!("{}:198.51.100.10:{}:sendrecv:ice=no", kinds[(i + round) % 3], 4000 + 2 * i))
+            .collect();
+        let offer =
+            if round % 4 == 3 { callee_offer(cseq, &items.join(",")) } else { caller_offer(cseq, &items.join(",")) };
+        t.update(&offer, relay_ip(), T0 + round as u64).unwrap();
+        cseq += 1;
+        events(&mut t);
+        let live = stats(&t, T0).streams.iter().filter(|s| s.status == StreamStatus::Active).count();
+        assert!(live <= max, "round {round}: {live} live streams");
+        assert!(t.ports_in_use() <= 4 * max, "round {round}: {} ports", t.ports_in_use());
+    }
+    // One item more is refused before anything is allocated.
+    let items: Vec<String> =
+        (0..=max).map(|i| format!("audio:198.51.100.10:{}:sendrecv:ice=no", 4000 + 2 * i)).collect();
+    let before = t.ports_in_use();
+    assert_eq!(t.update(&caller_offer(cseq, &items.join(",")), relay_ip(), T0 + 100), Err(CoreError::TooManyStreams));
+    assert!(events(&mut t).is_empty());
+    assert_eq!(t.ports_in_use(), before);
 }

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use relaybox_core::{ClockMark, CoreConfig, Event, FlowCounters, SessionTable, Snapshot, SnapshotError, Verdict};
+use relaybox_core::{
+    ClockMark, CoreConfig, DropReason, Event, FlowCounters, SessionTable, Snapshot, SnapshotError, Verdict,
+};
 use relaybox_proto::StreamStatus;
 
 const T0: u64 = 1_700_000_000_000;
@@ -148,4 +150,53 @@ fn damaged_or_foreign_bytes_are_refused() {
         b[i] ^= 0xa5;
         let _ = Snapshot::decode(&b).map(|s| SessionTable::restore(config(), s, T0));
     }
+}
+
+#[test]
+fn signaling_ips_latch_rules_and_the_learning_window_survive() {
+    let mut t = table();
+    t.update(&caller_offer(1, CALLER_SDP), relay_ip(), T0).unwrap();
+    t.update(&callee_answer(1, CALLEE_SDP), relay_ip(), T0 + 1000).unwrap();
+    events(&mut t);
+    // A stranger opens the callee's window before the restart.
+    assert_eq!(t.on_packet(40002, sa("192.0.2.66:9"), &rtp(8, 172), T0 + 1500), Verdict::Drop(DropReason::Bleed));
+    let mut r = SessionTable::restore(config(), round_trip(&t), T0 + 2000);
+    events(&mut r);
+    // The window still counts from before the restart: a stranger falls
+    // back 3 s after its first datagram, not after its first since then.
+    assert_eq!(r.on_packet(40002, sa("192.0.2.66:9"), &rtp(8, 172), T0 + 4499), Verdict::Drop(DropReason::Bleed));
+    assert!(matches!(r.on_packet(40002, sa("192.0.2.66:9"), &rtp(8, 172), T0 + 4500), Verdict::Forward { .. }));
+    // The callee's signaling IP is still known: its NAT takes the leg back.
+    assert!(matches!(r.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 4600), Verdict::Forward { .. }));
+    assert_eq!(r.session(CALL, T0 + 4600).unwrap().streams[0].callee_remote, CALLEE_NAT_ADDR);
+    // The callee reaches the relay from its announced IP (rank 2); after
+    // another restart its signaling IP (rank 1) cannot move that latch.
+    assert!(matches!(r.on_packet(40002, sa("192.168.1.20:6000"), &rtp(8, 172), T0 + 4700), Verdict::Forward { .. }));
+    let mut r = SessionTable::restore(config(), round_trip(&r), T0 + 5000);
+    events(&mut r);
+    assert_eq!(
+        r.on_packet(40002, sa(CALLEE_NAT_ADDR), &rtp(8, 172), T0 + 9000),
+        Verdict::Drop(DropReason::WrongSource)
+    );
+    assert_eq!(r.session(CALL, T0 + 9000).unwrap().streams[0].callee_remote, "192.168.1.20:6000");
+}
+
+#[test]
+fn a_format_3_snapshot_restores_its_calls() {
+    // Written by the relay of format 3 (commit 78a0ed7): the call of
+    // `latched_call`, an RTP kernel flow, the same clock mark.
+    let bytes = include_bytes!("fixtures/snapshot-format3.bin");
+    let snapshot = Snapshot::decode(bytes).unwrap();
+    assert_eq!((snapshot.session_count(), snapshot.clock()), (1, Some(MARK)));
+    let mut r = SessionTable::restore(kernel_config(), snapshot, T0 + 6000);
+    assert_eq!(events(&mut r), vec![Event::OpenPorts(40000), Event::OpenPorts(40002)], "the flow is kept");
+    let st = &r.session(CALL, T0 + 6000).unwrap().streams[0];
+    assert_eq!((st.caller_remote.as_str(), st.callee_remote.as_str()), (CALLER_ADDR, CALLEE_NAT_ADDR));
+    assert_eq!(r.kernel_flows().len(), 1);
+    // Its latches have no rule: a stranger still cannot take them, the
+    // announced address can (the caller's, exactly).
+    assert_eq!(r.on_packet(40000, sa("192.0.2.66:9"), &rtp(8, 172), T0 + 7000), Verdict::Drop(DropReason::WrongSource));
+    assert_eq!(r.on_packet(40002, sa("192.0.2.66:9"), &rtp(8, 172), T0 + 7000), Verdict::Drop(DropReason::WrongSource));
+    r.on_packet(40000, sa("198.51.100.10:4002"), &rtp(8, 172), T0 + 7001);
+    assert_eq!(r.session(CALL, T0 + 7001).unwrap().streams[0].caller_remote, "198.51.100.10:4002");
 }

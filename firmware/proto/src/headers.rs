@@ -81,17 +81,38 @@ impl LineDecoder {
 /// Groups lines into frames: a first line, header lines, then an empty line.
 /// Blank lines between frames are ignored. A frame with a bad line is still
 /// consumed up to its empty line and then reported as one error, so a reply
-/// stream never gets out of step with the request stream.
+/// stream never gets out of step with the request stream. A frame holds at
+/// most `max_lines` lines and, with [`with_max_bytes`](Self::with_max_bytes),
+/// at most that many bytes (its lines and their line ends): beyond either
+/// the lines held are dropped at once and the frame is an error.
 #[derive(Debug)]
 pub struct FrameAssembler {
     lines: Vec<String>,
     error: Option<ParseError>,
     max_lines: usize,
+    /// Bytes of the frame so far, counting 2 per line end.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl FrameAssembler {
     pub fn new(max_lines: usize) -> Self {
-        FrameAssembler { lines: Vec::new(), error: None, max_lines }
+        FrameAssembler { lines: Vec::new(), error: None, max_lines, bytes: 0, max_bytes: usize::MAX }
+    }
+
+    /// Bounds the bytes of one frame (not only of each line).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    fn fail(&mut self, e: ParseError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+        // Give the memory back: an attacker's frame is not kept.
+        self.lines = Vec::new();
+        self.bytes = 0;
     }
 
     /// True while a frame has started but not ended.
@@ -104,13 +125,11 @@ impl FrameAssembler {
     pub fn feed(&mut self, line: Result<String, ParseError>) -> Option<Result<Vec<String>, ParseError>> {
         match line {
             Err(e) => {
-                if self.error.is_none() {
-                    self.error = Some(e);
-                }
-                self.lines.clear();
+                self.fail(e);
                 None
             }
             Ok(l) if l.is_empty() => {
+                self.bytes = 0;
                 if let Some(e) = self.error.take() {
                     self.lines.clear();
                     return Some(Err(e));
@@ -125,8 +144,12 @@ impl FrameAssembler {
                     return None;
                 }
                 if self.lines.len() >= self.max_lines {
-                    self.lines.clear();
-                    self.error = Some(ParseError::TooMany { what: "lines in one request", limit: self.max_lines });
+                    self.fail(ParseError::TooMany { what: "lines in one request", limit: self.max_lines });
+                    return None;
+                }
+                self.bytes = self.bytes.saturating_add(l.len() + 2);
+                if self.bytes > self.max_bytes {
+                    self.fail(ParseError::TooLong { limit: self.max_bytes });
                     return None;
                 }
                 self.lines.push(l);
@@ -146,6 +169,21 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     pub fn new(max_line: usize, max_lines: usize) -> Self {
         FrameDecoder { lines: LineDecoder::new(max_line), frames: FrameAssembler::new(max_lines) }
+    }
+
+    /// A decoder whose frames are at most `max_frame` bytes in all (their
+    /// lines and line ends) and at most `max_lines` lines: what one
+    /// connection can make it hold is about `max_frame` plus the last read.
+    pub fn with_max_frame(max_frame: usize, max_lines: usize) -> Self {
+        FrameDecoder {
+            lines: LineDecoder::new(max_frame),
+            frames: FrameAssembler::new(max_lines).with_max_bytes(max_frame),
+        }
+    }
+
+    /// True while part of a frame has arrived but not its end.
+    pub fn in_frame(&self) -> bool {
+        self.lines.pending() > 0 || self.frames.in_frame()
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -262,6 +300,34 @@ mod tests {
         assert_eq!(d.next_line(), Some(Ok("a".into())));
         d.push(b"ab\r");
         assert!(matches!(d.next_line(), Some(Err(ParseError::TooLong { .. }))));
+    }
+
+    #[test]
+    fn a_frame_is_bounded_in_bytes_not_only_per_line() {
+        // 63 lines of 1000 bytes each fit a 1024-byte line limit but not a
+        // 16384-byte frame: the frame is refused once it passes the bound,
+        // and nothing of it is held after that.
+        let mut d = FrameDecoder::with_max_frame(16_384, 64);
+        let line = [b'x'; 1000];
+        for _ in 0..63 {
+            d.push(b"h: ");
+            d.push(&line);
+            d.push(b"\r\n");
+            assert!(d.next_frame().is_none());
+            assert!(d.in_frame());
+        }
+        assert!(d.frames.lines.is_empty() && d.frames.lines.capacity() == 0, "the refused frame is dropped");
+        d.push(b"\r\n");
+        assert_eq!(d.next_frame(), Some(Err(ParseError::TooLong { limit: 16_384 })));
+        assert!(!d.in_frame());
+        d.push(b"remove\r\ncall_id: a\r\n\r\n");
+        assert_eq!(d.next_frame().unwrap().unwrap(), vec!["remove", "call_id: a"]);
+        // Exactly the bound is accepted: 3 lines of 3 bytes with line ends.
+        let mut d = FrameDecoder::with_max_frame(9, 8);
+        d.push(b"a\r\nb\r\nc\r\n\r\n");
+        assert_eq!(d.next_frame().unwrap().unwrap(), vec!["a", "b", "c"]);
+        d.push(b"a\r\nb\r\ncd\r\n\r\n");
+        assert_eq!(d.next_frame(), Some(Err(ParseError::TooLong { limit: 9 })));
     }
 
     #[test]

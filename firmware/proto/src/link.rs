@@ -113,6 +113,12 @@ impl RelayDecoder {
         RelayDecoder { lines: LineDecoder::new(max_line), frames: FrameAssembler::new(max_lines), limits }
     }
 
+    /// Bounds a whole command (its lines together) to `max_frame` bytes.
+    pub fn with_max_frame(mut self, max_frame: usize) -> Self {
+        self.frames = self.frames.with_max_bytes(max_frame);
+        self
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         self.lines.push(data);
     }

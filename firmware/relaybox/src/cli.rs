@@ -39,17 +39,26 @@ pub fn query(config: &Config, target: &Target, command: MgmtCommand) -> anyhow::
     tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let line = format!("{}\r\n", command.as_str());
     let reply = if target.tls {
-        let certs = &config.tls.certs_path;
-        // A management certificate if the operator made one, else the
-        // dispatcher's own (the CLI usually runs on the dispatcher's host).
-        let role = if certs.join("management.crt").exists() { "management" } else { "dispatcher" };
-        let files = relaybox_tls::TlsFiles {
-            ca: certs.join("ca.pem"),
-            crl: Some(certs.join("crl.pem")).filter(|p| p.exists()),
-            cert: certs.join(format!("{role}.crt")),
-            key: certs.join(format!("{role}.key")),
+        // The management port takes management client certificates
+        // (relaybox-ca issue --kind management), and only a dispatcher's
+        // certificate is accepted from it.
+        let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Management);
+        let dispatcher = relaybox_tls::PeerRole {
+            role: relaybox_tls::Role::Dispatcher,
+            accept_unmarked: config.tls.accept_unmarked_certificates,
         };
-        let tls = relaybox_tls::client_config(&files).context("management TLS credentials")?;
+        let tls = if files.cert.exists() {
+            relaybox_tls::client_config(&files, dispatcher).context("management TLS credentials")?
+        } else if config.dispatcher.management_allow_anonymous {
+            relaybox_tls::anonymous_client_config(&files, dispatcher).context("management TLS credentials")?
+        } else {
+            bail!(
+                "{} is missing: the management port requires a management client certificate \
+                 (relaybox-ca issue --kind management --out {})",
+                files.cert.display(),
+                config.tls.certs_path.display()
+            );
+        };
         let name = rustls_pki_types::ServerName::IpAddress(target.addr.ip().into());
         let conn = rustls::ClientConnection::new(Arc::clone(&tls), name)?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);

@@ -19,6 +19,7 @@ mod control;
 mod dispatcher;
 mod ntp;
 mod relay;
+mod trust;
 
 #[derive(Parser)]
 #[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]
@@ -90,6 +91,16 @@ fn init_logging(level: LogLevel, config: &Config) {
     }
 }
 
+/// At a daemon's start: the soft descriptor limit raised to the hard one,
+/// and a clear refusal when the settings cannot fit in it.
+fn descriptors(daemon: &str, budget: &relaybox_limits::DescriptorBudget) -> anyhow::Result<()> {
+    if let Err(e) = relaybox_limits::raise_and_check(daemon, budget) {
+        tracing::error!("{daemon} not started: {e}");
+        return Err(anyhow::anyhow!("{daemon} not started: {e}"));
+    }
+    Ok(())
+}
+
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     if !path.exists() && path.as_os_str() == DEFAULT_CONFIG_PATH {
         return Ok(Config::default());
@@ -111,14 +122,21 @@ fn main() -> anyhow::Result<()> {
         Command::Clock(_) => unreachable!("handled above"),
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
+            descriptors("relay", &relay::descriptor_budget(&config))?;
             runtime.block_on(relay::run(config))
         }
         Command::Dispatcher => {
             init_logging(config.dispatcher.log_level, &config);
+            descriptors("dispatcher", &dispatcher::descriptor_budget(&config))?;
             runtime.block_on(dispatcher::run(config))
         }
         Command::Web { action: None } => {
             init_logging(LogLevel::Info, &config);
+            let per_port = config.web.max_connections as u64;
+            let budget = relaybox_limits::DescriptorBudget::new()
+                .add("connections (2 ports × [Web] max_connections)", 2 * per_port)
+                .add("listeners, files, the relay's control socket and the runtime", 32);
+            descriptors("web", &budget)?;
             runtime.block_on(relaybox_web::run(cli.config.clone()))
         }
         Command::Web { action: Some(WebAction::SetPassword) } => {

@@ -102,8 +102,8 @@ fn relays_failing_tls_checks_are_refused_with_the_reason() {
 
     // 1. a certificate from another CA
     let mut other = relaybox_ca::CertificateAuthority::create(&relaybox_ca::Subject::new("evil CA"), 30).unwrap();
-    let relay_cert = other.issue(&subject("evil-relay"), 30).unwrap();
-    let disp_cert = other.issue(&subject("dispatcher"), 30).unwrap();
+    let relay_cert = other.issue(relaybox_ca::Role::Relay, &subject("evil-relay"), 30).unwrap();
+    let disp_cert = other.issue(relaybox_ca::Role::Dispatcher, &subject("dispatcher"), 30).unwrap();
     let evil = rig.path("evil-certs");
     relaybox_ca::write_certs_dir(&other, &evil, &relay_cert, &disp_cert).unwrap();
     // the relay must trust our dispatcher to get as far as presenting its cert

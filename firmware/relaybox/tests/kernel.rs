@@ -7,7 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{self, number_after, ok, phone_result, phones_paced, run, spawn_in, Netns, PhoneAt};
+use common::netns::{
+    self, number_after, ok, phone_result, phones_paced, phones_sized, phones_with, run, spawn_in, Netns, PhoneAt,
+};
 use common::*;
 
 const RELAY_IP: &str = "10.77.0.1";
@@ -74,6 +76,9 @@ fn phones(a: PhoneAt, b: PhoneAt) -> (std::process::Child, std::process::Child) 
 #[ignore = "helper: run by the kernel tests inside a network namespace"]
 fn phone_helper() {
     if let Ok(targets) = std::env::var("SPRAY_TO") {
+        if std::env::var("SPRAY_FOR_MS").is_ok() {
+            return spray_for(&targets);
+        }
         return spray(&targets);
     }
     if let Ok(targets) = std::env::var("MANY_TO") {
@@ -629,4 +634,300 @@ fn many_calls_from_one_address_each_get_their_own_kernel_flow() {
     assert_eq!(entries, CALLS, "every call gets its kernel flow");
     assert!(a.got * 100 >= b.sent * 99 && b.got * 100 >= a.sent * 99);
     drop(r);
+}
+
+/// The RTP-bleed attacker of the NAT tests: from every address in
+/// `SPRAY_BINDS`, sends an RTP-looking packet (payload type 0, 0xee bytes:
+/// no phone's) to every address in `targets`, one round every
+/// `SPRAY_GAP_MS`, for `SPRAY_FOR_MS`; says `SPRAYING` at the first round.
+/// Counts everything that comes back on any of its sockets until
+/// `SPRAY_LISTEN_MS` after the last round.
+fn spray_for(targets: &str) {
+    let env = |k: &str| std::env::var(k).unwrap();
+    let (for_ms, gap_ms, listen_ms): (u64, u64, u64) = (
+        env("SPRAY_FOR_MS").parse().unwrap(),
+        env("SPRAY_GAP_MS").parse().unwrap(),
+        env("SPRAY_LISTEN_MS").parse().unwrap(),
+    );
+    let targets: Vec<std::net::SocketAddr> = targets.split(',').map(|t| t.parse().unwrap()).collect();
+    let sockets: Vec<std::net::UdpSocket> =
+        env("SPRAY_BINDS").split(',').map(|b| std::net::UdpSocket::bind(b).unwrap()).collect();
+    let stop = Instant::now() + Duration::from_millis(for_ms + listen_ms);
+    let receivers: Vec<_> = sockets
+        .iter()
+        .map(|s| {
+            let r = s.try_clone().unwrap();
+            r.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            std::thread::spawn(move || {
+                let (mut got, mut buf) = (0u32, [0u8; 2048]);
+                while Instant::now() < stop {
+                    if r.recv_from(&mut buf).is_ok() {
+                        got += 1;
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut packet = vec![0x80u8, 0];
+    packet.resize(172, 0xee);
+    let (started, mut sent, mut seq) = (Instant::now(), 0u64, 0u16);
+    println!("SPRAYING");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    while started.elapsed() < Duration::from_millis(for_ms) {
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        seq = seq.wrapping_add(1);
+        for t in &targets {
+            for s in &sockets {
+                if s.send_to(&packet, t).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(gap_ms));
+    }
+    let got: u32 = receivers.into_iter().map(|r| r.join().unwrap()).sum();
+    println!("SPRAY sent={sent} got={got}");
+}
+
+/// An update whose `signaling_ip` is `signaling` (where the party's SIP
+/// came from: its NAT).
+fn signaled_update(party: &str, call: &str, to_tag: &str, signaling: &str, media: &str) -> String {
+    update(party, call, 1, to_tag, media).replace("signaling_ip: 127.0.0.1", &format!("signaling_ip: {signaling}"))
+}
+
+/// Phones behind NAT, seen from the relay: each announces a private address
+/// in its SDP and sends SIP and RTP from its router's public address (its
+/// namespace's address here).
+const NAT_CALLER: &str = "198.51.100.2";
+const NAT_CALLEE: &str = "203.0.113.2";
+const NAT_SPRAYER: &str = "198.18.0.66";
+const CALLER_SDP: &str = "192.168.1.10:4000";
+const CALLEE_SDP: &str = "192.168.2.20:5000";
+
+/// relay — caller, callee, sprayer (each its own namespace and /24).
+fn nat_star() -> (Netns, Vec<String>) {
+    Netns::star(&[(NAT_CALLER, "198.51.100.1"), (NAT_CALLEE, "203.0.113.1"), (NAT_SPRAYER, "198.18.0.1")])
+}
+
+/// Offer and answer with private SDP addresses, each signaled from the
+/// party's NAT; returns the ports the caller and the callee send to.
+fn set_up_nat_call(rig: &Rig, call: &str) -> (Module, u16, u16) {
+    let mut m = Module::connect(&rig.socket);
+    let media = |sdp: &str| format!("audio:{sdp}:sendrecv:ice=no");
+    let (offer, _) = m.request(&signaled_update("request", call, "", NAT_CALLER, &media(CALLER_SDP)));
+    let (answer, _) = m.request(&signaled_update("reply", call, "tt", NAT_CALLEE, &media(CALLEE_SDP)));
+    let ((ip, offer_ports), (_, answer_ports)) = (ports(&offer), ports(&answer));
+    assert_eq!(ip, RELAY_IP, "{offer}");
+    (m, answer_ports[0], offer_ports[0])
+}
+
+/// Reads the sprayer's last line: (sent, got).
+fn spray_result(mut sprayer: std::process::Child, mut out: impl std::io::Read) -> (u64, u64) {
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = sprayer.wait();
+    let line = rest.lines().find(|l| l.contains("SPRAY sent=")).unwrap_or_else(|| panic!("sprayer said: {rest}"));
+    (number_after(line, "sent="), number_after(line, "got="))
+}
+
+/// The attack of issue #11 on a relay with `datapath`: two phones behind
+/// NAT (private SDP), an attacker spraying every port of the relay's range
+/// from two source ports, starting after the answer and 1 s before the
+/// phones, going on during and after their media.
+fn a_sprayer_captures_nothing_from_phones_behind_nat(datapath: &str) {
+    let (_ns, names) = nat_star();
+    let (relay_ns, caller_ns, callee_ns, sprayer_ns) = (&names[0], &names[1], &names[2], &names[3]);
+    let mut rig = Rig::new();
+    let (_d, r) = start_with(&mut rig, relay_ns, None, &format!("datapath = {datapath}"));
+    let (mut m, caller_to, callee_to) = set_up_nat_call(&rig, "natbleed");
+
+    let targets: Vec<String> = (40000..40100).map(|p| format!("{RELAY_IP}:{p}")).collect();
+    let binds = format!("{NAT_SPRAYER}:6000,{NAT_SPRAYER}:6001");
+    let mut sprayer = netns::helper_in(
+        sprayer_ns,
+        &[
+            ("SPRAY_TO", &targets.join(",")),
+            ("SPRAY_BINDS", &binds),
+            ("SPRAY_FOR_MS", "4500"),
+            ("SPRAY_GAP_MS", "20"),
+            ("SPRAY_LISTEN_MS", "1000"),
+        ],
+    );
+    let mut out = std::io::BufReader::new(sprayer.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("SPRAYING") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0, "sprayer ended early");
+    }
+    // The phones start 1 s after the spray (0.5 s here, 0.5 s in phones_paced),
+    // within the 3 s learning window.
+    std::thread::sleep(Duration::from_millis(500));
+    let (caller, callee) = (format!("{NAT_CALLER}:31000"), format!("{NAT_CALLEE}:42000"));
+    let (a, b) = phones(
+        (caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    let (spray_sent, spray_got) = spray_result(sprayer, out);
+    let summary = management_in(relay_ns, rig.mgmt_port, "summary");
+    let bleed = number_after(&summary, "\"bleed_drops\":");
+    eprintln!(
+        "{datapath}: sprayer sent {spray_sent}, got {spray_got}; caller got {}/{} ({} foreign), callee got {}/{} ({} foreign); bleed_drops {bleed}",
+        a.got, b.sent, a.foreign, b.got, a.sent, b.foreign
+    );
+    assert!(spray_sent >= 10_000, "the spray was too thin: {spray_sent}");
+    assert_eq!(spray_got, 0, "phone media reached the attacker");
+    assert_eq!((a.foreign, b.foreign), (0, 0), "attacker datagrams reached a phone");
+    assert!(a.got * 100 >= b.sent * 99, "caller got {} of {}", a.got, b.sent);
+    assert!(b.got * 100 >= a.sent * 99, "callee got {} of {}", b.got, a.sent);
+    assert!(bleed > 0, "{summary}");
+
+    let sessions = management_in(relay_ns, rig.mgmt_port, "sessions");
+    assert!(sessions.contains(&format!("\"caller_remote\":\"{caller}\"")), "{sessions}");
+    assert!(sessions.contains(&format!("\"callee_remote\":\"{callee}\"")), "{sessions}");
+    if datapath == "kernel" {
+        let entries = conntrack_entries(relay_ns);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(entries[0].contains(&format!("src={NAT_CALLER} dst={RELAY_IP} sport=31000")), "{entries:?}");
+        assert!(entries[0].contains(&format!("src={NAT_CALLEE} dst={RELAY_IP} sport=42000")), "{entries:?}");
+    }
+    assert!(!r.log_text().contains("vouches for"), "a fallback latch:\n{}", r.log_text());
+    assert_eq!(m.request(&remove("natbleed")).0, "removed\r\n");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn rtp_bleed_a_sprayer_captures_nothing_from_phones_behind_nat_in_userspace() {
+    a_sprayer_captures_nothing_from_phones_behind_nat("userspace");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn rtp_bleed_a_sprayer_captures_nothing_from_phones_behind_nat_in_the_kernel() {
+    a_sprayer_captures_nothing_from_phones_behind_nat("kernel");
+}
+
+/// A call between phones behind NAT whose caller's NAT mapping changes
+/// mid-call (another source port from packet 200 of 400): the relay moves
+/// the caller's leg (and its kernel flow) to the new mapping.
+fn a_nat_rebind_keeps_the_media_flowing(datapath: &str) {
+    const COUNT: u32 = 400;
+    let (_ns, names) = nat_star();
+    let (relay_ns, caller_ns, callee_ns) = (&names[0], &names[1], &names[2]);
+    let mut rig = Rig::new();
+    let (_d, r) = start_with(&mut rig, relay_ns, None, &format!("datapath = {datapath}"));
+    let (mut m, caller_to, callee_to) = set_up_nat_call(&rig, "rebind");
+    let (caller, callee) = (format!("{NAT_CALLER}:31000"), format!("{NAT_CALLEE}:42000"));
+    let rebound = format!("{NAT_CALLER}:31500");
+    let (a, b) = phones_with(
+        (caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        &[("PHONE_REBIND_AT", "200"), ("PHONE_REBIND_BIND", &rebound)],
+        (callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+        &[],
+        COUNT,
+        5,
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    eprintln!(
+        "{datapath}: caller got {}/{} ({} at its new mapping, longest gap {} ms), callee got {}/{}",
+        a.got, b.sent, a.got_after_rebind, a.max_gap, b.got, a.sent
+    );
+    assert!(a.got * 100 >= b.sent * 97, "caller got {} of {}", a.got, b.sent);
+    assert!(b.got * 100 >= a.sent * 97, "callee got {} of {}", b.got, a.sent);
+    assert!(a.got_after_rebind * 100 >= (COUNT - 200) * 95, "{} at the new mapping", a.got_after_rebind);
+    let log = r.wait_log("moved from", Duration::from_secs(5));
+    let moved = log.lines().find(|l| l.contains("moved from")).unwrap();
+    assert!(moved.contains(&format!("caller RTP moved from {caller} to {rebound} (signaling IP)")), "{moved}");
+    let sessions = management_in(relay_ns, rig.mgmt_port, "sessions");
+    assert!(sessions.contains(&format!("\"caller_remote\":\"{rebound}\"")), "{sessions}");
+    if datapath == "kernel" {
+        let entries = conntrack_entries(relay_ns);
+        assert_eq!(entries.len(), 1, "the old flow is gone: {entries:?}");
+        assert!(entries[0].contains(&format!("src={NAT_CALLER} dst={RELAY_IP} sport=31500")), "{entries:?}");
+    }
+    assert_eq!(m.request(&remove("rebind")).0, "removed\r\n");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_phone_whose_nat_mapping_changes_keeps_its_media_in_userspace() {
+    a_nat_rebind_keeps_the_media_flowing("userspace");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_phone_whose_nat_mapping_changes_keeps_its_media_in_the_kernel() {
+    a_nat_rebind_keeps_the_media_flowing("kernel");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn a_phone_behind_a_signaling_proxy_latches_after_the_learning_window_with_a_warning() {
+    // The callee's SIP comes through a proxy listed in signaling_proxies:
+    // nothing vouches for its NAT, so its media waits out the window (1 s
+    // here), then latches; the relay says so.
+    let (_ns, names) = nat_star();
+    let (relay_ns, caller_ns, callee_ns) = (&names[0], &names[1], &names[2]);
+    let mut rig = Rig::new();
+    let extra = "datapath = userspace\nlatching_window = 1\nsignaling_proxies = 198.18.0.0/15";
+    let (_d, r) = start_with(&mut rig, relay_ns, None, extra);
+    let mut m = Module::connect(&rig.socket);
+    let media = |sdp: &str| format!("audio:{sdp}:sendrecv:ice=no");
+    let (offer, _) = m.request(&signaled_update("request", "viaproxy", "", NAT_CALLER, &media(CALLER_SDP)));
+    let (answer, _) = m.request(&signaled_update("reply", "viaproxy", "tt", "198.18.5.5", &media(CALLEE_SDP)));
+    let (caller_to, callee_to) = (ports(&answer).1[0], ports(&offer).1[0]);
+    let (caller, callee) = (format!("{NAT_CALLER}:31000"), format!("{NAT_CALLEE}:42000"));
+    let (a, b) = phones(
+        (caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    eprintln!("behind a proxy: caller got {}/{}, callee got {}/{}", a.got, b.sent, b.got, a.sent);
+    // The callee's first second waited for the window; then both ways flow.
+    assert!(a.got > 0 && a.got < b.sent, "caller got {} of {}", a.got, b.sent);
+    assert!(b.got > 0, "the callee got nothing");
+    let log = r.wait_log("which nothing vouches for", Duration::from_secs(5));
+    let line = log.lines().find(|l| l.contains("which nothing vouches for")).unwrap();
+    eprintln!("{line}");
+    assert!(line.contains("WARN") && line.contains("call_id=viaproxy") && line.contains("side=callee"), "{line}");
+    assert!(
+        line.contains(&format!("callee RTP latched to {callee}")) && line.contains("latching_window (1 s)"),
+        "{line}"
+    );
+    assert!(line.contains("its SDP address 192.168.2.20:5000 or its signaling IP (none usable)"), "{line}");
+}
+
+#[test]
+#[ignore = "needs root and netns: run by ci/test.sh"]
+fn datagrams_longer_than_2_kib_are_forwarded_whole_by_userspace_and_the_kernel() {
+    // 3000-byte datagrams, IP-fragmented on the 1500-byte veths: the first
+    // ones go through the relay's userspace path while the sides latch,
+    // the rest through the kernel's conntrack NAT. Every one arrives whole.
+    let (_ns, caller_ns, relay_ns, callee_ns) = Netns::three();
+    let mut rig = Rig::new();
+    let (_d, r) = start(&mut rig, &relay_ns, None);
+    let caller = format!("{CALLER_IP}:4000");
+    let callee = format!("{CALLEE_IP}:5000");
+    let (mut m, caller_to, callee_to) = set_up_call(&rig, "bigcall", &caller, &callee);
+    let (a, b) = phones_sized(
+        (&caller_ns, &caller, &format!("{RELAY_IP}:{caller_to}")),
+        (&callee_ns, &callee, &format!("{RELAY_IP}:{callee_to}")),
+        100,
+        5,
+        3000,
+    );
+    let (a, b) = (phone_result(a), phone_result(b));
+    assert_eq!(conntrack_entries(&relay_ns).len(), 1, "the kernel took the flow over");
+    assert_eq!(m.request(&remove("bigcall")).0, "removed\r\n");
+    let log = r.wait_log("session removed", Duration::from_secs(5));
+    let userspace = number_after(log.lines().find(|l| l.contains("session removed")).unwrap(), "userspace_packets=");
+    eprintln!(
+        "caller got {} ({} whole) of {}, callee got {} ({} whole) of {}; userspace saw {userspace} datagrams",
+        a.got, a.whole, b.sent, b.got, b.whole, a.sent
+    );
+    assert!(a.got * 100 >= b.sent * 90 && b.got * 100 >= a.sent * 90, "relayed");
+    assert_eq!((a.whole, b.whole), (a.got, b.got), "every datagram whole, in userspace and in the kernel");
+    assert!(userspace >= 1, "the first datagrams went through userspace");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use relaybox_tls::{ClientAuth, Role, TlsFiles};
+use relaybox_tls::{ClientAuth, PeerRole, Role, TlsFiles};
 
 fn read_line<S: std::io::Read>(r: &mut BufReader<S>) -> String {
     let mut line = String::new();
@@ -37,7 +37,9 @@ fn dispatcher_survives_garbage_from_a_relay() {
     let mut rig = Rig::new();
     let d = rig.dispatcher("max_relay_line = 65536");
     let (certs, _) = rig.certs("fake-relay", "relay1");
-    let config = relaybox_tls::client_config(&TlsFiles::for_role(&certs, Role::Relay)).unwrap();
+    let config =
+        relaybox_tls::client_config(&TlsFiles::for_role(&certs, Role::Relay), PeerRole::strict(Role::Dispatcher))
+            .unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", rig.relay_port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
@@ -82,8 +84,12 @@ fn relay_answers_error_to_bad_commands_and_keeps_working() {
     let rig = Rig::new();
     let mut rig = rig;
     let (certs, _) = rig.certs("fake-dispatcher", "relay1");
-    let server =
-        relaybox_tls::server_config(&TlsFiles::for_role(&certs, Role::Dispatcher), ClientAuth::Required).unwrap();
+    let server = relaybox_tls::server_config(
+        &TlsFiles::for_role(&certs, Role::Dispatcher),
+        ClientAuth::Required,
+        PeerRole::strict(Role::Relay),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     rig.relay_port = listener.local_addr().unwrap().port();
     let cfg = rig.relay_config(&certs, free_port_range(10), "keepalive_interval = 3600");

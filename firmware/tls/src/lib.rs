@@ -4,12 +4,18 @@
 //! aws-lc-rs: the firmware is cross-compiled for musl/aarch64), verifies that every peer chains to
 //! the CA and is not on the CRL (and checks our own certificate with the verifier the other side
 //! uses, so a certificate it would refuse is caught before it is installed), deliberately ignores the server *name* (MediaProxy identifies peers
-//! by passport and relays connect by IP), extracts a peer's identity (subject, serial, fingerprint),
-//! checks it against a [`Passport`], and turns handshake failures into short reasons for the log.
+//! by passport and relays connect by IP), accepts only peers whose certificate carries the role the
+//! endpoint serves (relay, dispatcher, management client: the role marks in [`role`], which
+//! `relaybox-ca` writes), extracts a peer's identity (subject, serial, fingerprint), checks it
+//! against a [`Passport`], and turns handshake failures into short reasons for the log.
 //! It owns no sockets and no protocol: the daemons wrap their own streams with tokio-rustls.
 //! Making certificates is `relaybox-ca`'s job, not this crate's.
 
 #![forbid(unsafe_code)]
+
+pub mod role;
+
+pub use role::{certificate_marker, Marker, PeerRole, Role, RoleError};
 
 use std::fmt;
 use std::io;
@@ -20,27 +26,11 @@ use relaybox_config::{Passport, SubjectAttr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
-
-/// Which side of the relay <-> dispatcher link we are; picks the certificate file names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Relay,
-    Dispatcher,
-}
-
-impl Role {
-    /// `relay` or `dispatcher`: the stem of the `.crt` and `.key` files in `certs_path`.
-    pub fn file_stem(self) -> &'static str {
-        match self {
-            Role::Relay => "relay",
-            Role::Dispatcher => "dispatcher",
-        }
-    }
-}
 
 /// The files one daemon needs for TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +43,14 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Our private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// Our role: a certificate marked with another role is refused at start.
+    pub role: Role,
 }
 
 impl TlsFiles {
     /// MediaProxy's layout: `ca.pem`, `crl.pem` (only when the file exists), and
-    /// `relay.crt`/`relay.key` or `dispatcher.crt`/`dispatcher.key`.
+    /// `relay.crt`/`relay.key` or `dispatcher.crt`/`dispatcher.key` (relaybox adds
+    /// `management.crt`/`management.key` for management clients).
     pub fn for_role(certs_path: &Path, role: Role) -> Self {
         let crl = certs_path.join("crl.pem");
         TlsFiles {
@@ -65,7 +58,15 @@ impl TlsFiles {
             crl: crl.exists().then_some(crl),
             cert: certs_path.join(format!("{}.crt", role.file_stem())),
             key: certs_path.join(format!("{}.key", role.file_stem())),
+            role,
         }
+    }
+
+    /// The role marked in our own certificate (`Unmarked` for one made by another CA).
+    pub fn own_marker(&self) -> Result<Marker, TlsError> {
+        let chain = load_certs(&self.cert)?;
+        certificate_marker(chain[0].as_ref())
+            .map_err(|e| TlsError::Pem { path: self.cert.clone(), reason: e.to_string() })
     }
 }
 
@@ -99,6 +100,8 @@ pub enum TlsError {
     #[error("cannot parse peer certificate: {0}")]
     Parse(String),
     #[error("{}: {reason}", path.display())]
+    WrongRole { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
     Untrusted { path: PathBuf, reason: String },
 }
 
@@ -108,11 +111,16 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// A TLS server configuration: presents `files.cert`, and verifies client certificates against
-/// `files.ca` and `files.crl`.
+/// `files.ca` and `files.crl`, then their role against `peer` (a client certificate of another
+/// role, or an unmarked one unless `peer.accept_unmarked`, fails the handshake).
 ///
 /// A CRL is applied to the certificates of the CA that signed it; a certificate whose issuer has
 /// no CRL in `files.crl` is accepted, as MediaProxy (GnuTLS) does. Expired CRLs are still used.
-pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+    peer: PeerRole,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
@@ -122,19 +130,44 @@ pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<Arc<ru
     if client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let verifier = builder.build().map_err(|e| verifier_error(files, e))?;
+    let inner = builder.build().map_err(|e| verifier_error(files, e))?;
     let (chain, key) = load_identity(files)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::new(RoleClientVerifier { inner, peer }))
         .with_single_cert(chain, key)
         .map_err(|e| identity_error(files, e))?;
     Ok(Arc::new(config))
 }
 
 /// A TLS client configuration: presents `files.cert`, verifies the server's chain against
-/// `files.ca` and `files.crl` but accepts any server name (peers are identified by passport).
-pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// `files.ca` and `files.crl` and its role against `peer`, but accepts any server name (peers are
+/// identified by passport).
+pub fn client_config(files: &TlsFiles, peer: PeerRole) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let verifier = server_verifier(files, peer)?;
+    let (chain, key) = load_identity(files)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| identity_error(files, e))?;
+    Ok(Arc::new(config))
+}
+
+/// [`client_config`] without a client certificate (`files.cert` and `files.key` are not read): for
+/// a management client of a port that serves anonymous clients.
+pub fn anonymous_client_config(files: &TlsFiles, peer: PeerRole) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let verifier = server_verifier(files, peer)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn server_verifier(files: &TlsFiles, peer: PeerRole) -> Result<Arc<AnyNameServerVerifier>, TlsError> {
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
@@ -143,14 +176,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| verifier_error(files, e))?;
-    let (chain, key) = load_identity(files)?;
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyNameServerVerifier { inner }))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| identity_error(files, e))?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(AnyNameServerVerifier { inner, peer }))
 }
 
 /// Checks that our own certificate (`files.cert`) is one the other side of the link accepts, with
@@ -168,24 +194,19 @@ pub fn check_own_certificate(files: &TlsFiles, role: Role) -> Result<(), TlsErro
     let (end_entity, intermediates) =
         chain.split_first().ok_or_else(|| TlsError::NoCertificate { path: files.cert.clone() })?;
     let at = check_time(end_entity);
-    let result = match role {
-        Role::Relay => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .with_crls(crls)
-                .allow_unknown_revocation_status()
-                .build()
-                .map_err(|e| verifier_error(files, e))?;
-            verifier.verify_client_cert(end_entity, intermediates, at).map(|_| ())
-        }
-        Role::Dispatcher => {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
-                .with_crls(crls)
-                .allow_unknown_revocation_status()
-                .build()
-                .map_err(|e| verifier_error(files, e))?;
-            let name = ServerName::try_from("relaybox").expect("a valid DNS name");
-            AnyNameServerVerifier { inner }.verify_server_cert(end_entity, intermediates, &name, &[], at).map(|_| ())
-        }
+    // Another role is refused as the other side refuses it; an unmarked certificate (another
+    // CA's, during a migration) is left to that side's `accept_unmarked_certificates`.
+    let peer = PeerRole { role, accept_unmarked: true };
+    let result = if role.is_server() {
+        let name = ServerName::try_from("relaybox").expect("a valid DNS name");
+        server_verifier(files, peer)?.verify_server_cert(end_entity, intermediates, &name, &[], at).map(|_| ())
+    } else {
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .with_crls(crls)
+            .allow_unknown_revocation_status()
+            .build()
+            .map_err(|e| verifier_error(files, e))?;
+        RoleClientVerifier { inner, peer }.verify_client_cert(end_entity, intermediates, at).map(|_| ())
     };
     result.map_err(|e| {
         let ca = files.ca.file_name().map_or_else(|| files.ca.display().to_string(), |n| n.to_string_lossy().into());
@@ -214,11 +235,91 @@ fn check_time(cert: &CertificateDer<'_>) -> UnixTime {
     UnixTime::since_unix_epoch(std::time::Duration::from_secs((from / 2 + to / 2).max(0) as u64))
 }
 
-/// webpki server verification minus the name check. webpki checks the chain, validity, EKU and
-/// revocation first and the name last, so a name error means everything else was fine.
+/// A refused role as a rustls error (the peer gets a `certificate_unknown` alert; our log gets
+/// the reason through [`describe_rustls_error`]).
+fn role_refusal(e: RoleError) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+}
+
+/// A certificate refused for its TLS purpose (a dispatcher's serverAuth-only certificate offered
+/// by a client, a relay's clientAuth-only one by a server) is of the wrong role: say which.
+fn purpose_error(e: rustls::Error, peer: PeerRole, end_entity: &CertificateDer<'_>) -> rustls::Error {
+    match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
+        ) => match peer.check(end_entity.as_ref()) {
+            Err(role) => role_refusal(role),
+            Ok(_) => e,
+        },
+        e => e,
+    }
+}
+
+/// webpki client verification, then the role check.
+#[derive(Debug)]
+struct RoleClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    peer: PeerRole,
+}
+
+impl ClientCertVerifier for RoleClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.inner.verify_client_cert(end_entity, intermediates, now) {
+            Ok(verified) => {
+                self.peer.check(end_entity.as_ref()).map_err(role_refusal)?;
+                Ok(verified)
+            }
+            Err(e) => Err(purpose_error(e, self.peer, end_entity)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// webpki server verification minus the name check, then the role check. webpki checks the chain,
+/// validity, EKU and revocation first and the name last, so a name error means everything else was
+/// fine.
 #[derive(Debug)]
 struct AnyNameServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    peer: PeerRole,
 }
 
 impl ServerCertVerifier for AnyNameServerVerifier {
@@ -231,12 +332,14 @@ impl ServerCertVerifier for AnyNameServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Ok(v) => Ok(v),
-            Err(rustls::Error::InvalidCertificate(
+            Ok(_)
+            | Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(e),
+            )) => {}
+            Err(e) => return Err(purpose_error(e, self.peer, end_entity)),
         }
+        self.peer.check(end_entity.as_ref()).map_err(role_refusal)?;
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -342,8 +445,22 @@ fn check_crl_issuers(
     Ok(())
 }
 
+/// Our certificate chain and key. A certificate marked with another role than ours is refused
+/// here, naming the file (a relay.crt copied as dispatcher.crt, say); an unmarked one is loaded
+/// (the daemon warns: relaybox peers refuse it unless they accept unmarked certificates).
 fn load_identity(files: &TlsFiles) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = load_certs(&files.cert)?;
+    match certificate_marker(chain[0].as_ref()) {
+        Ok(Marker::Role(r)) if r == files.role => {}
+        Ok(Marker::Unmarked) => {}
+        Ok(other) => {
+            return Err(TlsError::WrongRole {
+                path: files.cert.clone(),
+                reason: format!("is a certificate of the {other} role; this daemon needs a {} certificate", files.role),
+            })
+        }
+        Err(e) => return Err(TlsError::Pem { path: files.cert.clone(), reason: e.to_string() }),
+    }
     let bytes = read(&files.key)?;
     let key = match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => key,
@@ -532,6 +649,7 @@ fn describe_certificate_error(e: &CertificateError) -> String {
         }
         C::NotValidForName | C::NotValidForNameContext { .. } => "certificate not valid for this name".into(),
         C::UnhandledCriticalExtension => "certificate has an unsupported critical extension".into(),
+        C::Other(e) => e.0.to_string(),
         other => format!("certificate rejected: {other:?}"),
     }
 }
@@ -544,7 +662,7 @@ fn describe_alert(alert: AlertDescription) -> String {
         A::CertificateExpired => "certificate expired",
         A::BadCertificate => "bad certificate",
         A::UnsupportedCertificate => "unsupported certificate",
-        A::CertificateUnknown => "certificate unknown",
+        A::CertificateUnknown => "certificate unknown (a relaybox peer says so for a certificate of the wrong role)",
         A::AccessDenied => "access denied",
         A::CertificateRequired => return "peer requires a certificate and we sent none".into(),
         A::HandshakeFailure => return "peer aborted the handshake (no common parameters?)".into(),

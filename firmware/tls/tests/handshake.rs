@@ -9,8 +9,8 @@ use std::time::Duration;
 use relaybox_ca::{write_certs_dir, CertificateAuthority, IssuedCert, Subject};
 use relaybox_config::{Passport, SubjectAttr};
 use relaybox_tls::{
-    check_passport, client_config, describe_handshake_error, peer_identity, server_config, ClientAuth, PeerIdentity,
-    Role, TlsError, TlsFiles,
+    anonymous_client_config, check_passport, client_config, describe_handshake_error, peer_identity, server_config,
+    ClientAuth, PeerIdentity, PeerRole, Role, TlsError, TlsFiles,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -18,6 +18,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const ORG: &str = "Example Ltd";
+
+/// What the dispatcher's relay port accepts.
+fn relays() -> PeerRole {
+    PeerRole::strict(Role::Relay)
+}
+
+/// What a relay (or a management client) accepts from the server.
+fn dispatchers() -> PeerRole {
+    PeerRole::strict(Role::Dispatcher)
+}
 
 /// A CA, a certs_path with relay and dispatcher certificates, and the CA kept for revocations.
 struct Pki {
@@ -32,8 +42,8 @@ impl Pki {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let mut ca = CertificateAuthority::create(&Subject::new("Example CA").with_org(ORG), 30).unwrap();
-        let relay = ca.issue(&Subject::new("edge-relay").with_org(ORG).with_ou("Edge"), 30).unwrap();
-        let dispatcher = ca.issue(&Subject::new("dispatcher").with_org(ORG), 30).unwrap();
+        let relay = ca.issue(Role::Relay, &Subject::new("edge-relay").with_org(ORG).with_ou("Edge"), 30).unwrap();
+        let dispatcher = ca.issue(Role::Dispatcher, &Subject::new("dispatcher").with_org(ORG), 30).unwrap();
         let certs = tmp.path().join("certs");
         write_certs_dir(&ca, &certs, &relay, &dispatcher).unwrap();
         Pki { _tmp: tmp, ca, certs, relay, dispatcher }
@@ -48,9 +58,9 @@ impl Pki {
     }
 
     /// Writes `cert` as `<dir>/<name>.crt` and `.key`; returns TlsFiles that use them with this CA.
-    fn files_with(&self, name: &str, cert: &IssuedCert) -> TlsFiles {
+    fn files_with(&self, name: &str, cert: &IssuedCert, role: Role) -> TlsFiles {
         let (crt, key) = relaybox_ca::write_issued(&self.certs, name, cert).unwrap();
-        TlsFiles { cert: crt, key, ..self.relay_files() }
+        TlsFiles { cert: crt, key, role, ..self.relay_files() }
     }
 
     fn rewrite_crl(&self) {
@@ -109,8 +119,8 @@ fn identity(cert: &CertificateDer<'_>) -> PeerIdentity {
 #[tokio::test]
 async fn good_relay_is_accepted_and_its_passport_matches() {
     let pki = Pki::new();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.relay_files()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
     // The relay connects by IP; the dispatcher's certificate names "dispatcher": accepted anyway.
     let out = handshake(server, client, localhost()).await;
     let relay_cert = out.server.expect("server accepted").expect("relay presented a certificate");
@@ -140,8 +150,8 @@ async fn good_relay_is_accepted_and_its_passport_matches() {
 #[tokio::test]
 async fn any_server_name_is_accepted_but_the_chain_is_not_skipped() {
     let pki = Pki::new();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.relay_files()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
     let name = ServerName::try_from("some-other-host.example").unwrap();
     assert!(handshake(server.clone(), client, name).await.client.is_ok());
 
@@ -156,9 +166,11 @@ async fn any_server_name_is_accepted_but_the_chain_is_not_skipped() {
 
     // A dispatcher certificate from another CA: the relay refuses it itself.
     let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
-    let fake = other.issue(&Subject::new("dispatcher").with_org(ORG), 30).unwrap();
-    let server = server_config(&pki.files_with("fake-dispatcher", &fake), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.relay_files()).unwrap();
+    let fake = other.issue(Role::Dispatcher, &Subject::new("dispatcher").with_org(ORG), 30).unwrap();
+    let server =
+        server_config(&pki.files_with("fake-dispatcher", &fake, Role::Dispatcher), ClientAuth::Required, relays())
+            .unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
     let out = handshake(server, client, localhost()).await;
     let err = out.client.expect_err("relay must refuse a dispatcher from another CA");
     assert_eq!(describe_handshake_error(&err), "certificate signed by an unknown CA");
@@ -170,9 +182,9 @@ async fn any_server_name_is_accepted_but_the_chain_is_not_skipped() {
 async fn relay_from_another_ca_is_refused() {
     let pki = Pki::new();
     let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
-    let intruder = other.issue(&Subject::new("edge-relay").with_org(ORG), 30).unwrap();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.files_with("intruder", &intruder)).unwrap();
+    let intruder = other.issue(Role::Relay, &Subject::new("edge-relay").with_org(ORG), 30).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.files_with("intruder", &intruder, Role::Relay), dispatchers()).unwrap();
     let out = handshake(server, client, localhost()).await;
     let err = out.server.expect_err("dispatcher must refuse a relay from another CA");
     assert_eq!(describe_handshake_error(&err), "certificate signed by an unknown CA");
@@ -183,13 +195,13 @@ async fn relay_from_another_ca_is_refused() {
 #[tokio::test]
 async fn revoked_relay_is_refused_after_a_new_crl() {
     let mut pki = Pki::new();
-    let client = client_config(&pki.relay_files()).unwrap();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
     assert!(handshake(server, client.clone(), localhost()).await.server.is_ok(), "accepted before revocation");
 
     pki.ca.revoke(&pki.relay.serial_hex).unwrap();
     pki.rewrite_crl();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
     let out = handshake(server, client, localhost()).await;
     let err = out.server.expect_err("dispatcher must refuse a revoked relay");
     let reason = describe_handshake_error(&err);
@@ -200,9 +212,9 @@ async fn revoked_relay_is_refused_after_a_new_crl() {
     // The relay honours the CRL too: a revoked dispatcher is refused.
     pki.ca.revoke(&pki.dispatcher.serial_hex).unwrap();
     pki.rewrite_crl();
-    let other_relay = pki.ca.issue(&Subject::new("relay2").with_org(ORG), 30).unwrap();
-    let client = client_config(&pki.files_with("relay2", &other_relay)).unwrap();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let other_relay = pki.ca.issue(Role::Relay, &Subject::new("relay2").with_org(ORG), 30).unwrap();
+    let client = client_config(&pki.files_with("relay2", &other_relay, Role::Relay), dispatchers()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
     let err = handshake(server, client, localhost()).await.client.expect_err("revoked dispatcher");
     assert_eq!(describe_handshake_error(&err), "certificate revoked");
 }
@@ -210,9 +222,9 @@ async fn revoked_relay_is_refused_after_a_new_crl() {
 #[tokio::test]
 async fn expired_relay_is_refused() {
     let mut pki = Pki::new();
-    let expired = pki.ca.issue_expired(&Subject::new("old-relay").with_org(ORG)).unwrap();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.files_with("old-relay", &expired)).unwrap();
+    let expired = pki.ca.issue_expired(Role::Relay, &Subject::new("old-relay").with_org(ORG)).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.files_with("old-relay", &expired, Role::Relay), dispatchers()).unwrap();
     let out = handshake(server, client, localhost()).await;
     assert_eq!(describe_handshake_error(&out.server.unwrap_err()), "certificate expired");
     assert!(describe_handshake_error(&out.client.unwrap_err()).contains("expired"));
@@ -230,12 +242,12 @@ async fn client_without_certificate_needs_optional_auth() {
     );
     let name = ServerName::try_from("dispatcher").unwrap();
 
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
     let out = handshake(server, anonymous.clone(), name.clone()).await;
     assert_eq!(describe_handshake_error(&out.server.unwrap_err()), "peer sent no certificate");
     assert_eq!(describe_handshake_error(&out.client.unwrap_err()), "peer requires a certificate and we sent none");
 
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Optional).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Optional, relays()).unwrap();
     let out = handshake(server, anonymous, name).await;
     assert_eq!(out.server.unwrap(), None);
     assert!(out.client.is_ok());
@@ -244,8 +256,8 @@ async fn client_without_certificate_needs_optional_auth() {
 #[tokio::test]
 async fn passport_mismatch_names_the_attribute() {
     let pki = Pki::new();
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let client = client_config(&pki.relay_files()).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
     let relay = identity(&handshake(server, client, localhost()).await.server.unwrap().unwrap());
 
     let wrong_org = Passport::parse("O:Other Corp, CN:*relay").unwrap();
@@ -271,44 +283,47 @@ fn file_errors_name_the_file() {
 
     let key = pki.certs.join("relay.key");
     std::fs::remove_file(&key).unwrap();
-    for err in [client_config(&files).unwrap_err(), server_config(&files, ClientAuth::Required).unwrap_err()] {
+    for err in [
+        client_config(&files, dispatchers()).unwrap_err(),
+        server_config(&files, ClientAuth::Required, relays()).unwrap_err(),
+    ] {
         assert!(matches!(&err, TlsError::Io { path, .. } if path == &key), "{err:?}");
         assert!(err.to_string().contains(&key.display().to_string()), "{err}");
     }
 
     std::fs::write(&key, "not a key\n").unwrap();
-    let err = client_config(&files).unwrap_err();
+    let err = client_config(&files, dispatchers()).unwrap_err();
     assert!(matches!(&err, TlsError::NoKey { path } if path == &key), "{err:?}");
 
     // A key that belongs to another certificate.
     std::fs::copy(pki.certs.join("dispatcher.key"), &key).unwrap();
-    let err = client_config(&files).unwrap_err();
+    let err = client_config(&files, dispatchers()).unwrap_err();
     assert!(err.to_string().contains(&key.display().to_string()), "{err}");
     assert!(err.to_string().contains("does not match"), "{err}");
 
     let crt = pki.certs.join("relay.crt");
     std::fs::write(&crt, "").unwrap();
-    let err = server_config(&pki.relay_files(), ClientAuth::Required).unwrap_err();
+    let err = server_config(&pki.relay_files(), ClientAuth::Required, relays()).unwrap_err();
     assert!(matches!(&err, TlsError::NoCertificate { path } if path == &crt), "{err:?}");
 
     let crl = pki.certs.join("crl.pem");
     std::fs::write(&crl, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").unwrap();
-    let err = client_config(&pki.dispatcher_files()).unwrap_err();
+    let err = client_config(&pki.dispatcher_files(), dispatchers()).unwrap_err();
     assert!(err.to_string().contains(&crl.display().to_string()), "{err}");
 
     // A CRL from a CA that is not in ca.pem would protect nothing: refused.
     let other = CertificateAuthority::create(&Subject::new("Other CA"), 30).unwrap();
     std::fs::write(&crl, other.crl_pem().unwrap()).unwrap();
-    let err = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap_err().to_string();
+    let err = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap_err().to_string();
     assert!(err.contains(&crl.display().to_string()) && err.contains("CN=Other CA"), "{err}");
 
     std::fs::remove_file(&crl).unwrap();
     assert_eq!(TlsFiles::for_role(&pki.certs, Role::Dispatcher).crl, None);
-    client_config(&pki.dispatcher_files()).expect("no crl.pem is fine");
+    client_config(&pki.dispatcher_files(), dispatchers()).expect("no crl.pem is fine");
 
     let ca = pki.certs.join("ca.pem");
     std::fs::remove_file(&ca).unwrap();
-    let err = client_config(&pki.dispatcher_files()).unwrap_err();
+    let err = client_config(&pki.dispatcher_files(), dispatchers()).unwrap_err();
     assert!(err.to_string().contains(&ca.display().to_string()), "{err}");
     assert!(!Path::new(&ca).exists());
 }
@@ -342,14 +357,14 @@ async fn own_certificate_is_checked_as_the_other_side_of_the_link_checks_it() {
     // A relay certificate from another CA, with its own key (so it loads):
     // the check refuses it, and so does the dispatcher in a real handshake.
     let mut other = CertificateAuthority::create(&Subject::new("Other CA").with_org(ORG), 30).unwrap();
-    let stranger = other.issue(&Subject::new("edge-relay").with_org(ORG), 30).unwrap();
-    let files = pki.files_with("stranger", &stranger);
-    client_config(&files).expect("the files load: the key matches the certificate");
+    let stranger = other.issue(Role::Relay, &Subject::new("edge-relay").with_org(ORG), 30).unwrap();
+    let files = pki.files_with("stranger", &stranger, Role::Relay);
+    client_config(&files, dispatchers()).expect("the files load: the key matches the certificate");
     let err = relaybox_tls::check_own_certificate(&files, Role::Relay).unwrap_err();
     assert!(matches!(&err, TlsError::Untrusted { path, .. } if path == &files.cert), "{err:?}");
     assert!(err.to_string().contains("is not signed by a CA in ca.pem"), "{err}");
-    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required).unwrap();
-    let out = handshake(server, client_config(&files).unwrap(), localhost()).await;
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let out = handshake(server, client_config(&files, dispatchers()).unwrap(), localhost()).await;
     assert!(out.server.is_err(), "the dispatcher refuses it too");
 
     // ca.pem replaced by another CA (and no CRL, which would be refused
@@ -374,6 +389,102 @@ async fn own_certificate_is_checked_as_the_other_side_of_the_link_checks_it() {
     assert!(err.to_string().contains("revoked"), "{err}");
 
     // Dates are the handshake's business (a box may not know the time yet).
-    let expired = pki.ca.issue_expired(&Subject::new("old-relay").with_org(ORG)).unwrap();
-    relaybox_tls::check_own_certificate(&pki.files_with("old", &expired), Role::Relay).unwrap();
+    let expired = pki.ca.issue_expired(Role::Relay, &Subject::new("old-relay").with_org(ORG)).unwrap();
+    relaybox_tls::check_own_certificate(&pki.files_with("old", &expired, Role::Relay), Role::Relay).unwrap();
+}
+
+/// The server's reason for refusing the handshake.
+fn server_reason(out: &Outcome) -> String {
+    match &out.server {
+        Err(e) => describe_handshake_error(e),
+        Ok(_) => panic!("the server accepted the client"),
+    }
+}
+
+/// The client's reason for refusing (or learning it was refused).
+fn client_reason(out: &Outcome) -> String {
+    match &out.client {
+        Err(e) => describe_handshake_error(e),
+        Ok(_) => panic!("the client accepted the server"),
+    }
+}
+
+#[tokio::test]
+async fn each_end_refuses_a_certificate_of_another_role() {
+    let mut pki = Pki::new();
+    let management = pki.ca.issue(Role::Management, &Subject::new("ops").with_org(ORG), 30).unwrap();
+    let management_files = pki.files_with("management", &management, Role::Management);
+
+    // A dispatcher's certificate presented as a relay: refused at the relay port.
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let out =
+        handshake(server.clone(), client_config(&pki.dispatcher_files(), dispatchers()).unwrap(), localhost()).await;
+    assert_eq!(server_reason(&out), "the certificate has the dispatcher role; this port takes relay certificates");
+    assert!(client_reason(&out).contains("peer refused our certificate"), "{}", client_reason(&out));
+
+    // A management client's certificate (a TLS client too) at the relay port.
+    let out = handshake(server.clone(), client_config(&management_files, dispatchers()).unwrap(), localhost()).await;
+    assert_eq!(server_reason(&out), "the certificate has the management role; this port takes relay certificates");
+
+    // A relay's certificate presented by a server: the relay refuses it.
+    let fake_dispatcher = server_config(&pki.relay_files(), ClientAuth::Required, relays()).unwrap();
+    let out = handshake(fake_dispatcher, client_config(&pki.relay_files(), dispatchers()).unwrap(), localhost()).await;
+    assert_eq!(client_reason(&out), "the certificate has the relay role; this port takes dispatcher certificates");
+
+    // The management port takes management certificates only, even when it
+    // also serves clients without one; accepting unmarked ones changes
+    // nothing for a certificate of another role.
+    for auth in [ClientAuth::Required, ClientAuth::Optional] {
+        let peers = PeerRole { role: Role::Management, accept_unmarked: true };
+        let port = server_config(&pki.dispatcher_files(), auth, peers).unwrap();
+        let out = handshake(port.clone(), client_config(&pki.relay_files(), dispatchers()).unwrap(), localhost()).await;
+        assert_eq!(
+            server_reason(&out),
+            "the certificate has the relay role; this port takes management certificates",
+            "{auth:?}"
+        );
+        let out = handshake(port, client_config(&management_files, dispatchers()).unwrap(), localhost()).await;
+        let seen = out.server.expect("a management client is served").expect("with its certificate");
+        assert_eq!(identity(&seen).subject_text, "O=Example Ltd, CN=ops");
+    }
+    // Anonymous clients still verify the server's role.
+    let anonymous = anonymous_client_config(&management_files, dispatchers()).unwrap();
+    let optional = server_config(&pki.dispatcher_files(), ClientAuth::Optional, PeerRole::strict(Role::Management));
+    assert!(handshake(optional.unwrap(), anonymous, localhost()).await.client.is_ok());
+}
+
+#[tokio::test]
+async fn an_unmarked_certificate_needs_the_setting_at_either_end() {
+    let mut pki = Pki::new();
+    // As MediaProxy's CA makes them: serverAuth + clientAuth, no role.
+    let old_relay = pki.ca.issue_unmarked(&Subject::new("old-relay").with_org(ORG), 30).unwrap();
+    let old_dispatcher = pki.ca.issue_unmarked(&Subject::new("old-dispatcher").with_org(ORG), 30).unwrap();
+    let old_relay_files = pki.files_with("old-relay", &old_relay, Role::Relay);
+    let old_dispatcher_files = pki.files_with("old-dispatcher", &old_dispatcher, Role::Dispatcher);
+
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let out = handshake(server, client_config(&old_relay_files, dispatchers()).unwrap(), localhost()).await;
+    assert!(server_reason(&out).contains("carries no relaybox role"), "{}", server_reason(&out));
+    let lenient = PeerRole { role: Role::Relay, accept_unmarked: true };
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, lenient).unwrap();
+    let out = handshake(server, client_config(&old_relay_files, dispatchers()).unwrap(), localhost()).await;
+    assert!(out.server.is_ok() && out.client.is_ok());
+
+    let server = server_config(&old_dispatcher_files, ClientAuth::Required, relays()).unwrap();
+    let out = handshake(server.clone(), client_config(&pki.relay_files(), dispatchers()).unwrap(), localhost()).await;
+    assert!(client_reason(&out).contains("carries no relaybox role"), "{}", client_reason(&out));
+    let lenient = PeerRole { role: Role::Dispatcher, accept_unmarked: true };
+    let out = handshake(server, client_config(&pki.relay_files(), lenient).unwrap(), localhost()).await;
+    assert!(out.server.is_ok() && out.client.is_ok());
+}
+
+#[test]
+fn our_own_certificate_of_another_role_is_refused_naming_the_file() {
+    let pki = Pki::new();
+    // relay.crt and relay.key used as the dispatcher's: a copy mistake.
+    let files = TlsFiles { role: Role::Dispatcher, ..pki.relay_files() };
+    let err = server_config(&files, ClientAuth::Required, relays()).unwrap_err();
+    assert!(matches!(&err, TlsError::WrongRole { path, .. } if path == &pki.certs.join("relay.crt")), "{err:?}");
+    assert!(err.to_string().contains("relay role; this daemon needs a dispatcher certificate"), "{err}");
+    assert!(matches!(pki.relay_files().own_marker(), Ok(relaybox_tls::Marker::Role(Role::Relay))));
 }

@@ -94,13 +94,14 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     if auth::stored_hash(&config_path).is_none() {
         tracing::warn!("web: no password is set; run `relaybox --config {} web set-password`", config_path.display());
     }
-    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, router::router(state.clone())))];
+    let limits = server::Limits::from_config(&web);
+    let mut tasks = vec![tokio::spawn(server::serve_https(https, tls, router::router(state.clone()), limits))];
     tasks.push(tokio::spawn(pages::status::sample_forever(state)));
     let mut http_addr = None;
     if let Some(addr) = web.http_listen {
         let http = TcpListener::bind(addr).await.with_context(|| format!("binding HTTP {addr}"))?;
         http_addr = Some(http.local_addr()?);
-        tasks.push(tokio::spawn(server::serve_redirect(http, https_addr)));
+        tasks.push(tokio::spawn(server::serve_redirect(http, https_addr, limits)));
     }
     tracing::info!(https = %https_addr, http = ?http_addr, "web page ready");
     Ok(Server { https_addr, http_addr, tasks })

@@ -1,7 +1,11 @@
 //! HTTPS with the box's certificate (`web.crt`/`web.key` in `certs_path`,
 //! else `relay.crt`/`relay.key`, else a self-signed one made on first start),
-//! rustls with the ring provider; the accept loop with a connection cap and
-//! handshake/header timeouts; plain HTTP that only redirects to HTTPS.
+//! rustls with the ring provider; the accept loops, each with a connection
+//! cap in total and per client address (`[Web] max_connections`,
+//! `max_connections_per_ip`: idle connections from one address cannot lock
+//! the others out) and handshake/header timeouts (`handshake_timeout`);
+//! accept errors are logged and paused, never fatal; plain HTTP that only
+//! redirects to HTTPS.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,17 +19,55 @@ use axum::http::{header, Request, Response, StatusCode};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use relaybox_config::WebConfig;
+use relaybox_limits::{AcceptErrors, Admission, ConnectionLimits, Gate, Source};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service;
 
 use crate::app::ClientIp;
 
-const MAX_CONNECTIONS: usize = 64;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The caps and timeouts of one of the page's listeners, from `[Web]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connections: ConnectionLimits,
+    /// For the TLS handshake, and for each request's header.
+    pub handshake_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(web: &WebConfig) -> Self {
+        Limits {
+            connections: ConnectionLimits {
+                total: web.max_connections,
+                per_source: web.max_connections_per_ip,
+                total_setting: "[Web] max_connections",
+                per_source_setting: "[Web] max_connections_per_ip",
+            },
+            handshake_timeout: web.handshake_timeout,
+        }
+    }
+}
+
+/// The next connection `gate` admits; accept errors are logged and paused.
+async fn next_connection(
+    listener: &TcpListener,
+    gate: &Arc<Gate>,
+    errors: &mut AcceptErrors,
+) -> (TcpStream, SocketAddr, Admission) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                errors.accepted();
+                if let Some(admission) = gate.admit(Source::from_ip(peer.ip()), &peer) {
+                    return (tcp, peer, admission);
+                }
+            }
+            Err(e) => errors.pause(&e).await,
+        }
+    }
+}
 
 /// A rustls server configuration for the page from PEM files.
 pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -90,25 +132,16 @@ impl TlsHolder {
 }
 
 /// Serves `router` over TLS on `listener` until the task is aborted.
-pub async fn serve_https(listener: TcpListener, tls: Arc<TlsHolder>, router: Router) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+pub async fn serve_https(listener: TcpListener, tls: Arc<TlsHolder>, router: Router, limits: Limits) {
+    let gate = Gate::new("web page (HTTPS)", limits.connections);
+    let mut errors = AcceptErrors::new("web page (HTTPS)");
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("web: accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue; // too many connections: drop this one
-        };
+        let (tcp, peer, admission) = next_connection(&listener, &gate, &mut errors).await;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
         let router = router.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _admission = admission;
+            let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(client = %peer, "web: TLS handshake: {e}");
@@ -123,7 +156,7 @@ pub async fn serve_https(listener: TcpListener, tls: Arc<TlsHolder>, router: Rou
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.handshake_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
@@ -155,22 +188,19 @@ pub fn redirect(req: &Request<Incoming>, https: SocketAddr) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-pub async fn serve_redirect(listener: TcpListener, https: SocketAddr) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+pub async fn serve_redirect(listener: TcpListener, https: SocketAddr, limits: Limits) {
+    let gate = Gate::new("web page (HTTP)", limits.connections);
+    let mut errors = AcceptErrors::new("web page (HTTP)");
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let (tcp, _, admission) = next_connection(&listener, &gate, &mut errors).await;
         tokio::spawn(async move {
-            let _permit = permit;
+            let _admission = admission;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, Infallible>(redirect(&req, https))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.handshake_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });

@@ -238,8 +238,8 @@ fn browser_logs_in_changes_the_port_range_watches_a_live_call_and_reboots_after_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut ca = CertificateAuthority::create(&Subject::new("browser test CA"), 3650).unwrap();
-    let relay_cert = ca.issue(&Subject::new("edge-relay"), 365).unwrap();
-    let dispatcher_cert = ca.issue(&Subject::new("dispatcher"), 365).unwrap();
+    let relay_cert = ca.issue(relaybox_ca::Role::Relay, &Subject::new("edge-relay"), 365).unwrap();
+    let dispatcher_cert = ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher"), 365).unwrap();
     let certs = d.join("tls");
     relaybox_ca::write_certs_dir(&ca, &certs, &relay_cert, &dispatcher_cert).unwrap();
 

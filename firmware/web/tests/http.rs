@@ -522,7 +522,7 @@ fn certificates_page_uploads_and_requests() {
     assert!(!page.body.contains("expires in"), "365 days: no warning");
 
     // A certificate close to expiry, with its key: accepted, and warned about.
-    let soon = web.ca.issue(&relaybox_ca::Subject::new("soon-relay"), 10).unwrap();
+    let soon = web.ca.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("soon-relay"), 10).unwrap();
     let r = web.post(
         "/certs/upload",
         &s,
@@ -535,10 +535,18 @@ fn certificates_page_uploads_and_requests() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(web.certs.join("relay.key")).unwrap().permissions().mode() & 0o777, 0o600);
 
-    // A key that does not match, garbage, a non-CA as CA: refused, nothing replaced.
-    let other = web.ca.issue(&relaybox_ca::Subject::new("other"), 30).unwrap();
+    // A key that does not match, garbage, a dispatcher's certificate as the
+    // relay's, a non-CA as CA: refused, nothing replaced.
+    let other = web.ca.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("other"), 30).unwrap();
+    let dispatcher = web.ca.issue(relaybox_ca::Role::Dispatcher, &relaybox_ca::Subject::new("dispatcher"), 30).unwrap();
     for (kind, pem, key, why) in [
         ("relay", other.cert_pem.as_str(), soon.key_pem.as_str(), "does not match"),
+        (
+            "relay",
+            dispatcher.cert_pem.as_str(),
+            dispatcher.key_pem.as_str(),
+            "dispatcher role; this daemon needs a relay certificate",
+        ),
         (
             "relay",
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
@@ -589,7 +597,7 @@ fn certificates_that_the_dispatcher_would_refuse_are_not_installed() {
     assert!(r.body.contains("Nothing was replaced"), "{}", r.body);
     assert!(r.body.contains("certs/relay.crt: is not signed by a CA in ca.pem"), "{}", r.body);
     // A relay certificate (with its own key) from a CA that is not ca.pem.
-    let stranger = other.issue(&relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
+    let stranger = other.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("edge-relay"), 30).unwrap();
     let r = web.post(
         "/certs/upload",
         &s,

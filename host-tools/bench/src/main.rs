@@ -438,8 +438,8 @@ struct Relaybox {
 fn relaybox_certs(dir: &Path) -> anyhow::Result<PathBuf> {
     use relaybox_ca::{write_certs_dir, CertificateAuthority, Subject};
     let mut ca = CertificateAuthority::create(&Subject::new("relaybox bench CA"), 2)?;
-    let relay = ca.issue(&Subject::new("relay"), 2)?;
-    let dispatcher = ca.issue(&Subject::new("dispatcher"), 2)?;
+    let relay = ca.issue(relaybox_ca::Role::Relay, &Subject::new("relay"), 2)?;
+    let dispatcher = ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher"), 2)?;
     let out = dir.join("certs");
     write_certs_dir(&ca, &out, &relay, &dispatcher)?;
     Ok(out)

@@ -1,9 +1,11 @@
 //! relaybox-ca owns the operator's side of the relay <-> dispatcher PKI (SPEC section 2): a small
 //! certificate authority kept in one directory (`ca.pem`, `ca.key` with mode 0600, `index.json` with
 //! the issued and revoked serials, `crl.pem`), certificates for relays, dispatchers and management
-//! clients (EKU serverAuth + clientAuth, random serials), signed CRLs, SHA-256 fingerprints, and the
+//! clients (each marked with its role, random serials), signed CRLs, SHA-256 fingerprints, and the
 //! `certs_path` layout that MediaProxy-style daemons read (`ca.pem`, `crl.pem`, `relay.crt`/`.key`,
-//! `dispatcher.crt`/`.key`). Everything is done in-process with rcgen (ring); it never shells out to
+//! `dispatcher.crt`/`.key`, `management.crt`/`.key`). Every certificate it issues carries exactly
+//! one relaybox role in its Extended Key Usage (the marks `relaybox-tls` defines and checks), so a
+//! relay's certificate cannot act as a dispatcher or a management client. Everything is done in-process with rcgen (ring); it never shells out to
 //! openssl. It does not build TLS configurations or check peers: that is `relaybox-tls`, which must
 //! not depend on this crate except in its tests.
 
@@ -17,9 +19,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension, DistinguishedName, DnType,
+    DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
+pub use relaybox_tls::Role;
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -38,6 +41,28 @@ pub const CA_INDEX_FILE: &str = "index.json";
 pub const CRL_FILE: &str = "crl.pem";
 
 const OID_EMAIL: &[u64] = &[1, 2, 840, 113549, 1, 9, 1];
+const OID_EXTENDED_KEY_USAGE: &[u64] = &[2, 5, 29, 37];
+
+/// Sets the usages of an end-entity certificate: a role's mark (its TLS purpose and its relaybox
+/// key purpose, written as a custom extension because rcgen's OIDs cannot hold the UUID arc), or,
+/// with `None`, what other CAs write (serverAuth + clientAuth, no role).
+fn set_usages(params: &mut CertificateParams, role: Option<Role>) {
+    params.is_ca = IsCa::NoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.custom_extensions.retain(|e| !e.oid_components().eq(OID_EXTENDED_KEY_USAGE.iter().copied()));
+    match role {
+        Some(role) => {
+            params.extended_key_usages = Vec::new();
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(OID_EXTENDED_KEY_USAGE, role.extended_key_usage_der()));
+        }
+        None => {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        }
+    }
+    params.use_authority_key_identifier_extension = true;
+}
 /// Certificates are valid from a little before "now" so that peers with a slow clock accept them.
 const BACKDATE: Duration = Duration::hours(1);
 
@@ -297,18 +322,27 @@ impl CertificateAuthority {
         &self.index.revoked
     }
 
-    /// Issues a certificate valid from now for `days` days, for use as TLS server and client.
-    pub fn issue(&mut self, subject: &Subject, days: u32) -> Result<IssuedCert, CaError> {
+    /// Issues a certificate of `role` valid from now for `days` days.
+    pub fn issue(&mut self, role: Role, subject: &Subject, days: u32) -> Result<IssuedCert, CaError> {
         let now = OffsetDateTime::now_utc();
-        self.issue_between(subject, now - BACKDATE, now + Duration::days(i64::from(days.max(1))))
+        self.issue_between(Some(role), subject, now - BACKDATE, now + Duration::days(i64::from(days.max(1))))
+    }
+
+    /// Issues a certificate without a relaybox role (serverAuth + clientAuth, as other CAs make
+    /// them, e.g. MediaProxy's): relaybox daemons accept it only with `[TLS]
+    /// accept_unmarked_certificates = yes`. For tests of that migration setting.
+    pub fn issue_unmarked(&mut self, subject: &Subject, days: u32) -> Result<IssuedCert, CaError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_between(None, subject, now - BACKDATE, now + Duration::days(i64::from(days.max(1))))
     }
 
     /// Signs a certificate signing request made elsewhere (the box's web
     /// page makes a key and a CSR; the key never leaves the box). The
     /// subject and the public key come from the CSR; validity, serial and
-    /// usages are this CA's, as for [`CertificateAuthority::issue`].
+    /// usages (the role's mark, whatever the CSR asks for) are this CA's, as
+    /// for [`CertificateAuthority::issue`].
     /// Returns the certificate PEM and its serial.
-    pub fn sign_csr(&mut self, csr_pem: &str, days: u32) -> Result<(String, String), CaError> {
+    pub fn sign_csr(&mut self, csr_pem: &str, role: Role, days: u32) -> Result<(String, String), CaError> {
         let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Parse(format!("not a certificate signing request: {e}")))?;
         let now = OffsetDateTime::now_utc();
@@ -316,10 +350,7 @@ impl CertificateAuthority {
         let serial = random_serial()?;
         let serial_hex = hex_upper(serial.as_ref());
         let params = &mut csr.params;
-        params.is_ca = IsCa::NoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        set_usages(params, Some(role));
         params.not_before = now - BACKDATE;
         params.not_after = not_after;
         params.serial_number = Some(serial);
@@ -335,15 +366,17 @@ impl CertificateAuthority {
         Ok((cert_pem, serial_hex))
     }
 
-    /// Issues a certificate that expired yesterday (for tests of expiry handling).
-    pub fn issue_expired(&mut self, subject: &Subject) -> Result<IssuedCert, CaError> {
+    /// Issues a certificate of `role` that expired yesterday (for tests of expiry handling).
+    pub fn issue_expired(&mut self, role: Role, subject: &Subject) -> Result<IssuedCert, CaError> {
         let now = OffsetDateTime::now_utc();
-        self.issue_between(subject, now - Duration::days(30), now - Duration::days(1))
+        self.issue_between(Some(role), subject, now - Duration::days(30), now - Duration::days(1))
     }
 
-    /// Issues a certificate with an explicit validity period.
+    /// Issues a certificate with an explicit validity period, marked with `role` (`None`: no
+    /// relaybox role, see [`issue_unmarked`](Self::issue_unmarked)).
     pub fn issue_between(
         &mut self,
+        role: Option<Role>,
         subject: &Subject,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
@@ -357,10 +390,7 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = subject.distinguished_name()?;
         params.subject_alt_names = san_for(&subject.cn);
-        params.is_ca = IsCa::NoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        set_usages(&mut params, role);
         params.not_before = not_before;
         params.not_after = not_after;
         params.serial_number = Some(serial);
@@ -428,6 +458,9 @@ pub struct CertInfo {
     pub not_after: String,
     pub is_ca: bool,
     pub fingerprint: String,
+    /// The relaybox role marked in it: `relay`, `dispatcher`, `management`, `unmarked`, or
+    /// several joined with `+`.
+    pub role: String,
 }
 
 /// Parses the first certificate of a PEM text.
@@ -444,6 +477,9 @@ pub fn cert_info(cert_pem: &str) -> Result<CertInfo, CaError> {
         not_after: x509.validity().not_after.to_string(),
         is_ca: x509.is_ca(),
         fingerprint: fingerprint_der(&der),
+        role: relaybox_tls::certificate_marker(&der)
+            .map(|m| m.to_string())
+            .map_err(|e| CaError::Parse(e.to_string()))?,
     })
 }
 
@@ -626,7 +662,7 @@ mod tests {
     fn issue_sets_subject_serial_and_eku() {
         let mut ca = example_ca();
         let subject = Subject::new("edge-relay").with_org("Example Ltd").with_ou("Edge");
-        let cert = ca.issue(&subject, 10).unwrap();
+        let cert = ca.issue(Role::Relay, &subject, 10).unwrap();
         let der = pem_der(&cert.cert_pem, "CERTIFICATE").unwrap();
         let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(x509.subject().to_string(), "O=Example Ltd, OU=Edge, CN=edge-relay");
@@ -634,18 +670,65 @@ mod tests {
         assert_eq!(hex_upper(x509.raw_serial()), cert.serial_hex);
         assert_eq!(cert.serial_hex.len(), 32);
         let eku = x509.extended_key_usage().unwrap().unwrap().value;
-        assert!(eku.server_auth && eku.client_auth);
+        assert!(eku.client_auth && !eku.server_auth, "a relay is a TLS client only");
+        assert_eq!(eku.other.len(), 1);
+        assert_eq!(eku.other[0].as_bytes(), Role::Relay.oid_der());
+        assert_eq!(cert_info(&cert.cert_pem).unwrap().role, "relay");
         assert!(!x509.is_ca());
         assert_eq!(ca.issued().len(), 1);
-        let other = ca.issue(&subject, 10).unwrap();
+        let other = ca.issue(Role::Relay, &subject, 10).unwrap();
         assert_ne!(other.serial_hex, cert.serial_hex, "serials are random");
+    }
+
+    fn eku_of(pem: &str) -> (bool, bool, Vec<Vec<u8>>) {
+        let der = pem_der(pem, "CERTIFICATE").unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        (eku.server_auth, eku.client_auth, eku.other.iter().map(|o| o.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn each_role_gets_its_tls_purpose_and_its_mark() {
+        let mut ca = example_ca();
+        for (role, server, client) in
+            [(Role::Relay, false, true), (Role::Dispatcher, true, false), (Role::Management, false, true)]
+        {
+            let cert = ca.issue(role, &Subject::new("x"), 1).unwrap();
+            assert_eq!(eku_of(&cert.cert_pem), (server, client, vec![role.oid_der()]), "{role}");
+            assert_eq!(cert_info(&cert.cert_pem).unwrap().role, role.file_stem());
+        }
+        let unmarked = ca.issue_unmarked(&Subject::new("old"), 1).unwrap();
+        assert_eq!(eku_of(&unmarked.cert_pem), (true, true, vec![]));
+        assert_eq!(cert_info(&unmarked.cert_pem).unwrap().role, "unmarked");
+        assert_eq!(cert_info(&ca.cert_pem()).unwrap().role, "unmarked", "the CA itself has no role");
+    }
+
+    #[test]
+    fn a_signed_csr_gets_the_role_the_ca_gives_whatever_it_asks_for() {
+        let mut ca = example_ca();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["box.example".to_string()]).unwrap();
+        params.distinguished_name = Subject::new("edge-box").distinguished_name().unwrap();
+        // The request asks to be a TLS server.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let (pem, serial) = ca.sign_csr(&csr, Role::Relay, 10).unwrap();
+        assert_eq!(eku_of(&pem), (false, true, vec![Role::Relay.oid_der()]));
+        assert_eq!(cert_info(&pem).unwrap().serial_hex, serial);
+        assert_eq!(cert_info(&pem).unwrap().subject, "CN=edge-box");
+        // A request that names a role itself is refused, not signed.
+        params.custom_extensions =
+            vec![CustomExtension::from_oid_content(OID_EXTENDED_KEY_USAGE, Role::Dispatcher.extended_key_usage_der())];
+        params.extended_key_usages = Vec::new();
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        assert!(ca.sign_csr(&csr, Role::Relay, 10).is_err());
     }
 
     #[test]
     fn save_load_round_trip_keeps_the_ca_and_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let mut ca = example_ca();
-        let first = ca.issue(&Subject::new("relay"), 10).unwrap();
+        let first = ca.issue(Role::Relay, &Subject::new("relay"), 10).unwrap();
         ca.save(dir.path()).unwrap();
         let mode = fs::metadata(dir.path().join(CA_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -653,7 +736,7 @@ mod tests {
         let mut loaded = CertificateAuthority::load(dir.path()).unwrap();
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
         assert_eq!(loaded.issued(), ca.issued());
-        let second = loaded.issue(&Subject::new("dispatcher"), 10).unwrap();
+        let second = loaded.issue(Role::Relay, &Subject::new("dispatcher"), 10).unwrap();
         // Issued by the loaded CA: same issuer name and authority key id as before.
         let ext = |pem: &str| {
             let der = pem_der(pem, "CERTIFICATE").unwrap();
@@ -698,8 +781,8 @@ mod tests {
         assert_eq!(crl.iter_revoked_certificates().count(), 0);
         assert_eq!(crl.issuer().to_string(), "O=Example Ltd, CN=Example CA");
 
-        let a = ca.issue(&Subject::new("a"), 1).unwrap();
-        let _b = ca.issue(&Subject::new("b"), 1).unwrap();
+        let a = ca.issue(Role::Relay, &Subject::new("a"), 1).unwrap();
+        let _b = ca.issue(Role::Relay, &Subject::new("b"), 1).unwrap();
         ca.revoke(&a.serial_hex).unwrap();
         ca.revoke(&a.serial_hex).unwrap();
         let der = pem_der(&ca.crl_pem().unwrap(), "X509 CRL").unwrap();

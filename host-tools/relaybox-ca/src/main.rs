@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relaybox_ca::{
-    cert_info, fingerprint_sha256, write_certs_dir, write_file, write_issued, CertificateAuthority, Subject,
+    cert_info, fingerprint_sha256, write_certs_dir, write_file, write_issued, CertificateAuthority, Role, Subject,
     CA_CERT_FILE, CA_KEY_FILE, CRL_FILE, DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS,
 };
 
@@ -41,6 +41,9 @@ enum Command {
         days: u32,
     },
     /// Issue a certificate; writes OUT/<kind>.crt and OUT/<kind>.key and copies ca.pem and crl.pem.
+    /// The certificate carries its kind as its role: relaybox accepts a relay certificate only from
+    /// relays, a dispatcher certificate only from dispatchers, a management certificate only from
+    /// management clients.
     Issue {
         #[arg(long)]
         dir: PathBuf,
@@ -67,6 +70,9 @@ enum Command {
         /// The certificate signing request (PEM).
         #[arg(long)]
         csr: PathBuf,
+        /// The role the certificate gets (whatever the CSR asks for).
+        #[arg(long, value_enum, default_value = "relay")]
+        kind: Kind,
         #[arg(long, default_value_t = DEFAULT_CERT_DAYS)]
         days: u32,
         /// Where to write the certificate (PEM).
@@ -86,7 +92,8 @@ enum Command {
     Fingerprint { file: PathBuf },
     /// Print subject, issuer, serial, validity and fingerprint of a certificate.
     Show { file: PathBuf },
-    /// Make a demo CA in OUT/ca and a ready certs_path in OUT/certs (relay and dispatcher).
+    /// Make a demo CA in OUT/ca and a ready certs_path in OUT/certs (relay, dispatcher and
+    /// management).
     Demo {
         #[arg(long)]
         out: PathBuf,
@@ -123,11 +130,11 @@ enum Kind {
 }
 
 impl Kind {
-    fn file_stem(self) -> &'static str {
+    fn role(self) -> Role {
         match self {
-            Kind::Relay => "relay",
-            Kind::Dispatcher => "dispatcher",
-            Kind::Management => "management",
+            Kind::Relay => Role::Relay,
+            Kind::Dispatcher => Role::Dispatcher,
+            Kind::Management => Role::Management,
         }
     }
 }
@@ -159,24 +166,29 @@ fn run(cli: Cli) -> Result<()> {
                 None => ca.subject()?.o,
             };
             let subject = Subject { o: org, ou, ..Subject::new(cn) };
-            let cert = ca.issue(&subject, days).with_context(|| format!("issuing a certificate for {subject}"))?;
+            let role = kind.role();
+            let cert =
+                ca.issue(role, &subject, days).with_context(|| format!("issuing a certificate for {subject}"))?;
             ca.save(&dir).context("recording the certificate in the CA index")?;
-            let (crt, key) = write_issued(&out, kind.file_stem(), &cert)?;
+            let (crt, key) = write_issued(&out, role.file_stem(), &cert)?;
             write_file(&out.join("ca.pem"), ca.cert_pem().as_bytes(), 0o644)?;
             fs::copy(dir.join(CRL_FILE), out.join(CRL_FILE))
                 .with_context(|| format!("copying {} to {}", dir.join(CRL_FILE).display(), out.display()))?;
             println!("subject:     {subject}");
+            println!("role:        {role}");
             println!("serial:      {}", cert.serial_hex);
             println!("fingerprint: {}", fingerprint_sha256(&cert.cert_pem)?);
             println!("wrote {}, {}, ca.pem and crl.pem", crt.display(), key.display());
         }
-        Command::Sign { dir, csr, days, out } => {
+        Command::Sign { dir, csr, kind, days, out } => {
             let mut ca = load(&dir)?;
             let request = read(&csr)?;
-            let (pem, serial) = ca.sign_csr(&request, days).with_context(|| format!("signing {}", csr.display()))?;
+            let (pem, serial) =
+                ca.sign_csr(&request, kind.role(), days).with_context(|| format!("signing {}", csr.display()))?;
             ca.save(&dir).context("recording the certificate in the CA index")?;
             write_file(&out, pem.as_bytes(), 0o644)?;
             println!("subject:     {}", cert_info(&pem)?.subject);
+            println!("role:        {}", kind.role());
             println!("serial:      {serial}");
             println!("fingerprint: {}", fingerprint_sha256(&pem)?);
             println!("wrote {}", out.display());
@@ -216,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("not_before:  {}", info.not_before);
             println!("not_after:   {}", info.not_after);
             println!("ca:          {}", if info.is_ca { "yes" } else { "no" });
+            println!("role:        {}", info.role);
             println!("fingerprint: {}", info.fingerprint);
         }
         Command::Demo { out, org } => {
@@ -224,17 +237,25 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("{}: a CA already exists there; refusing to overwrite it", ca_dir.display());
             }
             let mut ca = CertificateAuthority::create(&Subject::new("relaybox demo CA").with_org(org.as_str()), 3650)?;
-            let relay = ca.issue(&Subject::new("relay").with_org(org.as_str()), DEFAULT_CERT_DAYS)?;
-            let dispatcher = ca.issue(&Subject::new("dispatcher").with_org(org.as_str()), DEFAULT_CERT_DAYS)?;
+            let subject = |cn: &str| Subject::new(cn).with_org(org.as_str());
+            let relay = ca.issue(Role::Relay, &subject("relay"), DEFAULT_CERT_DAYS)?;
+            let dispatcher = ca.issue(Role::Dispatcher, &subject("dispatcher"), DEFAULT_CERT_DAYS)?;
+            let management = ca.issue(Role::Management, &subject("management"), DEFAULT_CERT_DAYS)?;
             ca.save(&ca_dir).context("saving the demo CA")?;
             let certs = out.join("certs");
             write_certs_dir(&ca, &certs, &relay, &dispatcher)?;
+            write_issued(&certs, Role::Management.file_stem(), &management)?;
             println!("CA in {}; certs_path {}", ca_dir.display(), certs.display());
             println!("relay       serial {} fingerprint {}", relay.serial_hex, fingerprint_sha256(&relay.cert_pem)?);
             println!(
                 "dispatcher  serial {} fingerprint {}",
                 dispatcher.serial_hex,
                 fingerprint_sha256(&dispatcher.cert_pem)?
+            );
+            println!(
+                "management  serial {} fingerprint {}",
+                management.serial_hex,
+                fingerprint_sha256(&management.cert_pem)?
             );
             println!("passport for relays: O:{org}, CN:relay");
         }

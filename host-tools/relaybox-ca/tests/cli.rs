@@ -76,16 +76,21 @@ fn init_issue_revoke_fingerprint() {
     let info = cert_info(&crt).unwrap();
     assert_eq!(field(&stdout, "serial"), info.serial_hex);
     assert_eq!(info.subject, "O=Example Ltd, OU=Edge, CN=edge-relay", "org defaults to the CA's");
+    assert_eq!(field(&stdout, "role"), "relay");
+    assert_eq!(info.role, "relay");
     assert_eq!(ok(&["fingerprint", s(&out_dir.join("relay.crt"))]).trim(), lib_fp);
 
     let show = ok(&["show", s(&out_dir.join("relay.crt"))]);
     assert_eq!(field(&show, "issuer"), "O=Example Ltd, CN=Example CA");
     assert_eq!(field(&show, "fingerprint"), lib_fp);
+    assert_eq!(field(&show, "role"), "relay");
     assert!(show.contains("not_after"), "{show}");
 
     // A second certificate, revoked by file; the first by serial.
     ok(&["issue", "--dir", s(&ca_dir), "--kind", "management", "--cn", "ops", "--out", s(&out_dir)]);
     assert_eq!(mode(&out_dir.join("management.key")), 0o600);
+    let management = cert_info(&fs::read_to_string(out_dir.join("management.crt")).unwrap()).unwrap();
+    assert_eq!(management.role, "management");
     let crl = ok(&["revoke", "--dir", s(&ca_dir), "--cert", s(&out_dir.join("management.crt"))]);
     assert!(crl.starts_with("-----BEGIN X509 CRL-----"), "{crl}");
     assert_eq!(crl, fs::read_to_string(ca_dir.join("crl.pem")).unwrap());
@@ -125,8 +130,21 @@ fn demo_makes_a_ready_certs_path() {
     let out = tmp.path().join("demo");
     let stdout = ok(&["demo", "--out", s(&out), "--org", "Example Ltd"]);
     let certs = out.join("certs");
-    for f in ["ca.pem", "crl.pem", "relay.crt", "relay.key", "dispatcher.crt", "dispatcher.key"] {
+    for f in [
+        "ca.pem",
+        "crl.pem",
+        "relay.crt",
+        "relay.key",
+        "dispatcher.crt",
+        "dispatcher.key",
+        "management.crt",
+        "management.key",
+    ] {
         assert!(certs.join(f).is_file(), "{f} missing");
+    }
+    for role in ["relay", "dispatcher", "management"] {
+        let info = cert_info(&fs::read_to_string(certs.join(format!("{role}.crt"))).unwrap()).unwrap();
+        assert_eq!(info.role, role);
     }
     assert_eq!(mode(&certs.join("relay.key")), 0o600);
     assert_eq!(mode(&certs.join("dispatcher.key")), 0o600);
@@ -138,7 +156,7 @@ fn demo_makes_a_ready_certs_path() {
     assert_eq!(dispatcher.subject, "O=Example Ltd, CN=dispatcher");
     assert_eq!(fs::read_to_string(certs.join("ca.pem")).unwrap(), fs::read_to_string(out.join("ca/ca.pem")).unwrap());
     // The demo CA can be used afterwards.
-    assert_eq!(CertificateAuthority::load(&out.join("ca")).unwrap().issued().len(), 2);
+    assert_eq!(CertificateAuthority::load(&out.join("ca")).unwrap().issued().len(), 3);
     let again = fails(&["demo", "--out", s(&out)]);
     assert!(again.contains("already exists"), "{again}");
 }
@@ -164,12 +182,18 @@ fn sign_a_csr_made_on_the_box() {
     assert!(info.issuer.contains("Box CA"), "{}", info.issuer);
     assert!(!info.is_ca);
     assert_eq!(field(&printed, "serial"), info.serial_hex);
+    assert_eq!(info.role, "relay", "a box's certificate is a relay's unless the operator says otherwise");
+    assert_eq!(field(&printed, "role"), "relay");
     // The certificate carries the box's public key, not a new one.
     let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
     // The CA knows it: it can be revoked like any other.
     ok(&["revoke", "--dir", s(&ca_dir), "--cert", s(&out)]);
+    let other = tmp.path().join("ops.crt");
+    fs::write(&csr_file, &csr).unwrap();
+    ok(&["sign", "--dir", s(&ca_dir), "--csr", s(&csr_file), "--kind", "management", "--out", s(&other)]);
+    assert_eq!(cert_info(&fs::read_to_string(&other).unwrap()).unwrap().role, "management");
     // Garbage is refused with a reason.
     fs::write(&csr_file, "not a csr").unwrap();
     let err = fails(&["sign", "--dir", s(&ca_dir), "--csr", s(&csr_file), "--out", s(&out)]);

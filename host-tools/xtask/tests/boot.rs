@@ -321,8 +321,11 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     // The operator's CA: a dispatcher certificate for the host, a relay one for the box.
     let mut ca =
         CertificateAuthority::create(&Subject::new("relaybox boot-test CA").with_org("Example Ltd"), 30).unwrap();
-    let relay = ca.issue(&Subject::new(format!("relay-{board}")).with_org("Example Ltd"), 30).unwrap();
-    let disp = ca.issue(&Subject::new("dispatcher").with_org("Example Ltd"), 30).unwrap();
+    let relay = ca
+        .issue(relaybox_ca::Role::Relay, &Subject::new(format!("relay-{board}")).with_org("Example Ltd"), 30)
+        .unwrap();
+    let disp =
+        ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher").with_org("Example Ltd"), 30).unwrap();
     let certs = dir.join("certs");
     relaybox_ca::write_certs_dir(&ca, &certs, &relay, &disp).unwrap();
     let d = Dispatcher::start(host_relaybox, dir, &certs);

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use relaybox_core::{CoreConfig, Event, SessionTable};
-use relaybox_proto::{CSeq, MediaItem, PartyType, RemoveRequest, UpdateRequest};
+use relaybox_proto::{CSeq, MediaItem, PartyType, RemoveRequest, SignalingIp, UpdateRequest};
 
 pub const CALL: &str = "call-1@example.com";
 pub const CALLER_TAG: &str = "ft";
@@ -30,7 +30,8 @@ pub fn media(list: &str) -> Vec<MediaItem> {
     MediaItem::parse_list(list, 64).unwrap()
 }
 
-/// An update of call `CALL` in full.
+/// An update of call `CALL` in full. Its `signaling_ip` is the sender's:
+/// the caller's public address, or the callee's NAT (see the constants).
 pub fn update(
     party: PartyType,
     from_tag: &str,
@@ -52,6 +53,35 @@ pub fn update(
         signaling_ip: None,
         media_relay: None,
         media: media(list),
+    }
+    .signaled_by(sender_signaling_ip(party, from_tag))
+}
+
+/// The sender's signaling IP: the caller's when it sends a request in its
+/// own dialog direction or replies to the callee's.
+fn sender_signaling_ip(party: PartyType, from_tag: &str) -> &'static str {
+    match (party, from_tag == CALLER_TAG) {
+        (PartyType::Request, true) | (PartyType::Reply, false) => CALLER_SIGNALING,
+        _ => CALLEE_SIGNALING,
+    }
+}
+
+pub trait Signaled {
+    /// The same update with `signaling_ip: <ip>` (`src` or `src_dst`).
+    fn signaled_by(self, ip: &str) -> Self;
+    /// The same update without `signaling_ip`.
+    fn unsignaled(self) -> Self;
+}
+
+impl Signaled for UpdateRequest {
+    fn signaled_by(mut self, ip: &str) -> Self {
+        self.signaling_ip = Some(SignalingIp::parse(ip).expect("a signaling IP"));
+        self
+    }
+
+    fn unsignaled(mut self) -> Self {
+        self.signaling_ip = None;
+        self
     }
 }
 
@@ -96,3 +126,7 @@ pub const CALLER_SDP: &str = "audio:198.51.100.10:4000:sendrecv:ice=no";
 pub const CALLER_ADDR: &str = "198.51.100.10:4000";
 pub const CALLEE_SDP: &str = "audio:192.168.1.20:5000:sendrecv:ice=no";
 pub const CALLEE_NAT_ADDR: &str = "203.0.113.77:31000";
+/// Where each party's SIP messages come from: the caller has no NAT, the
+/// callee's SIP and RTP leave through the same NAT address.
+pub const CALLER_SIGNALING: &str = "198.51.100.10";
+pub const CALLEE_SIGNALING: &str = "203.0.113.77";

@@ -1,6 +1,12 @@
 //! The dispatcher: answers the proxy module on a UNIX socket, forwards each
 //! request to a relay over the TLS link, keeps which relay holds which call,
 //! accounts finished sessions, and serves the management port.
+//!
+//! Trust: a relay is believed only about the calls it holds. Its `expired`
+//! reports, `remove` answers and `sessions` lists are checked against the
+//! dispatcher's own record of who holds each call (see [`Claim`]); a dialog is
+//! ended with the dialog id the *module* gave, never the relay's; anything
+//! else is refused and logged (rate-limited per relay, see [`Refusals`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +16,7 @@ use anyhow::Context;
 use rand::seq::SliceRandom;
 use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
 use relaybox_config::{AccountingBackend, Config};
+use relaybox_limits::{AcceptErrors, Admission, DescriptorBudget, Gate, Source};
 use relaybox_proto::link::{LinkRequest, UpdateReply};
 use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
@@ -37,25 +44,105 @@ pub(crate) struct RelayHandle {
     pub close: Arc<tokio::sync::Notify>,
     pub tx: mpsc::UnboundedSender<LinkCall>,
     pub halting: Arc<std::sync::atomic::AtomicBool>,
+    /// Reports of this relay refused so far, for rate-limited logging.
+    pub refusals: Arc<Mutex<Refusals>>,
+}
+
+/// Refused reports of one relay: the first `refusal_log_limit` of each
+/// minute are logged one by one, the rest counted and logged as one line at
+/// the end of the minute (or when the relay disconnects).
+#[derive(Debug)]
+pub(crate) struct Refusals {
+    window_start: Instant,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl Refusals {
+    pub fn new(now: Instant) -> Self {
+        Refusals { window_start: now, logged: 0, unlogged: 0 }
+    }
+
+    /// Whether this refusal gets a log line of its own.
+    fn admit(&mut self, now: Instant, limit: u32, relay: &RelayHandle) -> bool {
+        if now.duration_since(self.window_start) >= REFUSAL_WINDOW {
+            self.flush(relay);
+            self.window_start = now;
+            self.logged = 0;
+        }
+        if self.logged < limit {
+            self.logged += 1;
+            true
+        } else {
+            self.unlogged += 1;
+            false
+        }
+    }
+
+    /// Logs how many refusals went unlogged since the last time.
+    pub fn flush(&mut self, relay: &RelayHandle) {
+        if self.unlogged > 0 {
+            tracing::warn!(
+                relay = %relay.ip,
+                subject = %relay.subject,
+                refused = self.unlogged,
+                "refused {} more reports from this relay without logging each (refusal_log_limit)",
+                self.unlogged
+            );
+            self.unlogged = 0;
+        }
+    }
+}
+
+/// The period of [`Refusals`].
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a relay holds a call, by the dispatcher's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Claim {
+    /// The relay holds it (now, or it held it before it reconnected: same
+    /// certificate subject, and no other connection took it meanwhile).
+    Own,
+    /// Another relay holds it; the text names that relay.
+    Foreign(String),
+    /// The dispatcher has no record of the call.
+    Unknown,
 }
 
 /// A command for a relay's link task, with where to send the answer.
 pub(crate) struct LinkCall {
     pub request: LinkRequest,
     pub reply: oneshot::Sender<String>,
+    /// A `sessions` whose answer the link task adopts before it reads the
+    /// relay's next line (an `expired` that follows must find the call).
+    pub adopt: bool,
 }
 
 #[derive(Debug, Clone)]
 struct SessionEntry {
     relay_id: u64,
+    /// The holder's certificate subject: a relay that reconnects (a restart)
+    /// under the same subject takes its calls back.
+    relay_subject: String,
+    /// The dialog id from the module's requests: the only one used to end the
+    /// dialog (unless `end_adopted_dialogs`, see `claimed_dialog_id`).
     dialog_id: Option<String>,
+    /// The dialog id a relay's `sessions` list named when the call was
+    /// adopted (after a dispatcher restart), not confirmed by the module.
+    claimed_dialog_id: Option<String>,
     /// Since when the relay holding the call has been disconnected.
     orphaned_since: Option<Instant>,
 }
 
 impl SessionEntry {
-    fn new(relay_id: u64, dialog_id: Option<String>) -> Self {
-        SessionEntry { relay_id, dialog_id, orphaned_since: None }
+    fn new(relay: &RelayHandle, dialog_id: Option<String>) -> Self {
+        SessionEntry {
+            relay_id: relay.id,
+            relay_subject: relay.subject.clone(),
+            dialog_id,
+            claimed_dialog_id: None,
+            orphaned_since: None,
+        }
     }
 }
 
@@ -158,8 +245,23 @@ impl Dispatcher {
         request: LinkRequest,
         timeout: Duration,
     ) -> Result<String, RelayCallError> {
+        self.send_call(relay, request, timeout, false).await
+    }
+
+    /// `sessions`, whose answer the link task adopts (see [`LinkCall::adopt`]).
+    pub async fn sessions_to_adopt(&self, relay: &RelayHandle, timeout: Duration) -> Result<String, RelayCallError> {
+        self.send_call(relay, LinkRequest::Sessions, timeout, true).await
+    }
+
+    async fn send_call(
+        &self,
+        relay: &RelayHandle,
+        request: LinkRequest,
+        timeout: Duration,
+        adopt: bool,
+    ) -> Result<String, RelayCallError> {
         let (tx, rx) = oneshot::channel();
-        relay.tx.send(LinkCall { request, reply: tx }).map_err(|_| RelayCallError::Gone)?;
+        relay.tx.send(LinkCall { request, reply: tx, adopt }).map_err(|_| RelayCallError::Gone)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(RelayCallError::Gone),
@@ -230,14 +332,19 @@ impl Dispatcher {
             };
             match reply {
                 Ok(UpdateReply::Ports(ports)) => {
-                    self.sessions()
-                        .entry(call_id.clone())
-                        .and_modify(|e| {
-                            if update.dialog_id.is_some() {
-                                e.dialog_id = update.dialog_id.clone();
-                            }
-                        })
-                        .or_insert_with(|| SessionEntry::new(relay.id, update.dialog_id.clone()));
+                    let mut table = self.sessions();
+                    let entry = table.entry(call_id.clone()).or_insert_with(|| SessionEntry::new(&relay, None));
+                    if entry.relay_id != relay.id {
+                        // The call is on this relay now (its holder went away).
+                        entry.relay_id = relay.id;
+                        entry.relay_subject = relay.subject.clone();
+                        entry.orphaned_since = None;
+                    }
+                    // The module's dialog id is the one to trust.
+                    if update.dialog_id.is_some() {
+                        entry.dialog_id = update.dialog_id.clone();
+                    }
+                    drop(table);
                     tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %ports, "update relayed");
                     return ModuleReply::Ports(ports);
                 }
@@ -275,7 +382,7 @@ impl Dispatcher {
                 self.sessions().remove(&call_id);
             }
             Ok(payload) => match SessionStats::from_json(&payload) {
-                Ok(stats) => self.session_finished(&relay, stats, false),
+                Ok(stats) => self.removed(&relay, &call_id, stats),
                 Err(e) => {
                     tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}");
                     self.sessions().remove(&call_id);
@@ -290,20 +397,102 @@ impl Dispatcher {
         ModuleReply::Removed
     }
 
-    /// A session ended on a relay (removed or expired): account it once.
+    /// Who holds `call_id` as far as `relay` is concerned. A relay that
+    /// reconnected under the subject of the call's holder, while that holder
+    /// is disconnected, takes the call back (the entry moves to it).
+    fn claim(&self, relay: &RelayHandle, call_id: &str) -> Claim {
+        let connected: Vec<(u64, String)> = self.relays().iter().map(|r| (r.id, r.subject.clone())).collect();
+        let mut table = self.sessions();
+        let Some(entry) = table.get_mut(call_id) else { return Claim::Unknown };
+        if entry.relay_id == relay.id {
+            return Claim::Own;
+        }
+        if let Some((_, subject)) = connected.iter().find(|(id, _)| *id == entry.relay_id) {
+            return Claim::Foreign(format!("the connected relay {subject}"));
+        }
+        if entry.relay_subject == relay.subject {
+            entry.relay_id = relay.id;
+            entry.orphaned_since = None;
+            return Claim::Own;
+        }
+        Claim::Foreign(format!("the disconnected relay {}", entry.relay_subject))
+    }
+
+    /// Logs a refused report of `relay` (rate-limited per relay).
+    fn refuse(&self, relay: &RelayHandle, call_id: &str, what: &str, reason: &str) {
+        let limit = self.config.dispatcher.refusal_log_limit;
+        let mut refusals = relay.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if refusals.admit(Instant::now(), limit, relay) {
+            tracing::warn!(
+                relay = %relay.ip,
+                subject = %relay.subject,
+                call_id = %call_id,
+                "refused {what} from a relay: {reason}"
+            );
+        }
+    }
+
+    /// The relay answered `remove` of `call_id` with `stats`.
+    pub fn removed(&self, relay: &RelayHandle, call_id: &str, stats: SessionStats) {
+        if stats.call_id != call_id {
+            self.refuse(
+                relay,
+                call_id,
+                "a remove answer",
+                &format!("it carries the statistics of another call ({:?}); not accounted", stats.call_id),
+            );
+            // The module removed the call all the same.
+            if self.claim(relay, call_id) == Claim::Own {
+                self.sessions().remove(call_id);
+            }
+            return;
+        }
+        self.session_finished(relay, stats, false);
+    }
+
+    /// A session ended on a relay (removed or expired): account it once, and
+    /// for `expired` end its dialog, only if the relay holds the call.
     pub fn session_finished(&self, relay: &RelayHandle, mut stats: SessionStats, expired: bool) {
-        let entry = self.sessions().remove(&stats.call_id);
+        let what = if expired { "an expired report" } else { "a remove answer" };
+        match self.claim(relay, &stats.call_id) {
+            Claim::Own => {}
+            Claim::Foreign(holder) => {
+                let reason = format!("the call is held by {holder}; not accounted, no dialog ended");
+                return self.refuse(relay, &stats.call_id, what, &reason);
+            }
+            Claim::Unknown => {
+                let reason = "the dispatcher knows no such call of this relay; not accounted, no dialog ended";
+                return self.refuse(relay, &stats.call_id, what, reason);
+            }
+        }
+        let Some(entry) = self.sessions().remove(&stats.call_id) else { return };
         if stats.relay_ip.is_none() {
             stats.relay_ip = Some(relay.address().to_string());
         }
-        if stats.dialog_id.is_none() {
-            stats.dialog_id = entry.and_then(|e| e.dialog_id);
-        }
+        // The module's dialog id, not the relay's (which may name another call).
+        let relays_dialog = stats.dialog_id.take();
+        stats.dialog_id = entry.dialog_id.clone().or_else(|| entry.claimed_dialog_id.clone()).or(relays_dialog);
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
         if expired {
-            self.end_dialog(&stats);
+            let dialog = match (entry.dialog_id, entry.claimed_dialog_id) {
+                (Some(d), _) => Some(d),
+                (None, Some(claimed)) if self.config.dispatcher.end_adopted_dialogs => Some(claimed),
+                (None, Some(claimed)) => {
+                    tracing::info!(
+                        call_id = %stats.call_id,
+                        dialog_id = %claimed,
+                        "not ending the dialog: its id comes from the relay's list (adopted call) and no module \
+                         request confirmed it (end_adopted_dialogs = no)"
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            if let Some(dialog_id) = dialog {
+                self.end_dialog(&stats, dialog_id);
+            }
         }
     }
 
@@ -311,8 +500,7 @@ impl Dispatcher {
     /// proxy to end the dialog. Calls without the dialog module, calls never
     /// answered and calls whose streams all ended as unselected ICE
     /// candidates (the phones talk directly) are only accounted.
-    fn end_dialog(&self, stats: &SessionStats) {
-        let Some(dialog_id) = stats.dialog_id.clone() else { return };
+    fn end_dialog(&self, stats: &SessionStats, dialog_id: String) {
         if stats.start_time.is_none() || stats.all_streams_unselected_ice() {
             return;
         }
@@ -328,11 +516,36 @@ impl Dispatcher {
         });
     }
 
-    /// A relay (re)connected and listed the sessions it holds.
-    pub fn adopt_sessions(&self, relay: &RelayHandle, sessions: Vec<SessionStats>) {
-        let mut table = self.sessions();
+    /// A relay (re)connected and listed the sessions it holds. Calls no
+    /// other relay holds are adopted (the dispatcher restarted, or the relay
+    /// did); a call held by another relay is refused and stays where it is.
+    /// An adopted call's dialog id is the relay's claim: it ends the dialog
+    /// only once a module request confirms it, or with `end_adopted_dialogs`.
+    pub fn adopt_sessions(&self, relay: &RelayHandle, sessions: Vec<SessionStats>) -> (usize, usize) {
+        let (mut adopted, mut refused) = (0, 0);
         for s in sessions {
-            table.insert(s.call_id.clone(), SessionEntry::new(relay.id, s.dialog_id.clone()));
+            match self.claim(relay, &s.call_id) {
+                Claim::Own => adopted += 1,
+                Claim::Unknown => {
+                    let mut entry = SessionEntry::new(relay, None);
+                    entry.claimed_dialog_id = s.dialog_id.clone();
+                    self.sessions().insert(s.call_id.clone(), entry);
+                    adopted += 1;
+                }
+                Claim::Foreign(holder) => {
+                    refused += 1;
+                    let reason = format!("the call is held by {holder}; it stays there");
+                    self.refuse(relay, &s.call_id, "a listed session", &reason);
+                }
+            }
+        }
+        (adopted, refused)
+    }
+
+    /// Logs the refusals of connected relays not logged one by one.
+    fn flush_refusals(&self) {
+        for relay in self.relays() {
+            relay.refusals.lock().unwrap_or_else(|e| e.into_inner()).flush(&relay);
         }
     }
 
@@ -370,57 +583,94 @@ impl Dispatcher {
         out
     }
 
-    pub async fn all_sessions(&self) -> Vec<SessionStats> {
+    /// Every relay's sessions as one JSON array, each session with its
+    /// relay's address. The relays' answers (megabytes with thousands of
+    /// calls) are decoded and the array made on a blocking thread, so that
+    /// no runtime worker is kept from the module's requests meanwhile.
+    pub async fn all_sessions_json(&self) -> String {
         let timeout = self.config.dispatcher.relay_timeout;
-        let mut out = Vec::new();
+        let mut answers = Vec::new();
         for relay in self.relays() {
-            match self.call(&relay, LinkRequest::Sessions, timeout).await.map(|p| SessionStats::list_from_json(&p)) {
-                Ok(Ok(list)) => out.extend(list.into_iter().map(|mut s| {
-                    s.relay_ip.get_or_insert_with(|| relay.address().to_string());
-                    s
-                })),
-                Ok(Err(e)) => tracing::warn!(relay = %relay.ip, "bad sessions list from relay: {e}"),
+            match self.call(&relay, LinkRequest::Sessions, timeout).await {
+                Ok(payload) => answers.push((relay.id, relay.ip, relay.address(), payload)),
                 Err(e) => tracing::warn!(relay = %relay.ip, "sessions: relay did not answer ({e:?})"),
             }
         }
-        out
+        // Only the calls the dispatcher knows each relay holds are listed.
+        let holders: HashMap<String, u64> = self.sessions().iter().map(|(k, e)| (k.clone(), e.relay_id)).collect();
+        let merge = move || {
+            let mut out = Vec::new();
+            for (id, ip, address, payload) in answers {
+                match SessionStats::list_from_json(&payload) {
+                    Ok(list) => {
+                        let (own, other): (Vec<SessionStats>, Vec<SessionStats>) =
+                            list.into_iter().partition(|s| holders.get(&s.call_id) == Some(&id));
+                        if !other.is_empty() {
+                            tracing::debug!(relay = %ip, left_out = other.len(), "sessions: calls this relay does not hold left out");
+                        }
+                        out.extend(own.into_iter().map(|mut s| {
+                            s.relay_ip.get_or_insert_with(|| address.to_string());
+                            s
+                        }))
+                    }
+                    Err(e) => tracing::warn!(relay = %ip, "bad sessions list from relay: {e}"),
+                }
+            }
+            SessionStats::list_to_json(&out)
+        };
+        tokio::task::spawn_blocking(merge).await.unwrap_or_else(|_| "[]".to_string())
     }
 }
 
-/// How long a TLS peer gets to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The next accepted TCP connection; accept errors (out of file
-/// descriptors, say) are logged and retried after a pause.
+/// The next TCP connection that `gate` admits (per source address and in
+/// total), with its place in the gate. Accept errors (out of file
+/// descriptors, say) are logged and paused, never returned: no accept error
+/// ends the dispatcher. Refused connections are closed at once.
 pub(crate) async fn next_connection(
     listener: &tokio::net::TcpListener,
-    what: &str,
-) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    gate: &Arc<Gate>,
+    errors: &mut AcceptErrors,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, Admission) {
     loop {
         match listener.accept().await {
-            Ok(x) => return x,
-            Err(e) => {
-                tracing::warn!("accepting a {what} connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok((tcp, peer)) => {
+                errors.accepted();
+                if let Some(admission) = gate.admit(Source::from_ip(peer.ip()), &peer) {
+                    return (tcp, peer, admission);
+                }
             }
+            Err(e) => errors.pause(&e).await,
         }
     }
 }
 
-/// The server side of a TLS handshake, bounded in time; the error is a
-/// reason for the log line.
+/// The descriptors the dispatcher's settings can make it hold at once.
+pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
+    let d = &config.dispatcher;
+    DescriptorBudget::new()
+        .add("module connections ([Dispatcher] max_module_connections)", d.max_module_connections as u64)
+        .add("relay connections ([Dispatcher] max_relay_connections)", d.max_relay_connections as u64)
+        .add("management connections ([Dispatcher] max_management_connections)", d.max_management_connections as u64)
+        .add("the proxy's management socket ([OpenSIPS] max_connections)", config.opensips.max_connections as u64)
+        .add("listeners, accounting, spool files and the runtime", 64)
+}
+
+/// The server side of a TLS handshake, bounded by `handshake_timeout`; the
+/// error is a reason for the log line.
 pub(crate) async fn tls_accept(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
+    timeout: Duration,
 ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(format!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e))),
-        Err(_) => Err("TLS handshake timed out".into()),
+        Err(_) => Err(format!("no TLS handshake within {} s ([Dispatcher] handshake_timeout)", timeout.as_secs())),
     }
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::trust::warn_at_start(&config, relaybox_tls::Role::Dispatcher);
     let dispatcher = Dispatcher::new(config)?;
     let module = module_socket::bind(&dispatcher).context("module socket")?;
     let relays = relay_link::bind(&dispatcher).await.context("relay TLS port")?;
@@ -438,6 +688,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 dispatcher.forget_orphans(Instant::now());
+                dispatcher.flush_refusals();
             }
         })
     };

@@ -1,21 +1,28 @@
 //! The UNIX stream socket the proxy's `mediaproxy` module talks to. Every
 //! proxy worker keeps its own connection; each request gets exactly one
-//! reply line, written in one go.
+//! reply line, written in one go. Connections are capped in total and per
+//! user id (`max_module_connections`, `max_module_connections_per_uid`),
+//! each request is bounded in size, and a connection that sends no valid
+//! request in time is closed (see [`serve`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
+use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate, Source};
 use relaybox_proto::module::{Limits, ModuleReply, ModuleRequest};
 use relaybox_proto::FrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::Dispatcher;
 
 /// Most header lines in one module request.
 const MAX_HEADER_LINES: usize = 64;
+/// Bytes read at a time: a request is a few hundred.
+const READ_CHUNK: usize = 4096;
 
 pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let path = dispatcher.config.dispatcher.socket_path.clone();
@@ -33,36 +40,84 @@ pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<an
     // own user and must be able to connect.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("chmod {}", path.display()))?;
+    let cfg = &dispatcher.config.dispatcher;
+    let gate = Gate::new(
+        "module socket",
+        ConnectionLimits {
+            total: cfg.max_module_connections,
+            per_source: cfg.max_module_connections_per_uid,
+            total_setting: "[Dispatcher] max_module_connections",
+            per_source_setting: "[Dispatcher] max_module_connections_per_uid",
+        },
+    );
     let dispatcher = dispatcher.clone();
-    let limit = Arc::new(tokio::sync::Semaphore::new(dispatcher.config.dispatcher.max_module_connections));
     Ok(tokio::spawn(async move {
+        let mut errors = AcceptErrors::new("module socket");
         loop {
-            let (stream, _) = listener.accept().await.context("accepting on the module socket")?;
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::error!(
-                    limit = dispatcher.config.dispatcher.max_module_connections,
-                    "module socket: connection limit reached, refusing a connection"
-                );
-                drop(stream);
-                continue;
+            // No accept error ends the dispatcher: out of descriptors, it
+            // waits and accepts again (the proxy's connection waits in the
+            // backlog meanwhile).
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    errors.accepted();
+                    stream
+                }
+                Err(e) => {
+                    errors.pause(&e).await;
+                    continue;
+                }
             };
+            let (peer, source) = peer_of(&stream);
+            let Some(admission) = gate.admit(source, &peer) else { continue };
             let dispatcher = dispatcher.clone();
             tokio::spawn(async move {
-                serve(dispatcher, stream).await;
-                drop(permit);
+                serve(dispatcher, stream, &peer).await;
+                drop(admission);
             });
         }
     }))
 }
 
-async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream) {
-    let peer = peer_description(&stream);
-    let max = dispatcher.config.dispatcher.max_request_size;
+/// Reads one module connection's requests and answers each. What it holds
+/// is bounded: one read and one request of at most `max_request_size`
+/// bytes (its lines together, not each line). A connection gets
+/// `module_request_timeout` from its connect for a first valid request, and
+/// as long again for any request that has started to arrive; between
+/// requests a connection that has made a valid one may stay idle for ever:
+/// each proxy worker keeps one open, and a quiet night has no calls.
+async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) {
+    let cfg = &dispatcher.config.dispatcher;
     let limits = Limits { max_media: dispatcher.config.relay.max_streams_per_session };
-    let mut decoder = FrameDecoder::new(max, MAX_HEADER_LINES);
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut decoder = FrameDecoder::with_max_frame(cfg.max_request_size, MAX_HEADER_LINES);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let timeout = cfg.module_request_timeout;
+    let connected = Instant::now();
+    let mut served = false;
+    let mut frame_started: Option<Instant> = None;
     loop {
-        let n = match stream.read(&mut buf).await {
+        let deadline = match (served, frame_started) {
+            (false, _) => Some(connected + timeout),
+            (true, Some(at)) => Some(at + timeout),
+            (true, None) => None,
+        };
+        let read = match deadline {
+            None => stream.read(&mut buf).await,
+            Some(at) => match tokio::time::timeout_at(at, stream.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let what = if served { "a request not complete" } else { "no valid request" };
+                    tracing::warn!(
+                        peer = %peer,
+                        "module connection closed: {what} within {} s ([Dispatcher] module_request_timeout)",
+                        timeout.as_secs()
+                    );
+                    let reply = ModuleReply::Error.encode();
+                    let _ = tokio::time::timeout(timeout, stream.write_all(reply.as_bytes())).await;
+                    return;
+                }
+            },
+        };
+        let n = match read {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) => {
@@ -74,6 +129,7 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream) {
         while let Some(frame) = decoder.next_frame() {
             let reply = match frame.and_then(|f| ModuleRequest::parse(&f, &limits)) {
                 Ok(request) => {
+                    served = true;
                     let kind = request.name();
                     let call_id = request.call_id().to_string();
                     let reply = dispatcher.handle_module_request(request).await;
@@ -85,17 +141,35 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream) {
                     ModuleReply::Error
                 }
             };
-            if let Err(e) = stream.write_all(reply.encode().as_bytes()).await {
-                tracing::debug!(peer = %peer, "module connection write error: {e}");
-                return;
+            // A peer that sends requests but never reads the replies must
+            // not hold its place for ever.
+            match tokio::time::timeout(timeout, stream.write_all(reply.encode().as_bytes())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, "module connection write error: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %peer, "module connection closed: it does not read its replies");
+                    return;
+                }
             }
+        }
+        if decoder.in_frame() {
+            frame_started = frame_started.or(Some(Instant::now()));
+        } else {
+            frame_started = None;
+            // Between requests a connection holds no buffer: a big request
+            // does not leave its memory with an idle worker's connection.
+            decoder = FrameDecoder::with_max_frame(cfg.max_request_size, MAX_HEADER_LINES);
         }
     }
 }
 
-fn peer_description(stream: &UnixStream) -> String {
+/// The peer for log lines, and its source for the per-uid cap.
+fn peer_of(stream: &UnixStream) -> (String, Source) {
     match stream.peer_cred() {
-        Ok(c) => format!("pid {} uid {}", c.pid().unwrap_or(0), c.uid()),
-        Err(_) => "unknown peer".to_string(),
+        Ok(c) => (format!("pid {} uid {}", c.pid().unwrap_or(0), c.uid()), Source::Uid(c.uid())),
+        Err(_) => ("unknown peer".to_string(), Source::Unknown),
     }
 }

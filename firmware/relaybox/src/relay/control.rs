@@ -13,16 +13,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate, Source};
 use relaybox_proto::link::LinkRequest;
 use relaybox_proto::{SessionStats, Summary};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use crate::relay::Relay;
 
 /// Most control connections served at once.
-const MAX_CONNECTIONS: usize = 16;
+pub(crate) const MAX_CONNECTIONS: usize = 16;
 /// Longest command line accepted.
 const MAX_LINE: usize = 256;
 /// A connection that sends nothing for this long is closed.
@@ -59,31 +59,41 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 async fn serve(relay: Arc<Relay>, listener: UnixListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Only root and the socket's group can connect: one cap for all.
+    let gate = Gate::new(
+        "control socket",
+        ConnectionLimits {
+            total: MAX_CONNECTIONS,
+            per_source: MAX_CONNECTIONS,
+            total_setting: "16, fixed",
+            per_source_setting: "16, fixed",
+        },
+    );
+    let mut errors = AcceptErrors::new("control socket");
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                errors.accepted();
+                stream
+            }
             Err(e) => {
-                tracing::warn!("control socket accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.pause(&e).await;
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("control socket: too many connections, refusing one");
-            continue;
-        };
+        let source = stream.peer_cred().map_or(Source::Unknown, |c| Source::Uid(c.uid()));
+        let Some(admission) = gate.admit(source, &source) else { continue };
         let relay = relay.clone();
         tokio::spawn(async move {
             if let Err(e) = connection(&relay, stream).await {
                 tracing::debug!("control connection: {e}");
             }
-            drop(permit);
+            drop(admission);
         });
     }
 }
 
-async fn connection(relay: &Relay, stream: UnixStream) -> std::io::Result<()> {
+async fn connection(relay: &Arc<Relay>, stream: UnixStream) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -100,13 +110,21 @@ async fn connection(relay: &Relay, stream: UnixStream) -> std::io::Result<()> {
             writer.write_all(b"error\r\n").await?;
             return Ok(());
         }
-        let reply = match line.trim() {
-            "summary" => relay.handle(LinkRequest::Summary, 0, unspecified()),
-            "sessions" => relay.handle(LinkRequest::Sessions, 0, unspecified()),
-            "metrics" => metrics(relay),
-            "quit" | "exit" => return Ok(()),
+        let command = line.trim().to_string();
+        if command == "quit" || command == "exit" {
+            return Ok(());
+        }
+        // `sessions` and `metrics` go through every session: on a blocking
+        // thread, not on a runtime worker that the dispatcher links share.
+        let answering = relay.clone();
+        let reply = tokio::task::spawn_blocking(move || match command.as_str() {
+            "summary" => answering.handle(LinkRequest::Summary, 0, unspecified()),
+            "sessions" => answering.handle(LinkRequest::Sessions, 0, unspecified()),
+            "metrics" => metrics(&answering),
             _ => "error".to_string(),
-        };
+        })
+        .await
+        .unwrap_or_else(|_| "error".to_string());
         writer.write_all(reply.as_bytes()).await?;
         writer.write_all(b"\r\n").await?;
     }

@@ -16,9 +16,17 @@ use tokio::task::JoinHandle;
 
 use super::Relay;
 
-/// Largest datagram relayed; longer ones are truncated by the kernel and
-/// dropped here.
-const MAX_DATAGRAM: usize = 2048;
+/// Largest datagram relayed: any UDP datagram, forwarded whole as the
+/// kernel datapath does (a T.38 or video packet may exceed 2 KiB). Received
+/// into one buffer per runtime thread, not one per socket.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Datagrams taken from one socket before the task yields.
+const BURST: usize = 64;
+
+std::thread_local! {
+    static DATAGRAM: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
+}
 
 /// The media path behind the session table.
 pub(crate) trait Datapath: Send + Sync {
@@ -58,11 +66,19 @@ pub(crate) struct UserspaceDatapath {
     bind_ip: IpAddr,
     relay: Weak<Relay>,
     sockets: Arc<Mutex<HashMap<u16, Bound>>>,
+    /// Descriptors media sockets leave to the rest of the relay.
+    reserve: u64,
 }
 
 impl UserspaceDatapath {
     pub fn new(bind_ip: IpAddr, relay: Weak<Relay>) -> Self {
-        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())) }
+        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())), reserve: 0 }
+    }
+
+    /// Media sockets leave `reserve` descriptors of the limit to the rest.
+    pub fn with_reserve(mut self, reserve: u64) -> Self {
+        self.reserve = reserve;
+        self
     }
 
     fn bind(&self, port: u16) -> io::Result<Arc<UdpSocket>> {
@@ -77,43 +93,75 @@ impl UserspaceDatapath {
 }
 
 async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, port: u16, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     // A dual-stack socket (bound to `::`) sees IPv4 peers as IPv4-mapped
     // IPv6 addresses: the table works with plain IPv4 ones, and sending to
     // an IPv4 address from such a socket needs the mapped form again.
     let v6_socket = socket.local_addr().is_ok_and(|a| a.is_ipv6());
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
-            Err(e) => {
-                tracing::debug!(port, "receive error: {e}");
-                continue;
-            }
-        };
-        let Some(relay) = relay.upgrade() else { return };
-        relay.userspace_packets.fetch_add(1, Ordering::Relaxed);
-        let now = relay.clock.now_ms();
-        let (verdict, expired) = {
-            let mut table = relay.table();
-            let verdict = table.on_packet(port, src, &buf[..n], now);
-            // A latching packet may hand the flow to the kernel.
-            (verdict, relay.apply_events(&mut table))
-        };
-        relay.report_expired(expired);
-        match verdict {
-            Verdict::Forward { via_port, to } => {
-                let to = match to {
-                    SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
-                    to => to,
+        if let Err(e) = socket.readable().await {
+            tracing::debug!(port, "receive error: {e}");
+            continue;
+        }
+        // The datagrams waiting (a burst at most, then the other tasks get
+        // their turn), each into this thread's buffer: nothing awaits while
+        // it is borrowed, and a send that would block drops the datagram,
+        // as a full queue in the kernel would.
+        let more = DATAGRAM.with_borrow_mut(|buf| {
+            for _ in 0..BURST {
+                let (n, src) = match socket.try_recv_from(buf) {
+                    Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
+                    Err(e) => {
+                        tracing::debug!(port, "receive error: {e}");
+                        continue;
+                    }
                 };
-                let Some(out) = UserspaceDatapath::socket(&sockets, via_port) else { continue };
-                if let Err(e) = out.send_to(&buf[..n], to).await {
-                    tracing::debug!(port = via_port, to = %to, "send error: {e}");
-                }
+                forward(&relay, &sockets, port, v6_socket, src, &buf[..n])?;
             }
-            Verdict::Drop(reason) => tracing::trace!(port, src = %src, "dropped: {reason:?}"),
+            Some(true)
+        });
+        match more {
+            None => return,
+            Some(true) => tokio::task::yield_now().await,
+            Some(false) => {}
         }
     }
+}
+
+/// One datagram received on `port`: through the session table, then sent
+/// on. None when the relay is gone.
+fn forward(
+    relay: &Weak<Relay>,
+    sockets: &Mutex<HashMap<u16, Bound>>,
+    port: u16,
+    v6_socket: bool,
+    src: SocketAddr,
+    packet: &[u8],
+) -> Option<()> {
+    let relay = relay.upgrade()?;
+    relay.userspace_packets.fetch_add(1, Ordering::Relaxed);
+    let now = relay.clock.now_ms();
+    let (verdict, expired) = {
+        let mut table = relay.table();
+        let verdict = table.on_packet(port, src, packet, now);
+        // A latching packet may hand the flow to the kernel.
+        (verdict, relay.apply_events(&mut table))
+    };
+    relay.report_expired(expired);
+    match verdict {
+        Verdict::Forward { via_port, to } => {
+            let to = match to {
+                SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+                to => to,
+            };
+            let Some(out) = UserspaceDatapath::socket(sockets, via_port) else { return Some(()) };
+            if let Err(e) = out.try_send_to(packet, to) {
+                tracing::debug!(port = via_port, to = %to, "send error: {e}");
+            }
+        }
+        Verdict::Drop(reason) => tracing::trace!(port, src = %src, "dropped: {reason:?}"),
+    }
+    Some(())
 }
 
 impl Datapath for UserspaceDatapath {
@@ -122,6 +170,18 @@ impl Datapath for UserspaceDatapath {
     }
 
     fn open_ports(&self, port: u16) -> io::Result<()> {
+        // Media sockets never take the descriptors reserved for the links,
+        // the control socket and the snapshot, even when the limit was
+        // lowered (prlimit) or other descriptors are open since the start.
+        let open = self.sockets.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let limit = relaybox_limits::nofile().soft;
+        if open + 2 + self.reserve > limit {
+            return Err(io::Error::other(format!(
+                "out of file descriptors for media: {open} media sockets open, {} kept for the rest of the relay, \
+                 limit {limit}",
+                self.reserve
+            )));
+        }
         let rtp = self.bind(port)?;
         let rtcp = self.bind(port + 1)?;
         let mut map = self.sockets.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,12 +2,13 @@
 //! answer its commands, send `ping` every `keepalive_interval`, reconnect
 //! every `reconnect_delay` when the link drops.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use relaybox_config::HostPort;
-use relaybox_proto::link::{RelayDecoder, RelayInbound, RelayLine};
+use relaybox_proto::link::{LinkRequest, RelayDecoder, RelayInbound, RelayLine};
 use relaybox_proto::module::Limits;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,6 +46,8 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
         .await
         .context("TLS handshake timed out")?
         .map_err(|e| anyhow::anyhow!("TLS handshake failed: {}", relaybox_tls::describe_handshake_error(&e)))?;
+    // The handshake refused any certificate but a dispatcher's (or, with
+    // accept_unmarked_certificates, one without a role).
     if let Some(passport) = relay.config.relay.passport.as_ref() {
         let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
         let cert = cert.context("dispatcher presented no certificate")?;
@@ -54,14 +57,19 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
     }
     tracing::info!(dispatcher = %target, "connected to dispatcher");
     let (tx, mut outbound) = mpsc::unbounded_channel();
+    let answers = tx.downgrade();
     let link_id = relay.register_link(tx);
+    // One `sessions` at a time is answered beside the link (see below).
+    let sessions_busy = Arc::new(AtomicBool::new(false));
     let result = async {
         let (mut reader, mut writer) = tokio::io::split(stream);
         let limits = Limits { max_media: relay.config.relay.max_streams_per_session };
-        let mut decoder = RelayDecoder::new(relay.config.relay.max_line_length, MAX_HEADER_LINES, limits);
+        let max_line = relay.config.relay.max_line_length;
+        let mut decoder = RelayDecoder::new(max_line, MAX_HEADER_LINES, limits).with_max_frame(max_line);
         let mut ping = tokio::time::interval(relay.config.relay.keepalive_interval);
         ping.tick().await;
         let mut missed = 0u32;
+        let mut pending_sent = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             tokio::select! {
@@ -77,9 +85,37 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                                 missed = 0;
                                 continue;
                             }
+                            RelayInbound::Command(c) if matches!(c.request, LinkRequest::Sessions)
+                                && !sessions_busy.swap(true, Ordering::AcqRel) =>
+                            {
+                                // Every session as JSON takes a while with
+                                // thousands of calls: made on a blocking
+                                // thread and answered when ready (answers
+                                // carry their seq), so that the updates
+                                // behind it are answered meanwhile.
+                                let (relay, answers, busy) = (relay.clone(), answers.clone(), sessions_busy.clone());
+                                tokio::task::spawn_blocking(move || {
+                                    let payload = relay.handle(c.request, link_id, local_ip);
+                                    busy.store(false, Ordering::Release);
+                                    if let Some(tx) = answers.upgrade() {
+                                        let _ = tx.send(Outbound::Line(Box::new(RelayLine::Reply { seq: c.seq, payload })));
+                                    }
+                                });
+                                continue;
+                            }
                             RelayInbound::Command(c) => {
+                                let sessions = matches!(c.request, LinkRequest::Sessions);
                                 let payload = relay.handle(c.request, link_id, local_ip);
-                                RelayLine::Reply { seq: c.seq, payload }
+                                let reply = RelayLine::Reply { seq: c.seq, payload };
+                                if sessions {
+                                    // The list named the calls whose reports
+                                    // waited for a dispatcher: send them now.
+                                    writer.write_all(reply.encode().as_bytes()).await.context("writing")?;
+                                    send_pending_expired(relay, &mut writer).await?;
+                                    pending_sent = true;
+                                    continue;
+                                }
+                                reply
                             }
                             RelayInbound::Invalid(e) => {
                                 tracing::warn!(dispatcher = %target, "bad command: {}", e.error);
@@ -105,6 +141,12 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                     None => return Ok(()),
                 },
                 _ = ping.tick() => {
+                    if !pending_sent {
+                        // A dispatcher that never asks for `sessions` still
+                        // gets the reports that waited.
+                        send_pending_expired(relay, &mut writer).await?;
+                        pending_sent = true;
+                    }
                     if missed >= MISSED_PONGS {
                         anyhow::bail!("{MISSED_PONGS} keepalives in a row got no answer, assuming the link is down");
                     }
@@ -118,4 +160,13 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
     .await;
     relay.unregister_link(link_id);
     result
+}
+
+/// Writes the expired reports that waited for a dispatcher.
+async fn send_pending_expired<W: tokio::io::AsyncWrite + Unpin>(relay: &Relay, writer: &mut W) -> anyhow::Result<()> {
+    for stats in relay.take_pending_expired() {
+        tracing::info!(call_id = %stats.call_id, "sending the expired report that waited for a dispatcher");
+        writer.write_all(RelayLine::Expired(stats).encode().as_bytes()).await.context("writing")?;
+    }
+    Ok(())
 }

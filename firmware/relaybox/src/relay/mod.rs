@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use relaybox_config::{Config, DatapathMode};
 use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable};
+use relaybox_limits::{DescriptorBudget, Throttle};
 use relaybox_proto::link::{LinkRequest, RelayLine, UpdateReply};
 use relaybox_proto::module::RelayPorts;
 use relaybox_proto::stats::RelayStatus;
@@ -63,6 +64,9 @@ pub(crate) struct Relay {
     pub userspace_packets: AtomicU64,
     /// Port pairs that could not be bound (another program held a port).
     pub port_bind_failures: AtomicU64,
+    /// Updates refused because their ports could not be bound (no
+    /// descriptors left): logged at most every few seconds.
+    no_capacity: Throttle,
     /// Why this datapath, for the start-up log.
     datapath_reason: String,
     /// Sessions restored from the state file at start.
@@ -74,7 +78,9 @@ pub(crate) struct Relay {
     save_lock: Mutex<bool>,
     save_failing: AtomicBool,
     /// Expired reports made while no dispatcher was connected (after a
-    /// restart); sent to the first link that comes up.
+    /// restart). Listed in the answer to the first `sessions` command (so a
+    /// restarted dispatcher adopts the calls and then accepts their reports),
+    /// and sent right after it.
     pending_expired: Mutex<Vec<SessionStats>>,
 }
 
@@ -124,6 +130,8 @@ impl Relay {
             stream_timeout: r.stream_timeout.as_millis() as u64,
             on_hold_timeout: r.on_hold_timeout.as_millis() as u64,
             routable_private_ranges: r.routable_private_ranges.clone(),
+            latching_window: r.latching_window.as_millis() as u64,
+            signaling_proxies: r.signaling_proxies.clone(),
             max_sessions: r.max_sessions,
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
@@ -153,7 +161,8 @@ impl Relay {
         };
         Ok(Arc::new_cyclic(|weak| Relay {
             datapath: {
-                let userspace = UserspaceDatapath::new(bind_ip, weak.clone());
+                let userspace =
+                    UserspaceDatapath::new(bind_ip, weak.clone()).with_reserve(reserved_descriptors(&config));
                 match kernel_flows {
                     Some(table) => {
                         let dp = KernelDatapath::new(userspace, table, local, v6);
@@ -168,6 +177,7 @@ impl Relay {
             datapath_reason: reason,
             userspace_packets: AtomicU64::new(0),
             port_bind_failures: AtomicU64::new(0),
+            no_capacity: Throttle::new(relaybox_limits::WARN_PERIOD),
             config,
             clock,
             table: Mutex::new(table),
@@ -192,11 +202,13 @@ impl Relay {
 
     pub fn register_link(&self, tx: mpsc::UnboundedSender<Outbound>) -> u64 {
         let id = self.next_link_id.fetch_add(1, Ordering::Relaxed);
-        for stats in lock(&self.pending_expired).drain(..) {
-            let _ = tx.send(Outbound::Line(Box::new(RelayLine::Expired(stats))));
-        }
         lock(&self.links).push(LinkHandle { id, tx });
         id
+    }
+
+    /// The expired reports that waited for a dispatcher, to send now.
+    pub fn take_pending_expired(&self) -> Vec<SessionStats> {
+        std::mem::take(&mut *lock(&self.pending_expired))
     }
 
     /// After a restore: binds the restored sessions' ports, takes over the
@@ -309,19 +321,18 @@ impl Relay {
     /// table.
     #[must_use]
     fn apply_events(&self, table: &mut SessionTable) -> Vec<SessionStats> {
-        self.apply_events_moving(table, None)
+        self.apply_events_binding(table, None)
     }
 
     /// [`apply_events`](Self::apply_events) after an update whose reply is
-    /// not sent yet: a pair that cannot be bound (another program holds one
-    /// of its ports, e.g. an ephemeral port of the host's own traffic) is
-    /// swapped for the next free pair (the core tries each free pair at
-    /// most once); `(old, new)` goes into `moved` for the reply.
-    fn apply_events_moving(
-        &self,
-        table: &mut SessionTable,
-        mut moved: Option<&mut Vec<(u16, u16)>>,
-    ) -> Vec<SessionStats> {
+    /// not sent yet. A pair that another program holds (EADDRINUSE: an
+    /// ephemeral port of the host's own traffic, say) is swapped for the
+    /// next free pair (the core tries each free pair at most once); `(old,
+    /// new)` goes into `binding.moved` for the reply. A pair that cannot be
+    /// bound for any other reason (out of descriptors above all) goes into
+    /// `binding.failed`: trying the next pair would fail alike, for every
+    /// pair of the range.
+    fn apply_events_binding(&self, table: &mut SessionTable, mut binding: Option<&mut Binding>) -> Vec<SessionStats> {
         let mut expired = Vec::new();
         let mut changed = false;
         while let Some(event) = table.poll_event() {
@@ -329,10 +340,26 @@ impl Relay {
             match event {
                 Event::OpenPorts(p) => {
                     let Err(e) = self.datapath.open_ports(p) else { continue };
+                    if e.kind() != std::io::ErrorKind::AddrInUse {
+                        match binding.as_deref_mut() {
+                            Some(binding) => binding.failed.push((p, e)),
+                            None => {
+                                if let Some(held_back) = self.no_capacity.ready() {
+                                    tracing::error!(
+                                        port = p,
+                                        "cannot open relay ports {p}/{}: {e}{}",
+                                        p + 1,
+                                        more(held_back)
+                                    );
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     self.port_bind_failures.fetch_add(1, Ordering::Relaxed);
-                    let replacement = moved
+                    let replacement = binding
                         .as_deref_mut()
-                        .and_then(|moved| table.move_unbindable(p).inspect(|&new| moved.push((p, new))));
+                        .and_then(|b| table.move_unbindable(p).inspect(|&new| b.moved.push((p, new))));
                     match replacement {
                         Some(new) => tracing::warn!(
                             port = p,
@@ -351,12 +378,62 @@ impl Relay {
                     }
                 }
                 Event::FlowDown(id) => self.datapath.flow_down(id),
+                Event::Latched(latch) => self.log_latch(&latch),
             }
         }
         if changed {
             self.save.notify_one();
         }
         expired
+    }
+
+    /// A fallback latch is a WARN: the leg went to a source neither the SDP
+    /// nor the signaling vouched for. A moved latch (a NAT rebind) is INFO.
+    fn log_latch(&self, l: &relaybox_core::Latch) {
+        let kind = if l.rtcp { "RTCP" } else { "RTP" };
+        let signaling = l.signaling_ip.map_or_else(|| "none usable".to_string(), |ip| ip.to_string());
+        let window = self.config.relay.latching_window.as_secs_f64();
+        match (l.rule, l.previous) {
+            // RTCP follows an RTP fallback (already logged) from its IP.
+            (relaybox_core::LatchRule::Fallback, _) if l.rtcp => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} RTCP latched to {}, the IP its RTP fell back to",
+                l.side,
+                l.source
+            ),
+            (relaybox_core::LatchRule::Fallback, _) if window > 0.0 => tracing::warn!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} latched to {}, which nothing vouches for: no source that its SDP address {} or its \
+                 signaling IP ({signaling}) vouches for arrived within latching_window ({window} s)",
+                l.side,
+                l.source,
+                l.announced
+            ),
+            (relaybox_core::LatchRule::Fallback, _) => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} latched to the first source, {} (latching_window = 0)",
+                l.side,
+                l.source
+            ),
+            (rule, Some(previous)) => tracing::info!(
+                call_id = %l.call_id,
+                side = %l.side,
+                source = %l.source,
+                "{} {kind} moved from {previous} to {} ({})",
+                l.side,
+                l.source,
+                rule.as_str()
+            ),
+            (rule, None) => {
+                tracing::debug!(call_id = %l.call_id, side = %l.side, source = %l.source, "{kind} latched ({})", rule.as_str())
+            }
+        }
     }
 
     /// Reads the kernel's counters of the given flows into the table (before
@@ -428,9 +505,36 @@ impl Relay {
                 }
                 let flows = table.session_flow_ids(&update.call_id);
                 self.poll_flow_counters(&mut table, flows);
-                let result = table.update(&update, ip, now);
-                let mut moved: Vec<(u16, u16)> = Vec::new();
-                let expired = self.apply_events_moving(&mut table, Some(&mut moved));
+                let existed = table.has_session(&update.call_id);
+                let mut result = table.update(&update, ip, now);
+                let mut binding = Binding::default();
+                let mut expired = self.apply_events_binding(&mut table, Some(&mut binding));
+                if result.is_ok() && !binding.failed.is_empty() {
+                    // No capacity: never answer with a port that is not
+                    // bound. A new call is forgotten (the dispatcher tries
+                    // the next relay); in a known call the streams that
+                    // could not be bound are rejected.
+                    if existed {
+                        for (p, _) in &binding.failed {
+                            table.reject_unbindable(*p, now);
+                        }
+                    } else {
+                        table.discard(&update.call_id);
+                    }
+                    expired.extend(self.apply_events(&mut table));
+                    let (port, e) = &binding.failed[0];
+                    if let Some(held_back) = self.no_capacity.ready() {
+                        tracing::warn!(
+                            call_id = %update.call_id,
+                            "update answered error: cannot open relay ports {port}/{} ({e}); {} of the range's pairs \
+                             in use{}",
+                            port + 1,
+                            table.ports_in_use() / 2,
+                            more(held_back)
+                        );
+                    }
+                    result = Err(relaybox_core::CoreError::NoFreePorts);
+                }
                 drop(table);
                 self.save.notify_one();
                 self.report_expired(expired);
@@ -439,7 +543,7 @@ impl Relay {
                     Ok(mut ports) => {
                         for port in &mut ports {
                             // A pair may have moved more than once.
-                            for &(old, new) in &moved {
+                            for &(old, new) in &binding.moved {
                                 if *port == old {
                                     *port = new;
                                 }
@@ -449,7 +553,9 @@ impl Relay {
                         UpdateReply::Ports(RelayPorts { ip, ports }).payload()
                     }
                     Err(e) => {
-                        tracing::warn!(call_id = %update.call_id, "update refused: {e}");
+                        if binding.failed.is_empty() {
+                            tracing::warn!(call_id = %update.call_id, "update refused: {e}");
+                        }
                         UpdateReply::Error.payload()
                     }
                 }
@@ -489,7 +595,13 @@ impl Relay {
                 let flows = table.flow_ids();
                 self.poll_flow_counters(&mut table, flows);
                 let mut list = table.sessions(now);
+                // Thousands of sessions take a while to write out: not
+                // with the table locked (packets and updates wait on it).
+                drop(table);
                 list.iter_mut().for_each(|s| self.wall_clock(s));
+                // Calls that ended while no dispatcher was connected are still
+                // ours until their reports, sent after this answer, are taken.
+                list.extend(lock(&self.pending_expired).iter().cloned());
                 SessionStats::list_to_json(&list)
             }
         }
@@ -583,6 +695,56 @@ impl Relay {
     }
 }
 
+/// What a relay's update found when it bound its ports.
+#[derive(Default)]
+struct Binding {
+    /// Pairs another program held, and the pairs that replaced them.
+    moved: Vec<(u16, u16)>,
+    /// Pairs that could not be bound for want of resources.
+    failed: Vec<(u16, std::io::Error)>,
+}
+
+/// ` (n more since the last such line)` for a throttled log line.
+fn more(held_back: u64) -> String {
+    if held_back == 0 {
+        String::new()
+    } else {
+        format!(" ({held_back} more since the last such line)")
+    }
+}
+
+/// Descriptors the relay keeps for everything but its media sockets: the
+/// dispatcher links, the control socket and its connections, the state
+/// file and its directory while the snapshot is written, conntrack
+/// sockets, the runtime and the standard streams. Media sockets are not
+/// opened into this reserve (see `UserspaceDatapath`), so calls never
+/// starve the snapshot writer or the links.
+pub(crate) fn reserved_descriptors(config: &Config) -> u64 {
+    64 + config.relay.dispatchers.len() as u64 + crate::control::MAX_CONNECTIONS as u64
+}
+
+/// The descriptors the relay's settings can make it hold at once: two
+/// sockets per port pair (RTP and RTCP), for as many pairs as both the port
+/// range and `max_sessions` × `max_streams_per_session` × 2 allow, plus the
+/// [reserve](reserved_descriptors).
+pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
+    let r = &config.relay;
+    let range_pairs = u64::from(r.port_range.end.saturating_sub(r.port_range.start) / 2);
+    let session_pairs = (r.max_sessions as u64).saturating_mul(r.max_streams_per_session as u64).saturating_mul(2);
+    let pairs = range_pairs.min(session_pairs);
+    let which = if pairs == range_pairs {
+        format!("its {range_pairs} pairs ([Relay] port_range = {}:{})", r.port_range.start, r.port_range.end)
+    } else {
+        format!(
+            "{session_pairs} pairs ([Relay] max_sessions = {} × max_streams_per_session = {} × 2)",
+            r.max_sessions, r.max_streams_per_session
+        )
+    };
+    DescriptorBudget::new()
+        .add(format!("media sockets (2 per port pair, {which})"), pairs * 2)
+        .add("dispatcher links, the control socket, the state file and the runtime", reserved_descriptors(config))
+}
+
 fn family(ip: IpAddr) -> &'static str {
     if ip.to_canonical().is_ipv4() {
         "IPv4"
@@ -645,8 +807,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    crate::trust::warn_at_start(&config, relaybox_tls::Role::Relay);
     let files = relaybox_tls::TlsFiles::for_role(&config.tls.certs_path, relaybox_tls::Role::Relay);
-    let tls = relaybox_tls::client_config(&files).context("loading TLS credentials")?;
+    // Only a dispatcher's certificate is accepted from the other end.
+    let dispatchers = relaybox_tls::PeerRole {
+        role: relaybox_tls::Role::Dispatcher,
+        accept_unmarked: config.tls.accept_unmarked_certificates,
+    };
+    let tls = relaybox_tls::client_config(&files, dispatchers).context("loading TLS credentials")?;
     let relay = Relay::new(config)?;
     let ports = format!("{}:{}", relay.config.relay.port_range.start, relay.config.relay.port_range.end);
     if relay.datapath.name() == "kernel" {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use relaybox_ca::{CertificateAuthority, IssuedCert, Subject};
+use relaybox_ca::{CertificateAuthority, IssuedCert, Role, Subject};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_relaybox");
 
@@ -162,12 +162,15 @@ impl Rig {
         self.dir.path().join(name)
     }
 
-    /// Writes a certs_path directory with a relay and dispatcher certificate.
+    /// Writes a certs_path directory with a relay, a dispatcher and a
+    /// management client certificate.
     pub fn certs(&mut self, name: &str, relay_cn: &str) -> (PathBuf, IssuedCert) {
-        let relay = self.ca.issue(&subject(relay_cn), 30).unwrap();
-        let dispatcher = self.ca.issue(&subject("dispatcher"), 30).unwrap();
+        let relay = self.ca.issue(Role::Relay, &subject(relay_cn), 30).unwrap();
+        let dispatcher = self.ca.issue(Role::Dispatcher, &subject("dispatcher"), 30).unwrap();
+        let management = self.ca.issue(Role::Management, &subject("management"), 30).unwrap();
         let out = self.path(name);
         relaybox_ca::write_certs_dir(&self.ca, &out, &relay, &dispatcher).unwrap();
+        relaybox_ca::write_issued(&out, "management", &management).unwrap();
         (out, relay)
     }
 

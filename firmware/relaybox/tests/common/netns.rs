@@ -128,6 +128,14 @@ pub struct PhoneResult {
     pub max_gap: u32,
     /// The source addresses of what it received, comma separated.
     pub from: String,
+    /// Received datagrams that are not the other phone's media (a phone
+    /// sends 172-byte packets with payload type 8; anything else is not
+    /// from a phone).
+    pub foreign: u32,
+    /// With `PHONE_REBIND_AT`: what arrived at the second socket.
+    pub got_after_rebind: u32,
+    /// Datagrams received at the size both phones send (`PHONE_SIZE`).
+    pub whole: u32,
 }
 
 /// One phone of a call: its namespace, the address it binds, where it sends.
@@ -139,21 +147,40 @@ pub type PhoneAt<'a> = (&'a str, &'a str, &'a str);
 /// sends before the other has bound is lost, and on a loaded machine two
 /// process start-ups can be tens of milliseconds apart.
 pub fn phones_paced(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32) -> (Child, Child) {
+    phones_with(a, &[], b, &[], count, gap_ms)
+}
+
+/// [`phones_paced`] with datagrams of `size` bytes.
+pub fn phones_sized(a: PhoneAt, b: PhoneAt, count: u32, gap_ms: u32, size: usize) -> (Child, Child) {
+    let size = size.to_string();
+    let env = [("PHONE_SIZE", size.as_str())];
+    phones_with(a, &env, b, &env, count, gap_ms)
+}
+
+/// [`phones_paced`] with more of [`phone_main`]'s settings for each phone
+/// (`PHONE_REBIND_AT`, `PHONE_SIZE`, ...).
+pub fn phones_with(
+    a: PhoneAt,
+    a_env: &[(&str, &str)],
+    b: PhoneAt,
+    b_env: &[(&str, &str)],
+    count: u32,
+    gap_ms: u32,
+) -> (Child, Child) {
     let start = (unix_us() + 500_000).to_string();
     let (count, gap_ms) = (count.to_string(), gap_ms.to_string());
-    let start_one = |(ns, bind, to): PhoneAt| {
-        helper_in(
-            ns,
-            &[
-                ("PHONE_BIND", bind),
-                ("PHONE_TO", to),
-                ("PHONE_COUNT", &count),
-                ("PHONE_GAP_MS", &gap_ms),
-                ("PHONE_START_US", &start),
-            ],
-        )
+    let start_one = |(ns, bind, to): PhoneAt, extra: &[(&str, &str)]| {
+        let mut env = vec![
+            ("PHONE_BIND", bind),
+            ("PHONE_TO", to),
+            ("PHONE_COUNT", count.as_str()),
+            ("PHONE_GAP_MS", gap_ms.as_str()),
+            ("PHONE_START_US", start.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        helper_in(ns, &env)
     };
-    (start_one(a), start_one(b))
+    (start_one(a, a_env), start_one(b, b_env))
 }
 
 /// Microseconds since the Unix epoch (the phones' shared start time).
@@ -182,34 +209,96 @@ pub fn phone_result(child: Child) -> PhoneResult {
         text.lines().find_map(|l| l.find("PHONE ").map(|at| &l[at..])).unwrap_or_else(|| panic!("phone said: {text}"));
     let word = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("").to_string();
     let num = |key: &str| -> u32 { word(key).parse().unwrap_or_else(|_| panic!("no {key} in {line}")) };
-    PhoneResult { sent: num("sent="), got: num("got="), max_gap: num("maxgap="), from: word("from=") }
+    let optional = |key: &str| -> u32 { word(key).parse().unwrap_or(0) };
+    let got = num("got=");
+    PhoneResult {
+        sent: num("sent="),
+        got,
+        max_gap: num("maxgap="),
+        from: word("from="),
+        foreign: optional("foreign="),
+        got_after_rebind: optional("rebound="),
+        // Helpers that do not check sizes print no whole=.
+        whole: word("whole=").parse().unwrap_or(got),
+    }
 }
 
 /// The body of each netns test file's `phone_helper`: does nothing unless
 /// started by [`phones_paced`]. Receiving ends after 1 s without packets once
-/// some came, or 5 s without any (first IPv6 neighbour resolutions).
+/// some came, or 5 s without any (first IPv6 neighbour resolutions). With
+/// `PHONE_REBIND_AT=n` (and `PHONE_REBIND_BIND`), the phone's NAT mapping
+/// changes after `n` packets: the rest leave from the second address, and
+/// what arrives there is counted too. `PHONE_SIZE` (172) is the size of
+/// every datagram a phone sends.
 pub fn phone_main() {
     let Ok(bind) = std::env::var("PHONE_BIND") else { return };
     let to: std::net::SocketAddr = std::env::var("PHONE_TO").unwrap().parse().unwrap();
     let count: u32 = std::env::var("PHONE_COUNT").unwrap().parse().unwrap();
     let gap: u64 = std::env::var("PHONE_GAP_MS").ok().and_then(|g| g.parse().ok()).unwrap_or(5);
+    let rebind_at: Option<u32> = std::env::var("PHONE_REBIND_AT").ok().and_then(|n| n.parse().ok());
+    let size: usize = std::env::var("PHONE_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(172);
     let socket = std::net::UdpSocket::bind(bind.as_str()).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let receiver = socket.try_clone().unwrap();
+    let second =
+        rebind_at.map(|_| std::net::UdpSocket::bind(std::env::var("PHONE_REBIND_BIND").unwrap().as_str()).unwrap());
     let start: u64 = std::env::var("PHONE_START_US").unwrap().parse().unwrap();
     let now = unix_us();
     if start > now {
         std::thread::sleep(Duration::from_micros(start - now));
     }
-    let got = std::thread::spawn(move || {
-        let (mut got, mut idle, mut from) = (0u32, 0, BTreeSet::new());
-        let mut buf = [0u8; 2048];
+    let receivers: Vec<_> =
+        std::iter::once(&socket).chain(second.as_ref()).map(|s| std::thread::spawn(receive(s, size))).collect();
+    for seq in 0..count {
+        let mut packet = vec![0x80u8, 8];
+        packet.extend_from_slice(&(seq as u16).to_be_bytes());
+        packet.resize(size, 0);
+        let from = match (&second, rebind_at) {
+            (Some(second), Some(at)) if seq >= at => second,
+            _ => &socket,
+        };
+        let _ = from.send_to(&packet, to);
+        std::thread::sleep(Duration::from_millis(gap));
+    }
+    let results: Vec<Received> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
+    let got: u32 = results.iter().map(|r| r.got).sum();
+    let foreign: u32 = results.iter().map(|r| r.foreign).sum();
+    let whole: u32 = results.iter().map(|r| r.whole).sum();
+    let max_gap = results.iter().map(|r| r.max_gap).max().unwrap_or(0);
+    let from: BTreeSet<String> = results.iter().flat_map(|r| r.from.iter().cloned()).collect();
+    let rebound = results.get(1).map_or(0, |r| r.got);
+    let from = from.into_iter().collect::<Vec<_>>().join(",");
+    println!(
+        "PHONE sent={count} got={got} maxgap={max_gap} from={from} foreign={foreign} rebound={rebound} whole={whole}"
+    );
+}
+
+/// What one phone socket received.
+struct Received {
+    got: u32,
+    foreign: u32,
+    /// Datagrams of the size the phones send.
+    whole: u32,
+    max_gap: u128,
+    from: BTreeSet<String>,
+}
+
+/// A receiving thread on a clone of `socket` (see [`phone_main`]); the
+/// phones send `size`-byte datagrams.
+fn receive(socket: &std::net::UdpSocket, size: usize) -> impl FnOnce() -> Received {
+    let receiver = socket.try_clone().unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    move || {
+        let (mut got, mut foreign, mut whole, mut idle, mut from) = (0u32, 0u32, 0u32, 0, BTreeSet::new());
+        let mut buf = vec![0u8; 65_536];
         let (start, mut last, mut max_gap) = (Instant::now(), None::<Instant>, Duration::ZERO);
         while idle < 5 || (got == 0 && start.elapsed() < Duration::from_secs(5)) {
             match receiver.recv_from(&mut buf) {
-                Ok((_, src)) => {
+                Ok((n, src)) => {
                     got += 1;
                     idle = 0;
+                    whole += u32::from(n == size);
+                    if n != size || buf[..2] != [0x80, 8] {
+                        foreign += 1;
+                    }
                     from.insert(src.ip().to_string());
                     let now = Instant::now();
                     if let Some(l) = last {
@@ -220,17 +309,8 @@ pub fn phone_main() {
                 Err(_) => idle += 1,
             }
         }
-        (got, max_gap.as_millis(), from.into_iter().collect::<Vec<_>>().join(","))
-    });
-    for seq in 0..count {
-        let mut packet = vec![0x80u8, 8];
-        packet.extend_from_slice(&(seq as u16).to_be_bytes());
-        packet.resize(172, 0);
-        let _ = socket.send_to(&packet, to);
-        std::thread::sleep(Duration::from_millis(gap));
+        Received { got, foreign, whole, max_gap: max_gap.as_millis(), from }
     }
-    let (got, max_gap, from) = got.join().unwrap();
-    println!("PHONE sent={count} got={got} maxgap={max_gap} from={from}");
 }
 
 /// The relay's conntrack mark (0x72620001), as `conntrack -m` takes it.

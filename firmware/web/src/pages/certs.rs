@@ -127,7 +127,7 @@ fn certs_page(state: &State, auth: &Authed, message: &str, csr: Option<&str>) ->
     let rows: String = ["ca.pem", "crl.pem", "relay.crt", "web.crt"].iter().map(|n| describe(&dir.join(n))).collect();
     let csr_section = match csr.map(str::to_string).or_else(|| std::fs::read_to_string(dir.join("relay.csr")).ok()) {
         Some(text) if dir.join(CSR_KEY).exists() => format!(
-            r#"<section><h2>Pending request</h2><p>Sign this request with the operator's CA, then upload the certificate as "relay certificate" with the key left empty: the key made on the box is used. <a href="/certs/file/relay.csr">Download relay.csr</a></p><pre class="mono" id="csr">{}</pre></section>"#,
+            r#"<section><h2>Pending request</h2><p>Sign this request with the operator's CA (<span class="mono">relaybox-ca sign --csr relay.csr</span> gives it the relay role, which the dispatcher requires), then upload the certificate as "relay certificate" with the key left empty: the key made on the box is used. <a href="/certs/file/relay.csr">Download relay.csr</a></p><pre class="mono" id="csr">{}</pre></section>"#,
             esc(&text)
         ),
         _ => String::new(),
@@ -251,9 +251,12 @@ fn check_upload(dir: &Path, u: &Upload) -> Result<Writes, String> {
         && stage.0.join("relay.key").exists()
         && stage.0.join("ca.pem").exists()
     {
+        // As the relay loads them: a certificate of another role than a
+        // relay's (a dispatcher's, say) is refused here.
         let files = relaybox_tls::TlsFiles::for_role(&stage.0, relaybox_tls::Role::Relay);
         let shown = |e: relaybox_tls::TlsError| e.to_string().replace(&stage.0.display().to_string(), "certs");
-        relaybox_tls::client_config(&files).map_err(shown)?;
+        relaybox_tls::client_config(&files, relaybox_tls::PeerRole::strict(relaybox_tls::Role::Dispatcher))
+            .map_err(shown)?;
         // The relay's certificate must chain to the CA as the dispatcher
         // checks it (a new CRL is exempt: it may revoke a certificate on
         // its way out).

@@ -338,8 +338,8 @@ impl Web {
         let socket = dir.path().join("relay.sock");
         let certs = dir.path().join("tls");
         let mut ca = CertificateAuthority::create(&Subject::new("web test CA"), 3650).unwrap();
-        let relay = ca.issue(&Subject::new("edge-relay"), 365).unwrap();
-        let dispatcher = ca.issue(&Subject::new("dispatcher"), 365).unwrap();
+        let relay = ca.issue(relaybox_ca::Role::Relay, &Subject::new("edge-relay"), 365).unwrap();
+        let dispatcher = ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher"), 365).unwrap();
         relaybox_ca::write_certs_dir(&ca, &certs, &relay, &dispatcher).unwrap();
         let text = format!(
             "{INITIAL}control_socket = {}\n\n[TLS]\n; keep me\ncerts_path = tls\n\n[Web]\nlisten = 127.0.0.1:0\nhttp_listen = 127.0.0.1:0\nmax_body = 8192\nlogin_attempts = 3\nlockout = 4\nclock_pid_file = clock.pid\nhostname_command = hostname.sh\n{web_extra}\n",
