@@ -87,6 +87,7 @@ impl SessionTable {
             bleed_drops: self.bleed_drops,
             free: self.pool.free_order(),
             sessions: self.sessions.values().cloned().collect(),
+            usernames: self.sessions.values().filter_map(|s| Some((s.id, s.username.clone()?))).collect(),
         }
     }
 
@@ -101,12 +102,14 @@ impl SessionTable {
     /// `max_sessions`, is ended and reported as [`Event::Expired`].
     pub fn restore(config: CoreConfig, snapshot: Snapshot, now: Millis) -> Self {
         let mut table = SessionTable::new(config);
-        let Snapshot { next_session_id, next_flow_id, bleed_drops, free, sessions, .. } = snapshot;
+        let Snapshot { next_session_id, next_flow_id, bleed_drops, free, sessions, usernames, .. } = snapshot;
+        let mut usernames: HashMap<u64, String> = usernames.into_iter().collect();
         table.bleed_drops = bleed_drops;
         table.flows.next_id = next_flow_id;
         let mut next_id = next_session_id;
         for mut session in sessions {
             session.scheduled = None;
+            session.username = usernames.remove(&session.id);
             next_id = next_id.max(session.id.saturating_add(1));
             let fits = table.sessions.len() < table.config.max_sessions
                 && !table.sessions.contains_key(&session.id)
@@ -228,6 +231,7 @@ impl SessionTable {
             dialog_id: None,
             caller_ua: String::new(),
             callee_ua: String::new(),
+            username: None,
             locals: SideAddrs::both(relay_ip),
             offer: None,
             streams: Vec::new(),
@@ -409,6 +413,20 @@ impl SessionTable {
     pub fn session(&self, call_id: &str, now: Millis) -> Option<SessionStats> {
         let id = self.by_call_id.get(call_id)?;
         self.sessions.get(id).map(|s| s.stats(now))
+    }
+
+    /// The status of every stream a session had, answered or not, in
+    /// creation order (the statistics list answered streams only).
+    pub fn stream_statuses(&self, call_id: &str) -> Vec<StreamStatus> {
+        let session = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id));
+        session.map(|s| s.streams.iter().map(|st| st.status).collect()).unwrap_or_default()
+    }
+
+    /// The port of every leg of every live stream, answered or not (the
+    /// statistics list answered streams only), for invariant checks.
+    pub fn live_leg_ports(&self) -> Vec<u16> {
+        let live = self.sessions.values().flat_map(|s| s.streams.iter()).filter(|s| s.is_live());
+        live.flat_map(|s| [s.caller.port, s.callee.port]).filter(|p| *p != 0).collect()
     }
 
     pub fn has_session(&self, call_id: &str) -> bool {
@@ -654,6 +672,9 @@ fn note_dialog(session: &mut Session, req: &UpdateRequest, sender: Side, relay_i
     }
     if req.dialog_id.is_some() {
         session.dialog_id.clone_from(&req.dialog_id);
+    }
+    if session.username.is_none() {
+        session.username.clone_from(&req.username);
     }
     if !req.user_agent.is_empty() {
         match sender {

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
 use relaybox_config::{AccountingBackend, Config};
 use relaybox_proto::link::{LinkRequest, UpdateReply};
-use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
+use relaybox_proto::module::{ModuleFrame, ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -175,10 +175,12 @@ impl Dispatcher {
         Instant::now() + (budget - margin)
     }
 
-    pub async fn handle_module_request(&self, request: ModuleRequest) -> ModuleReply {
-        match request {
-            ModuleRequest::Update(u) => self.handle_update(u).await,
-            ModuleRequest::Remove(r) => self.handle_remove(r).await,
+    /// Answers one module request; the relay gets the module's own lines
+    /// (`frame.lines`), the decisions here use the parsed request.
+    pub async fn handle_module_request(&self, frame: ModuleFrame) -> ModuleReply {
+        match &frame.request {
+            ModuleRequest::Update(u) => self.handle_update(u, &frame).await,
+            ModuleRequest::Remove(r) => self.handle_remove(r, &frame).await,
         }
     }
 
@@ -205,10 +207,10 @@ impl Dispatcher {
         active
     }
 
-    async fn handle_update(&self, update: UpdateRequest) -> ModuleReply {
+    async fn handle_update(&self, update: &UpdateRequest, frame: &ModuleFrame) -> ModuleReply {
         let deadline = self.module_deadline();
         let call_id = update.call_id.clone();
-        let candidates = self.candidates(&update);
+        let candidates = self.candidates(update);
         if candidates.is_empty() {
             tracing::warn!(call_id = %call_id, "update: no relay available; the proxy leaves the SDP as it is");
             return ModuleReply::Error;
@@ -220,7 +222,7 @@ impl Dispatcher {
                 break;
             }
             let wait = (deadline - now).min(self.config.dispatcher.relay_timeout);
-            let answer = self.call(&relay, LinkRequest::Update(update.clone()), wait).await;
+            let answer = self.call(&relay, LinkRequest::Module(frame.clone()), wait).await;
             let reply = match answer {
                 Ok(payload) => UpdateReply::parse(&payload),
                 Err(e) => {
@@ -228,19 +230,26 @@ impl Dispatcher {
                     continue;
                 }
             };
+            let answer = match &reply {
+                Ok(UpdateReply::Ports(ports)) => Some(ModuleReply::Ports(ports.clone())),
+                // MediaProxy's dispatcher keeps the call on that relay too.
+                Ok(UpdateReply::NoMedia) => Some(ModuleReply::NoMedia),
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                self.sessions()
+                    .entry(call_id.clone())
+                    .and_modify(|e| {
+                        if update.dialog_id.is_some() {
+                            e.dialog_id = update.dialog_id.clone();
+                        }
+                    })
+                    .or_insert_with(|| SessionEntry::new(relay.id, update.dialog_id.clone()));
+                tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %answer.encode().trim_end(), "update relayed");
+                return answer;
+            }
             match reply {
-                Ok(UpdateReply::Ports(ports)) => {
-                    self.sessions()
-                        .entry(call_id.clone())
-                        .and_modify(|e| {
-                            if update.dialog_id.is_some() {
-                                e.dialog_id = update.dialog_id.clone();
-                            }
-                        })
-                        .or_insert_with(|| SessionEntry::new(relay.id, update.dialog_id.clone()));
-                    tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %ports, "update relayed");
-                    return ModuleReply::Ports(ports);
-                }
+                Ok(UpdateReply::Ports(_) | UpdateReply::NoMedia) => {}
                 Ok(UpdateReply::Halting) => {
                     tracing::info!(call_id = %call_id, relay = %relay.ip, "relay is halting, trying the next");
                     relay.halting.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -256,38 +265,47 @@ impl Dispatcher {
         ModuleReply::Error
     }
 
-    async fn handle_remove(&self, remove: RemoveRequest) -> ModuleReply {
-        let entry = self.sessions().get(&remove.call_id).cloned();
+    /// Answers as MediaProxy's dispatcher does: `removed` once the relay
+    /// returned the call's statistics, `error` for a call no relay holds (a
+    /// second remove, a CANCEL after the call ended), a relay that is gone,
+    /// answers `error` or does not answer in time. The module reads none of
+    /// it.
+    async fn handle_remove(&self, remove: &RemoveRequest, frame: &ModuleFrame) -> ModuleReply {
+        let call_id = remove.call_id.clone();
+        let entry = self.sessions().get(&call_id).cloned();
         let Some(entry) = entry else {
-            tracing::debug!(call_id = %remove.call_id, "remove for a call no relay holds");
-            return ModuleReply::Removed;
+            tracing::info!(call_id = %call_id, "remove for a call no relay holds, answering error");
+            return ModuleReply::Error;
         };
         let Some(relay) = self.relay(entry.relay_id) else {
-            tracing::warn!(call_id = %remove.call_id, "remove: the relay holding the call is not connected");
-            self.sessions().remove(&remove.call_id);
-            return ModuleReply::Removed;
+            tracing::warn!(call_id = %call_id, "remove: the relay holding the call is not connected");
+            self.sessions().remove(&call_id);
+            return ModuleReply::Error;
         };
-        let call_id = remove.call_id.clone();
         let wait = self.module_deadline().saturating_duration_since(Instant::now());
-        match self.call(&relay, LinkRequest::Remove(remove), wait.max(Duration::from_millis(50))).await {
+        match self.call(&relay, LinkRequest::Module(frame.clone()), wait.max(Duration::from_millis(50))).await {
             Ok(payload) if payload.trim() == "error" => {
                 tracing::warn!(call_id = %call_id, relay = %relay.ip, "relay answered error to remove");
                 self.sessions().remove(&call_id);
+                ModuleReply::Error
             }
-            Ok(payload) => match SessionStats::from_json(&payload) {
-                Ok(stats) => self.session_finished(&relay, stats, false),
-                Err(e) => {
-                    tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}");
-                    self.sessions().remove(&call_id);
+            Ok(payload) => {
+                match SessionStats::from_json(&payload) {
+                    Ok(stats) => self.session_finished(&relay, stats, false),
+                    Err(e) => {
+                        tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}: {payload}");
+                        self.sessions().remove(&call_id);
+                    }
                 }
-            },
+                ModuleReply::Removed
+            }
             Err(e) => {
                 // The relay may still answer later; its link task accounts
                 // late answers too (see relay_link), so nothing is lost.
                 tracing::warn!(call_id = %call_id, relay = %relay.ip, "remove: relay did not answer in time ({e:?})");
+                ModuleReply::Error
             }
         }
-        ModuleReply::Removed
     }
 
     /// A session ended on a relay (removed or expired): account it once.

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
-use relaybox_proto::module::{Limits, ModuleReply, ModuleRequest};
+use relaybox_proto::module::{Limits, ModuleFrame, ModuleReply};
 use relaybox_proto::FrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -72,11 +72,11 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream) {
         };
         decoder.push(&buf[..n]);
         while let Some(frame) = decoder.next_frame() {
-            let reply = match frame.and_then(|f| ModuleRequest::parse(&f, &limits)) {
-                Ok(request) => {
-                    let kind = request.name();
-                    let call_id = request.call_id().to_string();
-                    let reply = dispatcher.handle_module_request(request).await;
+            let reply = match frame.and_then(|f| ModuleFrame::parse(f, &limits)) {
+                Ok(frame) => {
+                    let kind = frame.request.name();
+                    let call_id = frame.request.call_id().to_string();
+                    let reply = dispatcher.handle_module_request(frame).await;
                     tracing::debug!(peer = %peer, call_id = %call_id, "{kind} -> {}", reply.encode().trim_end());
                     reply
                 }
