@@ -19,6 +19,7 @@ use relaybox_config::{Passport, SubjectAttr};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
@@ -113,13 +114,16 @@ pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<Arc<ru
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let (crls, v1) = split_v1_crls(&files.ca, files.crl.as_deref(), crls)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .with_crls(crls)
         .allow_unknown_revocation_status();
     if client_auth == ClientAuth::Optional {
         builder = builder.allow_unauthenticated();
     }
-    let verifier = builder.build().map_err(|e| verifier_error(files, e))?;
+    let inner = builder.build().map_err(|e| verifier_error(files, e))?;
+    let verifier: Arc<dyn ClientCertVerifier> =
+        if v1.is_empty() { inner } else { Arc::new(V1CrlClientVerifier { inner, v1: Arc::new(v1) }) };
     let (chain, key) = load_identity(files)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -135,6 +139,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let (crls, v1) = split_v1_crls(&files.ca, files.crl.as_deref(), crls)?;
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .with_crls(crls)
         .allow_unknown_revocation_status()
@@ -144,7 +149,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyNameServerVerifier { inner }))
+        .with_custom_certificate_verifier(Arc::new(AnyNameServerVerifier { inner, v1: Arc::new(v1) }))
         .with_client_auth_cert(chain, key)
         .map_err(|e| identity_error(files, e))?;
     Ok(Arc::new(config))
@@ -155,6 +160,8 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
 #[derive(Debug)]
 struct AnyNameServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    /// Revocations from version 1 CRLs, which webpki cannot read.
+    v1: Arc<V1Revocations>,
 }
 
 impl ServerCertVerifier for AnyNameServerVerifier {
@@ -166,13 +173,15 @@ impl ServerCertVerifier for AnyNameServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Ok(v) => Ok(v),
+        let verified = match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Ok(v) => v,
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(e),
-        }
+            )) => ServerCertVerified::assertion(),
+            Err(e) => return Err(e),
+        };
+        self.v1.check(end_entity, intermediates)?;
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -199,6 +208,135 @@ impl ServerCertVerifier for AnyNameServerVerifier {
 
     fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
         self.inner.root_hint_subjects()
+    }
+}
+
+/// What version 1 CRLs revoke: (issuer name as DER, serial as DER content)
+/// pairs. X.509 v1 CRLs (no version field, no extensions; MediaProxy ships
+/// one as its sample `crl.pem`) are refused by webpki's parser, so relaybox
+/// reads them with x509-parser, checks their signature against the CA that
+/// issued them, and applies them after webpki's verification.
+#[derive(Debug, Default)]
+struct V1Revocations {
+    revoked: std::collections::HashSet<(Vec<u8>, Vec<u8>)>,
+    crls: usize,
+}
+
+impl V1Revocations {
+    fn is_empty(&self) -> bool {
+        self.crls == 0
+    }
+
+    /// `Err(Revoked)` when a certificate of the presented chain is listed.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
+        if self.revoked.is_empty() {
+            return Ok(());
+        }
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            let (_, x509) = x509_parser::parse_x509_certificate(cert)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let key = (x509.issuer().as_raw().to_vec(), x509.raw_serial().to_vec());
+            if self.revoked.contains(&key) {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Separates version 1 CRLs (see [`V1Revocations`]) from the others, which
+/// go to webpki. A v1 CRL whose signature does not verify with the key of
+/// its issuer in `ca.pem` is an error naming the file.
+fn split_v1_crls(
+    ca_path: &Path,
+    crl_path: Option<&Path>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, V1Revocations), TlsError> {
+    let Some(crl_path) = crl_path else { return Ok((crls, V1Revocations::default())) };
+    let bad = |reason: String| TlsError::Pem { path: crl_path.to_path_buf(), reason };
+    let ca_bytes = read(ca_path)?;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_bytes).flatten().collect();
+    let mut webpki = Vec::new();
+    let mut v1 = V1Revocations::default();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(&crl).map_err(|e| bad(format!("not an X.509 CRL: {e}")))?;
+        if parsed.version().is_some_and(|v| v.0 != 0) {
+            webpki.push(crl);
+            continue;
+        }
+        let issuer = cas
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, x)| x))
+            .find(|ca| ca.subject().as_raw() == parsed.issuer().as_raw())
+            .ok_or_else(|| {
+                bad(format!("CRL issued by \"{}\", which is not a CA in {}", parsed.issuer(), ca_path.display()))
+            })?;
+        parsed
+            .verify_signature(issuer.public_key())
+            .map_err(|e| bad(format!("version 1 CRL whose signature does not verify with its CA's key: {e}")))?;
+        for revoked in parsed.iter_revoked_certificates() {
+            v1.revoked.insert((parsed.issuer().as_raw().to_vec(), revoked.raw_serial().to_vec()));
+        }
+        v1.crls += 1;
+    }
+    Ok((webpki, v1))
+}
+
+/// webpki's client verification, then the version 1 CRLs.
+#[derive(Debug)]
+struct V1CrlClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    v1: Arc<V1Revocations>,
+}
+
+impl ClientCertVerifier for V1CrlClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.v1.check(end_entity, intermediates)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
