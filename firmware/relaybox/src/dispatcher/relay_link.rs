@@ -96,7 +96,8 @@ async fn accept(
     };
     // Logged once calls can go to it.
     dispatcher.add_relay(relay.clone());
-    tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
+    let tls = stream.get_ref().1.protocol_version().map_or_else(|| "?".to_string(), |v| format!("{v:?}"));
+    tracing::info!(peer = %peer, subject = %relay.subject, tls = %tls, "relay connected");
     // Learn the relay's media address and which calls it already holds.
     let startup = {
         let dispatcher = dispatcher.clone();
