@@ -722,3 +722,47 @@ fn module_answers_and_mediaproxys_test_scripts_match_mediaproxy() {
     assert!(differ.is_empty(), "scripts with other outcomes against relaybox: {differ:?}\n{relay_log}");
     let _ = std::io::stderr().flush();
 }
+
+/// `;name = value` lines of a config.ini sample, by section.
+fn sample_defaults(text: &str) -> BTreeMap<(String, String), String> {
+    let mut section = String::new();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+        } else if let Some((key, value)) = line.strip_prefix(';').and_then(|l| l.split_once('=')) {
+            let key = key.trim();
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                out.insert((section.clone(), key.to_string()), value.trim().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs MediaProxy (ci/mediaproxy.sh): run by ci/test.sh"]
+fn config_sample_numbers_match_mediaproxys() {
+    let theirs = std::fs::read_to_string(sources().join("config.ini.sample")).unwrap();
+    let ours_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/config.ini.sample");
+    let ours = std::fs::read_to_string(&ours_path).unwrap();
+    let (theirs_d, ours_d) = (sample_defaults(&theirs), sample_defaults(&ours));
+    let numeric = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '.');
+    let mut compared = 0;
+    for (key, value) in theirs_d.iter().filter(|(_, v)| numeric(v)) {
+        assert_eq!(ours_d.get(key), Some(value), "default of {key:?} differs from MediaProxy 4.1.2's sample");
+        compared += 1;
+    }
+    assert!(compared >= 8, "only {compared} numeric defaults compared");
+    // What relaybox's sample says about MediaProxy's port range is
+    // MediaProxy's.
+    let port_range = &theirs_d[&("Relay".to_string(), "port_range".to_string())];
+    for line in ours.lines().filter(|l| l.contains("MediaProxy")) {
+        for word in line.split(|c: char| !(c.is_ascii_digit() || c == ':')) {
+            if word.split(':').filter(|p| !p.is_empty()).count() == 2 {
+                assert_eq!(word, port_range, "{}: {line}", ours_path.display());
+            }
+        }
+    }
+    assert!(ours.contains(&format!("as in MediaProxy 4.1.2")), "the sample names MediaProxy's default");
+}
