@@ -764,5 +764,5 @@ fn config_sample_numbers_match_mediaproxys() {
             }
         }
     }
-    assert!(ours.contains(&format!("as in MediaProxy 4.1.2")), "the sample names MediaProxy's default");
+    assert!(ours.contains("as in MediaProxy 4.1.2"), "the sample names MediaProxy's default");
 }
