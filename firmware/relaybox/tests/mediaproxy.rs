@@ -468,6 +468,10 @@ fn relaybox_dispatcher_serves_a_mediaproxy_relay() {
     let expired: serde_json::Value = serde_json::from_str(&rows[1].1).unwrap();
     assert_eq!(rows[1].0, "mp-a3");
     assert_eq!(expired["streams"][0]["status"], "no-traffic timeout", "{expired}");
+    // The BYE the proxy then sends: `removed`, as MediaProxy's dispatcher
+    // answers it; a second one finds no call.
+    assert_eq!(m.request(&module_remove("mp-a3", "ft-mp-a3", "tt-mp-a3")).0, "removed\r\n");
+    assert_eq!(m.request(&module_remove("mp-a3", "ft-mp-a3", "tt-mp-a3")).0, "error\r\n");
     assert!(!d.log_text().contains("bad s"), "a relay answer was refused:\n{}", d.log_text());
     drop(m);
     assert_eq!(w.module().request(&module_remove("mp-a2", "ft-mp-a2", "tt-mp-a2")).0, "removed\r\n");
@@ -562,6 +566,10 @@ fn mediaproxy_dispatcher_serves_a_relaybox_relay() {
     assert_eq!(request["params"]["dialog_id"].as_str().or(request["params"][0].as_str()), Some(DIALOG), "{request}");
     let stats = mediaproxy_statistics(&d, "rb-b3");
     assert!(stats.contains("'status': 'no-traffic timeout'") && stats.contains("'timed_out': True"), "{stats}");
+    // MediaProxy's dispatcher answers the BYE that follows `removed`, and a
+    // second one `error` (relaybox's dispatcher does the same, test above).
+    assert_eq!(m.request(&module_remove("rb-b3", "ft-rb-b3", "tt-rb-b3")).0, "removed\r\n");
+    assert_eq!(m.request(&module_remove("rb-b3", "ft-rb-b3", "tt-rb-b3")).0, "error\r\n");
 }
 
 /// How one dispatcher + relay pair answers `requests`, normalised:

@@ -51,11 +51,15 @@ struct SessionEntry {
     dialog_id: Option<String>,
     /// Since when the relay holding the call has been disconnected.
     orphaned_since: Option<Instant>,
+    /// The call expired on its relay and the proxy was asked to end the
+    /// dialog: the entry waits for that BYE (`removed`, as MediaProxy's
+    /// dispatcher answers it) at most `cleanup_expired_sessions_after`.
+    dialog_ended_at: Option<Instant>,
 }
 
 impl SessionEntry {
     fn new(relay_id: u64, dialog_id: Option<String>) -> Self {
-        SessionEntry { relay_id, dialog_id, orphaned_since: None }
+        SessionEntry { relay_id, dialog_id, orphaned_since: None, dialog_ended_at: None }
     }
 }
 
@@ -188,7 +192,14 @@ impl Dispatcher {
     /// preferred one, then the rest in random order.
     fn candidates(&self, update: &UpdateRequest) -> Vec<RelayHandle> {
         let relays = self.relays();
-        let holder = self.sessions().get(&update.call_id).map(|e| e.relay_id);
+        let holder = {
+            let mut table = self.sessions();
+            // A call whose dialog was ended after it expired is new again.
+            if table.get(&update.call_id).is_some_and(|e| e.dialog_ended_at.is_some()) {
+                table.remove(&update.call_id);
+            }
+            table.get(&update.call_id).map(|e| e.relay_id)
+        };
         if let Some(id) = holder {
             if let Some(r) = relays.iter().find(|r| r.id == id) {
                 return vec![r.clone()];
@@ -277,6 +288,11 @@ impl Dispatcher {
             tracing::info!(call_id = %call_id, "remove for a call no relay holds, answering error");
             return ModuleReply::Error;
         };
+        if entry.dialog_ended_at.is_some() {
+            // The BYE of a call that expired and whose dialog we ended.
+            self.sessions().remove(&call_id);
+            return ModuleReply::Removed;
+        }
         let Some(relay) = self.relay(entry.relay_id) else {
             tracing::warn!(call_id = %call_id, "remove: the relay holding the call is not connected");
             self.sessions().remove(&call_id);
@@ -314,28 +330,27 @@ impl Dispatcher {
         if stats.relay_ip.is_none() {
             stats.relay_ip = Some(relay.address().to_string());
         }
+        let entry_for_bye = entry.clone();
         if stats.dialog_id.is_none() {
             stats.dialog_id = entry.and_then(|e| e.dialog_id);
         }
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
-        if expired {
-            self.end_dialog(&stats);
+        if let Some(dialog_id) = expired.then(|| dialog_to_end(&stats)).flatten() {
+            // Kept for the BYE the proxy is about to send.
+            if let Some(mut entry) = entry_for_bye {
+                entry.dialog_ended_at = Some(Instant::now());
+                self.sessions().insert(stats.call_id.clone(), entry);
+            }
+            self.end_dialog(dialog_id, stats.call_id.clone());
         }
     }
 
-    /// The media of an answered call timed out but nobody sent BYE: ask the
-    /// proxy to end the dialog. Calls without the dialog module, calls never
-    /// answered and calls whose streams all ended as unselected ICE
-    /// candidates (the phones talk directly) are only accounted.
-    fn end_dialog(&self, stats: &SessionStats) {
-        let Some(dialog_id) = stats.dialog_id.clone() else { return };
-        if stats.start_time.is_none() || stats.all_streams_unselected_ice() {
-            return;
-        }
+    /// Asks the proxy to end the dialog of an expired call (see
+    /// [`dialog_to_end`]).
+    fn end_dialog(&self, dialog_id: String, call_id: String) {
         let closer = self.dialogs.clone();
-        let call_id = stats.call_id.clone();
         tokio::spawn(async move {
             match closer.end(&dialog_id).await {
                 Ok(answer) => {
@@ -355,13 +370,19 @@ impl Dispatcher {
     }
 
     /// Forgets calls whose relay stayed away longer than
-    /// `cleanup_dead_relays_after` (they were never removed or expired).
+    /// `cleanup_dead_relays_after` (they were never removed or expired),
+    /// and expired calls whose BYE did not come within
+    /// `cleanup_expired_sessions_after`.
     fn forget_orphans(&self, now: Instant) {
         let connected: Vec<u64> = self.relays().iter().map(|r| r.id).collect();
         let limit = self.config.dispatcher.cleanup_dead_relays_after;
+        let bye_limit = self.config.dispatcher.cleanup_expired_sessions_after;
         let mut table = self.sessions();
         let before = table.len();
         table.retain(|_, e| {
+            if let Some(ended) = e.dialog_ended_at {
+                return now.duration_since(ended) < bye_limit;
+            }
             if connected.contains(&e.relay_id) {
                 e.orphaned_since = None;
                 return true;
@@ -371,7 +392,11 @@ impl Dispatcher {
         });
         let dropped = before - table.len();
         if dropped > 0 {
-            tracing::info!(dropped, "forgot calls of relays disconnected for longer than cleanup_dead_relays_after");
+            tracing::info!(
+                dropped,
+                "forgot calls of relays disconnected for longer than cleanup_dead_relays_after, or expired calls \
+                 whose BYE did not come within cleanup_expired_sessions_after"
+            );
         }
     }
 
@@ -403,6 +428,17 @@ impl Dispatcher {
         }
         out
     }
+}
+
+/// The dialog to end for an expired call: the media of an answered call
+/// timed out but nobody sent BYE. Calls without the dialog module, calls
+/// never answered and calls whose streams all ended as unselected ICE
+/// candidates (the phones talk directly) are only accounted.
+fn dialog_to_end(stats: &SessionStats) -> Option<String> {
+    if stats.start_time.is_none() || stats.all_streams_unselected_ice() {
+        return None;
+    }
+    stats.dialog_id.clone()
 }
 
 /// How long a TLS peer gets to finish its handshake.
