@@ -221,7 +221,7 @@ impl World {
         self.mediaproxy(
             "media-relay",
             &format!(
-                "[Relay]\ndispatchers = 127.0.0.1:{LINK_PORT}\nrelay_ip = {MEDIA_IP}\nport_range = 41000:41100\nstream_timeout = {STREAM_TIMEOUT}\nreconnect_delay = 1\npassport = {passport}\n[TLS]\ncerts_path = {}\n",
+                "[Relay]\ndispatchers = 127.0.0.1:{LINK_PORT}\nrelay_ip = {MEDIA_IP}\nport_range = 41000:41100\nstream_timeout = {STREAM_TIMEOUT}\nreconnect_delay = 1\ntraffic_sampling_period = 1\npassport = {passport}\n[TLS]\ncerts_path = {}\n",
                 self.certs.display()
             ),
         )
@@ -427,8 +427,11 @@ fn relaybox_dispatcher_serves_a_mediaproxy_relay() {
     let (caller2, callee2) = (phone(), phone());
     let sides2 = answered_call(&mut m, "mp-a2", &caller2, &callee2, "callee-ua");
     talk(&caller2, &callee2, sides2, "second call");
+    // `bps_relayed` is a float once the relay sampled (every second here).
+    std::thread::sleep(Duration::from_millis(1500));
     let summary =
         management_until("summary", "MediaProxy relay's summary", |v| v.as_array().is_some_and(|a| a.len() == 1));
+    assert!(summary[0]["bps_relayed"].is_u64(), "{summary}");
     assert_eq!(
         (summary[0]["ip"].as_str(), summary[0]["version"].as_str()),
         (Some(MEDIA_IP), Some("4.1.2")),
