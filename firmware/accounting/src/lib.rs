@@ -201,9 +201,11 @@ mod tests {
             duration: 5,
             caller_ua: "A".into(),
             callee_ua: "B".into(),
-            username: Some("a".into()),
+            username: None,
             relay_ip: Some("203.0.113.1".into()),
             dialog_id: None,
+            timed_out: None,
+            all_streams_ice: None,
             streams: vec![],
         }
     }

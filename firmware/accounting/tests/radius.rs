@@ -208,9 +208,11 @@ fn session(call_id: &str, streams: Vec<StreamStats>) -> SessionStats {
         duration: 31,
         caller_ua: "Alice Phone 1.0".into(),
         callee_ua: "Bob Phone 2.0".into(),
-        username: Some("alice".into()),
+        username: None,
         relay_ip: Some("127.0.0.5".into()),
         dialog_id: None,
+        timed_out: None,
+        all_streams_ice: None,
         streams,
     }
 }

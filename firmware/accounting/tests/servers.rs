@@ -22,9 +22,11 @@ fn stats(call_id: &str) -> SessionStats {
         duration: 30,
         caller_ua: "A".into(),
         callee_ua: "B".into(),
-        username: Some("alice".into()),
+        username: None,
         relay_ip: Some("203.0.113.1".into()),
         dialog_id: None,
+        timed_out: None,
+        all_streams_ice: None,
         streams: vec![],
     }
 }

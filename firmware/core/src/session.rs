@@ -580,6 +580,8 @@ impl Session {
             username: self.username.clone(),
             relay_ip: None,
             dialog_id: self.dialog_id.clone(),
+            timed_out: None,
+            all_streams_ice: None,
             streams: answered.into_iter().map(|s| s.stats(self.locals, self.answered_at, duration)).collect(),
         }
     }

@@ -129,6 +129,15 @@ pub struct SessionStats {
     /// The proxy's dialog id, when the call was engaged with the dialog module.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::opt_string")]
     pub dialog_id: Option<String>,
+    /// Set by the dispatcher for accounting, as MediaProxy's dispatcher
+    /// does: whether the media timed out (an expired call whose streams
+    /// were not all unselected ICE candidates). Relays do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// Set by the dispatcher for an expired call: every stream ended as an
+    /// unselected ICE candidate (the phones talk directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_streams_ice: Option<bool>,
     /// The streams that were answered, by start time (MediaProxy lists
     /// none for a call that was never answered).
     #[serde(default)]
@@ -365,6 +374,8 @@ mod tests {
             username: Some("alice".into()),
             relay_ip: None,
             dialog_id: None,
+            timed_out: None,
+            all_streams_ice: None,
             streams: alloc::vec![StreamStats {
                 media_type: "audio".into(),
                 status: StreamStatus::NoTrafficTimeout,

@@ -344,6 +344,7 @@ fn session_stats() -> BoxedStrategy<SessionStats> {
     let c = (
         proptest::option::of(json_text()),
         proptest::option::of(json_text()),
+        (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>())),
         prop::collection::vec(stream_stats(), 0..4),
     );
     (a, b, c)
@@ -351,7 +352,7 @@ fn session_stats() -> BoxedStrategy<SessionStats> {
             |(
                 (call_id, from_tag, from_uri, to_tag, to_uri),
                 (start_time, duration, caller_ua, callee_ua, username),
-                (relay_ip, dialog_id, streams),
+                (relay_ip, dialog_id, (timed_out, all_streams_ice), streams),
             )| SessionStats {
                 call_id,
                 from_tag,
@@ -365,6 +366,8 @@ fn session_stats() -> BoxedStrategy<SessionStats> {
                 username,
                 relay_ip,
                 dialog_id,
+                timed_out,
+                all_streams_ice,
                 streams,
             },
         )

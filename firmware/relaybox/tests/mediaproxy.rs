@@ -452,6 +452,7 @@ fn relaybox_dispatcher_serves_a_mediaproxy_relay() {
     assert_eq!((info["relay_ip"].as_str(), info["dialog_id"].as_str()), (Some(MEDIA_IP), Some(DIALOG)), "{info}");
     assert!(info["start_time"].as_f64().is_some_and(|t| t > 1.6e9), "{info}");
     assert_eq!(info["streams"][0]["status"], "closed", "{info}");
+    assert_eq!(info["timed_out"], false, "MediaProxy's dispatcher adds timed_out: {info}");
     // A second remove of the same call: `error`, as from MediaProxy's dispatcher.
     assert_eq!(m.request(&module_remove("mp-a1", "ft-mp-a1", "tt-mp-a1")).0, "error\r\n");
 
@@ -471,6 +472,7 @@ fn relaybox_dispatcher_serves_a_mediaproxy_relay() {
     let expired: serde_json::Value = serde_json::from_str(&rows[1].1).unwrap();
     assert_eq!(rows[1].0, "mp-a3");
     assert_eq!(expired["streams"][0]["status"], "no-traffic timeout", "{expired}");
+    assert_eq!((&expired["timed_out"], &expired["all_streams_ice"]), (&true.into(), &false.into()), "{expired}");
     // The BYE the proxy then sends: `removed`, as MediaProxy's dispatcher
     // answers it; a second one finds no call.
     assert_eq!(m.request(&module_remove("mp-a3", "ft-mp-a3", "tt-mp-a3")).0, "removed\r\n");

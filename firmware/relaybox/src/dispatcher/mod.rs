@@ -334,6 +334,10 @@ impl Dispatcher {
         if stats.dialog_id.is_none() {
             stats.dialog_id = entry.and_then(|e| e.dialog_id);
         }
+        // What MediaProxy's dispatcher adds for its accounting.
+        let all_ice = stats.all_streams_unselected_ice();
+        stats.timed_out = Some(expired && !all_ice);
+        stats.all_streams_ice = expired.then_some(all_ice);
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
