@@ -18,7 +18,7 @@ VENDOR="${RELAYBOX_VENDOR:-$ROOT/../shared/vendor}"
 DEST="${CARGO_TARGET_DIR:-$ROOT/target}/mediaproxy"
 STAMP="$DEST/.installed-4.1.2"
 
-if [ -f "$STAMP" ] && [ -x "$DEST/venv/bin/python" ]; then
+if [ -f "$STAMP" ] && [ -x "$DEST/venv/bin/python" ] && [ -d "$DEST/mediaproxy-4.1.2/test" ]; then
   echo "mediaproxy: already installed in $DEST"
   exit 0
 fi
