@@ -12,6 +12,8 @@ PACKAGES=(
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony curl
+  python3-twisted python3-zope.interface python3-venv python3-dev libnetfilter-conntrack-dev libiptc-dev iptables
+  libgnutls30 openssl
 )
 
 missing=()
