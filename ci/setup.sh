@@ -24,6 +24,8 @@ TESTS=(
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony
+  python3-twisted python3-zope.interface python3-venv python3-dev libnetfilter-conntrack-dev libiptc-dev iptables
+  libgnutls30 openssl
 )
 
 demo=no

@@ -34,6 +34,9 @@ echo "== multiple interfaces (auto_detect_interfaces) in network namespaces"
 cargo test -p relaybox --test interfaces -- --ignored --test-threads=1
 echo "== IPv6 media in network namespaces"
 cargo test -p relaybox --test ipv6 -- --ignored --test-threads=1
+echo "== mixed deployments with MediaProxy 4.1.2 (its dispatcher, relay and test scripts)"
+ci/mediaproxy.sh
+cargo test -p relaybox --test mediaproxy -- --ignored --test-threads=1
 echo "== web page in a real browser (headless Chromium)"
 cargo test -p relaybox-web --test browser -- --ignored --nocapture
 echo "== demo (the README's main job) comes up and answers"

@@ -207,8 +207,8 @@ fn timed_out_call_without_dialog_is_only_accounted() -> Result<()> {
 
 #[test]
 #[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
-fn accounted_username_is_the_callers_user_part() -> Result<()> {
-    let test = "accounted_username_is_the_callers_user_part";
+fn accounted_username_is_null_unless_the_proxy_gives_one() -> Result<()> {
+    let test = "accounted_username_is_null_unless_the_proxy_gives_one";
     let Some(bins) = Binaries::for_test(test) else { return Ok(()) };
     let mut rig = rig("accounting_username", &bins, |o| o)?;
     let mut spec = rig.call_spec(CallKind::Unanswered, MediaPath::Relay(relay()), 0)?;
@@ -219,7 +219,9 @@ fn accounted_username_is_the_callers_user_part() -> Result<()> {
     call.finish(&rig)?.check_completed()?;
     eprintln!("[e2e] {}: {line}", rig.label());
     ensure!(line.contains("\"from_uri\":\"alice@203.0.113.1\""), "the module's from_uri changed: {line}");
-    ensure!(line.contains("\"username\":\"alice\""), "username is not the caller's user part: {line}");
+    // MediaProxy's relay reports a username only from a JSON signaling_ip
+    // header (which this Kamailio config does not set).
+    ensure!(line.contains("\"username\":null"), "username is not null as MediaProxy's: {line}");
     rig.pass();
     Ok(())
 }

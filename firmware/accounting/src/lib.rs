@@ -199,13 +199,15 @@ mod tests {
             from_uri: "sip:a@x".into(),
             to_tag: Some("t".into()),
             to_uri: "sip:b@x".into(),
-            start_time: Some(1_700_000_000),
+            start_time: Some(1_700_000_000.0),
             duration: 5,
             caller_ua: "A".into(),
             callee_ua: "B".into(),
-            username: "a".into(),
+            username: None,
             relay_ip: Some("203.0.113.1".into()),
             dialog_id: None,
+            timed_out: None,
+            all_streams_ice: None,
             streams: vec![],
         }
     }

@@ -204,13 +204,15 @@ fn session(call_id: &str, streams: Vec<StreamStats>) -> SessionStats {
         from_uri: "sip:alice@example.com".into(),
         to_tag: Some("to-tag-2".into()),
         to_uri: "sip:bob@example.com".into(),
-        start_time: Some(1_700_000_000),
+        start_time: Some(1_700_000_000.0),
         duration: 31,
         caller_ua: "Alice Phone 1.0".into(),
         callee_ua: "Bob Phone 2.0".into(),
-        username: "alice".into(),
+        username: None,
         relay_ip: Some("127.0.0.5".into()),
         dialog_id: None,
+        timed_out: None,
+        all_streams_ice: None,
         streams,
     }
 }

@@ -18,13 +18,15 @@ fn stats(call_id: &str) -> SessionStats {
         from_uri: "sip:alice@example.com".into(),
         to_tag: Some("tt".into()),
         to_uri: "sip:bob@example.com".into(),
-        start_time: Some(1_700_000_000),
+        start_time: Some(1_700_000_000.0),
         duration: 30,
         caller_ua: "A".into(),
         callee_ua: "B".into(),
-        username: "alice".into(),
+        username: None,
         relay_ip: Some("203.0.113.1".into()),
         dialog_id: None,
+        timed_out: None,
+        all_streams_ice: None,
         streams: vec![],
     }
 }

@@ -228,7 +228,7 @@ pub struct RelayConfig {
     /// Wait before reconnecting to a dispatcher (10 s).
     pub reconnect_delay: Duration,
     /// UDP ports for media; see [`PortRange`] (`end` is exclusive).
-    /// relaybox default 40000:60000 (MediaProxy 4.x: 50000:60000).
+    /// default 40000:60000, as MediaProxy 4.1.2's.
     pub port_range: PortRange,
     /// Default DEBUG, as MediaProxy's media-relay.
     pub log_level: LogLevel,

@@ -352,9 +352,18 @@ impl Stream {
         }
     }
 
-    /// `locals`: the relay address each side was told to send to.
-    pub fn stats(&self, locals: SideAddrs, session_start: Option<Millis>) -> StreamStats {
+    /// `locals`: the relay address each side was told to send to;
+    /// `duration`: the session's so far, the `end_time` of a stream that
+    /// has not ended (MediaProxy's convention; a rejected stream ends
+    /// where it starts).
+    pub fn stats(&self, locals: SideAddrs, session_start: Option<Millis>, duration: u64) -> StreamStats {
         let relative = |t: Millis| session_start.map(|s| t.saturating_sub(s) / 1000);
+        let start_time = self.answered_at.and_then(relative);
+        let end_time = match (self.status, self.ended_at) {
+            (StreamStatus::Rejected, _) => start_time,
+            (_, Some(end)) => relative(end).map(|e| e.min(duration)),
+            (_, None) => start_time.map(|_| duration),
+        };
         let local = |leg: &Leg, ip: IpAddr| {
             if leg.port == 0 {
                 "Unknown".to_string()
@@ -371,8 +380,8 @@ impl Stream {
             timeout_wait: self.timeout_wait / 1000,
             caller_codec: codec(&self.caller),
             callee_codec: codec(&self.callee),
-            start_time: self.answered_at.and_then(relative),
-            end_time: self.ended_at.and_then(relative),
+            start_time,
+            end_time,
             post_dial_delay: self.first_media_at.map(|t| t.saturating_sub(self.created_at) as f64 / 1000.0),
             caller_bytes: totals.caller_bytes,
             callee_bytes: totals.callee_bytes,
@@ -435,28 +444,6 @@ pub(crate) fn rtp_codec(packet: &[u8]) -> Option<String> {
         other => return Some(format!("Dynamic({other})")),
     };
     Some(name.to_string())
-}
-
-/// The user part of a SIP URI: `sip:alice@example.com` → `alice`.
-pub(crate) fn username(uri: &str) -> String {
-    let uri = uri.trim().trim_start_matches('<').trim_end_matches('>');
-    let (scheme, rest) = uri.split_once(':').unwrap_or(("", uri));
-    let user = match scheme.to_ascii_lowercase().as_str() {
-        "tel" => rest,
-        "sip" | "sips" => uri_user(rest),
-        // Kamailio's module sends the From URI without its scheme:
-        // `alice@example.com`.
-        _ => uri_user(uri),
-    };
-    user.split(';').next().unwrap_or("").to_string()
-}
-
-/// `user[:password]@host` → `user`; no `@`, no user.
-fn uri_user(rest: &str) -> &str {
-    match rest.split_once('@') {
-        Some((user, _)) => user.split(':').next().unwrap_or(""),
-        None => "",
-    }
 }
 
 /// The CSeq pair of the current offer and who made it.
@@ -575,6 +562,9 @@ pub(crate) struct Session {
     pub dialog_id: Option<String>,
     pub caller_ua: String,
     pub callee_ua: String,
+    /// From a JSON `signaling_ip` header (MediaProxy reports `null`
+    /// otherwise).
+    pub username: Option<String>,
     /// The relay address each side was told to send to: the reply to the
     /// other side's latest update.
     pub locals: SideAddrs,
@@ -667,22 +657,32 @@ impl Session {
         }
     }
 
+    /// The session's statistics as MediaProxy's relay reports them:
+    /// `start_time` with its fraction, `Unknown` for a user agent never
+    /// seen, `username` only when the proxy gave one, and only the streams
+    /// that were answered, by start (none for a call never answered).
     pub fn stats(&self, now: Millis) -> SessionStats {
         let end = self.ended_at.unwrap_or(now);
+        let duration = self.answered_at.map_or(0, |t| end.saturating_sub(t) / 1000);
+        let ua = |ua: &str| if ua.is_empty() { "Unknown".to_string() } else { ua.to_string() };
+        let mut answered: Vec<&Stream> = self.streams.iter().filter(|s| s.answered_at.is_some()).collect();
+        answered.sort_by_key(|s| s.answered_at);
         SessionStats {
             call_id: self.call_id.clone(),
             from_tag: self.from_tag.clone(),
             from_uri: self.from_uri.clone(),
             to_tag: self.to_tag.clone(),
             to_uri: self.to_uri.clone(),
-            start_time: self.answered_at.map(|t| t / 1000),
-            duration: self.answered_at.map_or(0, |t| end.saturating_sub(t) / 1000),
-            caller_ua: self.caller_ua.clone(),
-            callee_ua: self.callee_ua.clone(),
-            username: username(&self.from_uri),
+            start_time: self.answered_at.map(|t| t as f64 / 1000.0),
+            duration,
+            caller_ua: ua(&self.caller_ua),
+            callee_ua: ua(&self.callee_ua),
+            username: self.username.clone(),
             relay_ip: None,
             dialog_id: self.dialog_id.clone(),
-            streams: self.streams.iter().map(|s| s.stats(self.locals, self.answered_at)).collect(),
+            timed_out: None,
+            all_streams_ice: None,
+            streams: answered.into_iter().map(|s| s.stats(self.locals, self.answered_at, duration)).collect(),
         }
     }
 }
@@ -731,19 +731,6 @@ mod tests {
         odd.pop();
         assert!(!is_stun(&odd), "length not a multiple of 4");
         assert!(!is_stun(&[]) && !is_stun(&binding[..7]));
-    }
-
-    #[test]
-    fn usernames() {
-        assert_eq!(username("sip:alice@example.com"), "alice");
-        assert_eq!(username("sips:bob:secret@example.com;transport=tls"), "bob");
-        assert_eq!(username("<sip:carol;ext=1@example.com>"), "carol");
-        assert_eq!(username("tel:+4930123;phone-context=x"), "+4930123");
-        assert_eq!(username("sip:example.com"), "");
-        assert_eq!(username("garbage"), "");
-        assert_eq!(username("alice@203.0.113.1"), "alice", "Kamailio sends no scheme");
-        assert_eq!(username("bob:pw@example.com"), "bob");
-        assert_eq!(username(""), "");
     }
 
     #[test]

@@ -20,7 +20,8 @@ const MAGIC: [u8; 4] = *b"RBSS";
 /// 3: the [`ClockMark`] of the table's clock when the snapshot was taken.
 /// 4: per session the parties' signaling IPs, per leg the rule of each
 /// latch, the STUN sources and the learning window's start (RTP-bleed
-/// protection for parties behind NAT).
+/// protection for parties behind NAT), and the username the proxy gave (a
+/// JSON `signaling_ip`).
 /// Format 4 files carry the body's length after the version and a CRC-32
 /// (IEEE) of everything before it at the end: `RBSS`, version, length (u32
 /// LE), body, CRC (u32 LE).
@@ -227,5 +228,38 @@ mod tests {
         let again = Snapshot::decode(&read.encode()).unwrap();
         assert_eq!(again.encode(), read.encode());
         assert_eq!(&read.encode()[4..8], &FORMAT_VERSION.to_le_bytes());
+    }
+
+    #[test]
+    fn usernames_survive() {
+        let mut table =
+            crate::SessionTable::new(crate::CoreConfig { port_range: (40000, 40010), ..crate::CoreConfig::default() });
+        let mut offer = relaybox_proto::UpdateRequest {
+            party: relaybox_proto::PartyType::Request,
+            dialog_id: None,
+            call_id: "c1".into(),
+            cseq: relaybox_proto::CSeq { number: 1, method: "INVITE".into() },
+            from_uri: "Alice <sip:alice@example.com>".into(),
+            to_uri: "sip:b@example.com".into(),
+            from_tag: "ft".into(),
+            to_tag: None,
+            user_agent: String::new(),
+            signaling_ip: None,
+            username: Some("alice".into()),
+            media_relay: None,
+            media: relaybox_proto::MediaItem::parse_list("audio:10.0.0.5:4000:sendrecv:ice=no", 8).unwrap(),
+        };
+        table.update(&offer, "192.0.2.1".parse().unwrap(), 1000).unwrap();
+        offer.call_id = "c2".into();
+        offer.username = None;
+        table.update(&offer, "192.0.2.1".parse().unwrap(), 1000).unwrap();
+        let bytes = table.snapshot(ClockMark { at: 2000, boot_id: [1; 16], since_boot_ms: 5 }).encode();
+        let restored = crate::SessionTable::restore(
+            crate::CoreConfig { port_range: (40000, 40010), ..crate::CoreConfig::default() },
+            Snapshot::decode(&bytes).unwrap(),
+            3000,
+        );
+        assert_eq!(restored.session("c1", 3000).unwrap().username.as_deref(), Some("alice"));
+        assert_eq!(restored.session("c2", 3000).unwrap().username, None);
     }
 }

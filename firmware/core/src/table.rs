@@ -229,6 +229,7 @@ impl SessionTable {
             dialog_id: None,
             caller_ua: String::new(),
             callee_ua: String::new(),
+            username: None,
             locals: SideAddrs::both(relay_ip),
             offer: None,
             streams: Vec::new(),
@@ -498,6 +499,20 @@ impl SessionTable {
         self.sessions.get(id).map(|s| s.stats(now))
     }
 
+    /// The status of every stream a session had, answered or not, in
+    /// creation order (the statistics list answered streams only).
+    pub fn stream_statuses(&self, call_id: &str) -> Vec<StreamStatus> {
+        let session = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id));
+        session.map(|s| s.streams.iter().map(|st| st.status).collect()).unwrap_or_default()
+    }
+
+    /// The port of every leg of every live stream, answered or not (the
+    /// statistics list answered streams only), for invariant checks.
+    pub fn live_leg_ports(&self) -> Vec<u16> {
+        let live = self.sessions.values().flat_map(|s| s.streams.iter()).filter(|s| s.is_live());
+        live.flat_map(|s| [s.caller.port, s.callee.port]).filter(|p| *p != 0).collect()
+    }
+
     pub fn has_session(&self, call_id: &str) -> bool {
         self.by_call_id.contains_key(call_id)
     }
@@ -742,6 +757,9 @@ fn note_dialog(session: &mut Session, req: &UpdateRequest, sender: Side, relay_i
     }
     if req.dialog_id.is_some() {
         session.dialog_id.clone_from(&req.dialog_id);
+    }
+    if session.username.is_none() {
+        session.username.clone_from(&req.username);
     }
     if !req.user_agent.is_empty() {
         match sender {

@@ -142,6 +142,7 @@ fn build_update(
         to_tag,
         user_agent: "UA".into(),
         signaling_ip: SIGNALING[usize::from(signaling % 4)].and_then(SignalingIp::parse),
+        username: None,
         media_relay: None,
         media: items.iter().map(build_item).collect(),
     }
@@ -233,14 +234,18 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
     prop_assert_eq!(t.ports_in_use() + t.ports_free(), total);
     prop_assert_eq!(t.ports_in_use(), (sockets.open.len() + sockets.unbound.len()) * 2);
     let mut live_ports = BTreeSet::new();
+    for port in t.live_leg_ports() {
+        prop_assert!(live_ports.insert(port), "port {} used by two legs", port);
+        let held = sockets.open.contains(&port) || sockets.unbound.contains(&port);
+        prop_assert!(held, "live port {} not open", port);
+    }
+    // The statistics name the same ports for the streams they list.
     for session in t.sessions(now) {
         for stream in session.streams {
             if matches!(stream.status, StreamStatus::Active | StreamStatus::OnHold) {
                 for local in [&stream.caller_local, &stream.callee_local] {
                     let port = local.parse::<SocketAddr>().map_err(|e| TestCaseError::fail(e.to_string()))?.port();
-                    prop_assert!(live_ports.insert(port), "port {} used by two legs", port);
-                    let held = sockets.open.contains(&port) || sockets.unbound.contains(&port);
-                    prop_assert!(held, "live port {} not open", port);
+                    prop_assert!(live_ports.contains(&port), "listed port {} is not a live leg", port);
                 }
             }
         }

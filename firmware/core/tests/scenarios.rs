@@ -22,8 +22,9 @@ fn stats(t: &SessionTable, now: u64) -> SessionStats {
     t.session(CALL, now).expect("session exists")
 }
 
+/// Every stream's status, offered or answered.
 fn statuses(t: &SessionTable) -> Vec<StreamStatus> {
-    stats(t, T0).streams.iter().map(|s| s.status).collect()
+    t.stream_statuses(CALL)
 }
 
 fn forward(via_port: u16, to: &str) -> Verdict {
@@ -53,10 +54,10 @@ fn offer_and_answer_return_the_port_facing_the_receiver() {
     assert_eq!(s.call_id, CALL);
     assert_eq!(s.from_tag, CALLER_TAG);
     assert_eq!(s.to_tag.as_deref(), Some(CALLEE_TAG));
-    assert_eq!(s.start_time, Some((T0 + 1000) / 1000));
+    assert_eq!(s.start_time, Some((T0 + 1000) as f64 / 1000.0), "with its fraction, as MediaProxy");
     assert_eq!(s.duration, 10);
     assert_eq!((s.caller_ua.as_str(), s.callee_ua.as_str()), ("CallerUA", "CalleeUA"));
-    assert_eq!(s.username, "alice");
+    assert_eq!(s.username, None, "only a username the proxy gives (JSON signaling_ip)");
     assert_eq!(s.dialog_id.as_deref(), Some("3456:91827"));
     assert_eq!(s.relay_ip, None);
     let st = &s.streams[0];
@@ -65,7 +66,11 @@ fn offer_and_answer_return_the_port_facing_the_receiver() {
     assert_eq!((st.caller_local.as_str(), st.callee_local.as_str()), ("203.0.113.1:40000", "203.0.113.1:40002"));
     assert_eq!((st.caller_remote.as_str(), st.callee_remote.as_str()), ("Unknown", "Unknown"));
     assert_eq!((st.caller_codec.as_str(), st.callee_codec.as_str()), ("Unknown", "Unknown"));
-    assert_eq!((st.start_time, st.end_time, st.post_dial_delay), (Some(0), None, None));
+    assert_eq!(
+        (st.start_time, st.end_time, st.post_dial_delay),
+        (Some(0), Some(10), None),
+        "a running stream ends at the duration"
+    );
     assert_eq!(t.stream_counts().get("audio"), Some(&1));
     assert_eq!(t.ports_in_use(), 4);
     assert_eq!(t.session_count(), 1);
@@ -96,7 +101,7 @@ fn retransmissions_get_the_same_ports_and_allocate_nothing() {
     assert_eq!(t.update(&offer, relay_ip(), T0 + 5200).unwrap(), first);
     assert!(events(&mut t).is_empty());
     assert_eq!(t.ports_in_use(), 8);
-    assert_eq!(stats(&t, T0).start_time, Some((T0 + 1000) / 1000), "the first answer counts");
+    assert_eq!(stats(&t, T0).start_time, Some((T0 + 1000) as f64 / 1000.0), "the first answer counts");
 }
 
 #[test]
@@ -187,6 +192,35 @@ fn reinvite_adds_and_removes_streams() {
     );
     assert_eq!(statuses(&t), vec![StreamStatus::Closed, StreamStatus::Closed, StreamStatus::Active]);
     assert_eq!(t.ports_in_use(), 4);
+}
+
+#[test]
+fn statistics_list_answered_streams_as_mediaproxy_does() {
+    let mut t = table();
+    let mut offer =
+        caller_offer(1, "audio:198.51.100.10:4000:sendrecv:ice=no,video:198.51.100.10:4002:sendrecv:ice=no");
+    offer.user_agent = String::new();
+    offer.username = Some("alice".into());
+    t.update(&offer, relay_ip(), T0).unwrap();
+    let s = stats(&t, T0 + 500);
+    assert!(s.streams.is_empty(), "a call not answered lists no streams: {:?}", s.streams);
+    assert_eq!((s.start_time, s.duration), (None, 0));
+    assert_eq!((s.caller_ua.as_str(), s.callee_ua.as_str()), ("Unknown", "Unknown"));
+    assert_eq!(s.username.as_deref(), Some("alice"));
+    // The answer rejects the video.
+    let answer = "audio:192.168.1.20:5000:sendrecv:ice=no,video:192.168.1.20:0:sendrecv:ice=no";
+    t.update(&callee_answer(1, answer), relay_ip(), T0 + 1250).unwrap();
+    let s = stats(&t, T0 + 9000);
+    assert_eq!(s.start_time, Some((T0 + 1250) as f64 / 1000.0));
+    assert_eq!(s.duration, 7);
+    let ends: Vec<_> =
+        s.streams.iter().map(|st| (st.media_type.as_str(), st.status, st.start_time, st.end_time)).collect();
+    assert_eq!(
+        ends,
+        vec![("audio", StreamStatus::Active, Some(0), Some(7)), ("video", StreamStatus::Rejected, Some(0), Some(0)),]
+    );
+    let s = t.remove(&remove(CALLER_TAG, Some(CALLEE_TAG)), T0 + 12_900).unwrap();
+    assert_eq!((s.duration, s.streams[0].end_time), (11, Some(11)));
 }
 
 #[test]
@@ -305,7 +339,7 @@ fn delayed_offer_in_the_reply_and_answer_in_the_ack() {
     // The ACK carries the answer: it goes to the callee.
     let ack = update(PartyType::Request, CALLER_TAG, Some(CALLEE_TAG), 1, "CallerUA", CALLER_SDP);
     assert_eq!(t.update(&ack, relay_ip(), T0 + 3100).unwrap(), vec![40002]);
-    assert_eq!(stats(&t, T0 + 3100).start_time, Some((T0 + 3100) / 1000));
+    assert_eq!(stats(&t, T0 + 3100).start_time, Some((T0 + 3100) as f64 / 1000.0));
 }
 
 #[test]

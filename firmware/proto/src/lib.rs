@@ -28,7 +28,9 @@ pub mod stats;
 pub use error::ParseError;
 pub use headers::{FrameDecoder, Headers};
 pub use media::{Direction, MediaItem, MediaType};
-pub use module::{CSeq, ModuleReply, ModuleRequest, PartyType, RemoveRequest, SignalingIp, UpdateRequest};
+pub use module::{
+    CSeq, ModuleFrame, ModuleReply, ModuleRequest, PartyType, RemoveRequest, SignalingIp, SignalingJson, UpdateRequest,
+};
 pub use stats::{RelayStatus, SessionStats, StreamStats, StreamStatus, Summary};
 
 /// Line terminator on every relaybox/MediaProxy text protocol.

@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use crate::headers::{FrameAssembler, Headers, LineDecoder};
-use crate::module::{Limits, ModuleRequest, RelayPorts, RemoveRequest, UpdateRequest};
+use crate::module::{Limits, ModuleFrame, ModuleRequest, RelayPorts, RemoveRequest, UpdateRequest, NO_MEDIA};
 use crate::stats::SessionStats;
 use crate::{ParseError, CRLF};
 
@@ -15,6 +15,9 @@ use crate::{ParseError, CRLF};
 pub enum LinkRequest {
     Update(UpdateRequest),
     Remove(RemoveRequest),
+    /// A module request forwarded with the module's own header lines (what
+    /// the dispatcher sends); the relay reads it back as `Update`/`Remove`.
+    Module(ModuleFrame),
     Summary,
     Sessions,
 }
@@ -24,6 +27,7 @@ impl LinkRequest {
         match self {
             LinkRequest::Update(_) => "update",
             LinkRequest::Remove(_) => "remove",
+            LinkRequest::Module(f) => f.request.name(),
             LinkRequest::Summary => "summary",
             LinkRequest::Sessions => "sessions",
         }
@@ -61,6 +65,13 @@ impl LinkCommand {
         let headers = match &self.request {
             LinkRequest::Update(u) => u.to_headers(),
             LinkRequest::Remove(r) => r.to_headers(),
+            LinkRequest::Module(frame) => {
+                for line in &frame.lines {
+                    out.push_str(line);
+                    out.push_str(CRLF);
+                }
+                Headers::new()
+            }
             LinkRequest::Summary | LinkRequest::Sessions => Headers::new(),
         };
         headers.write_to(&mut out);
@@ -188,6 +199,8 @@ pub enum UpdateReply {
     Error,
     /// The relay is shutting down and the call is new to it.
     Halting,
+    /// `None`: no media and no such call (see [`ModuleReply::NoMedia`](crate::ModuleReply)).
+    NoMedia,
 }
 
 impl UpdateReply {
@@ -195,6 +208,7 @@ impl UpdateReply {
         match payload.trim() {
             "error" => Ok(UpdateReply::Error),
             "halting" => Ok(UpdateReply::Halting),
+            NO_MEDIA => Ok(UpdateReply::NoMedia),
             other => RelayPorts::parse(other).map(UpdateReply::Ports),
         }
     }
@@ -204,6 +218,7 @@ impl UpdateReply {
             UpdateReply::Ports(p) => p.to_string(),
             UpdateReply::Error => "error".to_string(),
             UpdateReply::Halting => "halting".to_string(),
+            UpdateReply::NoMedia => NO_MEDIA.to_string(),
         }
     }
 }
@@ -212,6 +227,7 @@ impl UpdateReply {
 mod tests {
     use super::*;
     use crate::module::{CSeq, PartyType};
+    use alloc::string::ToString;
     use alloc::vec;
     use alloc::vec::Vec;
 
@@ -227,6 +243,7 @@ mod tests {
             to_tag: Some("t".into()),
             user_agent: "UA 1.0".into(),
             signaling_ip: None,
+            username: None,
             media_relay: None,
             media: crate::MediaItem::parse_list("audio:10.0.0.1:4000:sendrecv:ice=no", 4).unwrap(),
         }
@@ -263,6 +280,24 @@ mod tests {
         }
         assert_eq!(got, expected);
         assert_eq!(LinkCommand { seq: 7, request: LinkRequest::Summary }.encode(), "summary 7\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarded_module_lines_are_written_as_received() {
+        let lines: Vec<String> =
+            ["remove", "call_id: c1", "from_tag:  f", "to_tag: "].iter().map(|l| l.to_string()).collect();
+        let frame = ModuleFrame::parse(lines, &Limits::default()).unwrap();
+        let cmd = LinkCommand { seq: 9, request: LinkRequest::Module(frame) };
+        assert_eq!(cmd.encode(), "remove 9\r\ncall_id: c1\r\nfrom_tag:  f\r\n\r\n");
+        let mut d = RelayDecoder::new(4096, 64, Limits::default());
+        d.push(cmd.encode().as_bytes());
+        let Some(RelayInbound::Command(LinkCommand { seq: 9, request: LinkRequest::Remove(r) })) = d.next_inbound()
+        else {
+            panic!("not read back as a remove")
+        };
+        assert_eq!((r.call_id.as_str(), r.from_tag.as_str(), r.to_tag), ("c1", "f", None));
+        assert_eq!(UpdateReply::parse("None").unwrap(), UpdateReply::NoMedia);
+        assert_eq!(UpdateReply::NoMedia.payload(), "None");
     }
 
     #[test]

@@ -17,10 +17,12 @@ pub enum MediaType {
     Text,
     Application,
     Message,
+    /// Any other type: MediaProxy relays a stream whatever its `m=` type.
+    Other(String),
 }
 
 impl MediaType {
-    pub fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             MediaType::Audio => "audio",
             MediaType::Video => "video",
@@ -28,9 +30,12 @@ impl MediaType {
             MediaType::Text => "text",
             MediaType::Application => "application",
             MediaType::Message => "message",
+            MediaType::Other(name) => name,
         }
     }
 
+    /// Any SDP token (`m=` types are tokens); `None` for an empty name or
+    /// one with characters a token cannot have.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "audio" => MediaType::Audio,
@@ -39,9 +44,16 @@ impl MediaType {
             "text" => MediaType::Text,
             "application" => MediaType::Application,
             "message" => MediaType::Message,
+            "" => return None,
+            other if other.bytes().all(is_token_char) => MediaType::Other(other.to_string()),
             _ => return None,
         })
     }
+}
+
+/// RFC 4566 `token-char`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`{|}~".contains(&b)
 }
 
 impl fmt::Display for MediaType {
@@ -105,29 +117,34 @@ impl MediaItem {
     }
 
     /// Parses one item. The address may be IPv6, so the fields are taken from
-    /// both ends: type first, then params, direction and port from the right.
+    /// both ends: the type first, then from the right the parameters (every
+    /// trailing `name=value`, none or several: `ice=no:foo=bar`), the
+    /// direction and the port. As MediaProxy does, parameters other than
+    /// `ice` are ignored and any `ice` value but `yes` means no ICE.
     pub fn parse(item: &str) -> Result<Self, ParseError> {
         let bad = || ParseError::InvalidMedia(item.to_string());
-        let (media_type, rest) = item.split_once(':').ok_or_else(bad)?;
+        let (media_type, mut rest) = item.split_once(':').ok_or_else(bad)?;
         let media_type = MediaType::parse(media_type).ok_or_else(bad)?;
-        let mut right = rest.rsplitn(4, ':');
-        let params = right.next().ok_or_else(bad)?;
+        let mut ice = false;
+        while let Some((head, last)) = rest.rsplit_once(':') {
+            if !last.contains('=') {
+                break;
+            }
+            // Older relaybox parts wrote `;`-separated parameters.
+            for param in last.split(';').filter(|p| !p.is_empty()) {
+                let (k, v) = param.split_once('=').ok_or_else(bad)?;
+                if k == "ice" {
+                    ice = v == "yes";
+                }
+            }
+            rest = head;
+        }
+        let mut right = rest.rsplitn(3, ':');
         let direction = right.next().and_then(Direction::parse).ok_or_else(bad)?;
         let port = right.next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(bad)?;
         let ip = right.next().ok_or_else(bad)?;
         let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
         let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-        let mut ice = false;
-        for param in params.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = param.split_once('=').ok_or_else(bad)?;
-            if k == "ice" {
-                ice = match v {
-                    "yes" => true,
-                    "no" => false,
-                    _ => return Err(bad()),
-                };
-            }
-        }
         Ok(MediaItem { media_type, ip, port, direction, ice })
     }
 
@@ -204,17 +221,38 @@ mod tests {
     }
 
     #[test]
+    fn items_as_mediaproxy_accepts_them() {
+        // MediaProxy's test scripts send no parameters at all.
+        let m = MediaItem::parse("audio:192.0.2.1:40000:sendrecv").unwrap();
+        assert_eq!((m.port, m.direction, m.ice), (40000, Direction::SendRecv, false));
+        let m = MediaItem::parse("audio:2001:db8::1:5000:sendrecv").unwrap();
+        assert_eq!((m.ip, m.port), ("2001:db8::1".parse::<IpAddr>().unwrap(), 5000));
+        // Several parameters; only `ice` means something.
+        let m = MediaItem::parse("video:192.0.2.1:4002:recvonly:foo=bar:ice=yes:x=").unwrap();
+        assert_eq!((m.media_type, m.direction, m.ice), (MediaType::Video, Direction::RecvOnly, true));
+        assert!(!MediaItem::parse("audio:192.0.2.1:4000:sendrecv:ice=no:foo=bar").unwrap().ice);
+        assert!(!MediaItem::parse("audio:1.2.3.4:4000:sendrecv:ice=maybe").unwrap().ice);
+        assert!(MediaItem::parse("audio:1.2.3.4:4000:sendrecv:ice=yes;x=1").unwrap().ice);
+        // Any media type.
+        let m = MediaItem::parse("noise:1.2.3.4:4000:sendrecv:ice=no").unwrap();
+        assert_eq!(m.media_type, MediaType::Other("noise".into()));
+        assert_eq!(m.to_string(), "noise:1.2.3.4:4000:sendrecv:ice=no");
+    }
+
+    #[test]
     fn rejects_bad_items() {
         for bad in [
             "",
             "audio",
             "audio:1.2.3.4",
+            "audio:1.2.3.4:4000",
+            ":1.2.3.4:4000:sendrecv",
+            "au dio:1.2.3.4:4000:sendrecv",
             "audio:1.2.3.4:70000:sendrecv:ice=no",
             "audio:1.2.3.4:4000:sideways:ice=no",
             "audio:not-an-ip:4000:sendrecv:ice=no",
-            "noise:1.2.3.4:4000:sendrecv:ice=no",
-            "audio:1.2.3.4:4000:sendrecv:ice=maybe",
             "audio:1.2.3.4:4000:sendrecv:ice",
+            "audio:1.2.3.4:4000:sendrecv:ice=no:junk",
         ] {
             assert!(MediaItem::parse(bad).is_err(), "{bad:?} accepted");
         }

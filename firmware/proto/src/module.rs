@@ -2,6 +2,7 @@
 //! one-line replies). The relay link carries the same requests, so the
 //! dispatcher forwards them with the same codec.
 
+use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
@@ -75,6 +76,30 @@ pub struct SignalingIp {
     pub dst: Option<IpAddr>,
 }
 
+/// The `signaling_ip` header in its JSON form, which a proxy script can set
+/// through the module's `signaling_ip_avp`:
+/// `{"signaling_ip": "198.51.100.7", "destination_ip": "203.0.113.9",
+/// "username": "alice"}`, every key optional (MediaProxy's relay reads it
+/// so). An address that does not parse counts as absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SignalingJson {
+    pub signaling_ip: Option<SignalingIp>,
+    pub username: Option<String>,
+}
+
+impl SignalingJson {
+    /// `None` when `v` is not a JSON object.
+    pub fn parse(v: &str) -> Option<Self> {
+        let serde_json::Value::Object(map) = serde_json::from_str::<serde_json::Value>(v).ok()? else {
+            return None;
+        };
+        let text = |key: &str| map.get(key).and_then(serde_json::Value::as_str);
+        let ip = |key: &str| text(key).and_then(|t| t.parse::<IpAddr>().ok());
+        let signaling_ip = ip("signaling_ip").map(|src| SignalingIp { src, dst: ip("destination_ip") });
+        Some(SignalingJson { signaling_ip, username: text("username").map(str::to_string) })
+    }
+}
+
 impl SignalingIp {
     pub fn parse(v: &str) -> Option<Self> {
         match v.split_once('_') {
@@ -108,6 +133,9 @@ pub struct UpdateRequest {
     pub to_tag: Option<String>,
     pub user_agent: String,
     pub signaling_ip: Option<SignalingIp>,
+    /// The user the proxy named in a JSON `signaling_ip` header (reported
+    /// as the session's `username`).
+    pub username: Option<String>,
     /// Preferred relay from `media_relay_avp`.
     pub media_relay: Option<String>,
     /// One item per `m=` line; empty when the message has no SDP.
@@ -132,11 +160,19 @@ impl UpdateRequest {
         let cseq = h.require("cseq")?;
         let cseq =
             CSeq::parse(cseq).ok_or_else(|| ParseError::InvalidValue { header: "cseq", value: cseq.to_string() })?;
-        let signaling_ip = match h.non_empty("signaling_ip") {
-            None => None,
-            Some(v) => Some(
-                SignalingIp::parse(v)
-                    .ok_or_else(|| ParseError::InvalidValue { header: "signaling_ip", value: v.to_string() })?,
+        let (signaling_ip, username) = match h.non_empty("signaling_ip") {
+            None => (None, None),
+            Some(v) if v.starts_with('{') => {
+                let json = SignalingJson::parse(v)
+                    .ok_or_else(|| ParseError::InvalidValue { header: "signaling_ip", value: v.to_string() })?;
+                (json.signaling_ip, json.username)
+            }
+            Some(v) => (
+                Some(
+                    SignalingIp::parse(v)
+                        .ok_or_else(|| ParseError::InvalidValue { header: "signaling_ip", value: v.to_string() })?,
+                ),
+                None,
             ),
         };
         let media = match h.get("media") {
@@ -154,6 +190,7 @@ impl UpdateRequest {
             to_tag: opt(h, "to_tag"),
             user_agent: h.get("user_agent").unwrap_or("").to_string(),
             signaling_ip,
+            username,
             media_relay: opt(h, "media_relay"),
             media,
         })
@@ -171,8 +208,20 @@ impl UpdateRequest {
         h.push("from_tag", &self.from_tag);
         h.push("to_tag", self.to_tag.as_deref().unwrap_or(""));
         h.push("user_agent", &self.user_agent);
-        if let Some(ip) = &self.signaling_ip {
-            h.push("signaling_ip", &ip.to_string());
+        match (&self.signaling_ip, &self.username) {
+            (ip, Some(user)) => {
+                let mut json = serde_json::Map::new();
+                if let Some(ip) = ip {
+                    json.insert("signaling_ip".into(), ip.src.to_string().into());
+                    if let Some(dst) = ip.dst {
+                        json.insert("destination_ip".into(), dst.to_string().into());
+                    }
+                }
+                json.insert("username".into(), user.clone().into());
+                h.push("signaling_ip", &serde_json::Value::Object(json).to_string());
+            }
+            (Some(ip), None) => h.push("signaling_ip", &ip.to_string()),
+            (None, None) => {}
         }
         if let Some(r) = &self.media_relay {
             h.push("media_relay", r);
@@ -268,6 +317,40 @@ impl ModuleRequest {
     }
 }
 
+/// A module request together with the header lines it came in: the
+/// dispatcher decides on the parsed request and forwards the lines to the
+/// relay as the module wrote them (MediaProxy's dispatcher does the same),
+/// so a relay of either kind reads exactly what the module sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleFrame {
+    pub request: ModuleRequest,
+    /// The header lines in arrival order, minus those with an empty value
+    /// (`to_tag: `): MediaProxy's dispatcher drops those, and its relay
+    /// would take an empty `to_tag` for the callee's tag.
+    pub lines: Vec<String>,
+}
+
+impl ModuleFrame {
+    /// Parses a frame (command line and header lines, without the empty
+    /// line) and keeps its header lines.
+    pub fn parse(frame: Vec<String>, limits: &Limits) -> Result<Self, ParseError> {
+        let request = ModuleRequest::parse(&frame, limits)?;
+        let lines = frame.into_iter().skip(1).filter(|l| !empty_value(l)).collect();
+        Ok(ModuleFrame { request, lines })
+    }
+
+    /// A frame for a request built in code (the lines its encoding gives).
+    pub fn from_request(request: ModuleRequest) -> Self {
+        let lines = request.headers().iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| format!("{n}: {v}")).collect();
+        ModuleFrame { request, lines }
+    }
+}
+
+/// `name: ` or `name:` with nothing after the separator.
+fn empty_value(line: &str) -> bool {
+    line.split_once(':').is_some_and(|(_, v)| v.trim_start_matches(' ').is_empty())
+}
+
 /// The relay's address and one port per media item (0: not relayed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayPorts {
@@ -295,10 +378,18 @@ impl RelayPorts {
     }
 }
 
+/// The answer to an update without media for a call the relay does not
+/// have: what MediaProxy's relay writes (Python's `None`).
+pub const NO_MEDIA: &str = "None";
+
 /// The one-line reply to the module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleReply {
     Ports(RelayPorts),
+    /// `None`: MediaProxy's answer to an update that carries no media for a
+    /// call the relay does not have (a reply without SDP); the module only
+    /// reads answers to messages with SDP.
+    NoMedia,
     Removed,
     Error,
 }
@@ -308,6 +399,7 @@ impl ModuleReply {
     pub fn encode(&self) -> String {
         let mut s = match self {
             ModuleReply::Ports(p) => p.to_string(),
+            ModuleReply::NoMedia => NO_MEDIA.to_string(),
             ModuleReply::Removed => "removed".to_string(),
             ModuleReply::Error => "error".to_string(),
         };
@@ -319,6 +411,7 @@ impl ModuleReply {
         match line.trim_end() {
             "removed" => Ok(ModuleReply::Removed),
             "error" => Ok(ModuleReply::Error),
+            NO_MEDIA => Ok(ModuleReply::NoMedia),
             other => RelayPorts::parse(other).map(ModuleReply::Ports),
         }
     }
@@ -376,6 +469,67 @@ mod tests {
         assert_eq!(ModuleReply::parse("error").unwrap(), ModuleReply::Error);
         assert_eq!(ModuleReply::Removed.encode(), "removed\r\n");
         assert!(ModuleReply::parse("203.0.113.5 x").is_err());
+    }
+
+    #[test]
+    fn frame_keeps_the_module_lines() {
+        // The OpenSIPS/Kamailio module sends the CSeq number alone and every
+        // header, empty or not.
+        let text = "update\r\ntype: request\r\ndialog_id: \r\ncall_id: c1\r\ncseq: 1\r\nfrom_uri: sip:a@x\r\nto_uri: sip:b@x\r\nfrom_tag: f\r\nto_tag: \r\nuser_agent: UA  two spaces\r\nsignaling_ip: 192.0.2.7\r\nmedia_relay: \r\nmedia: audio:192.0.2.7:4000:sendrecv:ice=no\r\n\r\n";
+        let f = ModuleFrame::parse(frame(text), &Limits::default()).unwrap();
+        assert_eq!(
+            f.lines,
+            vec![
+                "type: request",
+                "call_id: c1",
+                "cseq: 1",
+                "from_uri: sip:a@x",
+                "to_uri: sip:b@x",
+                "from_tag: f",
+                "user_agent: UA  two spaces",
+                "signaling_ip: 192.0.2.7",
+                "media: audio:192.0.2.7:4000:sendrecv:ice=no",
+            ]
+        );
+        let ModuleRequest::Update(u) = &f.request else { panic!("not an update") };
+        assert_eq!((u.cseq.number, u.to_tag.as_deref()), (1, None));
+        // Re-encoding would have changed it.
+        assert!(f.request.encode().contains("cseq: 1 \r\n"));
+        let built = ModuleFrame::from_request(f.request.clone());
+        assert!(built.lines.iter().all(|l| !l.ends_with(": ")), "{:?}", built.lines);
+    }
+
+    #[test]
+    fn signaling_ip_as_json() {
+        let mut lines = frame(SPEC_UPDATE);
+        lines[10] =
+            r#"signaling_ip: {"signaling_ip": "198.51.100.7", "destination_ip": "203.0.113.9", "username": "alice"}"#
+                .into();
+        let ModuleRequest::Update(u) = ModuleRequest::parse(&lines, &Limits::default()).unwrap() else { panic!() };
+        assert_eq!(
+            u.signaling_ip,
+            Some(SignalingIp { src: "198.51.100.7".parse().unwrap(), dst: Some("203.0.113.9".parse().unwrap()) })
+        );
+        assert_eq!(u.username.as_deref(), Some("alice"));
+        let again = UpdateRequest::from_headers(&u.to_headers(), &Limits::default()).unwrap();
+        assert_eq!(again, u);
+        // Every key is optional; an address that does not parse is absent.
+        lines[10] = r#"signaling_ip: {"username": "bob", "signaling_ip": "not an ip"}"#.into();
+        let ModuleRequest::Update(u) = ModuleRequest::parse(&lines, &Limits::default()).unwrap() else { panic!() };
+        assert_eq!((u.signaling_ip, u.username.as_deref()), (None, Some("bob")));
+        lines[10] = "signaling_ip: {}".into();
+        assert!(ModuleRequest::parse(&lines, &Limits::default()).is_ok());
+        lines[10] = "signaling_ip: {broken".into();
+        assert!(matches!(
+            ModuleRequest::parse(&lines, &Limits::default()),
+            Err(ParseError::InvalidValue { header: "signaling_ip", .. })
+        ));
+    }
+
+    #[test]
+    fn no_media_reply() {
+        assert_eq!(ModuleReply::parse("None").unwrap(), ModuleReply::NoMedia);
+        assert_eq!(ModuleReply::NoMedia.encode(), "None\r\n");
     }
 
     #[test]

@@ -51,50 +51,96 @@ impl StreamStatus {
 
 /// One stream of a session. Times are seconds relative to the session's
 /// `start_time`; addresses are `ip:port` strings (`Unknown` until learned).
+///
+/// Read leniently (the `lenient` module): MediaProxy's relay writes floats where
+/// relaybox writes integers and `null` where it writes strings, and older
+/// versions leave fields out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStats {
+    #[serde(default, deserialize_with = "lenient::string")]
     pub media_type: String,
     pub status: StreamStatus,
     /// Seconds the relay waited without media before declaring the timeout.
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub timeout_wait: u64,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub caller_codec: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub callee_codec: String,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub start_time: Option<u64>,
+    /// The end, or for a stream still running the session's duration so
+    /// far (as MediaProxy reports it).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
     pub end_time: Option<u64>,
     /// Seconds from the stream's creation to its first media packet.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub post_dial_delay: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub caller_bytes: u64,
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub callee_bytes: u64,
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub caller_packets: u64,
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub callee_packets: u64,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub caller_local: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub callee_local: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub caller_remote: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub callee_remote: String,
 }
 
-/// One session (call) on a relay.
+/// One session (call) on a relay, in MediaProxy's format (read leniently,
+/// like [`StreamStats`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionStats {
     pub call_id: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub from_tag: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub from_uri: String,
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub to_tag: Option<String>,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub to_uri: String,
-    /// Unix time of the answer, `None` before the call was answered.
-    pub start_time: Option<u64>,
+    /// Unix time of the answer with its fraction (MediaProxy writes
+    /// Python's `time()`), `None` before the call was answered.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub start_time: Option<f64>,
     /// Seconds since `start_time` (to the end for finished sessions).
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub duration: u64,
+    /// The caller's User-Agent, `Unknown` when it sent none.
+    #[serde(default, deserialize_with = "lenient::string")]
     pub caller_ua: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub callee_ua: String,
-    /// The user part of `from_uri`.
-    pub username: String,
+    /// The user the proxy named in a JSON `signaling_ip` header; `null`
+    /// otherwise (MediaProxy does not derive it from the From URI).
+    #[serde(default, deserialize_with = "lenient::opt_string")]
+    pub username: Option<String>,
     /// The relay that carried the session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::opt_string")]
     pub relay_ip: Option<String>,
     /// The proxy's dialog id, when the call was engaged with the dialog module.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::opt_string")]
     pub dialog_id: Option<String>,
+    /// Set by the dispatcher for accounting, as MediaProxy's dispatcher
+    /// does: whether the media timed out (an expired call whose streams
+    /// were not all unselected ICE candidates). Relays do not send it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
+    /// Set by the dispatcher for an expired call: every stream ended as an
+    /// unselected ICE candidate (the phones talk directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_streams_ice: Option<bool>,
+    /// The streams that were answered, by start time (MediaProxy lists
+    /// none for a call that was never answered).
+    #[serde(default)]
     pub streams: Vec<StreamStats>,
 }
 
@@ -131,24 +177,31 @@ pub enum RelayStatus {
     Halting,
 }
 
-/// A relay's answer to `summary`.
+/// A relay's answer to `summary` (read leniently: MediaProxy's
+/// `bps_relayed` is a float).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    #[serde(deserialize_with = "lenient::string")]
     pub ip: String,
+    #[serde(default, deserialize_with = "lenient::string")]
     pub version: String,
     pub status: RelayStatus,
     /// Seconds since the relay started.
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub uptime: u64,
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub session_count: u64,
+    #[serde(default, deserialize_with = "lenient::counts")]
     pub stream_count: BTreeMap<String, u64>,
     /// Bits per second relayed, averaged over the last sampling period.
+    #[serde(default, deserialize_with = "lenient::u64")]
     pub bps_relayed: u64,
     /// Which datapath forwards media (`userspace` or `kernel`); an extension.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::opt_string")]
     pub datapath: Option<String>,
     /// Packets dropped by the RTP-bleed rule since the relay's sessions
     /// began (kept across a restart); an extension.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient::opt_u64")]
     pub bleed_drops: Option<u64>,
 }
 
@@ -159,6 +212,147 @@ impl Summary {
 
     pub fn from_json(s: &str) -> Result<Self, ParseError> {
         serde_json::from_str(s).map_err(|e| ParseError::InvalidJson(e.to_string()))
+    }
+}
+
+/// Deserializers that take what MediaProxy's relay writes as well as what
+/// relaybox writes: a number may be an integer or a float (`0.0`,
+/// `1700000000.25`), and `null` stands for an empty string or a zero
+/// (MediaProxy 4.1.2 writes `username: null`, `bps_relayed: 0.0`, a float
+/// `start_time`). Numbers are truncated towards zero; a negative or
+/// non-finite one counts as 0.
+mod lenient {
+    use alloc::collections::BTreeMap;
+    use alloc::string::{String, ToString};
+    use core::fmt;
+    use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+    enum Value {
+        Null,
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    struct AnyScalar;
+
+    impl<'de> Visitor<'de> for AnyScalar {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number, a string or null")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(AnyScalar)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Int(u64::from(v)))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Int(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Int(u64::try_from(v).unwrap_or(0)))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::Float(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::Text(v.to_string()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+            Ok(Value::Text(v))
+        }
+    }
+
+    fn scalar<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(AnyScalar)
+    }
+
+    fn float_to_u64(f: f64) -> u64 {
+        // `as` saturates and maps NaN to 0.
+        if f.is_finite() && f > 0.0 {
+            f as u64
+        } else {
+            0
+        }
+    }
+
+    fn number<E: de::Error>(v: Value) -> Result<Option<u64>, E> {
+        match v {
+            Value::Null => Ok(None),
+            Value::Int(n) => Ok(Some(n)),
+            Value::Float(f) => Ok(Some(float_to_u64(f))),
+            Value::Text(t) => Err(E::invalid_type(de::Unexpected::Str(&t), &"a number or null")),
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        number::<D::Error>(scalar(d)?).map(Option::unwrap_or_default)
+    }
+
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        number::<D::Error>(scalar(d)?)
+    }
+
+    pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match scalar(d)? {
+            Value::Null => Ok(None),
+            Value::Int(n) => Ok(Some(n as f64)),
+            Value::Float(f) => Ok(Some(f)),
+            Value::Text(t) => Err(de::Error::invalid_type(de::Unexpected::Str(&t), &"a number or null")),
+        }
+    }
+
+    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match scalar(d)? {
+            Value::Null => Ok(None),
+            Value::Text(t) => Ok(Some(t)),
+            Value::Int(n) => Ok(Some(n.to_string())),
+            Value::Float(f) => Ok(Some(f.to_string())),
+        }
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        opt_string(d).map(Option::unwrap_or_default)
+    }
+
+    /// `{"audio": 2, "video": 1.0}`; `null` is an empty map.
+    pub fn counts<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
+        struct Counts;
+        impl<'de> Visitor<'de> for Counts {
+            type Value = BTreeMap<String, u64>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of counts or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(BTreeMap::new())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(BTreeMap::new())
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<Count>()?;
+                    out.insert(key, value.0);
+                }
+                Ok(out)
+            }
+        }
+        struct Count(u64);
+        impl<'de> serde::Deserialize<'de> for Count {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                u64(d).map(Count)
+            }
+        }
+        d.deserialize_any(Counts)
     }
 }
 
@@ -173,13 +367,15 @@ mod tests {
             from_uri: "sip:alice@example.com".into(),
             to_tag: Some("t".into()),
             to_uri: "sip:bob@example.com".into(),
-            start_time: Some(1_700_000_000),
+            start_time: Some(1_700_000_000.25),
             duration: 12,
             caller_ua: "A".into(),
             callee_ua: "B".into(),
-            username: "alice".into(),
+            username: Some("alice".into()),
             relay_ip: None,
             dialog_id: None,
+            timed_out: None,
+            all_streams_ice: None,
             streams: alloc::vec![StreamStats {
                 media_type: "audio".into(),
                 status: StreamStatus::NoTrafficTimeout,

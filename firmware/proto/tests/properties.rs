@@ -182,6 +182,7 @@ fn media_type() -> impl Strategy<Value = MediaType> {
         Just(MediaType::Text),
         Just(MediaType::Application),
         Just(MediaType::Message),
+        "[a-z][a-z0-9.+-]{0,9}".prop_map(|t| MediaType::parse(&t).unwrap()),
     ]
 }
 
@@ -220,6 +221,8 @@ fn update_request() -> BoxedStrategy<UpdateRequest> {
     let parties = (value(), value(), value(), proptest::option::of(value()), prop_oneof![Just(String::new()), value()]);
     let routing = (
         proptest::option::of((ip(), proptest::option::of(ip())).prop_map(|(src, dst)| SignalingIp { src, dst })),
+        // A username comes in the JSON form of `signaling_ip`.
+        proptest::option::of(value()),
         proptest::option::of(value()),
         prop::collection::vec(media_item(), 0..=Limits::default().max_media),
     );
@@ -228,7 +231,7 @@ fn update_request() -> BoxedStrategy<UpdateRequest> {
             |(
                 (party, dialog_id, call_id, cseq),
                 (from_uri, to_uri, from_tag, to_tag, user_agent),
-                (signaling_ip, media_relay, media),
+                (signaling_ip, username, media_relay, media),
             )| UpdateRequest {
                 party,
                 dialog_id,
@@ -240,6 +243,7 @@ fn update_request() -> BoxedStrategy<UpdateRequest> {
                 to_tag,
                 user_agent,
                 signaling_ip,
+                username,
                 media_relay,
                 media,
             },
@@ -333,10 +337,14 @@ fn stream_stats() -> BoxedStrategy<StreamStats> {
 
 fn session_stats() -> BoxedStrategy<SessionStats> {
     let a = (json_text(), json_text(), json_text(), proptest::option::of(json_text()), json_text());
-    let b = (proptest::option::of(any::<u64>()), any::<u64>(), json_text(), json_text(), json_text());
+    // Unix times with a fraction (quarter seconds: exact in binary, so the
+    // round trip does not depend on the JSON float parser's last bit).
+    let start = proptest::option::of((0u64..1 << 34, 0u32..4).prop_map(|(s, q)| s as f64 + f64::from(q) / 4.0));
+    let b = (start, any::<u64>(), json_text(), json_text(), proptest::option::of(json_text()));
     let c = (
         proptest::option::of(json_text()),
         proptest::option::of(json_text()),
+        (proptest::option::of(any::<bool>()), proptest::option::of(any::<bool>())),
         prop::collection::vec(stream_stats(), 0..4),
     );
     (a, b, c)
@@ -344,7 +352,7 @@ fn session_stats() -> BoxedStrategy<SessionStats> {
             |(
                 (call_id, from_tag, from_uri, to_tag, to_uri),
                 (start_time, duration, caller_ua, callee_ua, username),
-                (relay_ip, dialog_id, streams),
+                (relay_ip, dialog_id, (timed_out, all_streams_ice), streams),
             )| SessionStats {
                 call_id,
                 from_tag,
@@ -358,6 +366,8 @@ fn session_stats() -> BoxedStrategy<SessionStats> {
                 username,
                 relay_ip,
                 dialog_id,
+                timed_out,
+                all_streams_ice,
                 streams,
             },
         )

@@ -60,8 +60,8 @@ impl Clock {
 
     /// Moves a Unix time of this clock (`start_time` of a report) onto the
     /// system's wall clock when that was stepped by a second or more.
-    pub fn wall_secs(&self, secs: u64) -> u64 {
-        secs.saturating_add_signed(self.wall_step_secs())
+    pub fn wall_secs(&self, secs: f64) -> f64 {
+        secs + self.wall_step_secs() as f64
     }
 
     pub fn uptime_secs(&self) -> u64 {
@@ -113,12 +113,12 @@ mod wall_tests {
         // then set the system clock to today.
         let clock = Clock { base_unix_ms: 10_000, base: Instant::now() };
         let today = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let answered = clock.now_ms() / 1000 + 3; // a call answered 3 s later, on our clock
+        let answered = (clock.now_ms() / 1000 + 3) as f64; // a call answered 3 s later, on our clock
         let reported = clock.wall_secs(answered);
-        assert!(reported.abs_diff(today + 3) <= 1, "{reported} vs {}", today + 3);
+        assert!((reported - (today + 3) as f64).abs() <= 1.0, "{reported} vs {}", today + 3);
         // A clock that started right is left alone.
         let right = Clock::new();
-        assert_eq!(right.wall_secs(1_700_000_000), 1_700_000_000);
+        assert_eq!(right.wall_secs(1_700_000_000.5), 1_700_000_000.5);
     }
 
     #[test]
@@ -133,7 +133,7 @@ mod wall_tests {
         assert!((100_000..100_000 + 2_000).contains(&resumed.now_ms()), "{}", resumed.now_ms());
         // ... and reports still carry today's wall time.
         let today = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert!(resumed.wall_secs(resumed.now_ms() / 1000).abs_diff(today) <= 1);
+        assert!((resumed.wall_secs((resumed.now_ms() / 1000) as f64) - today as f64).abs() <= 1.0);
         // A mark of another boot (or without one) starts on the wall clock.
         for other in [Some(ClockMark { boot_id: [9; 16], ..mark }), None] {
             assert!(Clock::resume(other).now_ms().abs_diff(today * 1000) < 2_000);

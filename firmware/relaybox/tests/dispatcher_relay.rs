@@ -267,6 +267,8 @@ fn finished_sessions_reach_the_database() {
     let mut m = Module::connect(&rig.socket);
     for call in ["db1", "db2"] {
         assert!(!m.request(&update("request", call, 1, "", &audio(4000))).0.starts_with("error"));
+        // Answered: the statistics list answered streams only (as MediaProxy's).
+        assert!(!m.request(&update("reply", call, 1, "tt", &audio(5000))).0.starts_with("error"));
         assert_eq!(m.request(&remove(call)).0, "removed\r\n");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -332,6 +334,7 @@ fn cli_prints_sessions_and_summary_over_tls_management() {
     let (_r, _) = rig.relay(&d, "relay1", "");
     let mut m = Module::connect(&rig.socket);
     assert!(!m.request(&update("request", "cli-call", 1, "", &audio(4000))).0.starts_with("error"));
+    assert!(!m.request(&update("reply", "cli-call", 1, "tt", &audio(5000))).0.starts_with("error"));
 
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(BIN).arg("--config").arg(&cfg).args(args).output().unwrap();

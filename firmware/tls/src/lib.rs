@@ -124,6 +124,7 @@ pub fn server_config(
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let (crls, v1) = split_v1_crls(&files.ca, files.crl.as_deref(), crls)?;
     let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider())
         .with_crls(crls)
         .allow_unknown_revocation_status();
@@ -134,7 +135,7 @@ pub fn server_config(
     let (chain, key) = load_identity(files)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(Arc::new(RoleClientVerifier { inner, peer }))
+        .with_client_cert_verifier(Arc::new(RoleClientVerifier { inner, peer, v1: Arc::new(v1) }))
         .with_single_cert(chain, key)
         .map_err(|e| identity_error(files, e))?;
     Ok(Arc::new(config))
@@ -171,12 +172,13 @@ fn server_verifier(files: &TlsFiles, peer: PeerRole) -> Result<Arc<AnyNameServer
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let (crls, v1) = split_v1_crls(&files.ca, files.crl.as_deref(), crls)?;
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .with_crls(crls)
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| verifier_error(files, e))?;
-    Ok(Arc::new(AnyNameServerVerifier { inner, peer }))
+    Ok(Arc::new(AnyNameServerVerifier { inner, peer, v1: Arc::new(v1) }))
 }
 
 /// Checks that our own certificate (`files.cert`) is one the other side of the link accepts, with
@@ -190,6 +192,7 @@ pub fn check_own_certificate(files: &TlsFiles, role: Role) -> Result<(), TlsErro
     let roots = load_roots(&files.ca)?;
     let crls = load_crls(files.crl.as_deref())?;
     check_crl_issuers(&files.ca, files.crl.as_deref(), &crls)?;
+    let (crls, v1) = split_v1_crls(&files.ca, files.crl.as_deref(), crls)?;
     let chain = load_certs(&files.cert)?;
     let (end_entity, intermediates) =
         chain.split_first().ok_or_else(|| TlsError::NoCertificate { path: files.cert.clone() })?;
@@ -206,7 +209,9 @@ pub fn check_own_certificate(files: &TlsFiles, role: Role) -> Result<(), TlsErro
             .allow_unknown_revocation_status()
             .build()
             .map_err(|e| verifier_error(files, e))?;
-        RoleClientVerifier { inner, peer }.verify_client_cert(end_entity, intermediates, at).map(|_| ())
+        RoleClientVerifier { inner, peer, v1: Arc::new(v1) }
+            .verify_client_cert(end_entity, intermediates, at)
+            .map(|_| ())
     };
     result.map_err(|e| {
         let ca = files.ca.file_name().map_or_else(|| files.ca.display().to_string(), |n| n.to_string_lossy().into());
@@ -255,11 +260,13 @@ fn purpose_error(e: rustls::Error, peer: PeerRole, end_entity: &CertificateDer<'
     }
 }
 
-/// webpki client verification, then the role check.
+/// webpki client verification, then the version 1 CRLs and the role check.
 #[derive(Debug)]
 struct RoleClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     peer: PeerRole,
+    /// Revocations from version 1 CRLs, which webpki cannot read.
+    v1: Arc<V1Revocations>,
 }
 
 impl ClientCertVerifier for RoleClientVerifier {
@@ -283,6 +290,7 @@ impl ClientCertVerifier for RoleClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         match self.inner.verify_client_cert(end_entity, intermediates, now) {
             Ok(verified) => {
+                self.v1.check(end_entity, intermediates)?;
                 self.peer.check(end_entity.as_ref()).map_err(role_refusal)?;
                 Ok(verified)
             }
@@ -320,6 +328,8 @@ impl ClientCertVerifier for RoleClientVerifier {
 struct AnyNameServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     peer: PeerRole,
+    /// Revocations from version 1 CRLs, which webpki cannot read.
+    v1: Arc<V1Revocations>,
 }
 
 impl ServerCertVerifier for AnyNameServerVerifier {
@@ -338,6 +348,7 @@ impl ServerCertVerifier for AnyNameServerVerifier {
             )) => {}
             Err(e) => return Err(purpose_error(e, self.peer, end_entity)),
         }
+        self.v1.check(end_entity, intermediates)?;
         self.peer.check(end_entity.as_ref()).map_err(role_refusal)?;
         Ok(ServerCertVerified::assertion())
     }
@@ -367,6 +378,75 @@ impl ServerCertVerifier for AnyNameServerVerifier {
     fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
         self.inner.root_hint_subjects()
     }
+}
+
+/// What version 1 CRLs revoke: (issuer name as DER, serial as DER content)
+/// pairs. X.509 v1 CRLs (no version field, no extensions; MediaProxy ships
+/// one as its sample `crl.pem`) are refused by webpki's parser, so relaybox
+/// reads them with x509-parser, checks their signature against the CA that
+/// issued them, and applies them after webpki's verification.
+#[derive(Debug, Default)]
+struct V1Revocations {
+    revoked: std::collections::HashSet<(Vec<u8>, Vec<u8>)>,
+}
+
+impl V1Revocations {
+    /// `Err(Revoked)` when a certificate of the presented chain is listed.
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), rustls::Error> {
+        if self.revoked.is_empty() {
+            return Ok(());
+        }
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            let (_, x509) = x509_parser::parse_x509_certificate(cert)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let key = (x509.issuer().as_raw().to_vec(), x509.raw_serial().to_vec());
+            if self.revoked.contains(&key) {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Separates version 1 CRLs (see [`V1Revocations`]) from the others, which
+/// go to webpki. A v1 CRL whose signature does not verify with the key of
+/// its issuer in `ca.pem` is an error naming the file.
+fn split_v1_crls(
+    ca_path: &Path,
+    crl_path: Option<&Path>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, V1Revocations), TlsError> {
+    let Some(crl_path) = crl_path else { return Ok((crls, V1Revocations::default())) };
+    let bad = |reason: String| TlsError::Pem { path: crl_path.to_path_buf(), reason };
+    let ca_bytes = read(ca_path)?;
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_bytes).flatten().collect();
+    let mut webpki = Vec::new();
+    let mut v1 = V1Revocations::default();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(&crl).map_err(|e| bad(format!("not an X.509 CRL: {e}")))?;
+        if parsed.version().is_some_and(|v| v.0 != 0) {
+            webpki.push(crl);
+            continue;
+        }
+        let issuer = cas
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, x)| x))
+            .find(|ca| ca.subject().as_raw() == parsed.issuer().as_raw())
+            .ok_or_else(|| {
+                bad(format!("CRL issued by \"{}\", which is not a CA in {}", parsed.issuer(), ca_path.display()))
+            })?;
+        parsed
+            .verify_signature(issuer.public_key())
+            .map_err(|e| bad(format!("version 1 CRL whose signature does not verify with its CA's key: {e}")))?;
+        for revoked in parsed.iter_revoked_certificates() {
+            v1.revoked.insert((parsed.issuer().as_raw().to_vec(), revoked.raw_serial().to_vec()));
+        }
+    }
+    Ok((webpki, v1))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -13,7 +13,7 @@ use relaybox_tls::{
     ClientAuth, PeerIdentity, PeerRole, Role, TlsError, TlsFiles,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -487,4 +487,93 @@ fn our_own_certificate_of_another_role_is_refused_naming_the_file() {
     assert!(matches!(&err, TlsError::WrongRole { path, .. } if path == &pki.certs.join("relay.crt")), "{err:?}");
     assert!(err.to_string().contains("relay role; this daemon needs a dispatcher certificate"), "{err}");
     assert!(matches!(pki.relay_files().own_marker(), Ok(relaybox_tls::Marker::Role(Role::Relay))));
+}
+
+/// A version 1 CRL (no version field, no extensions: what `openssl ca
+/// -gencrl` writes without `crl_extensions` and `crlnumber`, and what
+/// MediaProxy ships as its sample `crl.pem`) from `pki`'s CA, revoking
+/// `revoked` (hex serials).
+fn v1_crl(pki: &Pki, revoked: &[&str]) -> String {
+    let dir = pki._tmp.path().join(format!("openssl-ca-{}", revoked.len()));
+    pki.ca.save(&dir).unwrap();
+    let mut index = String::new();
+    for serial in revoked {
+        index.push_str(&format!("R\t300101000000Z\t240101000000Z\t{serial}\tunknown\t/CN=revoked\n"));
+    }
+    std::fs::write(dir.join("index.txt"), index).unwrap();
+    let cnf = format!(
+        "[ca]\ndefault_ca = ca\n[ca]\ndatabase = {d}/index.txt\ncertificate = {d}/ca.pem\nprivate_key = {d}/ca.key\ndefault_md = sha256\ndefault_crl_days = 30\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("ca.cnf"), cnf).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["ca", "-batch", "-gencrl", "-config"])
+        .arg(dir.join("ca.cnf"))
+        .arg("-out")
+        .arg(dir.join("v1.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl ca -gencrl: {}", String::from_utf8_lossy(&out.stderr));
+    let pem = std::fs::read_to_string(dir.join("v1.pem")).unwrap();
+    let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_crl(&der).unwrap();
+    assert_eq!(parsed.version(), None, "openssl wrote a v2 CRL");
+    pem
+}
+
+#[tokio::test]
+async fn a_version_1_crl_is_honoured_both_ways() {
+    let pki = Pki::new();
+    // An empty v1 CRL: both sides start and accept each other.
+    std::fs::write(pki.certs.join("crl.pem"), v1_crl(&pki, &[])).unwrap();
+    let server =
+        server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).expect("v1 CRL refused (dispatcher)");
+    let client = client_config(&pki.relay_files(), dispatchers()).expect("v1 CRL refused (relay)");
+    let out = handshake(server, client, localhost()).await;
+    assert!(out.server.is_ok() && out.client.is_ok(), "accepted with an empty v1 CRL");
+    assert!(relaybox_tls::revoked_serials(&pki.dispatcher_files()).unwrap().is_empty());
+
+    // A v1 CRL that revokes the relay: the dispatcher refuses it.
+    std::fs::write(pki.certs.join("crl.pem"), v1_crl(&pki, &[&pki.relay.serial_hex])).unwrap();
+    assert!(relaybox_tls::revoked_serials(&pki.dispatcher_files()).unwrap().contains(&pki.relay.serial_hex));
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
+    let out = handshake(server, client, localhost()).await;
+    let err = out.server.expect_err("dispatcher must refuse a relay a v1 CRL revokes");
+    assert_eq!(describe_handshake_error(&err), "certificate revoked");
+
+    // ... and one that revokes the dispatcher: the relay refuses it.
+    std::fs::write(pki.certs.join("crl.pem"), v1_crl(&pki, &[&pki.dispatcher.serial_hex])).unwrap();
+    let server = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()).unwrap();
+    let client = client_config(&pki.relay_files(), dispatchers()).unwrap();
+    let err = handshake(server, client, localhost()).await.client.expect_err("revoked dispatcher");
+    assert_eq!(describe_handshake_error(&err), "certificate revoked");
+
+    // A v1 CRL signed by another key with the same CA name is refused.
+    let other = CertificateAuthority::create(&Subject::new("Example CA").with_org(ORG), 30).unwrap();
+    let forged = Pki {
+        _tmp: tempfile::tempdir().unwrap(),
+        ca: other,
+        certs: pki.certs.clone(),
+        relay: pki.relay.clone(),
+        dispatcher: pki.dispatcher.clone(),
+    };
+    std::fs::write(pki.certs.join("crl.pem"), v1_crl(&forged, &[])).unwrap();
+    let Err(err) = server_config(&pki.dispatcher_files(), ClientAuth::Required, relays()) else {
+        panic!("a forged v1 CRL was accepted")
+    };
+    let err = err.to_string();
+    assert!(err.contains("signature"), "{err}");
+}
+
+#[test]
+fn mediaproxys_sample_certificates_and_v1_crl_load() {
+    // MediaProxy 4.1.2's tls/ directory, as it ships (tests/fixtures).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mediaproxy-4.1.2-tls");
+    for role in [Role::Dispatcher, Role::Relay] {
+        let files = TlsFiles::for_role(&dir, role);
+        assert!(files.crl.is_some());
+        server_config(&files, ClientAuth::Required, relays()).unwrap_or_else(|e| panic!("{role:?} server: {e}"));
+        client_config(&files, dispatchers()).unwrap_or_else(|e| panic!("{role:?} client: {e}"));
+    }
 }

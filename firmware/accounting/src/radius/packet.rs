@@ -99,7 +99,8 @@ impl Attribute {
 pub fn session_attributes(stats: &SessionStats, sip: &SipAttributes) -> Vec<Attribute> {
     let mut a = vec![
         Attribute::integer(ACCT_STATUS_TYPE, STATUS_UPDATE),
-        Attribute::text(USER_NAME, "mediaproxy@default"),
+        // MediaProxy's: the username a proxy gave (JSON signaling_ip).
+        Attribute::text(USER_NAME, stats.username.as_deref().unwrap_or("mediaproxy@default")),
         Attribute::text(ACCT_SESSION_ID, &stats.call_id),
         Attribute::clamped(ACCT_SESSION_TIME, stats.duration),
     ];
@@ -364,6 +365,9 @@ mod tests {
         let a = session_attributes(&s, &sip);
         assert_eq!(find(&a, ACCT_STATUS_TYPE), Some(&[0, 0, 0, 3][..]));
         assert_eq!(find(&a, USER_NAME), Some(&b"mediaproxy@default"[..]));
+        // A username the proxy gave replaces it, as in MediaProxy.
+        let named = SessionStats { username: Some("alice".into()), ..s.clone() };
+        assert_eq!(find(&session_attributes(&named, &sip), USER_NAME), Some(&b"alice"[..]));
         assert_eq!(find(&a, ACCT_SESSION_ID), Some(&b"call-1"[..]));
         assert_eq!(find(&a, ACCT_SESSION_TIME), Some(&5u32.to_be_bytes()[..]));
         let input = 6_000_001_005u64;

@@ -148,6 +148,7 @@ impl From<Session> for session::Session {
             dialog_id,
             caller_ua,
             callee_ua,
+            username: None,
             locals,
             offer,
             streams: streams.into_iter().map(Into::into).collect(),

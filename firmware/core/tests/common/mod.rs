@@ -51,6 +51,7 @@ pub fn update(
         to_tag: to_tag.map(Into::into),
         user_agent: user_agent.into(),
         signaling_ip: None,
+        username: None,
         media_relay: None,
         media: media(list),
     }

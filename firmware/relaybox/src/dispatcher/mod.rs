@@ -18,7 +18,7 @@ use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings
 use relaybox_config::{AccountingBackend, Config};
 use relaybox_limits::{AcceptErrors, Admission, DescriptorBudget, Gate, Source};
 use relaybox_proto::link::{LinkRequest, UpdateReply};
-use relaybox_proto::module::{ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
+use relaybox_proto::module::{ModuleFrame, ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -132,6 +132,10 @@ struct SessionEntry {
     claimed_dialog_id: Option<String>,
     /// Since when the relay holding the call has been disconnected.
     orphaned_since: Option<Instant>,
+    /// The call expired on its relay and the proxy was asked to end the
+    /// dialog: the entry waits for that BYE (`removed`, as MediaProxy's
+    /// dispatcher answers it) at most `cleanup_expired_sessions_after`.
+    dialog_ended_at: Option<Instant>,
 }
 
 impl SessionEntry {
@@ -142,6 +146,7 @@ impl SessionEntry {
             dialog_id,
             claimed_dialog_id: None,
             orphaned_since: None,
+            dialog_ended_at: None,
         }
     }
 }
@@ -277,10 +282,12 @@ impl Dispatcher {
         Instant::now() + (budget - margin)
     }
 
-    pub async fn handle_module_request(&self, request: ModuleRequest) -> ModuleReply {
-        match request {
-            ModuleRequest::Update(u) => self.handle_update(u).await,
-            ModuleRequest::Remove(r) => self.handle_remove(r).await,
+    /// Answers one module request; the relay gets the module's own lines
+    /// (`frame.lines`), the decisions here use the parsed request.
+    pub async fn handle_module_request(&self, frame: ModuleFrame) -> ModuleReply {
+        match &frame.request {
+            ModuleRequest::Update(u) => self.handle_update(u, &frame).await,
+            ModuleRequest::Remove(r) => self.handle_remove(r, &frame).await,
         }
     }
 
@@ -288,7 +295,14 @@ impl Dispatcher {
     /// preferred one, then the rest in random order.
     fn candidates(&self, update: &UpdateRequest) -> Vec<RelayHandle> {
         let relays = self.relays();
-        let holder = self.sessions().get(&update.call_id).map(|e| e.relay_id);
+        let holder = {
+            let mut table = self.sessions();
+            // A call whose dialog was ended after it expired is new again.
+            if table.get(&update.call_id).is_some_and(|e| e.dialog_ended_at.is_some()) {
+                table.remove(&update.call_id);
+            }
+            table.get(&update.call_id).map(|e| e.relay_id)
+        };
         if let Some(id) = holder {
             if let Some(r) = relays.iter().find(|r| r.id == id) {
                 return vec![r.clone()];
@@ -307,10 +321,10 @@ impl Dispatcher {
         active
     }
 
-    async fn handle_update(&self, update: UpdateRequest) -> ModuleReply {
+    async fn handle_update(&self, update: &UpdateRequest, frame: &ModuleFrame) -> ModuleReply {
         let deadline = self.module_deadline();
         let call_id = update.call_id.clone();
-        let candidates = self.candidates(&update);
+        let candidates = self.candidates(update);
         if candidates.is_empty() {
             tracing::warn!(call_id = %call_id, "update: no relay available; the proxy leaves the SDP as it is");
             return ModuleReply::Error;
@@ -322,7 +336,7 @@ impl Dispatcher {
                 break;
             }
             let wait = (deadline - now).min(self.config.dispatcher.relay_timeout);
-            let answer = self.call(&relay, LinkRequest::Update(update.clone()), wait).await;
+            let answer = self.call(&relay, LinkRequest::Module(frame.clone()), wait).await;
             let reply = match answer {
                 Ok(payload) => UpdateReply::parse(&payload),
                 Err(e) => {
@@ -330,24 +344,31 @@ impl Dispatcher {
                     continue;
                 }
             };
-            match reply {
-                Ok(UpdateReply::Ports(ports)) => {
-                    let mut table = self.sessions();
-                    let entry = table.entry(call_id.clone()).or_insert_with(|| SessionEntry::new(&relay, None));
-                    if entry.relay_id != relay.id {
-                        // The call is on this relay now (its holder went away).
-                        entry.relay_id = relay.id;
-                        entry.relay_subject = relay.subject.clone();
-                        entry.orphaned_since = None;
-                    }
-                    // The module's dialog id is the one to trust.
-                    if update.dialog_id.is_some() {
-                        entry.dialog_id = update.dialog_id.clone();
-                    }
-                    drop(table);
-                    tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %ports, "update relayed");
-                    return ModuleReply::Ports(ports);
+            let answer = match &reply {
+                Ok(UpdateReply::Ports(ports)) => Some(ModuleReply::Ports(ports.clone())),
+                // MediaProxy's dispatcher keeps the call on that relay too.
+                Ok(UpdateReply::NoMedia) => Some(ModuleReply::NoMedia),
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                let mut table = self.sessions();
+                let entry = table.entry(call_id.clone()).or_insert_with(|| SessionEntry::new(&relay, None));
+                if entry.relay_id != relay.id {
+                    // The call is on this relay now (its holder went away).
+                    entry.relay_id = relay.id;
+                    entry.relay_subject = relay.subject.clone();
+                    entry.orphaned_since = None;
                 }
+                // The module's dialog id is the one to trust.
+                if update.dialog_id.is_some() {
+                    entry.dialog_id = update.dialog_id.clone();
+                }
+                drop(table);
+                tracing::debug!(call_id = %call_id, relay = %relay.ip, reply = %answer.encode().trim_end(), "update relayed");
+                return answer;
+            }
+            match reply {
+                Ok(UpdateReply::Ports(_) | UpdateReply::NoMedia) => {}
                 Ok(UpdateReply::Halting) => {
                     tracing::info!(call_id = %call_id, relay = %relay.ip, "relay is halting, trying the next");
                     relay.halting.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -363,38 +384,52 @@ impl Dispatcher {
         ModuleReply::Error
     }
 
-    async fn handle_remove(&self, remove: RemoveRequest) -> ModuleReply {
-        let entry = self.sessions().get(&remove.call_id).cloned();
-        let Some(entry) = entry else {
-            tracing::debug!(call_id = %remove.call_id, "remove for a call no relay holds");
-            return ModuleReply::Removed;
-        };
-        let Some(relay) = self.relay(entry.relay_id) else {
-            tracing::warn!(call_id = %remove.call_id, "remove: the relay holding the call is not connected");
-            self.sessions().remove(&remove.call_id);
-            return ModuleReply::Removed;
-        };
+    /// Answers as MediaProxy's dispatcher does: `removed` once the relay
+    /// returned the call's statistics, `error` for a call no relay holds (a
+    /// second remove, a CANCEL after the call ended), a relay that is gone,
+    /// answers `error` or does not answer in time. The module reads none of
+    /// it.
+    async fn handle_remove(&self, remove: &RemoveRequest, frame: &ModuleFrame) -> ModuleReply {
         let call_id = remove.call_id.clone();
+        let entry = self.sessions().get(&call_id).cloned();
+        let Some(entry) = entry else {
+            tracing::info!(call_id = %call_id, "remove for a call no relay holds, answering error");
+            return ModuleReply::Error;
+        };
+        if entry.dialog_ended_at.is_some() {
+            // The BYE of a call that expired and whose dialog we ended.
+            self.sessions().remove(&call_id);
+            return ModuleReply::Removed;
+        }
+        let Some(relay) = self.relay(entry.relay_id) else {
+            tracing::warn!(call_id = %call_id, "remove: the relay holding the call is not connected");
+            self.sessions().remove(&call_id);
+            return ModuleReply::Error;
+        };
         let wait = self.module_deadline().saturating_duration_since(Instant::now());
-        match self.call(&relay, LinkRequest::Remove(remove), wait.max(Duration::from_millis(50))).await {
+        match self.call(&relay, LinkRequest::Module(frame.clone()), wait.max(Duration::from_millis(50))).await {
             Ok(payload) if payload.trim() == "error" => {
                 tracing::warn!(call_id = %call_id, relay = %relay.ip, "relay answered error to remove");
                 self.sessions().remove(&call_id);
+                ModuleReply::Error
             }
-            Ok(payload) => match SessionStats::from_json(&payload) {
-                Ok(stats) => self.removed(&relay, &call_id, stats),
-                Err(e) => {
-                    tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}");
-                    self.sessions().remove(&call_id);
+            Ok(payload) => {
+                match SessionStats::from_json(&payload) {
+                    Ok(stats) => self.removed(&relay, &call_id, stats),
+                    Err(e) => {
+                        tracing::error!(call_id = %call_id, relay = %relay.ip, "remove: bad statistics from relay: {e}: {payload}");
+                        self.sessions().remove(&call_id);
+                    }
                 }
-            },
+                ModuleReply::Removed
+            }
             Err(e) => {
                 // The relay may still answer later; its link task accounts
                 // late answers too (see relay_link), so nothing is lost.
                 tracing::warn!(call_id = %call_id, relay = %relay.ip, "remove: relay did not answer in time ({e:?})");
+                ModuleReply::Error
             }
         }
-        ModuleReply::Removed
     }
 
     /// Who holds `call_id` as far as `relay` is concerned. A relay that
@@ -466,46 +501,58 @@ impl Dispatcher {
             }
         }
         let Some(entry) = self.sessions().remove(&stats.call_id) else { return };
+        if entry.dialog_ended_at.is_some() {
+            // Accounted already, its dialog ended: it only waits for the BYE.
+            self.sessions().insert(stats.call_id.clone(), entry);
+            return self.refuse(relay, &stats.call_id, what, "the call was accounted already; not accounted again");
+        }
         if stats.relay_ip.is_none() {
             stats.relay_ip = Some(relay.address().to_string());
         }
         // The module's dialog id, not the relay's (which may name another call).
         let relays_dialog = stats.dialog_id.take();
         stats.dialog_id = entry.dialog_id.clone().or_else(|| entry.claimed_dialog_id.clone()).or(relays_dialog);
+        // What MediaProxy's dispatcher adds for its accounting.
+        let all_ice = stats.all_streams_unselected_ice();
+        stats.timed_out = Some(expired && !all_ice);
+        stats.all_streams_ice = expired.then_some(all_ice);
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
-        if expired {
-            let dialog = match (entry.dialog_id, entry.claimed_dialog_id) {
-                (Some(d), _) => Some(d),
-                (None, Some(claimed)) if self.config.dispatcher.end_adopted_dialogs => Some(claimed),
-                (None, Some(claimed)) => {
-                    tracing::info!(
-                        call_id = %stats.call_id,
-                        dialog_id = %claimed,
-                        "not ending the dialog: its id comes from the relay's list (adopted call) and no module \
-                         request confirmed it (end_adopted_dialogs = no)"
-                    );
-                    None
-                }
-                (None, None) => None,
-            };
-            if let Some(dialog_id) = dialog {
-                self.end_dialog(&stats, dialog_id);
-            }
-        }
-    }
-
-    /// The media of an answered call timed out but nobody sent BYE: ask the
-    /// proxy to end the dialog. Calls without the dialog module, calls never
-    /// answered and calls whose streams all ended as unselected ICE
-    /// candidates (the phones talk directly) are only accounted.
-    fn end_dialog(&self, stats: &SessionStats, dialog_id: String) {
-        if stats.start_time.is_none() || stats.all_streams_unselected_ice() {
+        if !expired {
             return;
         }
+        let dialog = match (&entry.dialog_id, &entry.claimed_dialog_id) {
+            (Some(d), _) => Some(d.clone()),
+            (None, Some(claimed)) if self.config.dispatcher.end_adopted_dialogs => Some(claimed.clone()),
+            (None, Some(claimed)) => {
+                tracing::info!(
+                    call_id = %stats.call_id,
+                    dialog_id = %claimed,
+                    "not ending the dialog: its id comes from the relay's list (adopted call) and no module \
+                     request confirmed it (end_adopted_dialogs = no)"
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        // The media of an answered call timed out but nobody sent BYE: ask
+        // the proxy to end the dialog. Calls without the dialog module,
+        // calls never answered and calls whose streams all ended as
+        // unselected ICE candidates (the phones talk directly) are only
+        // accounted.
+        let Some(dialog_id) = dialog.filter(|_| stats.start_time.is_some() && !all_ice) else { return };
+        // Kept for the BYE the proxy is about to send (answered `removed`,
+        // as MediaProxy's dispatcher does).
+        let mut entry = entry;
+        entry.dialog_ended_at = Some(Instant::now());
+        self.sessions().insert(stats.call_id.clone(), entry);
+        self.end_dialog(dialog_id, stats.call_id.clone());
+    }
+
+    /// Asks the proxy to end the dialog of an expired call.
+    fn end_dialog(&self, dialog_id: String, call_id: String) {
         let closer = self.dialogs.clone();
-        let call_id = stats.call_id.clone();
         tokio::spawn(async move {
             match closer.end(&dialog_id).await {
                 Ok(answer) => {
@@ -550,13 +597,19 @@ impl Dispatcher {
     }
 
     /// Forgets calls whose relay stayed away longer than
-    /// `cleanup_dead_relays_after` (they were never removed or expired).
+    /// `cleanup_dead_relays_after` (they were never removed or expired),
+    /// and expired calls whose BYE did not come within
+    /// `cleanup_expired_sessions_after`.
     fn forget_orphans(&self, now: Instant) {
         let connected: Vec<u64> = self.relays().iter().map(|r| r.id).collect();
         let limit = self.config.dispatcher.cleanup_dead_relays_after;
+        let bye_limit = self.config.dispatcher.cleanup_expired_sessions_after;
         let mut table = self.sessions();
         let before = table.len();
         table.retain(|_, e| {
+            if let Some(ended) = e.dialog_ended_at {
+                return now.duration_since(ended) < bye_limit;
+            }
             if connected.contains(&e.relay_id) {
                 e.orphaned_since = None;
                 return true;
@@ -566,7 +619,11 @@ impl Dispatcher {
         });
         let dropped = before - table.len();
         if dropped > 0 {
-            tracing::info!(dropped, "forgot calls of relays disconnected for longer than cleanup_dead_relays_after");
+            tracing::info!(
+                dropped,
+                "forgot calls of relays disconnected for longer than cleanup_dead_relays_after, or expired calls \
+                 whose BYE did not come within cleanup_expired_sessions_after"
+            );
         }
     }
 

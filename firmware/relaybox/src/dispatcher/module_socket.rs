@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate, Source};
-use relaybox_proto::module::{Limits, ModuleReply, ModuleRequest};
+use relaybox_proto::module::{Limits, ModuleFrame, ModuleReply};
 use relaybox_proto::FrameDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -127,12 +127,12 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
         };
         decoder.push(&buf[..n]);
         while let Some(frame) = decoder.next_frame() {
-            let reply = match frame.and_then(|f| ModuleRequest::parse(&f, &limits)) {
-                Ok(request) => {
+            let reply = match frame.and_then(|f| ModuleFrame::parse(f, &limits)) {
+                Ok(frame) => {
                     served = true;
-                    let kind = request.name();
-                    let call_id = request.call_id().to_string();
-                    let reply = dispatcher.handle_module_request(request).await;
+                    let kind = frame.request.name();
+                    let call_id = frame.request.call_id().to_string();
+                    let reply = dispatcher.handle_module_request(frame).await;
                     tracing::debug!(peer = %peer, call_id = %call_id, "{kind} -> {}", reply.encode().trim_end());
                     reply
                 }

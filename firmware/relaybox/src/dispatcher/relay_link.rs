@@ -14,6 +14,7 @@ use anyhow::Context;
 use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate};
 use relaybox_proto::headers::LineDecoder;
 use relaybox_proto::link::{LinkCommand, LinkRequest, RelayLine, PONG_LINE};
+use relaybox_proto::module::ModuleRequest;
 use relaybox_proto::{SessionStats, Summary};
 use relaybox_tls::{ClientAuth, Marker, PeerRole, Role, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,7 +130,8 @@ async fn accept(
     };
     // Logged once calls can go to it.
     dispatcher.add_relay(relay.clone());
-    tracing::info!(peer = %peer, subject = %relay.subject, "relay connected");
+    let tls = stream.get_ref().1.protocol_version().map_or_else(|| "?".to_string(), |v| format!("{v:?}"));
+    tracing::info!(peer = %peer, subject = %relay.subject, tls = %tls, "relay connected");
     // Learn the relay's media address and which calls it already holds.
     let startup = {
         let dispatcher = dispatcher.clone();
@@ -195,6 +197,10 @@ async fn run_link(
                 let Some(call) = call else { return Ok(()) };
                 let call_id = match &call.request {
                     LinkRequest::Remove(r) => Some(r.call_id.clone()),
+                    LinkRequest::Module(f) => match &f.request {
+                        ModuleRequest::Remove(r) => Some(r.call_id.clone()),
+                        ModuleRequest::Update(_) => None,
+                    },
                     _ => None,
                 };
                 let command = LinkCommand { seq, request: call.request };

@@ -55,7 +55,8 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
         relaybox_tls::check_passport(Some(passport), &identity)
             .with_context(|| format!("dispatcher certificate {} fails the passport", identity.subject_text))?;
     }
-    tracing::info!(dispatcher = %target, "connected to dispatcher");
+    let tls = stream.get_ref().1.protocol_version().map_or_else(|| "?".to_string(), |v| format!("{v:?}"));
+    tracing::info!(dispatcher = %target, tls = %tls, "connected to dispatcher");
     let (tx, mut outbound) = mpsc::unbounded_channel();
     let answers = tx.downgrade();
     let link_id = relay.register_link(tx);

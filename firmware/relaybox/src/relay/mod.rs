@@ -18,7 +18,7 @@ use relaybox_limits::{DescriptorBudget, Throttle};
 use relaybox_proto::link::{LinkRequest, RelayLine, UpdateReply};
 use relaybox_proto::module::RelayPorts;
 use relaybox_proto::stats::RelayStatus;
-use relaybox_proto::{SessionStats, Summary};
+use relaybox_proto::{PartyType, SessionStats, Summary};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::clock::Clock;
@@ -485,6 +485,13 @@ impl Relay {
                 if self.halting.load(Ordering::Relaxed) && !table.has_session(&update.call_id) {
                     return UpdateReply::Halting.payload();
                 }
+                let known = table.has_session(&update.call_id);
+                if !known && update.media.is_empty() && update.party == PartyType::Reply {
+                    // A reply without SDP for a call this relay does not
+                    // have: nothing to set up. MediaProxy answers `None`
+                    // and keeps no session.
+                    return UpdateReply::NoMedia.payload();
+                }
                 let ip = self.reply_ip(link_local, sdp_receiver(&update));
                 if let Some(item) = foreign_family(&update.media, ip) {
                     // One reply address serves one family: a relay address
@@ -540,6 +547,12 @@ impl Relay {
                 self.report_expired(expired);
                 self.wake.notify_one();
                 match result {
+                    Ok(_) if !known && update.media.is_empty() => {
+                        // A request without SDP opens a session that has no
+                        // streams yet: no ports to give (MediaProxy: `None`).
+                        lock(&self.origin).insert(update.call_id.clone(), link_id);
+                        UpdateReply::NoMedia.payload()
+                    }
                     Ok(mut ports) => {
                         for port in &mut ports {
                             // A pair may have moved more than once.
@@ -588,6 +601,9 @@ impl Relay {
                     }
                 }
             }
+            // The dispatcher's form of a module request; it arrives here
+            // parsed as Update/Remove.
+            LinkRequest::Module(frame) => self.handle(frame.request.into(), link_id, link_local),
             LinkRequest::Summary => self.summary(link_local).to_json(),
             LinkRequest::Sessions => {
                 // Live statistics include what the kernel forwarded so far.
