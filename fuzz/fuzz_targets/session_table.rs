@@ -137,7 +137,7 @@ impl Relay {
                 }
                 Event::FlowUp(flow) => self.flows.push(flow.id),
                 Event::FlowDown(id) => self.flows.retain(|f| *f != id),
-                Event::Expired(_) => {}
+                Event::Expired(_) | Event::Latched(_) => {}
             }
         }
         let total = usize::from(RANGE.1 - RANGE.0);

@@ -29,10 +29,8 @@ fn is_quoted(v: &str) -> bool {
 fuzz_target!(|input: (String, String)| {
     let (text, body) = input;
     let form: HashMap<String, String> = serde_urlencoded::from_str(&body).unwrap_or_default();
-    let options: Vec<(&str, Option<String>)> = NAMES
-        .iter()
-        .filter_map(|n| form.get(*n).map(|v| (*n, (!v.is_empty()).then(|| v.clone()))))
-        .collect();
+    let options: Vec<(&str, Option<String>)> =
+        NAMES.iter().filter_map(|n| form.get(*n).map(|v| (*n, (!v.is_empty()).then(|| v.clone())))).collect();
     let written = set_options(&text, "Relay", &options);
     let values = section_values(&written, "Relay");
     for (name, value) in &options {
