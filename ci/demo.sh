@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 check=no
 [ "${1:-}" = "--check" ] && check=yes
 
-ci/setup.sh >/dev/null
+ci/setup.sh --demo >/dev/null
 profile=release
 [ "$check" = yes ] && profile=debug   # the test run already built debug
 cargo build -q $([ $profile = release ] && echo --release) -p relaybox -p relaybox-ca

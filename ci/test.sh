@@ -18,6 +18,8 @@ echo "== build"
 cargo build --workspace --bins
 echo "== unit, property and daemon tests"
 cargo test --workspace --exclude relaybox-e2e
+echo "== fuzz targets (fuzz/, a bounded run of each from its committed corpus)"
+ci/fuzz.sh
 echo "== firmware: static binaries and board images"
 cargo xtask binaries
 for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image --board "$b"; done

@@ -12,10 +12,12 @@ use std::time::Duration;
 use relaybox_proto::SessionStats;
 use tokio::sync::Notify;
 
+#[cfg(feature = "database")]
 pub mod database;
 pub mod radius;
 mod spool;
 
+#[cfg(feature = "database")]
 pub use database::{DatabaseBackend, DatabaseSettings};
 pub use radius::{RadiusBackend, RadiusSettings};
 pub use spool::Spool;

@@ -1,6 +1,9 @@
 //! The session table as saved across a relay restart: plain data, encoded
-//! with postcard behind a magic and a format version. Encoding and decoding
-//! are pure; the daemon writes and reads the file.
+//! with postcard behind a magic and a format version, with its length and a
+//! CRC-32 after it, so a damaged file (a torn write, a flipped bit on the
+//! flash) is refused instead of restored into a table whose ports or
+//! answers are wrong. Encoding and decoding are pure; the daemon writes and
+//! reads the file.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +22,11 @@ const MAGIC: [u8; 4] = *b"RBSS";
 /// latch, the STUN sources and the learning window's start (RTP-bleed
 /// protection for parties behind NAT), and the username the proxy gave (a
 /// JSON `signaling_ip`).
-/// Formats 2 and 3 are still read (2 without a mark; both without the
+/// Format 4 files carry the body's length after the version and a CRC-32
+/// (IEEE) of everything before it at the end: `RBSS`, version, length (u32
+/// LE), body, CRC (u32 LE).
+/// Formats 2 and 3 (no length, no checksum: written by releases before
+/// format 4) are still read (2 without a mark; both without the
 /// format 4 fields, which start empty: a restored latch counts as a
 /// fallback until a source a rule vouches for moves it).
 const FORMAT_VERSION: u32 = 4;
@@ -104,6 +111,8 @@ pub enum SnapshotError {
     Version(u32),
     #[error("snapshot is damaged: {0}")]
     Malformed(String),
+    #[error("snapshot is damaged: its checksum is {stored:08x}, its contents give {computed:08x}")]
+    Checksum { stored: u32, computed: u32 },
 }
 
 impl Snapshot {
@@ -125,8 +134,14 @@ impl Snapshot {
         let mut out = Vec::with_capacity(64 + self.sessions.len() * 512);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
         // Serialising plain structs into a Vec cannot fail.
-        postcard::to_extend(self, out).unwrap_or_default()
+        let mut out = postcard::to_extend(self, out).unwrap_or_default();
+        let length = u32::try_from(out.len() - HEADER).unwrap_or(u32::MAX);
+        out[8..HEADER].copy_from_slice(&length.to_le_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
@@ -134,12 +149,37 @@ impl Snapshot {
         let (version, body) = rest.split_at_checked(4).ok_or(SnapshotError::NotASnapshot)?;
         let version = u32::from_le_bytes(version.try_into().map_err(|_| SnapshotError::NotASnapshot)?);
         match version {
-            FORMAT_VERSION => whole::<Snapshot>(body),
+            FORMAT_VERSION => whole::<Snapshot>(checked(bytes)?),
             FORMAT_WITHOUT_LATCH_RULES => whole::<SnapshotV3>(body).map(Snapshot::from),
             FORMAT_WITHOUT_CLOCK => whole::<SnapshotV2>(body).map(Snapshot::from),
             other => Err(SnapshotError::Version(other)),
         }
     }
+}
+
+/// `RBSS`, the version and the body's length.
+const HEADER: usize = 12;
+
+/// The body of a checksummed file (format 4 on), once its length and CRC
+/// match.
+fn checked(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    let short = || SnapshotError::Malformed(format!("{} bytes are too few for a snapshot", bytes.len()));
+    let (covered, crc) = bytes.split_at_checked(bytes.len().checked_sub(4).ok_or_else(short)?).ok_or_else(short)?;
+    let length = covered.get(8..HEADER).ok_or_else(short)?;
+    let length = u32::from_le_bytes(length.try_into().map_err(|_| short())?) as usize;
+    let body = &covered[HEADER..];
+    if body.len() != length {
+        return Err(SnapshotError::Malformed(format!(
+            "{} bytes of contents where the header says {length}",
+            body.len()
+        )));
+    }
+    let stored = u32::from_le_bytes(crc.try_into().map_err(|_| short())?);
+    let computed = crc32fast::hash(covered);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    Ok(body)
 }
 
 /// Decodes `body` as exactly one `T`.

@@ -390,9 +390,51 @@ fn boot_now() -> ([u8; 16], u64) {
     (id, t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000)
 }
 
+/// A state file as a relay whose clock started in 1970 leaves it: one call
+/// offered at its 00:01:40, the snapshot taken half a second later, in this
+/// boot.
+fn snapshot_of_one_call(ports: (u16, u16), call_id: &str) -> Vec<u8> {
+    use relaybox_core::{ClockMark, CoreConfig, SessionTable};
+    let mut table = SessionTable::new(CoreConfig { port_range: ports, ..CoreConfig::default() });
+    // The offer as the proxy module sends it.
+    let text = update("request", call_id, 1, "", &audio(4000));
+    let frame: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let relaybox_proto::ModuleRequest::Update(offer) =
+        relaybox_proto::ModuleRequest::parse(&frame, &relaybox_proto::module::Limits::default()).unwrap()
+    else {
+        unreachable!("an update")
+    };
+    table.update(&offer, "127.0.0.1".parse().unwrap(), 100_000).unwrap();
+    let (boot_id, since_boot_ms) = boot_now();
+    table.snapshot(ClockMark { at: 100_500, boot_id, since_boot_ms }).encode()
+}
+
+#[test]
+fn a_damaged_state_file_is_refused_and_kept_aside() {
+    let mut rig = Rig::new();
+    let d = rig.dispatcher("");
+    let (certs, _) = rig.certs("relay-certs-damaged", "relay1");
+    let ports = free_port_range(10);
+    let cfg = rig.relay_config(&certs, ports, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let state = text.lines().find_map(|l| l.strip_prefix("state_file = ")).unwrap().to_string();
+    let mut bytes = snapshot_of_one_call(ports, "damaged-call");
+    // One flipped bit in the middle of the call's data.
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let r = rig.spawn("relay", &cfg);
+    let warning = r.wait_log("session snapshot refused", Duration::from_secs(10));
+    assert!(warning.contains("snapshot is damaged"), "{warning}");
+    let log = d.wait_log("relay sessions adopted", Duration::from_secs(10));
+    assert!(log.contains("sessions=0"), "{log}");
+    assert_eq!(std::fs::read(format!("{state}.refused")).unwrap(), bytes, "kept aside as it was");
+    assert!(!management(rig.mgmt_port, "sessions").contains("damaged-call"));
+}
+
 #[test]
 fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved() {
-    use relaybox_core::{ClockMark, CoreConfig, SessionTable};
     // The snapshot of a relay whose clock started in 1970 (a board without
     // an RTC, before NTP): its call was offered at its 00:01:40, the
     // snapshot taken half a second later, both in this boot. The wall clock
@@ -405,19 +447,7 @@ fn a_restored_call_keeps_the_saved_relays_timescale_after_the_wall_clock_moved()
     let cfg = rig.relay_config(&certs, ports, "stream_timeout = 30");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let state = text.lines().find_map(|l| l.strip_prefix("state_file = ")).unwrap().to_string();
-    let mut table = SessionTable::new(CoreConfig { port_range: ports, ..CoreConfig::default() });
-    // The offer as the proxy module sends it.
-    let text = update("request", "from-1970", 1, "", &audio(4000));
-    let frame: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    let relaybox_proto::ModuleRequest::Update(offer) =
-        relaybox_proto::ModuleRequest::parse(&frame, &relaybox_proto::module::Limits::default()).unwrap()
-    else {
-        unreachable!("an update")
-    };
-    table.update(&offer, "127.0.0.1".parse().unwrap(), 100_000).unwrap();
-    let (boot_id, since_boot_ms) = boot_now();
-    let mark = ClockMark { at: 100_500, boot_id, since_boot_ms };
-    std::fs::write(&state, table.snapshot(mark).encode()).unwrap();
+    std::fs::write(&state, snapshot_of_one_call(ports, "from-1970")).unwrap();
 
     let _r = rig.spawn("relay", &cfg);
     let log = d.wait_log("relay sessions adopted", Duration::from_secs(10));

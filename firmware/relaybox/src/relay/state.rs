@@ -35,10 +35,29 @@ pub(crate) fn load(path: &Path, port_range: (u16, u16)) -> Option<Snapshot> {
         }
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(file = %path.display(), "session snapshot ignored: {e}");
+            // Kept for a look, out of the way of the next snapshot.
+            let aside = aside_path(path);
+            match std::fs::rename(path, &aside) {
+                Ok(()) => tracing::warn!(
+                    file = %path.display(),
+                    "session snapshot refused, starting without its calls: {e}; the file is kept as {}",
+                    aside.display()
+                ),
+                Err(re) => tracing::warn!(
+                    file = %path.display(),
+                    "session snapshot refused, starting without its calls: {e} (could not keep it aside: {re})"
+                ),
+            }
             None
         }
     }
+}
+
+/// Where a refused snapshot is kept: `<file>.refused` (one, the latest).
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".refused");
+    path.with_file_name(name)
 }
 
 fn temp_path(path: &Path) -> PathBuf {
