@@ -43,6 +43,24 @@ impl AcceptErrors {
         self.pause = FIRST_PAUSE;
     }
 
+    /// Calls `accept` until it succeeds: every error is logged and paused
+    /// ([`pause`](Self::pause)), none is returned.
+    pub async fn retry<T, F, Fut>(&mut self, mut accept: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = io::Result<T>>,
+    {
+        loop {
+            match accept().await {
+                Ok(accepted) => {
+                    self.accepted();
+                    return accepted;
+                }
+                Err(e) => self.pause(&e).await,
+            }
+        }
+    }
+
     /// Logs `error` (a WARN at most every [`WARN_PERIOD`], with how many
     /// were left out) and waits before the next accept.
     pub async fn pause(&mut self, error: &io::Error) {
@@ -62,6 +80,23 @@ impl AcceptErrors {
         }
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(LONGEST_PAUSE);
+    }
+}
+
+/// The next TCP connection that `gate` admits (per source address and in
+/// total), with its place in the gate. Accept errors (out of file
+/// descriptors, say) are logged and paused, never returned: no accept error
+/// ends a daemon. Refused connections are closed at once.
+pub async fn next_tcp(
+    listener: &tokio::net::TcpListener,
+    gate: &std::sync::Arc<crate::Gate>,
+    errors: &mut AcceptErrors,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, crate::Admission) {
+    loop {
+        let (tcp, peer) = errors.retry(|| listener.accept()).await;
+        if let Some(admission) = gate.admit(crate::Source::from_ip(peer.ip()), &peer) {
+            return (tcp, peer, admission);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ mod gate;
 mod nofile;
 mod throttle;
 
-pub use accept::{is_exhaustion, AcceptErrors};
+pub use accept::{is_exhaustion, next_tcp, AcceptErrors};
 pub use gate::{Admission, ConnectionLimits, Gate, Refusal, Source};
 pub use nofile::{nofile, raise_and_check, raise_nofile, BudgetError, DescriptorBudget, NofileLimit};
 pub use throttle::Throttle;

@@ -20,10 +20,10 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use relaybox_config::WebConfig;
-use relaybox_limits::{AcceptErrors, Admission, ConnectionLimits, Gate, Source};
+use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::app::ClientIp;
@@ -46,25 +46,6 @@ impl Limits {
                 per_source_setting: "[Web] max_connections_per_ip",
             },
             handshake_timeout: web.handshake_timeout,
-        }
-    }
-}
-
-/// The next connection `gate` admits; accept errors are logged and paused.
-async fn next_connection(
-    listener: &TcpListener,
-    gate: &Arc<Gate>,
-    errors: &mut AcceptErrors,
-) -> (TcpStream, SocketAddr, Admission) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                errors.accepted();
-                if let Some(admission) = gate.admit(Source::from_ip(peer.ip()), &peer) {
-                    return (tcp, peer, admission);
-                }
-            }
-            Err(e) => errors.pause(&e).await,
         }
     }
 }
@@ -136,7 +117,7 @@ pub async fn serve_https(listener: TcpListener, tls: Arc<TlsHolder>, router: Rou
     let gate = Gate::new("web page (HTTPS)", limits.connections);
     let mut errors = AcceptErrors::new("web page (HTTPS)");
     loop {
-        let (tcp, peer, admission) = next_connection(&listener, &gate, &mut errors).await;
+        let (tcp, peer, admission) = relaybox_limits::next_tcp(&listener, &gate, &mut errors).await;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
         let router = router.clone();
         tokio::spawn(async move {
@@ -192,7 +173,7 @@ pub async fn serve_redirect(listener: TcpListener, https: SocketAddr, limits: Li
     let gate = Gate::new("web page (HTTP)", limits.connections);
     let mut errors = AcceptErrors::new("web page (HTTP)");
     loop {
-        let (tcp, _, admission) = next_connection(&listener, &gate, &mut errors).await;
+        let (tcp, _, admission) = relaybox_limits::next_tcp(&listener, &gate, &mut errors).await;
         tokio::spawn(async move {
             let _admission = admission;
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {

@@ -78,7 +78,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::new("management port");
         loop {
-            let (tcp, peer, admission) = super::next_connection(&listener, &gate, &mut errors).await;
+            let (tcp, peer, admission) = relaybox_limits::next_tcp(&listener, &gate, &mut errors).await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.clone();
             let views = views.clone();

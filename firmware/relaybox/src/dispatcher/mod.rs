@@ -16,7 +16,7 @@ use anyhow::Context;
 use rand::seq::SliceRandom;
 use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
 use relaybox_config::{AccountingBackend, Config};
-use relaybox_limits::{AcceptErrors, Admission, DescriptorBudget, Gate, Source};
+use relaybox_limits::DescriptorBudget;
 use relaybox_proto::link::{LinkRequest, UpdateReply};
 use relaybox_proto::module::{ModuleFrame, ModuleReply, ModuleRequest, RemoveRequest, UpdateRequest};
 use relaybox_proto::{SessionStats, Summary};
@@ -676,28 +676,6 @@ impl Dispatcher {
             SessionStats::list_to_json(&out)
         };
         tokio::task::spawn_blocking(merge).await.unwrap_or_else(|_| "[]".to_string())
-    }
-}
-
-/// The next TCP connection that `gate` admits (per source address and in
-/// total), with its place in the gate. Accept errors (out of file
-/// descriptors, say) are logged and paused, never returned: no accept error
-/// ends the dispatcher. Refused connections are closed at once.
-pub(crate) async fn next_connection(
-    listener: &tokio::net::TcpListener,
-    gate: &Arc<Gate>,
-    errors: &mut AcceptErrors,
-) -> (tokio::net::TcpStream, std::net::SocketAddr, Admission) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                errors.accepted();
-                if let Some(admission) = gate.admit(Source::from_ip(peer.ip()), &peer) {
-                    return (tcp, peer, admission);
-                }
-            }
-            Err(e) => errors.pause(&e).await,
-        }
     }
 }
 

@@ -57,16 +57,7 @@ pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<an
             // No accept error ends the dispatcher: out of descriptors, it
             // waits and accepts again (the proxy's connection waits in the
             // backlog meanwhile).
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    errors.accepted();
-                    stream
-                }
-                Err(e) => {
-                    errors.pause(&e).await;
-                    continue;
-                }
-            };
+            let (stream, _) = errors.retry(|| listener.accept()).await;
             let (peer, source) = peer_of(&stream);
             let Some(admission) = gate.admit(source, &peer) else { continue };
             let dispatcher = dispatcher.clone();

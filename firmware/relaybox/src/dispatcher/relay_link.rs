@@ -56,7 +56,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::new("relay port");
         loop {
-            let (tcp, peer, admission) = super::next_connection(&listener, &gate, &mut errors).await;
+            let (tcp, peer, admission) = relaybox_limits::next_tcp(&listener, &gate, &mut errors).await;
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {

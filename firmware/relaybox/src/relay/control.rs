@@ -71,16 +71,7 @@ async fn serve(relay: Arc<Relay>, listener: UnixListener) {
     );
     let mut errors = AcceptErrors::new("control socket");
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                errors.accepted();
-                stream
-            }
-            Err(e) => {
-                errors.pause(&e).await;
-                continue;
-            }
-        };
+        let (stream, _) = errors.retry(|| listener.accept()).await;
         let source = stream.peer_cred().map_or(Source::Unknown, |c| Source::Uid(c.uid()));
         let Some(admission) = gate.admit(source, &source) else { continue };
         let relay = relay.clone();
