@@ -12,6 +12,7 @@ PACKAGES=(
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony curl
+  debootstrap systemd
 )
 
 missing=()

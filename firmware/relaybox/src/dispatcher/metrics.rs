@@ -154,7 +154,8 @@ impl Metrics {
         for result in ["ok", "failed"] {
             let _ = dialogs_ended.get_or_create(&[("result", result)]);
         }
-        for outcome in [Attempt::Ports, Attempt::Error, Attempt::Halting, Attempt::BadAnswer, Attempt::Timeout, Attempt::Gone]
+        for outcome in
+            [Attempt::Ports, Attempt::Error, Attempt::Halting, Attempt::BadAnswer, Attempt::Timeout, Attempt::Gone]
         {
             let _ = relay_attempts.get_or_create(&[("result", outcome.as_str())]);
         }

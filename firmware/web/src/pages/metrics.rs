@@ -85,7 +85,12 @@ fn relay_metrics(r: &mut Registry, m: Option<&Value>) {
             .map(|(k, v)| (labels("status", k), v as u64)),
     );
     let datapath = s["datapath"].as_str().unwrap_or("unknown");
-    gauges(r, "relaybox_datapath", "Which datapath forwards media (1 for the one in use)", &[(labels("mode", datapath), 1)]);
+    gauges(
+        r,
+        "relaybox_datapath",
+        "Which datapath forwards media (1 for the one in use)",
+        &[(labels("mode", datapath), 1)],
+    );
     gauge(r, "relaybox_uptime_seconds", "Seconds since the relay started", n(&s["uptime"]));
     gauge(r, "relaybox_sessions", "Sessions (calls) held", n(&s["session_count"]));
     let mut streams: Vec<(Labels, u64)> = s["stream_count"]
@@ -144,7 +149,12 @@ pub fn render_logins(stats: &LoginStats) -> String {
 
 fn login_metrics(r: &mut Registry, stats: &LoginStats) {
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    counter(r, "relaybox_web_password_checks", "Login passwords checked (argon2 runs) by the web page", n(&stats.checks));
+    counter(
+        r,
+        "relaybox_web_password_checks",
+        "Login passwords checked (argon2 runs) by the web page",
+        n(&stats.checks),
+    );
     let refused = Family::<Labels, Counter>::default();
     refused.get_or_create(&labels("reason", "address")).inc_by(n(&stats.refused_address));
     refused.get_or_create(&labels("reason", "busy")).inc_by(n(&stats.refused_busy));
