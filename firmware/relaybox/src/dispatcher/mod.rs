@@ -1,6 +1,7 @@
 //! The dispatcher: answers the proxy module on a UNIX socket, forwards each
 //! request to a relay over the TLS link, keeps which relay holds which call,
-//! accounts finished sessions, and serves the management port.
+//! accounts finished sessions, and serves the management port and (with
+//! `metrics_listen`) the Prometheus exporter (`metrics.rs`).
 //!
 //! Trust: a relay is believed only about the calls it holds. Its `expired`
 //! reports, `remove` answers and `sessions` lists are checked against the
