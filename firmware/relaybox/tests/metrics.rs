@@ -252,3 +252,57 @@ fn every_metric_the_grafana_dashboard_uses_is_exported() {
     assert!(missing.is_empty(), "the dashboard uses metrics nobody exports:\n{}", missing.join("\n"));
     assert!(used.len() >= 25, "{used:?}");
 }
+
+/// The proxy's management socket (Kamailio jsonrpcs over a datagram
+/// socket): the first dialog-end request succeeds, the rest are refused.
+fn fake_proxy(path: &std::path::Path) -> std::thread::JoinHandle<usize> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        for n in 0..2 {
+            let Ok((len, from)) = socket.recv_from(&mut buf) else { return n };
+            let request: serde_json::Value = serde_json::from_slice(&buf[..len]).unwrap();
+            let answer = if n == 0 {
+                serde_json::json!({"jsonrpc": "2.0", "result": "ok", "id": request["id"]})
+            } else {
+                serde_json::json!({"jsonrpc": "2.0", "error": {"code": 404, "message": "no such dialog"}, "id": request["id"]})
+            };
+            let _ = socket.send_to(answer.to_string().as_bytes(), from.as_pathname().unwrap());
+        }
+        2
+    })
+}
+
+#[test]
+fn dialogs_ended_through_the_proxy_are_counted_by_result() {
+    let mut rig = Rig::new();
+    let port = free_port();
+    let proxy = fake_proxy(&rig.path("proxy.sock"));
+    let extra = format!("[OpenSIPS]\nsocket_path = {}\nproxy = kamailio\n", rig.path("proxy.sock").display());
+    let d = rig.dispatcher(&metrics_config(port, &extra));
+    // No media is ever sent: both answered calls expire after 2 s.
+    let (_r, _) = rig.relay(&d, "relay1", "stream_timeout = 2");
+    let mut m = Module::connect(&rig.socket);
+    for call in ["c1", "c2"] {
+        assert!(!m.request(&update("request", call, 1, "", &audio(4000))).0.starts_with("error"));
+        assert!(!m.request(&update("reply", call, 1, "tt", &audio(4002))).0.starts_with("error"));
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (_, _, text) = http(addr, "GET", "/metrics");
+        let ended: f64 = ["ok", "failed"]
+            .iter()
+            .filter_map(|r| sample(&text, &format!("relaybox_dispatcher_dialogs_ended_total{{result=\"{r}\"}}")))
+            .sum();
+        if ended >= 2.0 || Instant::now() > until {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(proxy.join().unwrap(), 2, "the proxy got both requests");
+    assert_eq!(sample(&text, r#"relaybox_dispatcher_dialogs_ended_total{result="ok"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"relaybox_dispatcher_dialogs_ended_total{result="failed"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"relaybox_dispatcher_sessions_accounted_total{how="expired"}"#), Some(2.0), "{text}");
+}
