@@ -26,6 +26,7 @@ TESTS=(
   chrony
   python3-twisted python3-zope.interface python3-venv python3-dev libnetfilter-conntrack-dev libiptc-dev iptables
   libgnutls30 openssl
+  debootstrap systemd
 )
 
 demo=no

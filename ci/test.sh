@@ -23,8 +23,10 @@ ci/fuzz.sh
 echo "== firmware: static binaries and board images"
 cargo xtask binaries
 for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image --board "$b"; done
+echo "== proxy host: the .deb (cargo xtask deb) installed in a debootstrap bookworm root, a call through its units"
+cargo test -p xtask --test deb -- --ignored --nocapture
 echo "== firmware: QEMU boot tests (x86_64 and aarch64)"
-cargo test -p xtask -- --ignored --test-threads=1 --nocapture
+cargo test -p xtask -- --ignored --test-threads=1 --nocapture --skip debian_package
 echo "== accounting against real PostgreSQL, MariaDB and FreeRADIUS servers"
 cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
 cargo test -p relaybox-accounting --test radius -- --ignored --test-threads=1

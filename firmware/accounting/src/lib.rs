@@ -62,6 +62,8 @@ impl Default for Retry {
 }
 
 struct Queue {
+    /// The backend's name (its spool sub-directory).
+    name: String,
     spool: Spool,
     wake: Notify,
 }
@@ -91,7 +93,7 @@ impl Accounting {
             if pending > 0 {
                 tracing::info!(backend = backend.name(), pending, "accounting: records left in the spool, delivering");
             }
-            let queue = Arc::new(Queue { spool, wake: Notify::new() });
+            let queue = Arc::new(Queue { name: backend.name().to_string(), spool, wake: Notify::new() });
             tokio::spawn(deliver(queue.clone(), backend, retry));
             queues.push(queue);
         }
@@ -121,6 +123,12 @@ impl Accounting {
     /// Records not delivered yet, over all backends.
     pub fn pending(&self) -> usize {
         self.queues.iter().map(|q| q.spool.held()).sum()
+    }
+
+    /// Records not delivered yet, per backend (by name), in the order the
+    /// backends were configured.
+    pub fn pending_by_backend(&self) -> Vec<(String, usize)> {
+        self.queues.iter().map(|q| (q.name.clone(), q.spool.held())).collect()
     }
 
     /// The spool directories, for status output.
@@ -267,6 +275,7 @@ mod tests {
             acc.record(&stats(&format!("c{i}")));
         }
         assert_eq!(acc.pending(), 3, "the spool stops at spool_max_records");
+        assert_eq!(acc.pending_by_backend(), [("flaky".to_string(), 3)]);
         backend.fail.store(0, Ordering::SeqCst);
         for _ in 0..400 {
             if acc.pending() == 0 {

@@ -37,7 +37,7 @@ pub use settings::{
 pub use system::{
     ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
 };
-pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
+pub use value::{AccountingBackend, Group, HostPort, LogLevel, PortRange, ValueError};
 
 use settings::{options_of, RENAMED};
 use value::Parsed;
@@ -51,6 +51,8 @@ pub const MEDIAPROXY_RUNTIME_DIR: &str = "/var/run/mediaproxy";
 pub const DEFAULT_DISPATCHER_PORT: u16 = 25060;
 /// The management interface's port when `listen_management` names none.
 pub const DEFAULT_MANAGEMENT_PORT: u16 = 25061;
+/// The dispatcher's Prometheus port when `metrics_listen` names none.
+pub const DEFAULT_METRICS_PORT: u16 = 9461;
 
 pub(crate) fn default_config_dir() -> PathBuf {
     Path::new(DEFAULT_CONFIG_PATH).parent().expect("absolute default path").to_path_buf()

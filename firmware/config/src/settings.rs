@@ -11,8 +11,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::passport::Passport;
-use crate::value::{self, unset, AccountingBackend, HostPort, LogLevel, Parsed, PortRange, ValueError};
-use crate::{DEFAULT_DISPATCHER_PORT, DEFAULT_MANAGEMENT_PORT, MEDIAPROXY_RUNTIME_DIR};
+use crate::value::{self, unset, AccountingBackend, Group, HostPort, LogLevel, Parsed, PortRange, ValueError};
+use crate::{DEFAULT_DISPATCHER_PORT, DEFAULT_MANAGEMENT_PORT, DEFAULT_METRICS_PORT, MEDIAPROXY_RUNTIME_DIR};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -93,6 +93,11 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Dispatcher", "management_allow_anonymous"),
     ext("Dispatcher", "end_adopted_dialogs"),
     ext("Dispatcher", "refusal_log_limit"),
+    ext("Dispatcher", "socket_group"),
+    ext("Dispatcher", "socket_mode"),
+    ext("Dispatcher", "metrics_listen"),
+    ext("Dispatcher", "max_metrics_connections"),
+    ext("Dispatcher", "max_metrics_connections_per_ip"),
     mp("TLS", "certs_path"),
     mp("TLS", "verify_interval"),
     ext("TLS", "accept_unmarked_certificates"),
@@ -431,6 +436,21 @@ pub struct DispatcherConfig {
     /// the relay does not hold) logged one by one per relay and minute; the
     /// rest are counted in one line a minute (10).
     pub refusal_log_limit: u32,
+    /// relaybox: the group the module socket is given (`None`, the
+    /// default: the dispatcher's own group). With `socket_mode = 0660`,
+    /// only that group's members (the proxy's user) can connect.
+    pub socket_group: Option<Group>,
+    /// relaybox: the module socket's permission bits (0666, as
+    /// MediaProxy's: every local user can connect).
+    pub socket_mode: u32,
+    /// relaybox: address of the Prometheus exporter (plain HTTP, `GET
+    /// /metrics`), `ip[:port]` with port 9461 by default; `None` (the
+    /// default): no exporter.
+    pub metrics_listen: Option<SocketAddr>,
+    /// relaybox: most connections to the metrics port at once (16), and
+    /// from one address (an IPv6 /64) at once (4).
+    pub max_metrics_connections: usize,
+    pub max_metrics_connections_per_ip: usize,
 }
 
 impl Default for DispatcherConfig {
@@ -467,6 +487,11 @@ impl Default for DispatcherConfig {
             management_allow_anonymous: false,
             end_adopted_dialogs: false,
             refusal_log_limit: 10,
+            socket_group: None,
+            socket_mode: 0o666,
+            metrics_listen: None,
+            max_metrics_connections: 16,
+            max_metrics_connections_per_ip: 4,
         }
     }
 }
@@ -513,6 +538,15 @@ impl DispatcherConfig {
             "management_allow_anonymous" => self.management_allow_anonymous = value::boolean(v)?,
             "end_adopted_dialogs" => self.end_adopted_dialogs = value::boolean(v)?,
             "refusal_log_limit" => self.refusal_log_limit = value::count(v, 0, 1_000_000)? as u32,
+            "socket_group" => self.socket_group = if unset(v) { None } else { Some(value::group(v)?) },
+            "socket_mode" => self.socket_mode = value::file_mode(v)?,
+            "metrics_listen" => {
+                self.metrics_listen = if unset(v) { None } else { Some(value::listen_addr(v, DEFAULT_METRICS_PORT)?) }
+            }
+            "max_metrics_connections" => self.max_metrics_connections = value::count(v, 1, 65_536)? as usize,
+            "max_metrics_connections_per_ip" => {
+                self.max_metrics_connections_per_ip = value::count(v, 1, 65_536)? as usize
+            }
             _ => return unknown(name),
         }
         Ok(())
@@ -946,7 +980,9 @@ mod tests {
             "routable_private_ranges" | "signaling_proxies" => "10.0.0.0/8",
             "latching_window" => "2.5",
             "log_level" => "INFO",
-            "listen" | "listen_management" | "http_listen" => "127.0.0.1",
+            "listen" | "listen_management" | "http_listen" | "metrics_listen" => "127.0.0.1",
+            "socket_group" => "kamailio",
+            "socket_mode" => "0660",
             "metrics" | "metrics_lan_only" => "no",
             "session_timeout" => "600",
             "max_body" => "8192",

@@ -422,6 +422,49 @@ impl fmt::Display for LogLevel {
     }
 }
 
+/// A UNIX group, by name or by number (`[Dispatcher] socket_group`). The
+/// name is looked up by the daemon when it creates the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Group {
+    Name(String),
+    Id(u32),
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Group::Name(n) => f.write_str(n),
+            Group::Id(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// A group name as `groupadd` takes it (letters, digits, `_`, `-`, `.`,
+/// not starting with `-`, at most 32 characters) or a group id.
+pub(crate) fn group(v: &str) -> Parsed<Group> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<u32>().map(Group::Id).map_err(|_| ValueError(format!("group id {v} is too large")));
+    }
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && !v.starts_with('-')
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if !ok {
+        return err(format!("expected a group name or id, got {v:?}"));
+    }
+    Ok(Group::Name(v.to_string()))
+}
+
+/// Permission bits written in octal, as chmod takes them (`0660`, `660`),
+/// at most `0777`.
+pub(crate) fn file_mode(v: &str) -> Parsed<u32> {
+    let digits = v.strip_prefix("0o").unwrap_or(v);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => err(format!("expected permission bits in octal from 0 to 0777 (e.g. 0660), got {v:?}")),
+    }
+}
+
 /// Where the dispatcher writes the record of a finished session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccountingBackend {
@@ -563,6 +606,22 @@ mod tests {
         assert_eq!(dispatchers(""), Ok(vec![]));
         assert_eq!(dispatchers("None"), Ok(vec![]));
         assert!(dispatchers("a.example a.example:25060").unwrap_err().0.contains("twice"));
+    }
+
+    #[test]
+    fn groups_and_modes() {
+        assert_eq!(group("relaybox"), Ok(Group::Name("relaybox".into())));
+        assert_eq!(group("kamailio-users.1"), Ok(Group::Name("kamailio-users.1".into())));
+        assert_eq!(group("115"), Ok(Group::Id(115)));
+        for bad in ["", "-x", "a b", "a:b", "99999999999", &"g".repeat(33)] {
+            assert!(group(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(file_mode("0660"), Ok(0o660));
+        assert_eq!(file_mode("666"), Ok(0o666));
+        assert_eq!(file_mode("0o600"), Ok(0o600));
+        for bad in ["", "0888", "1777", "rw-rw----", "0x1b6"] {
+            assert!(file_mode(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

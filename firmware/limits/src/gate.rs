@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{Throttle, WARN_PERIOD};
@@ -75,6 +76,8 @@ pub struct Gate {
     limits: ConnectionLimits,
     state: Mutex<State>,
     refusals: Throttle,
+    /// Connections refused so far (for metrics).
+    refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -112,7 +115,13 @@ impl Drop for Admission {
 impl Gate {
     /// `listener` names the listener in log lines ("management port").
     pub fn new(listener: &'static str, limits: ConnectionLimits) -> Arc<Gate> {
-        Arc::new(Gate { listener, limits, state: Mutex::new(State::default()), refusals: Throttle::new(WARN_PERIOD) })
+        Arc::new(Gate {
+            listener,
+            limits,
+            state: Mutex::new(State::default()),
+            refusals: Throttle::new(WARN_PERIOD),
+            refused: AtomicU64::new(0),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -128,6 +137,16 @@ impl Gate {
         self.lock().open
     }
 
+    /// The name given at [`Gate::new`].
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    /// Connections refused since the gate was made (either cap).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Connections open now from `source`.
     pub fn open_from(&self, source: Source) -> usize {
         self.lock().by_source.get(&source).copied().unwrap_or(0)
@@ -138,9 +157,11 @@ impl Gate {
         let mut state = self.lock();
         let from_source = state.by_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.limits.per_source {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::PerSource { limit: self.limits.per_source, setting: self.limits.per_source_setting });
         }
         if state.open >= self.limits.total {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Total { limit: self.limits.total, setting: self.limits.total_setting });
         }
         state.open += 1;
@@ -194,6 +215,7 @@ mod tests {
         let _b1 = g.try_admit(b).unwrap();
         assert_eq!(g.try_admit(c).unwrap_err(), Refusal::Total { limit: 3, setting: "t" });
         assert_eq!((g.open(), g.open_from(a)), (3, 2));
+        assert_eq!(g.refused(), 2, "both refusals counted");
         drop(a1);
         assert_eq!((g.open(), g.open_from(a)), (2, 1));
         let c1 = g.try_admit(c).unwrap();

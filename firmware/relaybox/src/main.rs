@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         action: Option<WebAction>,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell) on standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (relaybox.1 and one per command) into DIR; the
+    /// Debian package is built with them (cargo xtask deb).
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -108,8 +115,30 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).with_context(|| format!("loading {}", path.display()))
 }
 
+/// `completions` and `man-pages`: made from the command line's definition,
+/// no config file needed.
+fn documentation(command: &Command) -> Option<anyhow::Result<()>> {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "relaybox", &mut script);
+            Some(std::io::Write::write_all(&mut std::io::stdout(), &script).context("writing the script"))
+        }
+        Command::ManPages { dir } => Some(
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                .with_context(|| format!("writing the manual pages into {}", dir.display())),
+        ),
+        _ => None,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(done) = documentation(&cli.command) {
+        return done;
+    }
     if let Command::Clock(args) = cli.command {
         // The clock needs no config file: a broken one must not stop it.
         init_tracing(LogLevel::Info);
@@ -119,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let config = load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
-        Command::Clock(_) => unreachable!("handled above"),
+        Command::Clock(_) | Command::Completions { .. } | Command::ManPages { .. } => unreachable!("handled above"),
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             descriptors("relay", &relay::descriptor_budget(&config))?;

@@ -100,6 +100,12 @@ enum Command {
         #[arg(long, default_value = "relaybox demo")]
         org: String,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell) on standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (relaybox-ca.1 and one per command) into DIR.
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -148,6 +154,18 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "relaybox-ca", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).context("writing the script")?;
+        }
+        Command::ManPages { dir } => {
+            use clap::CommandFactory;
+            fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+        }
         Command::Init { dir, cn, org, days } => {
             if dir.join(CA_KEY_FILE).exists() || dir.join(CA_CERT_FILE).exists() {
                 bail!("{}: a CA already exists there; refusing to overwrite it", dir.display());

@@ -29,7 +29,7 @@ pub fn ensure_arch(arch: &str) -> Result<()> {
 /// The Debian mirror and release this machine's apt uses: the first
 /// `URIs:`/`deb` line of its sources (deb.debian.org when none) and
 /// `VERSION_CODENAME` of /etc/os-release.
-fn mirror_and_suite() -> (String, String) {
+pub fn mirror_and_suite() -> (String, String) {
     let suite = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {

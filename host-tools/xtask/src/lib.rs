@@ -1,6 +1,6 @@
 //! relaybox's project chores as a library, so that `cargo xtask` and the
 //! integration tests share one implementation: cross-building the static
-//! `relaybox` binary, reading `board/*/board.conf`, fetching the Debian
+//! `relaybox` binary, the proxy host's Debian package, reading `board/*/board.conf`, fetching the Debian
 //! kernel and busybox, writing the initramfs (newc cpio) and the disk
 //! images, and booting them in QEMU with a scriptable serial console.
 //!
@@ -10,6 +10,7 @@
 pub mod board;
 pub mod build;
 pub mod cpio;
+pub mod deb;
 pub mod debs;
 pub mod disk;
 pub mod image;

@@ -4,6 +4,7 @@
 //! - `cargo xtask image --board NAME` — initramfs and disk image under target/images/NAME
 //! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
 //! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it and wait until the relay runs
+//! - `cargo xtask deb` — the proxy host's Debian package (target/debian/relaybox_*.deb)
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,6 +27,9 @@ struct Cli {
 enum Cmd {
     /// Build the static relaybox binaries for both architectures.
     Binaries,
+    /// Build the proxy host's Debian package (relaybox, relaybox-ca, units,
+    /// man pages, completions) into target/debian.
+    Deb,
     /// Build the firmware image of a board.
     Image {
         #[arg(long)]
@@ -78,6 +82,10 @@ fn main() -> Result<()> {
             for arch in [Arch::X86_64, Arch::Aarch64] {
                 xtask::build::relaybox(arch.rust_target())?;
             }
+        }
+        Cmd::Deb => {
+            let deb = xtask::deb::build()?;
+            println!("{}", deb.display());
         }
         Cmd::Image { board } => {
             xtask::image::build(&board)?;

@@ -74,6 +74,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
         summary: Refresher::new(cfg.management_refresh_interval),
         sessions: Refresher::new(cfg.management_refresh_interval),
     });
+    dispatcher.metrics.watch(&gate);
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::new("management port");

@@ -1,6 +1,7 @@
 //! The dispatcher: answers the proxy module on a UNIX socket, forwards each
 //! request to a relay over the TLS link, keeps which relay holds which call,
-//! accounts finished sessions, and serves the management port.
+//! accounts finished sessions, and serves the management port and (with
+//! `metrics_listen`) the Prometheus exporter (`metrics.rs`).
 //!
 //! Trust: a relay is believed only about the calls it holds. Its `expired`
 //! reports, `remove` answers and `sessions` lists are checked against the
@@ -25,8 +26,11 @@ use tokio::time::Instant;
 
 mod dialogs;
 mod management;
+mod metrics;
 mod module_socket;
 mod relay_link;
+
+use metrics::{Attempt, Metrics};
 
 /// One connected relay as the dispatcher sees it.
 #[derive(Clone)]
@@ -159,6 +163,8 @@ pub(crate) struct Dispatcher {
     relays: Mutex<Vec<RelayHandle>>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     next_relay_id: std::sync::atomic::AtomicU64,
+    /// What the Prometheus exporter reports (`[Dispatcher] metrics_listen`).
+    pub metrics: Metrics,
 }
 
 #[derive(Debug)]
@@ -216,6 +222,7 @@ impl Dispatcher {
             relays: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             next_relay_id: std::sync::atomic::AtomicU64::new(1),
+            metrics: Metrics::new(),
         }))
     }
 
@@ -326,6 +333,7 @@ impl Dispatcher {
         let call_id = update.call_id.clone();
         let candidates = self.candidates(update);
         if candidates.is_empty() {
+            self.metrics.update_without_relay();
             tracing::warn!(call_id = %call_id, "update: no relay available; the proxy leaves the SDP as it is");
             return ModuleReply::Error;
         }
@@ -340,10 +348,20 @@ impl Dispatcher {
             let reply = match answer {
                 Ok(payload) => UpdateReply::parse(&payload),
                 Err(e) => {
+                    self.metrics.relay_attempt(match e {
+                        RelayCallError::Gone => Attempt::Gone,
+                        RelayCallError::Timeout => Attempt::Timeout,
+                    });
                     tracing::warn!(call_id = %call_id, relay = %relay.ip, "update: relay did not answer ({e:?}), trying the next");
                     continue;
                 }
             };
+            self.metrics.relay_attempt(match &reply {
+                Ok(UpdateReply::Ports(_) | UpdateReply::NoMedia) => Attempt::Ports,
+                Ok(UpdateReply::Halting) => Attempt::Halting,
+                Ok(UpdateReply::Error) => Attempt::Error,
+                Err(_) => Attempt::BadAnswer,
+            });
             let answer = match &reply {
                 Ok(UpdateReply::Ports(ports)) => Some(ModuleReply::Ports(ports.clone())),
                 // MediaProxy's dispatcher keeps the call on that relay too.
@@ -455,6 +473,7 @@ impl Dispatcher {
 
     /// Logs a refused report of `relay` (rate-limited per relay).
     fn refuse(&self, relay: &RelayHandle, call_id: &str, what: &str, reason: &str) {
+        self.metrics.report_refused();
         let limit = self.config.dispatcher.refusal_log_limit;
         let mut refusals = relay.refusals.lock().unwrap_or_else(|e| e.into_inner());
         if refusals.admit(Instant::now(), limit, relay) {
@@ -519,6 +538,7 @@ impl Dispatcher {
         let how = if expired { "expired" } else { "removed" };
         tracing::info!(call_id = %stats.call_id, relay = %relay.ip, "session {how} and accounted: {}", stats.to_json());
         self.accounting.record(&stats);
+        self.metrics.session_accounted(expired);
         if !expired {
             return;
         }
@@ -553,12 +573,17 @@ impl Dispatcher {
     /// Asks the proxy to end the dialog of an expired call.
     fn end_dialog(&self, dialog_id: String, call_id: String) {
         let closer = self.dialogs.clone();
+        let ended = self.metrics.dialogs_ended();
         tokio::spawn(async move {
             match closer.end(&dialog_id).await {
                 Ok(answer) => {
+                    ended.count(true);
                     tracing::info!(call_id = %call_id, dialog_id = %dialog_id, "dialog ended by the proxy: {answer}")
                 }
-                Err(e) => tracing::warn!(call_id = %call_id, dialog_id = %dialog_id, "could not end the dialog: {e}"),
+                Err(e) => {
+                    ended.count(false);
+                    tracing::warn!(call_id = %call_id, dialog_id = %dialog_id, "could not end the dialog: {e}")
+                }
             }
         });
     }
@@ -686,6 +711,10 @@ pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
         .add("module connections ([Dispatcher] max_module_connections)", d.max_module_connections as u64)
         .add("relay connections ([Dispatcher] max_relay_connections)", d.max_relay_connections as u64)
         .add("management connections ([Dispatcher] max_management_connections)", d.max_management_connections as u64)
+        .add(
+            "metrics connections ([Dispatcher] max_metrics_connections, when metrics_listen is set)",
+            if d.metrics_listen.is_some() { d.max_metrics_connections as u64 } else { 0 },
+        )
         .add("the proxy's management socket ([OpenSIPS] max_connections)", config.opensips.max_connections as u64)
         .add("listeners, accounting, spool files and the runtime", 64)
 }
@@ -710,12 +739,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let module = module_socket::bind(&dispatcher).context("module socket")?;
     let relays = relay_link::bind(&dispatcher).await.context("relay TLS port")?;
     let management = management::bind(&dispatcher).await.context("management port")?;
+    let metrics = metrics::bind(&dispatcher).await.context("metrics port")?;
     tracing::info!(
         socket = %dispatcher.config.dispatcher.socket_path.display(),
         relays = %dispatcher.config.dispatcher.listen,
         management = %dispatcher.config.dispatcher.listen_management,
+        metrics = %dispatcher.config.dispatcher.metrics_listen.map_or("off".to_string(), |a| a.to_string()),
         "dispatcher ready"
     );
+    let metrics = async move {
+        match metrics {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     let janitor = {
         let dispatcher = dispatcher.clone();
         tokio::spawn(async move {
@@ -732,6 +769,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         r = module => r.context("module socket task")??,
         r = relays => r.context("relay listener task")??,
         r = management => r.context("management task")??,
+        r = metrics => r.context("metrics task")??,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, exiting"),
         _ = term.recv() => tracing::info!("terminated, exiting"),
     }

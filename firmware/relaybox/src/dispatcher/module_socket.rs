@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
+use relaybox_config::Group;
 use relaybox_limits::{AcceptErrors, ConnectionLimits, Gate, Source};
 use relaybox_proto::module::{Limits, ModuleFrame, ModuleReply};
 use relaybox_proto::FrameDecoder;
@@ -36,11 +37,17 @@ pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<an
         std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    // Like MediaProxy's (Twisted's default): the proxy usually runs as its
-    // own user and must be able to connect.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("chmod {}", path.display()))?;
     let cfg = &dispatcher.config.dispatcher;
+    // 0666 by default, like MediaProxy's (Twisted's default): the proxy
+    // usually runs as its own user and must be able to connect. With
+    // socket_group and 0660 only that group's members can.
+    if let Some(group) = &cfg.socket_group {
+        let gid = gid_of(group).with_context(|| format!("[Dispatcher] socket_group = {group}"))?;
+        std::os::unix::fs::chown(&path, None, Some(gid))
+            .with_context(|| format!("giving {} the group {group} ({gid})", path.display()))?;
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(cfg.socket_mode))
+        .with_context(|| format!("chmod {:o} {}", cfg.socket_mode, path.display()))?;
     let gate = Gate::new(
         "module socket",
         ConnectionLimits {
@@ -50,6 +57,7 @@ pub(crate) fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHandle<an
             per_source_setting: "[Dispatcher] max_module_connections_per_uid",
         },
     );
+    dispatcher.metrics.watch(&gate);
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::new("module socket");
@@ -118,6 +126,7 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
         };
         decoder.push(&buf[..n]);
         while let Some(frame) = decoder.next_frame() {
+            let started = Instant::now();
             let reply = match frame.and_then(|f| ModuleFrame::parse(f, &limits)) {
                 Ok(frame) => {
                     served = true;
@@ -125,16 +134,19 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
                     let call_id = frame.request.call_id().to_string();
                     let reply = dispatcher.handle_module_request(frame).await;
                     tracing::debug!(peer = %peer, call_id = %call_id, "{kind} -> {}", reply.encode().trim_end());
-                    reply
+                    (kind, reply)
                 }
                 Err(e) => {
                     tracing::warn!(peer = %peer, "module request rejected: {e}");
-                    ModuleReply::Error
+                    ("invalid", ModuleReply::Error)
                 }
             };
+            let (kind, reply) = reply;
             // A peer that sends requests but never reads the replies must
             // not hold its place for ever.
-            match tokio::time::timeout(timeout, stream.write_all(reply.encode().as_bytes())).await {
+            let written = tokio::time::timeout(timeout, stream.write_all(reply.encode().as_bytes())).await;
+            dispatcher.metrics.module_request(kind, answer_kind(&reply), started.elapsed());
+            match written {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %peer, "module connection write error: {e}");
@@ -157,10 +169,57 @@ async fn serve(dispatcher: Arc<Dispatcher>, mut stream: UnixStream, peer: &str) 
     }
 }
 
+/// The reply's kind, for metrics.
+fn answer_kind(reply: &ModuleReply) -> &'static str {
+    match reply {
+        ModuleReply::Ports(_) => "ports",
+        ModuleReply::NoMedia => "none",
+        ModuleReply::Removed => "removed",
+        ModuleReply::Error => "error",
+    }
+}
+
+/// The id of `group`: a number as it is, a name from `/etc/group` (the
+/// files the static binary can read; a group known only to NSS, e.g. LDAP,
+/// is given by its number).
+fn gid_of(group: &Group) -> anyhow::Result<u32> {
+    match group {
+        Group::Id(id) => Ok(*id),
+        Group::Name(name) => {
+            let text = std::fs::read_to_string("/etc/group").context("reading /etc/group")?;
+            gid_in(&text, name).with_context(|| format!("no group {name} in /etc/group (give its id instead)"))
+        }
+    }
+}
+
+/// The gid of `name` in the text of an `/etc/group` file.
+fn gid_in(group_file: &str, name: &str) -> Option<u32> {
+    group_file.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.trim().parse().ok()
+    })
+}
+
 /// The peer for log lines, and its source for the per-uid cap.
 fn peer_of(stream: &UnixStream) -> (String, Source) {
     match stream.peer_cred() {
         Ok(c) => (format!("pid {} uid {}", c.pid().unwrap_or(0), c.uid()), Source::Uid(c.uid())),
         Err(_) => ("unknown peer".to_string(), Source::Unknown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_from_the_group_file() {
+        let file = "root:x:0:\n# comment\nkamailio:x:114:\nrelaybox:x:998:kamailio,opensips\nbroken\n";
+        assert_eq!(gid_in(file, "relaybox"), Some(998));
+        assert_eq!(gid_in(file, "kamailio"), Some(114));
+        assert_eq!(gid_in(file, "relay"), None);
+        assert_eq!(gid_in(file, "broken"), None);
+        assert_eq!(gid_of(&Group::Id(7)).unwrap(), 7);
     }
 }

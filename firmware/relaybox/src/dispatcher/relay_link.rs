@@ -52,6 +52,7 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
             per_source_setting: "[Dispatcher] max_relay_connections_per_ip",
         },
     );
+    dispatcher.metrics.watch(&gate);
     let dispatcher = dispatcher.clone();
     Ok(tokio::spawn(async move {
         let mut errors = AcceptErrors::new("relay port");
@@ -60,7 +61,8 @@ pub(crate) async fn bind(dispatcher: &Arc<Dispatcher>) -> anyhow::Result<JoinHan
             let dispatcher = dispatcher.clone();
             let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
             tokio::spawn(async move {
-                if let Err(reason) = accept(dispatcher, acceptor, tcp, peer).await {
+                if let Err(reason) = accept(dispatcher.clone(), acceptor, tcp, peer).await {
+                    dispatcher.metrics.relay_link_refused();
                     tracing::warn!(peer = %peer, "relay connection refused: {reason}");
                 }
                 drop(admission);

@@ -2,13 +2,17 @@
 //! socket. Served to logged-in users, and (with `[Web] metrics_lan_only`)
 //! without login to clients on loopback or private addresses.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
 
 use crate::app::{is_lan, ClientIp, State};
@@ -16,164 +20,149 @@ use crate::auth::LoginStats;
 use crate::control;
 use crate::extract::{cookie, SESSION_COOKIE};
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+/// The `Content-Type` of [`render`]'s text (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A gauge that holds `value`, registered under `name`.
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let g: Gauge = Gauge::default();
+    g.set(as_i64(value));
+    registry.register(name, help, g);
+}
+
+/// One gauge per label value.
+fn gauges(registry: &mut Registry, name: &str, help: &str, samples: &[(Labels, u64)]) {
+    let family = Family::<Labels, Gauge>::default();
+    for (l, v) in samples {
+        family.get_or_create(l).set(as_i64(*v));
     }
+    registry.register(name, help, family);
 }
 
-fn label(key: &str, value: &str) -> String {
-    let v = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-    format!("{{{key}=\"{v}\"}}")
+/// A counter at `value`; `name` without its `_total`, which the encoder adds.
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
 }
 
-/// The exposition text for a `metrics` answer (`None`: relay down).
-pub fn render(m: Option<&Value>) -> String {
+fn encode(registry: &Registry) -> String {
     let mut out = String::new();
-    metric(
-        &mut out,
-        "relaybox_relay_up",
-        "gauge",
-        "Whether the relay answers on its control socket.",
-        &[(String::new(), m.is_some() as u64)],
-    );
-    let Some(m) = m else { return out };
+    // Writing to a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, registry);
+    out
+}
+
+/// The relay's metrics, from its control socket's `metrics` answer
+/// (`None`: the relay does not answer), as Prometheus text.
+pub fn render(m: Option<&Value>) -> String {
+    let mut registry = Registry::default();
+    relay_metrics(&mut registry, m);
+    encode(&registry)
+}
+
+fn relay_metrics(r: &mut Registry, m: Option<&Value>) {
+    gauge(r, "relaybox_relay_up", "Whether the relay answers on its control socket", m.is_some() as u64);
+    let Some(m) = m else { return };
     let s = &m["summary"];
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let status = s["status"].as_str().unwrap_or("unknown");
-    metric(
-        &mut out,
+    gauges(
+        r,
         "relaybox_relay_status",
-        "gauge",
-        "The relay's state: active takes new calls, halting does not.",
+        "The relay's state: active takes new calls, halting does not",
         &[("active", status == "active"), ("halting", status == "halting")]
-            .map(|(k, v)| (label("status", k), v as u64)),
+            .map(|(k, v)| (labels("status", k), v as u64)),
     );
     let datapath = s["datapath"].as_str().unwrap_or("unknown");
-    metric(
-        &mut out,
+    gauges(
+        r,
         "relaybox_datapath",
-        "gauge",
-        "Which datapath forwards media (1 for the one in use).",
-        &[(label("mode", datapath), 1)],
+        "Which datapath forwards media (1 for the one in use)",
+        &[(labels("mode", datapath), 1)],
     );
-    metric(
-        &mut out,
-        "relaybox_uptime_seconds",
-        "gauge",
-        "Seconds since the relay started.",
-        &[(String::new(), n(&s["uptime"]))],
-    );
-    metric(
-        &mut out,
-        "relaybox_sessions",
-        "gauge",
-        "Sessions (calls) held.",
-        &[(String::new(), n(&s["session_count"]))],
-    );
-    let mut streams: Vec<(String, u64)> = s["stream_count"]
+    gauge(r, "relaybox_uptime_seconds", "Seconds since the relay started", n(&s["uptime"]));
+    gauge(r, "relaybox_sessions", "Sessions (calls) held", n(&s["session_count"]));
+    let mut streams: Vec<(Labels, u64)> = s["stream_count"]
         .as_object()
-        .map(|o| o.iter().map(|(k, v)| (label("media", k), n(v))).collect())
+        .map(|o| o.iter().map(|(k, v)| (labels("media", k), n(v))).collect())
         .unwrap_or_default();
     if streams.is_empty() {
-        streams.push((label("media", "audio"), 0));
+        streams.push((labels("media", "audio"), 0));
     }
-    metric(&mut out, "relaybox_streams", "gauge", "Live media streams by media type.", &streams);
-    metric(
-        &mut out,
-        "relaybox_relayed_bytes_total",
-        "counter",
-        "Bytes relayed since the relay started.",
-        &[(String::new(), n(&m["bytes_relayed"]))],
+    gauges(r, "relaybox_streams", "Live media streams by media type", &streams);
+    counter(r, "relaybox_relayed_bytes", "Bytes relayed since the relay started", n(&m["bytes_relayed"]));
+    counter(
+        r,
+        "relaybox_relayed_packets",
+        "Packets relayed since the relay started (userspace and kernel)",
+        n(&m["packets_relayed"]),
     );
-    metric(
-        &mut out,
-        "relaybox_relayed_packets_total",
-        "counter",
-        "Packets relayed since the relay started (userspace and kernel).",
-        &[(String::new(), n(&m["packets_relayed"]))],
-    );
-    metric(
-        &mut out,
-        "relaybox_session_packets",
-        "gauge",
-        "Packets relayed in the sessions held now.",
-        &[(String::new(), n(&m["session_packets"]))],
-    );
-    metric(
-        &mut out,
-        "relaybox_session_bytes",
-        "gauge",
-        "Bytes relayed in the sessions held now.",
-        &[(String::new(), n(&m["session_bytes"]))],
-    );
-    metric(
-        &mut out,
+    gauge(r, "relaybox_session_packets", "Packets relayed in the sessions held now", n(&m["session_packets"]));
+    gauge(r, "relaybox_session_bytes", "Bytes relayed in the sessions held now", n(&m["session_bytes"]));
+    gauge(
+        r,
         "relaybox_relayed_bits_per_second",
-        "gauge",
-        "Relayed traffic averaged over the sampling period.",
-        &[(String::new(), n(&s["bps_relayed"]))],
+        "Relayed traffic averaged over the sampling period",
+        n(&s["bps_relayed"]),
     );
-    metric(
-        &mut out,
+    gauges(
+        r,
         "relaybox_ports",
-        "gauge",
-        "UDP media ports in the pool by state.",
-        &[(label("state", "used"), n(&m["ports_used"])), (label("state", "free"), n(&m["ports_free"]))],
+        "UDP media ports in the pool by state",
+        &[(labels("state", "used"), n(&m["ports_used"])), (labels("state", "free"), n(&m["ports_free"]))],
     );
-    metric(
-        &mut out,
-        "relaybox_latch_drops_total",
-        "counter",
-        "Packets dropped by the RTP-bleed (latching) rule.",
-        &[(String::new(), n(&m["bleed_drops"]))],
+    counter(r, "relaybox_latch_drops", "Packets dropped by the RTP-bleed (latching) rule", n(&m["bleed_drops"]));
+    counter(
+        r,
+        "relaybox_port_bind_failures",
+        "Relay port pairs that could not be bound because another program held a port (each call got the next free pair)",
+        n(&m["port_bind_failures"]),
     );
-    metric(
-        &mut out,
-        "relaybox_port_bind_failures_total",
-        "counter",
-        "Relay port pairs that could not be bound because another program held a port (each call got the next free pair).",
-        &[(String::new(), n(&m["port_bind_failures"]))],
-    );
-    metric(
-        &mut out,
+    gauge(
+        r,
         "relaybox_dispatchers_configured",
-        "gauge",
-        "Dispatchers the relay is configured to connect to.",
-        &[(String::new(), m["dispatchers"].as_array().map_or(0, |a| a.len() as u64))],
+        "Dispatchers the relay is configured to connect to",
+        m["dispatchers"].as_array().map_or(0, |a| a.len() as u64),
     );
     if let Some(links) = m["links"].as_u64() {
-        metric(
-            &mut out,
-            "relaybox_dispatcher_links",
-            "gauge",
-            "Dispatcher links that are up.",
-            &[(String::new(), links)],
-        );
+        gauge(r, "relaybox_dispatcher_links", "Dispatcher links that are up", links);
     }
-    out
 }
 
 /// The page's own login counters.
 pub fn render_logins(stats: &LoginStats) -> String {
-    let mut out = String::new();
+    let mut registry = Registry::default();
+    login_metrics(&mut registry, stats);
+    encode(&registry)
+}
+
+fn login_metrics(r: &mut Registry, stats: &LoginStats) {
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    metric(
-        &mut out,
-        "relaybox_web_password_checks_total",
-        "counter",
-        "Login passwords checked (argon2 runs) by the web page.",
-        &[(String::new(), n(&stats.checks))],
+    counter(
+        r,
+        "relaybox_web_password_checks",
+        "Login passwords checked (argon2 runs) by the web page",
+        n(&stats.checks),
     );
-    metric(
-        &mut out,
-        "relaybox_web_logins_refused_total",
-        "counter",
-        "Logins refused before their password was checked: the address was locked out or had every guess in flight, or every check was busy and the queue full.",
-        &[(label("reason", "address"), n(&stats.refused_address)), (label("reason", "busy"), n(&stats.refused_busy))],
+    let refused = Family::<Labels, Counter>::default();
+    refused.get_or_create(&labels("reason", "address")).inc_by(n(&stats.refused_address));
+    refused.get_or_create(&labels("reason", "busy")).inc_by(n(&stats.refused_busy));
+    r.register(
+        "relaybox_web_logins_refused",
+        "Logins refused before their password was checked: the address was locked out or had every guess in flight, or every check was busy and the queue full",
+        refused,
     );
-    out
 }
 
 pub async fn metrics(
@@ -194,6 +183,8 @@ pub async fn metrics(
         }
     }
     let m = control::query_json(&state.control_socket(), "metrics").await.ok();
-    let text = render(m.as_ref()) + &render_logins(&state.login_stats);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let mut registry = Registry::default();
+    relay_metrics(&mut registry, m.as_ref());
+    login_metrics(&mut registry, &state.login_stats);
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], encode(&registry)).into_response()
 }
