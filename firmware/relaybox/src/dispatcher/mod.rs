@@ -206,7 +206,7 @@ impl Dispatcher {
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Dispatcher {
             accounting: accounting(&config)?,
-            dialogs: Arc::new(dialogs::DialogCloser::new(&config.opensips)),
+            dialogs: Arc::new(dialogs::DialogCloser::new(&config.opensips)?),
             config,
             relays: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -508,9 +508,13 @@ impl Dispatcher {
         let call_id = stats.call_id.clone();
         tokio::spawn(async move {
             match closer.end(&dialog_id).await {
-                Ok(answer) => {
-                    tracing::info!(call_id = %call_id, dialog_id = %dialog_id, "dialog ended by the proxy: {answer}")
-                }
+                Ok(ended) => tracing::info!(
+                    call_id = %call_id,
+                    dialog_id = %dialog_id,
+                    sent = %ended.sent,
+                    "dialog ended by the proxy: {}",
+                    ended.answer
+                ),
                 Err(e) => tracing::warn!(call_id = %call_id, dialog_id = %dialog_id, "could not end the dialog: {e}"),
             }
         });
