@@ -201,6 +201,7 @@ pub fn kamailio_defines(opts: &ProxyOptions, run_dir: &Path, module_dir: &Path) 
         format!("RUN_DIR={}", q(run_dir)),
         format!("RPC_SOCKET={}", q(&Proxy::Kamailio.mi_socket(run_dir.parent().unwrap_or(run_dir)))),
         format!("RPC_FIFO={}", q(&Proxy::Kamailio.mi_fifo(run_dir.parent().unwrap_or(run_dir)))),
+        format!("KEEPALIVE_STATE={}", q(&run_dir.join("keepalive_state"))),
         format!("MEDIAPROXY_TIMEOUT={}", opts.mediaproxy_timeout_ms),
         format!("ICE_CANDIDATE=\"{}\"", opts.ice_candidate),
         format!("DEBUG_LEVEL={}", opts.debug),
