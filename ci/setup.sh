@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential pkg-config ca-certificates
   iproute2 nftables conntrack procps psmisc util-linux
   kamailio kamailio-extra-modules sip-tester
+  bison flex libssl-dev libxml2-dev libncurses-dev libmicrohttpd-dev
   postgresql mariadb-server freeradius
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
@@ -37,6 +38,11 @@ for svc in kamailio postgresql mariadb freeradius chrony; do
 done
 pkill -x kamailio >/dev/null 2>&1 || true
 pkill -x chronyd >/dev/null 2>&1 || true
+
+# The end-to-end tests run Kamailio and OpenSIPS as this unprivileged user,
+# as packaged proxies run (the rig makes it too when it is missing).
+id -u relaybox-test-proxy >/dev/null 2>&1 ||
+  useradd --system --no-create-home --user-group --shell /usr/sbin/nologin relaybox-test-proxy
 
 command -v cargo >/dev/null || { echo "setup: cargo not found (install Rust with rustup)"; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

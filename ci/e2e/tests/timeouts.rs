@@ -2,7 +2,7 @@
 //! `stream_timeout` without traffic, the dispatcher accounts it and, for an
 //! answered call with a dialog, asks the proxy to end the dialog, so that
 //! BOTH phones get a BYE although neither hung up: Kamailio (`dlg.end_dlg`
-//! over the jsonrpcs datagram socket) and OpenSIPS 3.6 (`dlg_end_dlg` over
+//! over the jsonrpcs datagram socket and FIFO) and OpenSIPS 3.6 (`dlg_end_dlg` over
 //! mi_datagram, mi_fifo and mi_http, the dialog named as `dlg_list` names
 //! it), each running as an unprivileged user. Calls that were never
 //! answered, or that were set up without the dialog module, are only
@@ -90,6 +90,16 @@ fn timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones() -> Result<()>
         "timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones",
         Proxy::Kamailio,
         Mi::Datagram,
+    )
+}
+
+#[test]
+#[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
+fn timed_out_call_is_ended_by_kamailio_over_its_fifo_with_a_bye_to_both_phones() -> Result<()> {
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_kamailio_over_its_fifo_with_a_bye_to_both_phones",
+        Proxy::Kamailio,
+        Mi::Fifo,
     )
 }
 

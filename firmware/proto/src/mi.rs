@@ -173,14 +173,24 @@ fn clip(text: &str) -> &str {
     }
 }
 
-/// The line written to the proxy's MI FIFO (OpenSIPS mi_fifo, Kamailio
-/// jsonrpcs FIFO): `:<reply fifo name>:<request>\n`. The reply FIFO's name is
+/// The line written to the proxy's MI FIFO, naming the FIFO the proxy
+/// answers on: OpenSIPS mi_fifo `:<reply fifo>:<request>\n`; Kamailio
+/// jsonrpcs the request with a `reply_name` member. The reply FIFO's name is
 /// a file name in the proxy's FIFO `reply_dir`, without `.` or `/`.
-pub fn fifo_request(reply_name: &str, request: &str) -> Result<String, ParseError> {
+pub fn fifo_request(proxy: Proxy, reply_name: &str, request: &str) -> Result<String, ParseError> {
     if reply_name.is_empty() || reply_name.contains(['.', '/', '\\', ':']) || reply_name.chars().any(char::is_control) {
         return Err(ParseError::InvalidValue { header: "reply fifo", value: reply_name.to_string() });
     }
-    Ok(format!(":{reply_name}:{request}\n"))
+    match proxy {
+        Proxy::OpenSips => Ok(format!(":{reply_name}:{request}\n")),
+        Proxy::Kamailio => {
+            let mut v: serde_json::Value =
+                serde_json::from_str(request).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+            let obj = v.as_object_mut().ok_or_else(|| ParseError::InvalidJson("not a JSON-RPC request".into()))?;
+            obj.insert("reply_name".into(), serde_json::Value::String(reply_name.to_string()));
+            Ok(format!("{v}\n"))
+        }
+    }
 }
 
 /// An `http://host[:port]/path` URL of the proxy's JSON-RPC over HTTP
@@ -367,9 +377,14 @@ mod tests {
 
     #[test]
     fn fifo_framing() {
-        assert_eq!(fifo_request("rbx_1", "{}").unwrap(), ":rbx_1:{}\n");
+        assert_eq!(fifo_request(Proxy::OpenSips, "rbx_1", "{\"id\":1}").unwrap(), ":rbx_1:{\"id\":1}\n");
+        let k = fifo_request(Proxy::Kamailio, "rbx_1", r#"{"jsonrpc":"2.0","id":1}"#).unwrap();
+        assert!(k.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(k.trim()).unwrap();
+        assert_eq!(v, serde_json::json!({"jsonrpc": "2.0", "id": 1, "reply_name": "rbx_1"}));
+        assert!(fifo_request(Proxy::Kamailio, "rbx_1", "[1]").is_err());
         for bad in ["", "a.b", "../x", "a/b", "a:b", "a\nb"] {
-            assert!(fifo_request(bad, "{}").is_err(), "{bad:?}");
+            assert!(fifo_request(Proxy::OpenSips, bad, "{}").is_err(), "{bad:?}");
         }
     }
 

@@ -86,11 +86,7 @@ impl DialogCloser {
     /// OpenSIPS first as `dlg_list` names it, then (after a 404, OpenSIPS 3.0)
     /// as the module's number. Returns the form that worked and the answer.
     pub async fn end(&self, dialog_id: &str) -> Result<Ended, String> {
-        let proxy = match self.flavor {
-            ProxyFlavor::OpenSips => mi::Proxy::OpenSips,
-            ProxyFlavor::Kamailio => mi::Proxy::Kamailio,
-        };
-        let attempts = EndDialog::new(proxy, dialog_id).map_err(|e| e.to_string())?;
+        let attempts = EndDialog::new(self.proxy(), dialog_id).map_err(|e| e.to_string())?;
         let _permit = self.limit.acquire().await.map_err(|e| e.to_string())?;
         let mut attempt = 0;
         loop {
@@ -113,6 +109,13 @@ impl DialogCloser {
                     return Err(format!("the proxy refused {sent:?}: {code} {message}"))
                 }
             }
+        }
+    }
+
+    fn proxy(&self) -> mi::Proxy {
+        match self.flavor {
+            ProxyFlavor::OpenSips => mi::Proxy::OpenSips,
+            ProxyFlavor::Kamailio => mi::Proxy::Kamailio,
         }
     }
 
@@ -160,7 +163,7 @@ impl DialogCloser {
 
     async fn fifo(&self, target: &Path, request: &str, id: u64) -> Result<String, String> {
         let name = self.reply_name(id);
-        let line = mi::fifo_request(&name, request).map_err(|e| e.to_string())?;
+        let line = mi::fifo_request(self.proxy(), &name, request).map_err(|e| e.to_string())?;
         let own = self.reply.dir.join(&name);
         rustix::fs::mknodat(
             rustix::fs::CWD,
