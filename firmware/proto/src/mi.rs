@@ -158,6 +158,18 @@ impl Answer {
         }
     }
 
+    /// [`Answer::parse`] of the answer to the request with id `id`: a
+    /// JSON-RPC answer with another `id` is refused (the reply socket or FIFO
+    /// can be written by others than the proxy).
+    pub fn parse_for(text: &str, id: u64) -> Result<Answer, ParseError> {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text.trim()) {
+            if v.get("id").and_then(serde_json::Value::as_u64) != Some(id) {
+                return Err(ParseError::InvalidJson(format!("the answer is not to request {id}: {}", clip(text))));
+            }
+        }
+        Answer::parse(text)
+    }
+
     /// "No such dialog": the id was not in a form this proxy knows, or the
     /// dialog is gone.
     pub fn is_not_found(&self) -> bool {
@@ -362,6 +374,15 @@ mod tests {
         assert!(EndDialog::new(Proxy::Kamailio, "1234567").is_err());
         assert!(EndDialog::new(Proxy::OpenSips, "").is_err());
         assert!(EndDialog::new(Proxy::OpenSips, "a\nb").is_err());
+    }
+
+    #[test]
+    fn answers_to_other_requests_are_refused() {
+        let ok = r#"{"jsonrpc":"2.0","result":"OK","id":7}"#;
+        assert_eq!(Answer::parse_for(ok, 7).unwrap(), Answer::Done("\"OK\"".into()));
+        assert!(Answer::parse_for(ok, 8).is_err());
+        assert!(Answer::parse_for(r#"{"jsonrpc":"2.0","result":"OK"}"#, 7).is_err());
+        assert!(!Answer::parse_for("500 Internal error\n", 7).unwrap().is_not_found());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) struct DialogCloser {
     transport: Transport,
     reply: ReplyFiles,
     timeout: Duration,
-    next_id: AtomicU64,
+    next_name: AtomicU64,
     limit: Semaphore,
 }
 
@@ -77,7 +77,7 @@ impl DialogCloser {
             transport,
             reply: ReplyFiles { dir: config.reply_dir.clone(), mode: config.reply_mode, owner, group },
             timeout: config.reply_timeout,
-            next_id: AtomicU64::new(1),
+            next_name: AtomicU64::new(1),
             limit: Semaphore::new(config.max_connections),
         })
     }
@@ -90,11 +90,13 @@ impl DialogCloser {
         let _permit = self.limit.acquire().await.map_err(|e| e.to_string())?;
         let mut attempt = 0;
         loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            // Not guessable (the answer must carry it, see Answer::parse_for),
+            // and below 2^53: proxies keep JSON numbers as doubles.
+            let id = (rand::random::<u64>() >> 12).max(1);
             let request = attempts.request(attempt, id);
             let sent = attempts.forms()[attempt].as_text();
-            let text = self.exchange(&request, id).await?;
-            let answer = Answer::parse(&text).map_err(|e| format!("unreadable answer to {sent:?}: {e}"))?;
+            let text = self.exchange(&request).await?;
+            let answer = Answer::parse_for(&text, id).map_err(|e| format!("unreadable answer to {sent:?}: {e}"))?;
             match (&answer, attempts.next_after(attempt, &answer)) {
                 (Answer::Done(_), _) => return Ok(Ended { sent, answer: text.trim().to_string() }),
                 (Answer::Refused { code, message }, Some(next)) => {
@@ -120,12 +122,12 @@ impl DialogCloser {
     }
 
     /// Sends one request and returns the proxy's answer, within `reply_timeout`.
-    async fn exchange(&self, request: &str, id: u64) -> Result<String, String> {
+    async fn exchange(&self, request: &str) -> Result<String, String> {
         let limit = self.timeout;
         let work = async {
             match &self.transport {
-                Transport::Datagram(path) => self.datagram(path, request, id).await,
-                Transport::Fifo(path) => self.fifo(path, request, id).await,
+                Transport::Datagram(path) => self.datagram(path, request).await,
+                Transport::Fifo(path) => self.fifo(path, request).await,
                 Transport::Http(url) => http(url, request).await,
             }
         };
@@ -142,13 +144,15 @@ impl DialogCloser {
         }
     }
 
-    fn reply_name(&self, id: u64) -> String {
-        // No `.` or `/`: the FIFO's name goes into the request as it is.
-        format!("relaybox_dlg_{}_{id}_{:08x}", std::process::id(), rand::random::<u32>())
+    /// A fresh name for a reply socket or FIFO. No `.` or `/` (a FIFO's name
+    /// goes into the request as it is); not the request's id.
+    fn reply_name(&self) -> String {
+        let n = self.next_name.fetch_add(1, Ordering::Relaxed);
+        format!("relaybox_dlg_{}_{n}_{:08x}", std::process::id(), rand::random::<u32>())
     }
 
-    async fn datagram(&self, target: &Path, request: &str, id: u64) -> Result<String, String> {
-        let own = self.reply.dir.join(format!("{}.sock", self.reply_name(id)));
+    async fn datagram(&self, target: &Path, request: &str) -> Result<String, String> {
+        let own = self.reply.dir.join(format!("{}.sock", self.reply_name()));
         let socket = UnixDatagram::bind(&own).map_err(|e| format!("binding {}: {e}", own.display()))?;
         let _cleanup = RemoveOnDrop(own.clone());
         self.reply.grant(&own)?;
@@ -157,12 +161,27 @@ impl DialogCloser {
             .await
             .map_err(|e| format!("sending to {}: {e}", target.display()))?;
         let mut buf = vec![0u8; MAX_ANSWER];
-        let n = socket.recv(&mut buf).await.map_err(|e| format!("reading the answer on {}: {e}", own.display()))?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        // Only the proxy's socket answers; anything else (the reply socket
+        // is writable by others) is logged and skipped.
+        loop {
+            let (n, from) = socket
+                .recv_from(&mut buf)
+                .await
+                .map_err(|e| format!("reading the answer on {}: {e}", own.display()))?;
+            if from.as_pathname() == Some(target) {
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            tracing::warn!(
+                reply_socket = %own.display(),
+                "ignored a datagram from {:?}, not the proxy's {}",
+                from.as_pathname(),
+                target.display()
+            );
+        }
     }
 
-    async fn fifo(&self, target: &Path, request: &str, id: u64) -> Result<String, String> {
-        let name = self.reply_name(id);
+    async fn fifo(&self, target: &Path, request: &str) -> Result<String, String> {
+        let name = self.reply_name();
         let line = mi::fifo_request(self.proxy(), &name, request).map_err(|e| e.to_string())?;
         let own = self.reply.dir.join(&name);
         rustix::fs::mknodat(
@@ -329,6 +348,31 @@ mod tests {
         assert_eq!(left.len(), 1, "{left:?}");
     }
 
+    /// Another local user answers first on the reply socket (it is mode
+    /// 0666): its datagram is ignored, only the proxy's counts.
+    #[tokio::test]
+    async fn answers_from_others_than_the_proxy_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy_path = dir.path().join("opensips.sock");
+        let proxy = UnixDatagram::bind(&proxy_path).unwrap();
+        let stranger = UnixDatagram::bind(dir.path().join("stranger.sock")).unwrap();
+        let server = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let (n, from) = proxy.recv_from(&mut buf).await.unwrap();
+            let req: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            let from = from.as_pathname().unwrap().to_owned();
+            let fake = serde_json::json!({"jsonrpc": "2.0", "result": "OK", "id": req["id"]});
+            stranger.send_to(fake.to_string().as_bytes(), &from).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let real = serde_json::json!({"jsonrpc": "2.0", "error": {"code": 500, "message": "no"}, "id": req["id"]});
+            proxy.send_to(real.to_string().as_bytes(), &from).await.unwrap();
+        });
+        let closer = DialogCloser::new(&config(dir.path(), MiTransport::Datagram, &proxy_path)).unwrap();
+        let e = closer.end("17511492765899").await.unwrap_err();
+        assert!(e.contains("500"), "{e}");
+        server.await.unwrap();
+    }
+
     #[tokio::test]
     async fn fifo_request_and_answer() {
         let dir = tempfile::tempdir().unwrap();
@@ -380,7 +424,8 @@ mod tests {
                         .and_then(|v| v.parse().ok())
                         .unwrap();
                     if body.len() >= len {
-                        let body = r#"{"jsonrpc":"2.0","result":"OK","id":1}"#;
+                        let req: serde_json::Value = serde_json::from_str(body).unwrap();
+                        let body = serde_json::json!({"jsonrpc": "2.0", "result": "OK", "id": req["id"]}).to_string();
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()

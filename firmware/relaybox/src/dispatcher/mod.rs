@@ -655,7 +655,10 @@ pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
         .add("module connections ([Dispatcher] max_module_connections)", d.max_module_connections as u64)
         .add("relay connections ([Dispatcher] max_relay_connections)", d.max_relay_connections as u64)
         .add("management connections ([Dispatcher] max_management_connections)", d.max_management_connections as u64)
-        .add("the proxy's management socket ([OpenSIPS] max_connections)", config.opensips.max_connections as u64)
+        .add(
+            "the proxy's management interface, 2 per request ([OpenSIPS] max_connections)",
+            2 * config.opensips.max_connections as u64,
+        )
         .add("listeners, accounting, spool files and the runtime", 64)
 }
 
