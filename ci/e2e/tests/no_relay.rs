@@ -73,6 +73,8 @@ struct SilentDispatcher {
 impl SilentDispatcher {
     fn listen(path: &Path) -> Result<SilentDispatcher> {
         let listener = UnixListener::bind(path)?;
+        // Mode 0666 as the real dispatcher's: the proxy runs as its own user.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

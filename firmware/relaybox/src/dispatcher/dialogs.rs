@@ -91,11 +91,11 @@ impl DialogCloser {
         let mut attempt = 0;
         loop {
             // Not guessable (the answer must carry it, see Answer::parse_for),
-            // and below 2^53: proxies keep JSON numbers as doubles.
-            let id = (rand::random::<u64>() >> 12).max(1);
+            // and below 2^31: OpenSIPS prints a larger id as a float.
+            let id = u64::from(rand::random::<u32>() >> 1).max(1);
             let request = attempts.request(attempt, id);
             let sent = attempts.forms()[attempt].as_text();
-            let text = self.exchange(&request).await?;
+            let text = self.exchange(&request, id).await?;
             let answer = Answer::parse_for(&text, id).map_err(|e| format!("unreadable answer to {sent:?}: {e}"))?;
             match (&answer, attempts.next_after(attempt, &answer)) {
                 (Answer::Done(_), _) => return Ok(Ended { sent, answer: text.trim().to_string() }),
@@ -122,11 +122,11 @@ impl DialogCloser {
     }
 
     /// Sends one request and returns the proxy's answer, within `reply_timeout`.
-    async fn exchange(&self, request: &str) -> Result<String, String> {
+    async fn exchange(&self, request: &str, id: u64) -> Result<String, String> {
         let limit = self.timeout;
         let work = async {
             match &self.transport {
-                Transport::Datagram(path) => self.datagram(path, request).await,
+                Transport::Datagram(path) => self.datagram(path, request, id).await,
                 Transport::Fifo(path) => self.fifo(path, request).await,
                 Transport::Http(url) => http(url, request).await,
             }
@@ -151,7 +151,7 @@ impl DialogCloser {
         format!("relaybox_dlg_{}_{n}_{:08x}", std::process::id(), rand::random::<u32>())
     }
 
-    async fn datagram(&self, target: &Path, request: &str) -> Result<String, String> {
+    async fn datagram(&self, target: &Path, request: &str, id: u64) -> Result<String, String> {
         let own = self.reply.dir.join(format!("{}.sock", self.reply_name()));
         let socket = UnixDatagram::bind(&own).map_err(|e| format!("binding {}: {e}", own.display()))?;
         let _cleanup = RemoveOnDrop(own.clone());
@@ -161,21 +161,20 @@ impl DialogCloser {
             .await
             .map_err(|e| format!("sending to {}: {e}", target.display()))?;
         let mut buf = vec![0u8; MAX_ANSWER];
-        // Only the proxy's socket answers; anything else (the reply socket
-        // is writable by others) is logged and skipped.
+        // The reply socket is writable by others than the proxy (which
+        // answers from another socket than the one it listens on, so the
+        // sender's address proves nothing): only the answer to this request
+        // counts, anything else is logged and skipped.
         loop {
-            let (n, from) = socket
-                .recv_from(&mut buf)
-                .await
-                .map_err(|e| format!("reading the answer on {}: {e}", own.display()))?;
-            if from.as_pathname() == Some(target) {
-                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let n = socket.recv(&mut buf).await.map_err(|e| format!("reading the answer on {}: {e}", own.display()))?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if Answer::parse_for(&text, id).is_ok() {
+                return Ok(text);
             }
             tracing::warn!(
                 reply_socket = %own.display(),
-                "ignored a datagram from {:?}, not the proxy's {}",
-                from.as_pathname(),
-                target.display()
+                "ignored a datagram that is not the proxy's answer to request {id}: {}",
+                text.chars().take(200).collect::<String>()
             );
         }
     }
@@ -349,7 +348,8 @@ mod tests {
     }
 
     /// Another local user answers first on the reply socket (it is mode
-    /// 0666): its datagram is ignored, only the proxy's counts.
+    /// 0666) without knowing the request's id: its datagram is ignored, only
+    /// the proxy's answer counts.
     #[tokio::test]
     async fn answers_from_others_than_the_proxy_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -361,7 +361,10 @@ mod tests {
             let (n, from) = proxy.recv_from(&mut buf).await.unwrap();
             let req: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
             let from = from.as_pathname().unwrap().to_owned();
-            let fake = serde_json::json!({"jsonrpc": "2.0", "result": "OK", "id": req["id"]});
+            let guess = req["id"].as_u64().unwrap() ^ 1;
+            let fake = serde_json::json!({"jsonrpc": "2.0", "result": "OK", "id": guess});
+            stranger.send_to(fake.to_string().as_bytes(), &from).await.unwrap();
+            let fake = serde_json::json!({"jsonrpc": "2.0", "result": "OK"});
             stranger.send_to(fake.to_string().as_bytes(), &from).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             let real = serde_json::json!({"jsonrpc": "2.0", "error": {"code": 500, "message": "no"}, "id": req["id"]});
