@@ -5,8 +5,8 @@
 # target/opensips/install (sbin/opensips, lib64/opensips/modules).
 #
 # Cached: the build is skipped when target/opensips/install/BUILT holds the
-# tarball's sha256 and this module list. `make -j2`; about 3-6 minutes on
-# two cores. Needs bison flex libssl-dev libxml2-dev libncurses-dev
+# tarball's sha256, this module list and the compiler flags. `make -j2`,
+# -O1 without debug symbols (a test proxy: the build time is what counts). Needs bison flex libssl-dev libxml2-dev libncurses-dev
 # pkg-config libmicrohttpd-dev (ci/setup.sh installs them).
 #
 # Usage: ci/opensips.sh [--print-prefix]
@@ -23,13 +23,16 @@ prefix=$top/install
 modules="sl tm rr maxfwd signaling textops sipmsgops dialog mediaproxy \
 mi_datagram mi_fifo httpd mi_http nathelper nat_traversal usrloc registrar"
 
+# OpenSIPS's default is -O9 -g; -O1 builds in about half the time.
+make_flags=(CC_OPTIMIZE_FLAG=-O1 NODEBUGSYM=1)
+
 if [ "${1:-}" = "--print-prefix" ]; then
   echo "$prefix"
   exit 0
 fi
 
 [ -f "$tarball" ] || { echo "opensips: $tarball not found"; exit 1; }
-stamp="$(sha256sum "$tarball" | cut -d' ' -f1) $(echo $modules)"
+stamp="$(sha256sum "$tarball" | cut -d' ' -f1) $(echo $modules) ${make_flags[*]}"
 if [ -x "$prefix/sbin/opensips" ] && [ "$(cat "$prefix/BUILT" 2>/dev/null)" = "$stamp" ]; then
   echo "opensips: cached in $prefix ($("$prefix/sbin/opensips" -V | head -1))"
   exit 0
@@ -55,7 +58,7 @@ cp Makefile.conf.template Makefile.conf
 
 log=$top/build.log
 echo "opensips: building $(echo $modules | wc -w) modules into $prefix (log: $log)"
-if ! { make -j2 all prefix="$prefix/" && make install prefix="$prefix/"; } >"$log" 2>&1; then
+if ! { make -j2 all "${make_flags[@]}" prefix="$prefix/" && make install "${make_flags[@]}" prefix="$prefix/"; } >"$log" 2>&1; then
   tail -40 "$log"
   echo "opensips: build failed"
   exit 1

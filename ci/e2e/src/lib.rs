@@ -36,7 +36,7 @@ pub use sipp::CallKind;
 pub use topology::Side;
 
 /// Debian packages the rig needs at run time.
-pub const PACKAGES: &str = "iproute2 nftables procps kamailio sip-tester";
+pub const PACKAGES: &str = "iproute2 nftables procps kamailio kamailio-extra-modules sip-tester";
 
 /// Finds `name` in `$ENV_VAR`, `$PATH`, /usr/sbin, /sbin or /usr/local/sbin
 /// (a root PATH under sudo or cargo may lack the sbin directories).

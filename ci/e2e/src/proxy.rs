@@ -192,15 +192,17 @@ impl ProxyOptions {
     }
 }
 
-/// Kamailio's `-A` definitions for `opts` (see examples/kamailio.cfg).
-pub fn kamailio_defines(opts: &ProxyOptions, run_dir: &Path, module_dir: &Path) -> Vec<String> {
+/// Kamailio's `-A` definitions for `opts` in the test directory `dir`
+/// (see examples/kamailio.cfg).
+pub fn kamailio_defines(opts: &ProxyOptions, dir: &Path, module_dir: &Path) -> Vec<String> {
     let q = |p: &Path| format!("\"{}\"", p.display());
+    let run_dir = Proxy::Kamailio.run_dir(dir);
     let mut d = vec![
         format!("SIP_LISTEN=udp:{SRV_IP}:5060"),
         format!("MEDIAPROXY_SOCKET={}", q(&opts.mediaproxy_socket)),
-        format!("RUN_DIR={}", q(run_dir)),
-        format!("RPC_SOCKET={}", q(&Proxy::Kamailio.mi_socket(run_dir.parent().unwrap_or(run_dir)))),
-        format!("RPC_FIFO={}", q(&Proxy::Kamailio.mi_fifo(run_dir.parent().unwrap_or(run_dir)))),
+        format!("RUN_DIR={}", q(&run_dir)),
+        format!("RPC_SOCKET={}", q(&Proxy::Kamailio.mi_socket(dir))),
+        format!("RPC_FIFO={}", q(&Proxy::Kamailio.mi_fifo(dir))),
         format!("KEEPALIVE_STATE={}", q(&run_dir.join("keepalive_state"))),
         format!("MEDIAPROXY_TIMEOUT={}", opts.mediaproxy_timeout_ms),
         format!("ICE_CANDIDATE=\"{}\"", opts.ice_candidate),
@@ -312,7 +314,7 @@ impl ProxyProcess {
         let user = ["-u", PROXY_USER, "-g", PROXY_USER];
         let (program, check_args, args, ready) = match opts.proxy {
             Proxy::Kamailio => {
-                let defines: Vec<String> = kamailio_defines(opts, &run_dir, &kamailio_module_dir()?)
+                let defines: Vec<String> = kamailio_defines(opts, dir, &kamailio_module_dir()?)
                     .into_iter()
                     .flat_map(|d| ["-A".to_string(), d])
                     .collect();
@@ -331,8 +333,8 @@ impl ProxyProcess {
                 let sed = run_dir.join("site.sed");
                 std::fs::write(&sed, sed_script(&text, &site)?)?;
                 let pp = format!("sed -f {}", sed.display());
-                if pp.contains(char::is_whitespace) && pp.matches(' ').count() != 2 {
-                    bail!("OpenSIPS splits -p on blanks: {pp:?}");
+                if sed.display().to_string().contains(char::is_whitespace) {
+                    bail!("OpenSIPS splits -p on blanks, and {} has one", sed.display());
                 }
                 let check = vec!["-c".to_string(), "-f".into(), config.display().to_string(), "-p".into(), pp.clone()];
                 let mut args: Vec<String> = ["-F", "-m", "64", "-M", "8", "-f"].map(String::from).to_vec();
@@ -358,18 +360,6 @@ impl ProxyProcess {
         let log = dir.join(format!("{}.log", opts.proxy.name()));
         let mut process = Process::spawn(opts.proxy.name(), Some(srv), &cmd, &log)?;
         process.wait_for_log(ready, Duration::from_secs(20))?;
-        if opts.proxy == Proxy::OpenSips {
-            // startup_route runs before the workers: wait for the MI socket too.
-            let socket = opts.proxy.mi_socket(dir);
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while !socket.exists() {
-                if std::time::Instant::now() > deadline || !process.is_running() {
-                    bail!("OpenSIPS made no MI socket {}:\n{}", socket.display(), process.log_tail(30));
-                }
-                std::thread::sleep(crate::process::POLL);
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
         // It really runs as the unprivileged user (what a packaged proxy does).
         let status = std::fs::read_to_string(format!("/proc/{}/status", process.pid())).unwrap_or_default();
         let uids: Vec<u32> = status
@@ -380,7 +370,23 @@ impl ProxyProcess {
         if uids.is_empty() || uids.iter().any(|&u| u != uid) {
             bail!("{} runs with uids {uids:?}, not as {PROXY_USER} ({uid})", opts.proxy);
         }
-        Ok(ProxyProcess { kind: opts.proxy, process, config, run_dir })
+        let proxy = ProxyProcess { kind: opts.proxy, process, config, run_dir };
+        if proxy.kind == Proxy::OpenSips {
+            // startup_route runs before the workers: wait until `ps` over the
+            // MI socket lists the SIP receivers.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let ps = proxy.mi("ps", serde_json::json!({})).map(|v| v.to_string());
+                if ps.as_deref().is_ok_and(|p| p.contains("SIP receiver")) {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("OpenSIPS's workers did not come up ({ps:?}):\n{}", proxy.process.log_tail(30));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(proxy)
     }
 
     /// Waits until `user` has registered (the proxy logs each saved REGISTER).
@@ -452,11 +458,11 @@ mod tests {
     #[test]
     fn kamailio_defines_cover_the_switches() {
         let opts = ProxyOptions::new(Proxy::Kamailio, "/tmp/x/dispatcher.sock");
-        let d = kamailio_defines(&opts, Path::new("/tmp/x/kamailio"), Path::new("/m"));
+        let d = kamailio_defines(&opts, Path::new("/tmp/x"), Path::new("/m"));
         assert!(d.contains(&"MEDIAPROXY_SOCKET=\"/tmp/x/dispatcher.sock\"".to_string()), "{d:?}");
         assert!(d.contains(&"RPC_SOCKET=\"/tmp/x/kamailio/kamailio_rpc.sock\"".to_string()), "{d:?}");
         assert!(d.contains(&"KEEPALIVE_INTERVAL=25".to_string()));
-        let d = kamailio_defines(&opts.without_dialog().keepalive(None), Path::new("/r/kamailio"), Path::new("/m"));
+        let d = kamailio_defines(&opts.without_dialog().keepalive(None), Path::new("/r"), Path::new("/m"));
         assert!(d.contains(&"WITHOUT_DIALOG".to_string()) && d.contains(&"WITHOUT_KEEPALIVE".to_string()));
         // Every define the rig sets is a site setting of the example.
         let text = std::fs::read_to_string(Proxy::Kamailio.example()).unwrap();

@@ -327,6 +327,10 @@ mod tests {
         assert_eq!(opensips_dialog_id("18446744073709551615").as_deref(), Some("ffffffff.ffffffff"));
         assert_eq!(opensips_dialog_id("18446744073709551616"), None);
         assert_eq!(opensips_dialog_id("abc@host"), None);
+        // Pairs seen in the e2e tests: the module's dialog_id and the `ID`
+        // OpenSIPS 3.6.8's dlg_list printed for the same call.
+        assert_eq!(opensips_dialog_id("3492254649611").as_deref(), Some("d23.b0d099a1"));
+        assert_eq!(opensips_dialog_id("1241842141401").as_deref(), Some("121.9d84f832"));
     }
 
     #[test]

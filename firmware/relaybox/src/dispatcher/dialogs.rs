@@ -164,18 +164,25 @@ impl DialogCloser {
         // The reply socket is writable by others than the proxy (which
         // answers from another socket than the one it listens on, so the
         // sender's address proves nothing): only the answer to this request
-        // counts, anything else is logged and skipped.
+        // counts, anything else is skipped (the first one logged, the rest counted).
+        let mut skipped = 0u64;
         loop {
             let n = socket.recv(&mut buf).await.map_err(|e| format!("reading the answer on {}: {e}", own.display()))?;
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if Answer::parse_for(&text, id).is_ok() {
+                if skipped > 1 {
+                    tracing::warn!(reply_socket = %own.display(), "skipped {skipped} datagrams before the proxy's answer");
+                }
                 return Ok(text);
             }
-            tracing::warn!(
-                reply_socket = %own.display(),
-                "ignored a datagram that is not the proxy's answer to request {id}: {}",
-                text.chars().take(200).collect::<String>()
-            );
+            if skipped == 0 {
+                tracing::warn!(
+                    reply_socket = %own.display(),
+                    "ignored a datagram that is not the proxy's answer to request {id}: {}",
+                    text.chars().take(200).collect::<String>()
+                );
+            }
+            skipped += 1;
         }
     }
 
