@@ -19,6 +19,7 @@ BASE=(build-essential pkg-config ca-certificates curl)
 TESTS=(
   iproute2 nftables conntrack procps psmisc util-linux
   kamailio kamailio-extra-modules sip-tester
+  bison flex libssl-dev libxml2-dev libncurses-dev libmicrohttpd-dev
   postgresql mariadb-server freeradius
   musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
   mtools dosfstools gdisk e2fsprogs xz-utils file
@@ -72,6 +73,11 @@ dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture
 if ! dpkg-query -W -f='${Status}' musl-dev:arm64 2>/dev/null | grep -q "install ok installed"; then
   apt_install musl-dev:arm64
 fi
+
+# The end-to-end tests run Kamailio and OpenSIPS as this unprivileged user,
+# as packaged proxies run (the rig makes it too when it is missing).
+id -u relaybox-test-proxy >/dev/null 2>&1 ||
+  useradd --system --no-create-home --user-group --shell /usr/sbin/nologin relaybox-test-proxy
 
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every relaybox check and test: formatting, lints, unit and property
 # tests, the TLS and daemon tests, and the end-to-end tests with Kamailio,
-# SIPp and NAT in network namespaces (needs root).
+# OpenSIPS (built from ../shared/vendor by ci/opensips.sh), SIPp and NAT in
+# network namespaces (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -43,7 +44,9 @@ echo "== web page in a real browser (headless Chromium)"
 cargo test -p relaybox-web --test browser -- --ignored --nocapture
 echo "== demo (the README's main job) comes up and answers"
 ci/demo.sh --check
-echo "== end-to-end: Kamailio + SIPp + NAT namespaces"
+echo "== OpenSIPS 3.6.8 for the end-to-end tests (built once, cached in target/opensips)"
+ci/opensips.sh
+echo "== end-to-end: Kamailio and OpenSIPS + SIPp + NAT namespaces"
 RELAYBOX_E2E_REQUIRE_BINARIES=1 cargo test -p relaybox-e2e -- --include-ignored --test-threads=1 --nocapture
 echo "== all tests passed in $(( $(date +%s) - start )) s"
 # One closing line for the whole run: the sum of every cargo test summary.

@@ -52,6 +52,9 @@ pub struct CallSpec {
     /// Basic calls: both phones wait this long after the ACK before their
     /// first RTP (zero by default).
     pub media_delay: Duration,
+    /// How long nobody sends anything between the callee's REGISTER and the
+    /// INVITE (zero by default): a NAT binding may time out meanwhile.
+    pub idle_before_invite: Duration,
 }
 
 impl CallSpec {
@@ -90,7 +93,7 @@ impl CallSpec {
 
     /// Upper bound for each SIPp run.
     pub fn limit(&self) -> Duration {
-        self.talk_time() + Duration::from_secs(20)
+        self.talk_time() + self.idle_before_invite + Duration::from_secs(20)
     }
 
     pub(crate) fn params(&self, expect: SdpExpectation, leg: &Leg) -> sipp::ScenarioParams {

@@ -1,7 +1,8 @@
 //! relaybox-e2e: the end-to-end test rig. It owns the network namespaces of
 //! a test (two phones behind masquerading NAT routers, a server, an
-//! "internet" bridge), nftables packet counters on the phones, Kamailio with
-//! the `mediaproxy` module, SIPp callers and callees, and our `relaybox`
+//! "internet" bridge), nftables packet counters on the phones, the SIP proxy
+//! (Kamailio or OpenSIPS with the `mediaproxy` module, each running its
+//! reference configuration from `examples/`), SIPp callers and callees, and our `relaybox`
 //! dispatcher and relays started from the cargo target directory. It only
 //! drives the binaries from the outside (command line, config files, the
 //! module socket, the management port, logs) and must not link to or reach
@@ -15,9 +16,9 @@
 
 pub mod call;
 pub mod counters;
-pub mod kamailio;
 pub mod netns;
 pub mod process;
+pub mod proxy;
 pub mod relaybox;
 pub mod rig;
 pub mod sipp;
@@ -28,13 +29,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 pub use call::{Call, CallReport, CallSpec, MediaPath};
+pub use proxy::{Proxy, ProxyOptions};
 pub use relaybox::{Binaries, RelaySettings};
 pub use rig::{Rig, SessionWatch};
 pub use sipp::CallKind;
 pub use topology::Side;
 
 /// Debian packages the rig needs at run time.
-pub const PACKAGES: &str = "iproute2 nftables procps kamailio sip-tester";
+pub const PACKAGES: &str = "iproute2 nftables procps kamailio kamailio-extra-modules sip-tester";
 
 /// Finds `name` in `$ENV_VAR`, `$PATH`, /usr/sbin, /sbin or /usr/local/sbin
 /// (a root PATH under sudo or cargo may lack the sbin directories).
@@ -76,7 +78,7 @@ pub fn check_prerequisites() -> Result<()> {
     {
         find_program(name, env)?;
     }
-    kamailio::module_dir()?;
+    proxy::kamailio_module_dir()?;
     sipp::pcap_stats(&sipp::pcap_path())?;
     Ok(())
 }
@@ -91,22 +93,5 @@ mod tests {
         assert_eq!(render_template("x={{A}} y={{B}} {{A}}", &vars).unwrap(), "x=1 y=two 1");
         let err = render_template("x={{A}} z={{C}}", &vars).unwrap_err().to_string();
         assert!(err.contains("{{C}}"), "{err}");
-    }
-
-    #[test]
-    fn kamailio_template_renders_completely() {
-        let opts = kamailio::KamailioOptions::new("/tmp/x/dispatcher.sock");
-        let dir = std::path::Path::new("/tmp/x/kamailio");
-        let cfg = kamailio::render(&opts, dir, std::path::Path::new("/usr/lib/kamailio/modules")).unwrap();
-        assert!(cfg.contains("modparam(\"mediaproxy\", \"mediaproxy_socket\", \"/tmp/x/dispatcher.sock\")"));
-        assert!(cfg.contains("modparam(\"mediaproxy\", \"mediaproxy_timeout\", 500)"));
-        assert!(cfg.contains("listen=udp:203.0.113.1:5060"));
-        assert!(cfg.contains("mpath=\"/usr/lib/kamailio/modules\""));
-        assert!(cfg.contains("modparam(\"mediaproxy\", \"ice_candidate\", \"none\")"));
-        assert!(!cfg.contains("#!define WITHOUT_DIALOG"));
-        let opts = opts.ice_candidate("low-priority").without_dialog();
-        let cfg = kamailio::render(&opts, dir, std::path::Path::new("/usr/lib/kamailio/modules")).unwrap();
-        assert!(cfg.contains("modparam(\"mediaproxy\", \"ice_candidate\", \"low-priority\")"));
-        assert!(cfg.contains("\n#!define WITHOUT_DIALOG\n"));
     }
 }

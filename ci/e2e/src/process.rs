@@ -1,4 +1,4 @@
-//! Long-running programs of a test (Kamailio, SIPp, the dispatcher, relays):
+//! Long-running programs of a test (the proxy, SIPp, the dispatcher, relays):
 //! started in a namespace, stdout and stderr appended to one log file, killed
 //! with their whole process group on drop.
 

@@ -127,6 +127,8 @@ pub struct DispatcherSettings {
     pub proxy_socket: Option<PathBuf>,
     /// `[OpenSIPS] proxy`: `kamailio` or `opensips`. Not written when `None`.
     pub proxy: Option<String>,
+    /// Further `[OpenSIPS]` lines (`transport = http`, `url = ...`).
+    pub opensips_extra: Vec<String>,
 }
 
 impl DispatcherSettings {
@@ -139,13 +141,30 @@ impl DispatcherSettings {
             management: SocketAddr::from((Ipv4Addr::LOCALHOST, MANAGEMENT_PORT)),
             proxy_socket: None,
             proxy: None,
+            opensips_extra: Vec::new(),
         }
     }
 
-    /// Ends timed-out dialogs through Kamailio's jsonrpcs datagram socket.
-    pub fn with_kamailio_rpc(mut self, socket: impl Into<PathBuf>) -> DispatcherSettings {
+    /// Ends timed-out dialogs through `proxy`'s JSON-RPC datagram socket
+    /// (Kamailio jsonrpcs, OpenSIPS mi_datagram).
+    pub fn with_proxy_mi(mut self, proxy: crate::Proxy, socket: impl Into<PathBuf>) -> DispatcherSettings {
         self.proxy_socket = Some(socket.into());
-        self.proxy = Some("kamailio".into());
+        self.proxy = Some(proxy.name().into());
+        self
+    }
+
+    /// Ends timed-out dialogs through the proxy's MI FIFO (`transport = fifo`).
+    pub fn with_proxy_fifo(mut self, proxy: crate::Proxy, fifo: impl Into<PathBuf>) -> DispatcherSettings {
+        self = self.with_proxy_mi(proxy, fifo);
+        self.opensips_extra.push("transport = fifo".into());
+        self
+    }
+
+    /// Ends timed-out dialogs through JSON-RPC over HTTP (`transport = http`).
+    pub fn with_proxy_http(mut self, proxy: crate::Proxy, url: &str) -> DispatcherSettings {
+        self.proxy = Some(proxy.name().into());
+        self.opensips_extra.push("transport = http".into());
+        self.opensips_extra.push(format!("url = {url}"));
         self
     }
 }
@@ -224,13 +243,17 @@ pub fn config_ini(dispatcher: &DispatcherSettings, relay: &RelaySettings, certs:
         relay_extra.push_str(&format!("datapath = {d}\n"));
     }
     let mut opensips = String::new();
-    if dispatcher.proxy_socket.is_some() || dispatcher.proxy.is_some() {
+    if dispatcher.proxy_socket.is_some() || dispatcher.proxy.is_some() || !dispatcher.opensips_extra.is_empty() {
         opensips.push_str("\n[OpenSIPS]\n");
         if let Some(p) = &dispatcher.proxy_socket {
             opensips.push_str(&format!("socket_path = {}\n", p.display()));
         }
         if let Some(p) = &dispatcher.proxy {
             opensips.push_str(&format!("proxy = {p}\n"));
+        }
+        for line in &dispatcher.opensips_extra {
+            opensips.push_str(line);
+            opensips.push('\n');
         }
     }
     format!(
@@ -535,7 +558,8 @@ mod tests {
 
     #[test]
     fn config_ini_writes_the_optional_settings() {
-        let d = DispatcherSettings::in_dir(Path::new("/tmp/x")).with_kamailio_rpc("/tmp/x/kamailio/rpc.sock");
+        let d = DispatcherSettings::in_dir(Path::new("/tmp/x"))
+            .with_proxy_mi(crate::Proxy::Kamailio, "/tmp/x/kamailio/rpc.sock");
         let r = RelaySettings::third().stream_timeout(3).userspace();
         let ini = config_ini(&d, &r, Path::new("/tmp/x/certs"));
         assert!(ini

@@ -1,6 +1,6 @@
 //! The rig of one test: a temporary directory, the topology, and the
 //! daemons running in it. Dropping it stops the relays, the dispatcher and
-//! Kamailio, deletes the namespaces and the directory (kept with
+//! the proxy, deletes the namespaces and the directory (kept with
 //! `RELAYBOX_E2E_KEEP=1`); unless the test called [`Rig::pass`] (so after a
 //! panic or an early `Err` return) it first prints the tail of every log.
 
@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
 use crate::call::{Call, CallSpec, MediaPath};
-use crate::kamailio::{Kamailio, KamailioOptions};
 use crate::process::{read_lossy, tail, Process};
+use crate::proxy::{Proxy, ProxyOptions, ProxyProcess};
 use crate::relaybox::{
     stream_statuses, Binaries, Dispatcher, DispatcherSettings, Management, Relay, RelaySettings, SessionTraffic,
 };
@@ -54,7 +54,7 @@ pub struct Rig {
     // Field order is drop order: daemons first, then the namespaces.
     pub relays: Vec<Relay>,
     pub dispatcher: Option<Dispatcher>,
-    pub kamailio: Option<Kamailio>,
+    pub proxy: Option<ProxyProcess>,
     pub topo: Topology,
     certs: Option<PathBuf>,
     dir: Option<TempDir>,
@@ -81,7 +81,7 @@ impl Rig {
             label: label.to_owned(),
             relays: Vec::new(),
             dispatcher: None,
-            kamailio: None,
+            proxy: None,
             topo,
             certs: None,
             dir: Some(dir),
@@ -100,22 +100,33 @@ impl Rig {
         self.dir.as_ref().map(TempDir::path).expect("rig directory exists until drop")
     }
 
-    /// Where Kamailio looks for the dispatcher (whether or not one runs).
+    /// Where the proxy looks for the dispatcher (whether or not one runs).
     pub fn mediaproxy_socket(&self) -> PathBuf {
         self.dir().join("dispatcher.sock")
     }
 
     /// Starts Kamailio pointed at [`Rig::mediaproxy_socket`].
-    pub fn start_kamailio(&mut self) -> Result<&mut Kamailio> {
-        let opts = KamailioOptions::new(self.mediaproxy_socket());
-        self.start_kamailio_with(&opts)
+    pub fn start_kamailio(&mut self) -> Result<&mut ProxyProcess> {
+        self.start_proxy(Proxy::Kamailio)
     }
 
-    pub fn start_kamailio_with(&mut self, opts: &KamailioOptions) -> Result<&mut Kamailio> {
+    /// Starts `proxy` with its reference configuration, pointed at
+    /// [`Rig::mediaproxy_socket`].
+    pub fn start_proxy(&mut self, proxy: Proxy) -> Result<&mut ProxyProcess> {
+        let opts = self.proxy_options(proxy);
+        self.start_proxy_with(&opts)
+    }
+
+    /// The default options of `proxy` in this rig.
+    pub fn proxy_options(&self, proxy: Proxy) -> ProxyOptions {
+        ProxyOptions::new(proxy, self.mediaproxy_socket())
+    }
+
+    pub fn start_proxy_with(&mut self, opts: &ProxyOptions) -> Result<&mut ProxyProcess> {
         let t = Instant::now();
-        let k = Kamailio::start(&self.topo.srv, self.dir(), opts)?;
-        eprintln!("[e2e] {}: kamailio ready in {} ms", self.label, t.elapsed().as_millis());
-        Ok(self.kamailio.insert(k))
+        let p = ProxyProcess::start(&self.topo.srv, self.dir(), opts)?;
+        eprintln!("[e2e] {}: {} ready in {} ms", self.label, opts.proxy, t.elapsed().as_millis());
+        Ok(self.proxy.insert(p))
     }
 
     /// The demo certificates, made once per rig.
@@ -127,9 +138,10 @@ impl Rig {
         Ok(self.certs.insert(certs).clone())
     }
 
-    /// Kamailio's jsonrpcs datagram socket (`dgram_socket` in kamailio.cfg).
-    pub fn kamailio_rpc_socket(&self) -> PathBuf {
-        self.dir().join("kamailio").join("kamailio_rpc.sock")
+    /// The JSON-RPC datagram socket `proxy` will have (Kamailio jsonrpcs
+    /// `dgram_socket`, OpenSIPS mi_datagram).
+    pub fn proxy_mi_socket(&self, proxy: Proxy) -> PathBuf {
+        proxy.mi_socket(self.dir())
     }
 
     /// The default dispatcher settings of this rig.
@@ -137,7 +149,7 @@ impl Rig {
         DispatcherSettings::in_dir(self.dir())
     }
 
-    /// Starts the dispatcher (before Kamailio: see [`Kamailio::start`]).
+    /// Starts the dispatcher (before the proxy: see [`ProxyProcess::start`]).
     pub fn start_dispatcher(&mut self, bins: &Binaries) -> Result<()> {
         let settings = self.dispatcher_settings();
         self.start_dispatcher_with(bins, settings)
@@ -201,11 +213,12 @@ impl Rig {
             hold: Duration::from_secs(2),
             extra_talk: Duration::ZERO,
             media_delay: Duration::ZERO,
+            idle_before_invite: Duration::ZERO,
         })
     }
 
-    /// Starts the callee (waiting until Kamailio has saved its REGISTER),
-    /// then the caller.
+    /// Starts the callee (waiting until the proxy has saved its REGISTER),
+    /// waits `spec.idle_before_invite`, then starts the caller.
     pub fn start_call(&mut self, spec: &CallSpec) -> Result<Call> {
         let n = self.calls;
         let dir = self.dir().to_owned();
@@ -219,15 +232,16 @@ impl Rig {
 
         let before_a = self.topo.counters(Side::A)?;
         let before_b = self.topo.counters(Side::B)?;
-        let kamailio = self.kamailio.as_mut().context("start Kamailio first")?;
-        let offset = kamailio.process.log_len();
+        let proxy = self.proxy.as_mut().context("start the proxy first")?;
+        let offset = proxy.process.log_len();
 
         let cmd = sipp::command(&callee_files, Side::B.phone_ip(), &spec.callee, &spec.call_id, spec.limit())?;
         let mut callee = Process::spawn("callee", Some(&self.topo.ph_b), &cmd.cwd(&dir), &callee_files.output)?;
-        if let Err(e) = kamailio.wait_for_registration(offset, &spec.callee.user, Duration::from_secs(10)) {
+        if let Err(e) = proxy.wait_for_registration(offset, &spec.callee.user, Duration::from_secs(10)) {
             let _ = callee.wait_timeout(Duration::from_millis(100));
             bail!("{e:#}\ncallee output:\n{}", callee.log_tail(25));
         }
+        std::thread::sleep(spec.idle_before_invite);
 
         let cmd = sipp::command(&caller_files, Side::A.phone_ip(), &spec.caller, &spec.call_id, spec.limit())?;
         let caller = Process::spawn("caller", Some(&self.topo.ph_a), &cmd.cwd(&dir), &caller_files.output)?;
@@ -311,7 +325,7 @@ impl Drop for Rig {
         // Daemons first (their fields come first, but be explicit about it).
         self.relays.clear();
         self.dispatcher = None;
-        self.kamailio = None;
+        self.proxy = None;
         if std::env::var(KEEP_ENV).as_deref() == Ok("1") {
             if let Some(dir) = self.dir.take() {
                 let _ = std::fs::write(dir.path().join(KEPT_MARK), "kept by RELAYBOX_E2E_KEEP=1\n");

@@ -4,7 +4,7 @@
 //! ```text
 //!  ph-a 192.168.1.10 ── lan 192.168.1.1 [nat-a] wan 203.0.113.10 ──┐
 //!                                                                  ├─ br0 [inet] ── 203.0.113.1, .2, .3 [srv]
-//!  ph-b 192.168.2.10 ── lan 192.168.2.1 [nat-b] wan 203.0.113.20 ──┘     (Kamailio, dispatcher, relays)
+//!  ph-b 192.168.2.10 ── lan 192.168.2.1 [nat-b] wan 203.0.113.20 ──┘     (proxy, dispatcher, relays)
 //! ```
 //!
 //! Nothing routes to 192.168.0.0/16 outside each NAT: a phone is only
@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::counters::{self, MediaCounters};
 use crate::netns::{self, Netns, NAME_PREFIX};
 
-/// The server's first address: Kamailio, the dispatcher, relay 1.
+/// The server's first address: the proxy, the dispatcher, relay 1.
 pub const SRV_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The server's second address, for a second relay.
 pub const SRV_IP2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);

@@ -165,11 +165,11 @@ fn three_relays_share_calls_and_obey_sighup_and_sigterm() -> Result<()> {
 
     // The callee registers, then one UAS answers every call of the test.
     let (a, b, c) = (30u32, 9u32, 12u32);
-    let offset = rig.kamailio.as_ref().context("kamailio")?.process.log_len();
+    let offset = rig.proxy.as_ref().context("proxy")?.process.log_len();
     let (mut reg, _) =
         sipp_run(&rig, "register", "register.xml", false, 5060, "reg-%u", 1, 0, 0, Duration::from_secs(10))?;
     ensure!(reg.wait_timeout(Duration::from_secs(10))?.success(), "REGISTER failed:\n{}", reg.log_tail(20));
-    rig.kamailio.as_mut().context("kamailio")?.wait_for_registration(offset, "bob", Duration::from_secs(5))?;
+    rig.proxy.as_mut().context("proxy")?.wait_for_registration(offset, "bob", Duration::from_secs(5))?;
     let (mut callee, _) =
         sipp_run(&rig, "callee", "callee_bulk.xml", false, 5060, "uas-%u", a + b + c, 0, 0, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -290,11 +290,11 @@ fn accounted_relay_ip_is_the_relay_that_carried_the_media() -> Result<()> {
     rig.start_relay(&bins, RelaySettings::first())?;
     rig.start_relay(&bins, RelaySettings::second())?;
     rig.start_kamailio()?;
-    let offset = rig.kamailio.as_ref().context("kamailio")?.process.log_len();
+    let offset = rig.proxy.as_ref().context("proxy")?.process.log_len();
     let (mut reg, _) =
         sipp_run(&rig, "register", "register.xml", false, 5060, "reg-%u", 1, 0, 0, Duration::from_secs(10))?;
     ensure!(reg.wait_timeout(Duration::from_secs(10))?.success(), "REGISTER failed:\n{}", reg.log_tail(20));
-    rig.kamailio.as_mut().context("kamailio")?.wait_for_registration(offset, "bob", Duration::from_secs(5))?;
+    rig.proxy.as_mut().context("proxy")?.wait_for_registration(offset, "bob", Duration::from_secs(5))?;
     let calls = 8;
     let (mut callee, _) =
         sipp_run(&rig, "callee", "callee_bulk.xml", false, 5060, "uas-%u", calls, 0, 0, Duration::from_secs(60))?;

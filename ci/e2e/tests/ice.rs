@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use relaybox_e2e::kamailio::KamailioOptions;
 use relaybox_e2e::sipp::{self, Sdp};
+use relaybox_e2e::Proxy;
 use relaybox_e2e::{Binaries, CallKind, MediaPath, RelaySettings, Rig, Side};
 
 /// Share of the packets one phone sent that the other must receive from the relay.
@@ -62,8 +62,8 @@ fn ice_phones_get_the_relay_candidate_and_media_is_relayed() -> Result<()> {
     let mut rig = Rig::new("ice_relayed")?;
     rig.start_dispatcher(&bins)?;
     rig.start_relay(&bins, relay)?;
-    let opts = KamailioOptions::new(rig.mediaproxy_socket()).ice_candidate("low-priority");
-    rig.start_kamailio_with(&opts)?;
+    let opts = rig.proxy_options(Proxy::Kamailio).ice_candidate("low-priority");
+    rig.start_proxy_with(&opts)?;
 
     let spec = rig.call_spec(CallKind::Ice, MediaPath::Relay(relay), 0)?;
     let mut call = rig.start_call(&spec)?;
@@ -97,11 +97,11 @@ fn ice_streams_without_relayed_media_end_as_unselected_candidates() -> Result<()
     let Some(bins) = Binaries::for_test(test) else { return Ok(()) };
     let relay = RelaySettings::first().stream_timeout(STREAM_TIMEOUT).userspace();
     let mut rig = Rig::new("ice_unselected")?;
-    let settings = rig.dispatcher_settings().with_kamailio_rpc(rig.kamailio_rpc_socket());
+    let settings = rig.dispatcher_settings().with_proxy_mi(Proxy::Kamailio, rig.proxy_mi_socket(Proxy::Kamailio));
     rig.start_dispatcher_with(&bins, settings)?;
     rig.start_relay(&bins, relay)?;
-    let opts = KamailioOptions::new(rig.mediaproxy_socket()).ice_candidate("low-priority");
-    rig.start_kamailio_with(&opts)?;
+    let opts = rig.proxy_options(Proxy::Kamailio).ice_candidate("low-priority");
+    rig.start_proxy_with(&opts)?;
 
     // The phones answer and stay on the line, but send nothing to the relay;
     // the caller hangs up stream_timeout + 5 s later.
@@ -191,11 +191,11 @@ fn ice_streams_whose_only_traffic_through_the_relay_is_stun_end_as_unselected_ca
     // whose conntrack timeout would end the call as a timed-out one.
     let relay = RelaySettings::first().stream_timeout(STREAM_TIMEOUT);
     let mut rig = Rig::new("ice_stun_only")?;
-    let settings = rig.dispatcher_settings().with_kamailio_rpc(rig.kamailio_rpc_socket());
+    let settings = rig.dispatcher_settings().with_proxy_mi(Proxy::Kamailio, rig.proxy_mi_socket(Proxy::Kamailio));
     rig.start_dispatcher_with(&bins, settings)?;
     rig.start_relay(&bins, relay)?;
-    let opts = KamailioOptions::new(rig.mediaproxy_socket()).ice_candidate("low-priority");
-    rig.start_kamailio_with(&opts)?;
+    let opts = rig.proxy_options(Proxy::Kamailio).ice_candidate("low-priority");
+    rig.start_proxy_with(&opts)?;
 
     // The phones send no media to the relay, only connectivity checks to
     // the relay candidates, longer than stream_timeout (as if they talked

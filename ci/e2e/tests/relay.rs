@@ -1,7 +1,9 @@
-//! Calls through our dispatcher and relays: Kamailio's mediaproxy module
-//! talks to `relaybox dispatcher` over its UNIX socket, the dispatcher to
-//! `relaybox relay` over mutual TLS, and both phones behind NAT must get
-//! their RTP from the relay.
+//! Calls through our dispatcher and relays: the proxy's mediaproxy module
+//! (Kamailio, and OpenSIPS 3.6 for the basic, hold and audio+video calls,
+//! each running its example configuration as an unprivileged user) talks to
+//! `relaybox dispatcher` over its UNIX socket, the dispatcher to `relaybox
+//! relay` over mutual TLS, and both phones behind NAT must get their RTP
+//! from the relay.
 //!
 //! These tests need the `relaybox` and `relaybox-ca` binaries in the cargo
 //! target directory (`cargo build --workspace --bins`). Until the binaries
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use relaybox_e2e::relaybox::SessionTraffic;
 use relaybox_e2e::topology::{SRV_IP, SRV_IP2};
-use relaybox_e2e::{Binaries, CallKind, CallReport, MediaPath, RelaySettings, Rig, SessionWatch};
+use relaybox_e2e::{Binaries, CallKind, CallReport, MediaPath, Proxy, RelaySettings, Rig, SessionWatch};
 
 /// Share of the packets one phone sent that the other must receive from the
 /// relay (the first packets may arrive before the relay knows both sides).
@@ -24,11 +26,23 @@ const MODULE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Dispatcher, one relay, Kamailio.
 fn rig_with_relay(label: &str, bins: &Binaries) -> Result<Rig> {
+    rig_with_proxy(label, bins, Proxy::Kamailio)
+}
+
+/// Dispatcher, one relay, `proxy`.
+fn rig_with_proxy(label: &str, bins: &Binaries, proxy: Proxy) -> Result<Rig> {
     let mut rig = Rig::new(label)?;
     rig.start_dispatcher(bins)?;
     rig.start_relay(bins, RelaySettings::first())?;
-    rig.start_kamailio()?;
+    rig.start_proxy(proxy)?;
     Ok(rig)
+}
+
+/// The binaries and `proxy` for `test`, or `None` when the test is skipped.
+fn needs(test: &str, proxy: Proxy) -> Option<Binaries> {
+    let bins = Binaries::for_test(test)?;
+    proxy.for_test(test)?;
+    Some(bins)
 }
 
 /// Runs one relayed call while watching `sessions`, checks SIP, SDP and
@@ -73,8 +87,18 @@ fn relayed_call(rig: &mut Rig, kind: CallKind) -> Result<(CallReport, SessionWat
 #[test]
 #[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
 fn basic_call_is_relayed_both_ways() -> Result<()> {
-    let Some(bins) = Binaries::for_test("basic_call_is_relayed_both_ways") else { return Ok(()) };
-    let mut rig = rig_with_relay("relay_basic", &bins)?;
+    basic_call("basic_call_is_relayed_both_ways", Proxy::Kamailio)
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn basic_call_through_opensips_is_relayed_both_ways() -> Result<()> {
+    basic_call("basic_call_through_opensips_is_relayed_both_ways", Proxy::OpenSips)
+}
+
+fn basic_call(test: &str, proxy: Proxy) -> Result<()> {
+    let Some(bins) = needs(test, proxy) else { return Ok(()) };
+    let mut rig = rig_with_proxy(&format!("relay_basic_{proxy}"), &bins, proxy)?;
     let (_, watch) = relayed_call(&mut rig, CallKind::Basic)?;
     ensure!(watch.max.streams == 1, "expected one stream, `sessions` showed {}", watch.max.streams);
     rig.pass();
@@ -84,8 +108,18 @@ fn basic_call_is_relayed_both_ways() -> Result<()> {
 #[test]
 #[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
 fn hold_and_resume_keep_the_call_relayed() -> Result<()> {
-    let Some(bins) = Binaries::for_test("hold_and_resume_keep_the_call_relayed") else { return Ok(()) };
-    let mut rig = rig_with_relay("relay_hold_resume", &bins)?;
+    hold_and_resume("hold_and_resume_keep_the_call_relayed", Proxy::Kamailio)
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn hold_and_resume_through_opensips_keep_the_call_relayed() -> Result<()> {
+    hold_and_resume("hold_and_resume_through_opensips_keep_the_call_relayed", Proxy::OpenSips)
+}
+
+fn hold_and_resume(test: &str, proxy: Proxy) -> Result<()> {
+    let Some(bins) = needs(test, proxy) else { return Ok(()) };
+    let mut rig = rig_with_proxy(&format!("relay_hold_resume_{proxy}"), &bins, proxy)?;
     // Each phone plays the pcap once before the hold and once after the
     // resume: receiving at least 80% of both plays proves media after resume.
     let (report, _) = relayed_call(&mut rig, CallKind::HoldResume)?;
@@ -101,8 +135,18 @@ fn hold_and_resume_keep_the_call_relayed() -> Result<()> {
 #[test]
 #[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
 fn audio_and_video_are_both_relayed() -> Result<()> {
-    let Some(bins) = Binaries::for_test("audio_and_video_are_both_relayed") else { return Ok(()) };
-    let mut rig = rig_with_relay("relay_audio_video", &bins)?;
+    audio_and_video("audio_and_video_are_both_relayed", Proxy::Kamailio)
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn audio_and_video_through_opensips_are_both_relayed() -> Result<()> {
+    audio_and_video("audio_and_video_through_opensips_are_both_relayed", Proxy::OpenSips)
+}
+
+fn audio_and_video(test: &str, proxy: Proxy) -> Result<()> {
+    let Some(bins) = needs(test, proxy) else { return Ok(()) };
+    let mut rig = rig_with_proxy(&format!("relay_audio_video_{proxy}"), &bins, proxy)?;
     let (report, watch) = relayed_call(&mut rig, CallKind::AudioVideo)?;
     ensure!(watch.max.streams == 2, "expected two streams, `sessions` showed {}", watch.max.streams);
     let sdp = &report.caller_sdps[0];
@@ -130,7 +174,7 @@ fn dispatcher_without_relays_leaves_sdp_untouched() -> Result<()> {
     // Two messages with SDP ask the dispatcher: the INVITE and the 200 OK.
     let setup = report.setup.context("no setup time")?;
     ensure!(setup < MODULE_TIMEOUT * 2, "setup took {setup:?}, more than the module timeout per message");
-    let log = rig.kamailio.as_ref().context("kamailio")?.log();
+    let log = rig.proxy.as_ref().context("proxy")?.log();
     ensure!(
         !log.contains("did timeout waiting for an answer"),
         "the dispatcher let the module time out instead of answering `error` at once"

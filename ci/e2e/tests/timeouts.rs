@@ -1,9 +1,12 @@
 //! Calls whose media timed out (SPEC 4): the relay expires the session after
 //! `stream_timeout` without traffic, the dispatcher accounts it and, for an
-//! answered call with a dialog, asks Kamailio (`dlg.end_dlg` over the
-//! jsonrpcs datagram socket) to end the dialog, so that BOTH phones get a BYE
-//! although neither hung up. Calls that were never answered, or that were
-//! set up without the dialog module, are only accounted.
+//! answered call with a dialog, asks the proxy to end the dialog, so that
+//! BOTH phones get a BYE although neither hung up: Kamailio (`dlg.end_dlg`
+//! over the jsonrpcs datagram socket and FIFO) and OpenSIPS 3.6 (`dlg_end_dlg` over
+//! mi_datagram, mi_fifo and mi_http, the dialog named as `dlg_list` names
+//! it), each running as an unprivileged user. Calls that were never
+//! answered, or that were set up without the dialog module, are only
+//! accounted.
 //!
 //! The relays run with `datapath = userspace`: with the kernel datapath a
 //! latched stream only ends with the kernel's UDP conntrack timeout, which
@@ -12,9 +15,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use relaybox_e2e::kamailio::KamailioOptions;
+use relaybox_e2e::relaybox::DispatcherSettings;
 use relaybox_e2e::sipp::{self, SipMessage};
-use relaybox_e2e::{Binaries, CallKind, MediaPath, RelaySettings, Rig};
+use relaybox_e2e::{Binaries, CallKind, MediaPath, Proxy, ProxyOptions, RelaySettings, Rig};
 
 /// `[Relay] stream_timeout` of these tests, in seconds.
 const STREAM_TIMEOUT: u32 = 3;
@@ -26,16 +29,40 @@ fn relay() -> RelaySettings {
     RelaySettings::first().stream_timeout(STREAM_TIMEOUT).userspace()
 }
 
-/// Dispatcher that ends dialogs through Kamailio's jsonrpcs datagram socket,
-/// one userspace relay with a short `stream_timeout`, Kamailio with `opts`.
-fn rig(label: &str, bins: &Binaries, opts: impl FnOnce(KamailioOptions) -> KamailioOptions) -> Result<Rig> {
+/// How the dispatcher reaches the proxy's management interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mi {
+    Datagram,
+    Fifo,
+    Http,
+}
+
+/// Dispatcher that ends dialogs through `proxy`'s management interface,
+/// one userspace relay with a short `stream_timeout`, the proxy with `opts`.
+fn rig_with(
+    label: &str,
+    bins: &Binaries,
+    proxy: Proxy,
+    mi: Mi,
+    opts: impl FnOnce(ProxyOptions) -> ProxyOptions,
+) -> Result<Rig> {
     let mut rig = Rig::new(label)?;
-    let settings = rig.dispatcher_settings().with_kamailio_rpc(rig.kamailio_rpc_socket());
+    let settings: DispatcherSettings = match mi {
+        Mi::Datagram => rig.dispatcher_settings().with_proxy_mi(proxy, rig.proxy_mi_socket(proxy)),
+        Mi::Fifo => rig.dispatcher_settings().with_proxy_fifo(proxy, proxy.mi_fifo(rig.dir())),
+        // OpenSIPS's httpd in `srv`, on its loopback (examples/opensips.cfg).
+        Mi::Http => rig.dispatcher_settings().with_proxy_http(proxy, "http://127.0.0.1:8888/mi"),
+    };
     rig.start_dispatcher_with(bins, settings)?;
     rig.start_relay(bins, relay())?;
-    let opts = opts(KamailioOptions::new(rig.mediaproxy_socket()));
-    rig.start_kamailio_with(&opts)?;
+    let opts = opts(rig.proxy_options(proxy));
+    rig.start_proxy_with(&opts)?;
     Ok(rig)
+}
+
+/// Kamailio, dialogs ended over its jsonrpcs datagram socket.
+fn rig(label: &str, bins: &Binaries, opts: impl FnOnce(ProxyOptions) -> ProxyOptions) -> Result<Rig> {
+    rig_with(label, bins, Proxy::Kamailio, Mi::Datagram, opts)
 }
 
 /// Requests `method` this phone received.
@@ -59,9 +86,62 @@ fn ensure_no_dialog_ending(rig: &Rig, call_id: &str) -> Result<()> {
 #[test]
 #[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
 fn timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones() -> Result<()> {
-    let test = "timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones";
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones",
+        Proxy::Kamailio,
+        Mi::Datagram,
+    )
+}
+
+#[test]
+#[ignore = "needs root, kamailio, sipp: run by ci/test.sh"]
+fn timed_out_call_is_ended_by_kamailio_over_its_fifo_with_a_bye_to_both_phones() -> Result<()> {
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_kamailio_over_its_fifo_with_a_bye_to_both_phones",
+        Proxy::Kamailio,
+        Mi::Fifo,
+    )
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn timed_out_call_is_ended_by_opensips_over_mi_datagram_with_a_bye_to_both_phones() -> Result<()> {
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_opensips_over_mi_datagram_with_a_bye_to_both_phones",
+        Proxy::OpenSips,
+        Mi::Datagram,
+    )
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn timed_out_call_is_ended_by_opensips_over_mi_fifo_with_a_bye_to_both_phones() -> Result<()> {
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_opensips_over_mi_fifo_with_a_bye_to_both_phones",
+        Proxy::OpenSips,
+        Mi::Fifo,
+    )
+}
+
+#[test]
+#[ignore = "needs root, opensips, sipp: run by ci/test.sh"]
+fn timed_out_call_is_ended_by_opensips_over_mi_http_with_a_bye_to_both_phones() -> Result<()> {
+    timed_out_call_gets_a_bye_at_both_phones(
+        "timed_out_call_is_ended_by_opensips_over_mi_http_with_a_bye_to_both_phones",
+        Proxy::OpenSips,
+        Mi::Http,
+    )
+}
+
+/// An answered call whose media stops: the relay reports it expired, the
+/// dispatcher asks `proxy` (over `mi`) to end the dialog, and the proxy
+/// sends a BYE to both phones. For OpenSIPS the dialog id the dispatcher
+/// sent must be the one `dlg_list` shows for the call.
+fn timed_out_call_gets_a_bye_at_both_phones(test: &str, proxy: Proxy, mi: Mi) -> Result<()> {
     let Some(bins) = Binaries::for_test(test) else { return Ok(()) };
-    let mut rig = rig("timeout_dlg_end", &bins, |o| o)?;
+    let Some(()) = proxy.for_test(test) else { return Ok(()) };
+    let label = format!("timeout_dlg_end_{proxy}_{mi:?}").to_lowercase();
+    let mut rig = rig_with(&label, &bins, proxy, mi, |o| o)?;
     let (_, pcap_len) = sipp::pcap_stats(&sipp::pcap_path())?;
 
     // Both phones play RTP once, then go silent and wait (at most 25 s) for
@@ -70,6 +150,11 @@ fn timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones() -> Result<()>
     spec.extra_talk = Duration::from_secs(25);
     let mut call = rig.start_call(&spec)?;
     call.wait_answered(Duration::from_secs(10))?;
+    // The proxy's own name of the dialog, while it is up (OpenSIPS dlg_list).
+    let listed_id = match proxy {
+        Proxy::OpenSips => Some(opensips_dialog_id(&rig, &spec.call_id)?),
+        Proxy::Kamailio => None,
+    };
     let report = call.finish(&rig)?;
     eprintln!("[e2e] {}: {}", rig.label(), report.summary());
     report.check_completed()?;
@@ -112,6 +197,14 @@ fn timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones() -> Result<()>
     let expired = d.wait_call_log(&spec.call_id, "session expired and accounted", Duration::from_secs(5))?;
     let ended = d.wait_call_log(&spec.call_id, "dialog ended by the proxy", Duration::from_secs(5))?;
     eprintln!("[e2e] {label}: dispatcher: {expired}\n[e2e] {label}: dispatcher: {ended}");
+    if let Some(id) = &listed_id {
+        ensure!(
+            ended.contains(&format!("sent={id}")),
+            "the dispatcher did not end the dialog by the id dlg_list shows ({id}): {ended}"
+        );
+        let retried = d.call_log(&spec.call_id, "trying")?;
+        ensure!(retried.is_empty(), "OpenSIPS 3.6 needed a second form: {retried:?}");
+    }
     ensure!(
         expired.contains("no-traffic timeout"),
         "the expired session's stream is not `no-traffic timeout`: {expired}"
@@ -123,6 +216,20 @@ fn timed_out_call_is_ended_by_kamailio_with_a_bye_to_both_phones() -> Result<()>
     rig.wait_session_gone(&spec.call_id, Duration::from_secs(5))?;
     rig.pass();
     Ok(())
+}
+
+/// The `ID` OpenSIPS's `dlg_list` shows for `call_id`.
+fn opensips_dialog_id(rig: &Rig, call_id: &str) -> Result<String> {
+    let proxy = rig.proxy.as_ref().context("proxy")?;
+    let answer = proxy.mi("dlg_list", serde_json::json!({}))?;
+    let dialogs = answer["result"]["Dialogs"].as_array().with_context(|| format!("dlg_list answered {answer}"))?;
+    let dialog = dialogs
+        .iter()
+        .find(|d| d["callid"].as_str() == Some(call_id))
+        .with_context(|| format!("dlg_list does not list {call_id}: {answer}"))?;
+    let id = dialog["ID"].as_str().with_context(|| format!("no ID in {dialog}"))?;
+    eprintln!("[e2e] dlg_list: call {call_id} is dialog {id}");
+    Ok(id.to_owned())
 }
 
 #[test]
@@ -168,7 +275,7 @@ fn unanswered_call_that_expires_is_only_accounted() -> Result<()> {
 fn timed_out_call_without_dialog_is_only_accounted() -> Result<()> {
     let test = "timed_out_call_without_dialog_is_only_accounted";
     let Some(bins) = Binaries::for_test(test) else { return Ok(()) };
-    let mut rig = rig("timeout_no_dialog", &bins, KamailioOptions::without_dialog)?;
+    let mut rig = rig("timeout_no_dialog", &bins, ProxyOptions::without_dialog)?;
 
     // use_media_proxy() without the dialog module: the session carries no
     // dialog_id. Media plays once; the caller hangs up itself well after
@@ -193,7 +300,7 @@ fn timed_out_call_without_dialog_is_only_accounted() -> Result<()> {
     report.check_relayed_media(MIN_RELAYED)?;
     ensure!(!expired.contains("dialog_id"), "a call without the dialog module has a dialog_id: {expired}");
     ensure!(expired.contains("no-traffic timeout"), "the stream is not `no-traffic timeout`: {expired}");
-    let log = rig.kamailio.as_ref().context("kamailio")?.log();
+    let log = rig.proxy.as_ref().context("proxy")?.log();
     ensure!(log.contains("(use_media_proxy, no dialog)"), "Kamailio did not take the no-dialog route");
 
     ensure_no_dialog_ending(&rig, &spec.call_id)?;

@@ -31,8 +31,8 @@ pub use error::{ConfigError, ConfigWarning};
 pub use network::{NetworkSettings, WanMode, MAX_DNS_SERVERS};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
-    DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,
-    RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
+    DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, MiTransport, OpenSipsConfig, ProxyFlavor,
+    RadiusConfig, RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use system::{
     ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,

@@ -114,6 +114,13 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     mp("OpenSIPS", "max_connections"),
     mp("OpenSIPS", "location_table"),
     ext("OpenSIPS", "proxy"),
+    ext("OpenSIPS", "transport"),
+    ext("OpenSIPS", "url"),
+    ext("OpenSIPS", "reply_dir"),
+    ext("OpenSIPS", "reply_mode"),
+    ext("OpenSIPS", "reply_owner"),
+    ext("OpenSIPS", "reply_group"),
+    ext("OpenSIPS", "reply_timeout"),
     mp("ThorNetwork", "domain"),
     mp("ThorNetwork", "node_ip"),
     ext("Web", "listen"),
@@ -721,22 +728,46 @@ impl Default for RadiusConfig {
     }
 }
 
-/// `[OpenSIPS]`: the proxy's management socket, used to end dialogs whose
-/// media timed out.
+/// `[OpenSIPS]`: the proxy's management interface, used to end dialogs
+/// whose media timed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenSipsConfig {
-    /// The proxy's management datagram socket (`/run/opensips/socket`);
-    /// relative to the config file's directory.
+    /// The proxy's management datagram socket (`/run/opensips/socket`), or
+    /// its MI FIFO with `transport = fifo`; relative to the config file's
+    /// directory.
     pub socket_path: PathBuf,
-    /// Most datagram sockets opened towards it at once (10).
+    /// Most requests to the proxy at once (10).
     pub max_connections: usize,
     /// MediaProxy 4.x: the proxy's location table (`location`); stored, not used.
     pub location_table: String,
     /// relaybox: which proxy listens on `socket_path`, which decides how a
-    /// dialog is ended: `opensips` (`dlg_end_dlg` over its MI datagram
-    /// socket, JSON-RPC) or `kamailio` (`dlg.end_dlg` over the jsonrpcs
-    /// datagram socket). Default `opensips`, as MediaProxy.
+    /// dialog is ended: `opensips` (`dlg_end_dlg`, the dialog named as
+    /// `dlg_list` prints it, then as the module's number after a 404) or
+    /// `kamailio` (`dlg.end_dlg` with h_entry and h_id). Default `opensips`,
+    /// as MediaProxy.
     pub proxy: ProxyFlavor,
+    /// relaybox: how requests reach the proxy (default `datagram`, as MediaProxy).
+    pub transport: MiTransport,
+    /// relaybox: the JSON-RPC over HTTP URL for `transport = http`
+    /// (OpenSIPS `mi_http`; default `http://127.0.0.1:8888/mi`). Plain HTTP
+    /// only: keep it on loopback.
+    pub url: String,
+    /// relaybox: where the dispatcher makes the socket (datagram) or FIFO
+    /// (fifo) the proxy answers on (`/tmp`). With `transport = fifo` it must
+    /// be the proxy's FIFO `reply_dir` (OpenSIPS mi_fifo and Kamailio
+    /// jsonrpcs: `/tmp/` by default).
+    pub reply_dir: PathBuf,
+    /// relaybox: permission bits of the reply socket/FIFO (0666: a proxy
+    /// running as its own user can answer; tighten with `reply_group`).
+    pub reply_mode: u32,
+    /// relaybox: owner (user name or uid) given to the reply socket/FIFO;
+    /// `None` (default): the dispatcher's user.
+    pub reply_owner: Option<String>,
+    /// relaybox: group (name or gid) given to the reply socket/FIFO; `None`
+    /// (default): the dispatcher's group.
+    pub reply_group: Option<String>,
+    /// relaybox: how long the proxy gets to answer one request (3 s, as MediaProxy).
+    pub reply_timeout: Duration,
 }
 
 /// The SIP proxy whose dialogs the dispatcher ends.
@@ -746,6 +777,20 @@ pub enum ProxyFlavor {
     Kamailio,
 }
 
+/// How the dispatcher reaches the proxy's management interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MiTransport {
+    /// One JSON-RPC datagram to `socket_path` (OpenSIPS mi_datagram, Kamailio
+    /// jsonrpcs `dgram_socket`), answered on a socket in `reply_dir`.
+    Datagram,
+    /// A line `:<reply fifo>:<request>` to the FIFO at `socket_path`
+    /// (OpenSIPS mi_fifo, Kamailio jsonrpcs `fifo_name`), answered on a FIFO
+    /// in `reply_dir`.
+    Fifo,
+    /// An HTTP POST to `url` (OpenSIPS mi_http).
+    Http,
+}
+
 impl Default for OpenSipsConfig {
     fn default() -> Self {
         OpenSipsConfig {
@@ -753,8 +798,30 @@ impl Default for OpenSipsConfig {
             max_connections: 10,
             location_table: "location".into(),
             proxy: ProxyFlavor::OpenSips,
+            transport: MiTransport::Datagram,
+            url: "http://127.0.0.1:8888/mi".into(),
+            reply_dir: PathBuf::from("/tmp"),
+            reply_mode: 0o666,
+            reply_owner: None,
+            reply_group: None,
+            reply_timeout: Duration::from_secs(3),
         }
     }
+}
+
+/// A user or group: a name of letters, digits, `_`, `-`, `.` (not starting
+/// with `-`), or a number.
+fn account_name(v: &str) -> Parsed<Option<String>> {
+    if unset(v) {
+        return Ok(None);
+    }
+    let ok = v.len() <= 64
+        && !v.starts_with('-')
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'));
+    if !ok {
+        return Err(ValueError(format!("expected a user or group name or number, got {v:?}")));
+    }
+    Ok(Some(v.to_string()))
 }
 
 impl OpenSipsConfig {
@@ -769,6 +836,34 @@ impl OpenSipsConfig {
                     "kamailio" => ProxyFlavor::Kamailio,
                     _ => return Err(ValueError(format!("proxy must be opensips or kamailio, not {v:?}"))),
                 }
+            }
+            "transport" => {
+                self.transport = match v.to_ascii_lowercase().as_str() {
+                    "datagram" => MiTransport::Datagram,
+                    "fifo" => MiTransport::Fifo,
+                    "http" => MiTransport::Http,
+                    _ => return Err(ValueError(format!("expected datagram, fifo or http, got {v:?}"))),
+                }
+            }
+            "url" => {
+                let rest = v.strip_prefix("http://").unwrap_or_default();
+                if rest.is_empty() || rest.starts_with('/') || v.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err(ValueError(format!("expected an http://host[:port]/path URL, got {v:?}")));
+                }
+                self.url = v.to_string();
+            }
+            "reply_dir" => self.reply_dir = value::path(v, base)?,
+            "reply_mode" => {
+                let digits = v.strip_prefix("0o").unwrap_or(v);
+                self.reply_mode = match u32::from_str_radix(digits, 8) {
+                    Ok(m) if m <= 0o777 && !digits.is_empty() => m,
+                    _ => return Err(ValueError(format!("expected octal permission bits such as 0660, got {v:?}"))),
+                };
+            }
+            "reply_owner" => self.reply_owner = account_name(v)?,
+            "reply_group" => self.reply_group = account_name(v)?,
+            "reply_timeout" => {
+                self.reply_timeout = value::fractional_seconds(v, Duration::from_millis(100), Duration::from_secs(60))?
             }
             _ => return unknown(name),
         }
@@ -977,6 +1072,11 @@ mod tests {
             | "end_adopted_dialogs"
             | "accept_unmarked_certificates" => "yes",
             "proxy" => "kamailio",
+            "transport" => "fifo",
+            "url" => "http://127.0.0.1:8888/mi",
+            "reply_mode" => "0660",
+            "reply_owner" | "reply_group" => "opensips",
+            "reply_timeout" => "2.5",
             "routable_private_ranges" | "signaling_proxies" => "10.0.0.0/8",
             "latching_window" => "2.5",
             "log_level" => "INFO",
@@ -991,6 +1091,7 @@ mod tests {
             "domain" => "thor.example",
             "module_timeout" | "management_refresh_interval" => "0.5",
             "datapath" => "kernel",
+            "reply_dir" => "run",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
             n if n.ends_with("_path")
                 || n.ends_with("_file")

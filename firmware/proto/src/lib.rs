@@ -3,7 +3,8 @@
 //! This crate owns every byte format that crosses a socket between relaybox
 //! parts and MediaProxy-compatible peers: the proxy module's request/reply
 //! protocol ([`module`]), the relay link framing ([`link`]), the management
-//! commands ([`mgmt`]) and the session-statistics JSON ([`stats`]). It does no
+//! commands ([`mgmt`]), the session-statistics JSON ([`stats`]) and the requests
+//! that end a dialog through the proxy's management interface ([`mi`]). It does no
 //! I/O, keeps no clocks and never panics on input: every parser returns a
 //! typed [`ParseError`]. It is `no_std` + `alloc` so it also fits a fuzzer or
 //! a bare-metal build.
@@ -21,6 +22,7 @@ pub mod headers;
 pub mod link;
 pub mod media;
 pub mod mgmt;
+pub mod mi;
 pub mod module;
 pub mod sntp;
 pub mod stats;

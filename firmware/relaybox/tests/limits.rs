@@ -142,7 +142,7 @@ fn floods_of_idle_connections_from_one_address_are_capped_and_calls_go_on() {
     let mut rig = Rig::new();
     let (certs, _) = rig.certs("dispatcher-certs", "unused");
     let cfg = rig.dispatcher_config(&certs, "");
-    // The default caps need 1194 descriptors; 1300 leaves no room for the
+    // The default caps need 1204 descriptors; 1300 leaves no room for the
     // 2350 connections of the attack.
     let mut d = spawn_with_nofile(&rig, "dispatcher", &cfg, 1300);
     d.wait_log("dispatcher ready", Duration::from_secs(10));

@@ -217,7 +217,7 @@ impl Dispatcher {
     pub fn new(config: Config) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Dispatcher {
             accounting: accounting(&config)?,
-            dialogs: Arc::new(dialogs::DialogCloser::new(&config.opensips)),
+            dialogs: Arc::new(dialogs::DialogCloser::new(&config.opensips)?),
             config,
             relays: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -576,9 +576,15 @@ impl Dispatcher {
         let ended = self.metrics.dialogs_ended();
         tokio::spawn(async move {
             match closer.end(&dialog_id).await {
-                Ok(answer) => {
+                Ok(ended_with) => {
                     ended.count(true);
-                    tracing::info!(call_id = %call_id, dialog_id = %dialog_id, "dialog ended by the proxy: {answer}")
+                    tracing::info!(
+                        call_id = %call_id,
+                        dialog_id = %dialog_id,
+                        sent = %ended_with.sent,
+                        "dialog ended by the proxy: {}",
+                        ended_with.answer
+                    )
                 }
                 Err(e) => {
                     ended.count(false);
@@ -715,7 +721,10 @@ pub fn descriptor_budget(config: &Config) -> DescriptorBudget {
             "metrics connections ([Dispatcher] max_metrics_connections, when metrics_listen is set)",
             if d.metrics_listen.is_some() { d.max_metrics_connections as u64 } else { 0 },
         )
-        .add("the proxy's management socket ([OpenSIPS] max_connections)", config.opensips.max_connections as u64)
+        .add(
+            "the proxy's management interface, 2 per request ([OpenSIPS] max_connections)",
+            2 * config.opensips.max_connections as u64,
+        )
         .add("listeners, accounting, spool files and the runtime", 64)
 }
 
