@@ -6,7 +6,9 @@
 //! which are pure functions of file names and file contents, and the
 //! file-system side (`install`): checking a bundle whole before a byte is
 //! written, writing and reading back the inactive slot, arming it, marking
-//! the running slot good, reporting both slots. It does not download,
+//! the running slot good, reporting both slots; and the box as an update
+//! sees it (`system`: the release file, the trusted key, the running slot,
+//! one install at a time). It does not download,
 //! reboot, parse the settings file or serve the web page: `relaybox update`
 //! and the web page's Update page call it.
 
@@ -19,6 +21,7 @@ pub mod key;
 pub mod manifest;
 pub mod pi;
 pub mod slot;
+pub mod system;
 pub mod version;
 
 pub use bundle::{BundleError, Checked, Expect};
@@ -26,6 +29,7 @@ pub use install::{Efi, InstallError, Pi, PiSlots, Progress};
 pub use key::{KeyError, PublicKey, SigningKey};
 pub use manifest::{Manifest, ManifestError};
 pub use slot::{Slot, SlotError, SlotReport, SlotState, Status};
+pub use system::{Release, Running, Scheme, SystemError, Updater};
 pub use version::{BadVersion, Version};
 
 /// Lowercase hex.
