@@ -55,6 +55,30 @@ pub enum Progress {
     },
 }
 
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// The line `relaybox update install` prints (the web page shows the same).
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Checked { version, board, bytes } => write!(
+                f,
+                "bundle checked: version {version} for {board}, {}, every file matches the signed manifest",
+                mib(*bytes)
+            ),
+            Progress::Cleared { slot } => write!(f, "slot {slot} is no longer bootable; writing it"),
+            Progress::Written { slot, done, total } => {
+                write!(f, "slot {slot}: written {} of {}", mib(*done), mib(*total))
+            }
+            Progress::Verifying { slot } => write!(f, "slot {slot}: reading back what was written"),
+            Progress::Verified { slot } => write!(f, "slot {slot}: verified"),
+            Progress::Armed { slot, version, how } => write!(f, "slot {slot} armed with version {version}: {how}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error(transparent)]
