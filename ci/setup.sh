@@ -8,7 +8,7 @@ PACKAGES=(
   iproute2 nftables conntrack procps psmisc util-linux
   kamailio kamailio-extra-modules sip-tester
   postgresql mariadb-server freeradius
-  musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
+  musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony curl
