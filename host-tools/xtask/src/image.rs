@@ -220,7 +220,7 @@ fn rootfs(
 ) -> Result<Vec<u8>> {
     let root = crate::workspace_root();
     let mut a = Archive::new();
-    for d in ["proc", "sys", "dev", "run", "tmp", "var", "config", "root", "mnt"] {
+    for d in ["proc", "sys", "dev", "run", "tmp", "var", "config", "root", "mnt", "boot"] {
         a.dir(d, 0o755)?;
     }
     a.char_dev("dev/console", 0o600, 5, 1)?;
