@@ -444,7 +444,7 @@ impl Pi {
         progress(Progress::Armed {
             slot: target,
             version: checked.manifest.version.clone(),
-            how: "it boots once after a tryboot reboot (relaybox update reboot)".into(),
+            how: "it boots once after a reboot with the tryboot flag (`reboot '0 tryboot'`, which needs the Raspberry Pi kernel: board/README.md)".into(),
         });
         Ok(checked)
     }
