@@ -84,7 +84,11 @@ impl Dispatcher {
     fn wait_connected(&self, before: usize, timeout: Duration) {
         let until = Instant::now() + timeout;
         while self.connections() <= before && before > 0 || before == 0 && !self.ready() {
-            assert!(Instant::now() < until, "dispatcher log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < until,
+                "dispatcher log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -234,9 +238,15 @@ impl WebPage {
             let (status, _) = self.curl(&[], "/login");
             if status == 200 {
                 let jar = std::fs::read_to_string(&self.jar).unwrap();
-                let token = jar.lines().find_map(|l| l.split('\t').skip_while(|f| *f != "relaybox_login").nth(1)).unwrap();
+                let token =
+                    jar.lines().find_map(|l| l.split('\t').skip_while(|f| *f != "relaybox_login").nth(1)).unwrap();
                 let (status, body) = self.curl(
-                    &["--data-urlencode", &format!("csrf={token}"), "--data-urlencode", &format!("password={WEB_PASSWORD}")],
+                    &[
+                        "--data-urlencode",
+                        &format!("csrf={token}"),
+                        "--data-urlencode",
+                        &format!("password={WEB_PASSWORD}"),
+                    ],
                     "/login",
                 );
                 assert_eq!(status, 303, "login: {body}");
@@ -392,7 +402,8 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
         ("stranger", "signature does not verify with this box's update key"),
         ("older", "is not newer than the running"),
     ] {
-        let out = sh(&mut vm, &format!("relaybox update install {}; echo rc=$?", server.url(&format!("{name}.bundle"))));
+        let out =
+            sh(&mut vm, &format!("relaybox update install {}; echo rc=$?", server.url(&format!("{name}.bundle"))));
         assert!(out.contains(reason) && out.contains("nothing was written") && out.contains("rc=1"), "{name}: {out}");
         assert_eq!(sh(&mut vm, "ls /boot/loader/entries /boot/slot-b"), before, "{name} wrote something");
         eprintln!("refused {name}: {}", out.lines().find(|l| l.contains(reason)).unwrap_or("").trim());
@@ -402,7 +413,14 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies") };
     let csrf = web.login();
     let (status, body) = web.curl(
-        &["-H", &format!("x-csrf-token: {csrf}"), "-H", "content-type: application/octet-stream", "--data-binary", &format!("@{}", good.display())],
+        &[
+            "-H",
+            &format!("x-csrf-token: {csrf}"),
+            "-H",
+            "content-type: application/octet-stream",
+            "--data-binary",
+            &format!("@{}", good.display()),
+        ],
         "/update/upload",
     );
     assert_eq!(status, 202, "upload: {body}");
@@ -455,7 +473,10 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies2") };
     web.login();
     let (_, page) = web.curl(&[], "/status");
-    assert!(page.contains(r#"id="update-failed""#) && page.contains(&format!("update to {v2} failed, rolled back")), "{page}");
+    assert!(
+        page.contains(r#"id="update-failed""#) && page.contains(&format!("update to {v2} failed, rolled back")),
+        "{page}"
+    );
     config_intact(&mut vm, "updates");
     eprintln!(
         "update test: first boot {first_boot:.0} s; refused 5 bundles, installed, tried, kept, rolled back in {:.0} s",
