@@ -130,7 +130,8 @@ pub async fn upload(
     if let Err(e) = std::fs::create_dir_all(&u.work_dir) {
         return refused(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", u.work_dir.display()));
     }
-    let path = u.work_dir.join("upload.bundle");
+    // Each upload its own file: two at once cannot mix their bytes.
+    let path = u.work_dir.join(format!("upload-{:016x}.bundle", rand::random::<u64>()));
     let started = Instant::now();
     let size = match tokio::time::timeout(u.download_timeout, receive(body, &path, u.max_bundle_size)).await {
         Ok(Ok(size)) => size,
