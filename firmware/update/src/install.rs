@@ -567,6 +567,44 @@ mod tests {
         assert_eq!(status.last_update(), None);
     }
 
+    /// The power cut, at each step an install reports: the slot being
+    /// written never has a boot entry, so the running slot boots next.
+    #[test]
+    fn a_cut_at_any_step_leaves_the_running_slot_booting_next() {
+        let fx = Fixture::new();
+        let key = fx.key.public_key();
+        let running: Version = "1.0".parse().unwrap();
+        let bundle = fx.bundle("qemu-x86_64", "1.1");
+        for step in ["cleared", "written", "verifying", "verified"] {
+            let efi = efi_box(&fx);
+            let _ = std::fs::remove_dir_all(efi.slot_dir(Slot::B));
+            for e in std::fs::read_dir(efi.entries_dir()).unwrap() {
+                let p = e.unwrap().path();
+                if !p.ends_with("relaybox-1-a.conf") {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                efi.install(Slot::A, 3, &bundle, &expect(&key, &running), &mut |p| {
+                    let at = match p {
+                        Progress::Cleared { .. } => "cleared",
+                        Progress::Written { .. } => "written",
+                        Progress::Verifying { .. } => "verifying",
+                        Progress::Verified { .. } => "verified",
+                        _ => "",
+                    };
+                    if at == step {
+                        panic!("power cut at {step}");
+                    }
+                })
+            }));
+            assert!(cut.is_err(), "{step}");
+            assert_eq!(listing(&efi.entries_dir()), ["relaybox-1-a.conf"], "cut at {step}");
+            assert_eq!(efi.entries().unwrap().next_boot().unwrap().slot, Slot::A, "cut at {step}");
+            assert_eq!(efi.status(Slot::A, "qemu-x86_64", "1.0").unwrap().other.state, SlotState::Empty);
+        }
+    }
+
     #[test]
     fn a_refused_bundle_writes_nothing() {
         let fx = Fixture::new();
