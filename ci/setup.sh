@@ -21,7 +21,7 @@ TESTS=(
   kamailio kamailio-extra-modules sip-tester
   bison flex libssl-dev libxml2-dev libncurses-dev libmicrohttpd-dev
   postgresql mariadb-server freeradius
-  musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf
+  musl-tools gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony

@@ -32,7 +32,7 @@ pub use network::{NetworkSettings, WanMode, MAX_DNS_SERVERS};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, MiTransport, OpenSipsConfig, ProxyFlavor,
-    RadiusConfig, RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
+    RadiusConfig, RelayConfig, ThorNetworkConfig, TlsConfig, UpdateConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use system::{
     ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
@@ -70,6 +70,8 @@ pub struct Config {
     pub thor_network: ThorNetworkConfig,
     /// relaybox: the box's web page.
     pub web: WebConfig,
+    /// relaybox: firmware updates of the box.
+    pub update: UpdateConfig,
     /// Things the file does that work but deserve a log line at start-up
     /// (old option names, settings relaybox ignores).
     pub warnings: Vec<ConfigWarning>,
@@ -97,6 +99,7 @@ impl Config {
             opensips: OpenSipsConfig::default(),
             thor_network: ThorNetworkConfig::default(),
             web: WebConfig::defaults_in(base),
+            update: UpdateConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -175,6 +178,7 @@ impl Config {
             "OpenSIPS" => self.opensips.set(option, v, base),
             "ThorNetwork" => self.thor_network.set(option, v),
             "Web" => self.web.set(option, v, base),
+            "Update" => self.update.set(option, v, base),
             _ => Err(ValueError(format!("internal error: section {section} has no setter"))),
         }
     }

@@ -34,7 +34,8 @@ const fn ext(section: &'static str, name: &'static str) -> KnownOption {
 }
 
 /// The sections, in the order the sample file lists them.
-pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web"];
+pub const SECTIONS: &[&str] =
+    &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Update"];
 
 /// Every option relaybox accepts, by section. MediaProxy's options are all
 /// here, including the ones relaybox stores but does not act on yet, so that
@@ -141,6 +142,15 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "max_connections"),
     ext("Web", "max_connections_per_ip"),
     ext("Web", "handshake_timeout"),
+    ext("Update", "public_key"),
+    ext("Update", "release_file"),
+    ext("Update", "boot_dir"),
+    ext("Update", "boot_tries"),
+    ext("Update", "health_timeout"),
+    ext("Update", "max_bundle_size"),
+    ext("Update", "download_timeout"),
+    ext("Update", "work_dir"),
+    ext("Update", "reboot_command"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -1020,6 +1030,74 @@ impl WebConfig {
     }
 }
 
+/// `[Update]` (relaybox): firmware updates of the box (`relaybox update`,
+/// the web page's Update page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateConfig {
+    /// The Ed25519 public key bundles must be signed with (PEM); the image
+    /// carries it (`/etc/relaybox/update.pub`).
+    pub public_key: PathBuf,
+    /// The image's board name, version and boot scheme, written by the
+    /// image builder (`/etc/relaybox/release`).
+    pub release_file: PathBuf,
+    /// Where init mounts the boot partition, read-only (`/boot`): the EFI
+    /// system partition, or the Raspberry Pi's `autoboot.txt` partition.
+    pub boot_dir: PathBuf,
+    /// Boots a new slot gets before the box goes back to the old one (3;
+    /// 1 to 9). The Raspberry Pi's firmware always gives one.
+    pub boot_tries: u32,
+    /// How long a new slot has after init starts the services to become
+    /// healthy (the relay answers its control socket, is connected to a
+    /// dispatcher when dispatchers are configured, and the web page
+    /// accepts connections) before the box reboots to try again or go
+    /// back (300 s).
+    pub health_timeout: Duration,
+    /// Largest bundle accepted, in bytes, by upload or download (128 MiB).
+    pub max_bundle_size: u64,
+    /// A bundle download must be complete within this long (600 s).
+    pub download_timeout: Duration,
+    /// Where downloads and uploads are kept until installed
+    /// (`/run/relaybox/update`, RAM).
+    pub work_dir: PathBuf,
+    /// Program run, without arguments, when a new slot is not healthy in
+    /// time (`/sbin/reboot`).
+    pub reboot_command: PathBuf,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            public_key: PathBuf::from("/etc/relaybox/update.pub"),
+            release_file: PathBuf::from("/etc/relaybox/release"),
+            boot_dir: PathBuf::from("/boot"),
+            boot_tries: 3,
+            health_timeout: Duration::from_secs(300),
+            max_bundle_size: 128 * MIB,
+            download_timeout: Duration::from_secs(600),
+            work_dir: PathBuf::from("/run/relaybox/update"),
+            reboot_command: PathBuf::from("/sbin/reboot"),
+        }
+    }
+}
+
+impl UpdateConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "public_key" => self.public_key = value::path(v, base)?,
+            "release_file" => self.release_file = value::path(v, base)?,
+            "boot_dir" => self.boot_dir = value::path(v, base)?,
+            "boot_tries" => self.boot_tries = value::count(v, 1, 9)? as u32,
+            "health_timeout" => self.health_timeout = value::seconds(v, 10)?,
+            "max_bundle_size" => self.max_bundle_size = value::count(v, MIB, 4096 * MIB)?,
+            "download_timeout" => self.download_timeout = value::seconds(v, 10)?,
+            "work_dir" => self.work_dir = value::path(v, base)?,
+            "reboot_command" => self.reboot_command = value::path(v, base)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1093,6 +1171,10 @@ mod tests {
             "datapath" => "kernel",
             "reply_dir" => "run",
             "max_line_length" | "max_request_size" | "max_relay_line" => "4096",
+            "boot_tries" => "2",
+            "max_bundle_size" => "2097152",
+            "health_timeout" | "download_timeout" => "60",
+            "public_key" | "boot_dir" | "work_dir" | "reboot_command" => "x",
             n if n.ends_with("_path")
                 || n.ends_with("_file")
                 || n.ends_with("_conf")
@@ -1114,6 +1196,7 @@ mod tests {
                 "OpenSIPS" => OpenSipsConfig::default().set(o.name, v, base),
                 "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
                 "Web" => WebConfig::default().set(o.name, v, base),
+                "Update" => UpdateConfig::default().set(o.name, v, base),
                 s => panic!("section {s} not in SECTIONS"),
             };
             assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);

@@ -20,12 +20,14 @@ mod dispatcher;
 mod ntp;
 mod relay;
 mod trust;
+mod update;
 
 #[derive(Parser)]
 #[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]
 struct Cli {
-    /// MediaProxy-style config.ini.
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    /// MediaProxy-style config.ini (the box's images set RELAYBOX_CONFIG to
+    /// /config/relaybox.ini).
+    #[arg(long, short, global = true, env = "RELAYBOX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -58,6 +60,12 @@ enum Command {
     /// Debian package is built with them (cargo xtask deb).
     #[command(hide = true)]
     ManPages { dir: PathBuf },
+    /// Firmware updates of the box: install a signed bundle into the other
+    /// slot, show the slots, mark the running slot good, check its health.
+    Update {
+        #[command(subcommand)]
+        action: update::UpdateAction,
+    },
 }
 
 #[derive(clap::Args)]
@@ -145,10 +153,21 @@ fn main() -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return runtime.block_on(ntp::run(args));
     }
+    if let Command::Update { action } = cli.command {
+        // An update must stay possible when the settings do not load (the
+        // new firmware may be the fix): the defaults serve then.
+        let config = load(&cli.config).unwrap_or_else(|e| {
+            eprintln!("relaybox update: {e:#}; using the default settings");
+            Config::default()
+        });
+        return update::run(&config, action);
+    }
     let config = load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
-        Command::Clock(_) | Command::Completions { .. } | Command::ManPages { .. } => unreachable!("handled above"),
+        Command::Clock(_) | Command::Completions { .. } | Command::ManPages { .. } | Command::Update { .. } => {
+            unreachable!("handled above")
+        }
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             descriptors("relay", &relay::descriptor_budget(&config))?;

@@ -1,6 +1,7 @@
 // relaybox web: the only script. Live status polling, reading a chosen
-// PEM file into its text box, and confirming forms that cut calls. The
-// server renders all HTML.
+// PEM file into its text box, confirming forms that cut calls, and the
+// Update page's bundle upload with its progress. The server renders all
+// HTML.
 (function () {
   var live = document.getElementById("live");
   if (live) {
@@ -20,6 +21,47 @@
       file.text().then(function (t) { target.value = t; });
     });
   });
+  // Update: the bundle goes up as it is (CSRF token in a header), then the
+  // install's steps are polled until it is done.
+  var form = document.getElementById("update-form");
+  if (form) {
+    var bar = document.getElementById("upload-progress");
+    var state = document.getElementById("upload-state");
+    var liveUpdate = document.getElementById("update-live");
+    var pollInstall = function () {
+      fetch("/api/update", { credentials: "same-origin", cache: "no-store" })
+        .then(function (r) { return r.json(); })
+        .then(function (j) {
+          if (j.html) { liveUpdate.innerHTML = j.html; }
+          if (j.job && j.job.running) { setTimeout(pollInstall, 1000); } else { state.textContent = ""; }
+        })
+        .catch(function () { setTimeout(pollInstall, 2000); });
+    };
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var file = document.getElementById("bundle").files[0];
+      if (!file) { state.textContent = "Choose a bundle file first."; return; }
+      var xhr = new XMLHttpRequest();
+      var force = document.getElementById("force").checked ? "?force=1" : "";
+      xhr.open("POST", "/update/upload" + force);
+      xhr.setRequestHeader(form.getAttribute("data-header"), form.getAttribute("data-csrf"));
+      xhr.setRequestHeader("content-type", "application/octet-stream");
+      bar.hidden = false;
+      xhr.upload.onprogress = function (p) {
+        if (p.lengthComputable) { bar.value = 100 * p.loaded / p.total; }
+        state.textContent = "Uploading… " + Math.round(p.loaded / 1048576) + " MiB";
+      };
+      xhr.onload = function () {
+        bar.hidden = true;
+        if (xhr.status === 202) { state.textContent = "Checking and installing…"; pollInstall(); return; }
+        var why = xhr.responseText;
+        try { why = JSON.parse(xhr.responseText).error; } catch (err) {}
+        state.textContent = "Refused (" + xhr.status + "): " + why;
+      };
+      xhr.onerror = function () { bar.hidden = true; state.textContent = "The upload failed."; };
+      xhr.send(file);
+    });
+  }
   // Forms that cut calls (Reboot) ask first.
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (e) {

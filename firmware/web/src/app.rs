@@ -1,7 +1,7 @@
 //! The page's shared state, [`App`]: where the configuration file is, the
 //! settings the page started with, login sessions, the login limiter and
 //! the password checker,
-//! the bandwidth history; and what the accept loop puts on each request
+//! the bandwidth history, the firmware install job; and what the accept loop puts on each request
 //! ([`ClientIp`]). Pages and extractors read it; it imports none of them.
 
 use std::collections::VecDeque;
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use relaybox_config::{Config, WebConfig};
 
 use crate::auth::{Checker, Limiter, LoginStats, Sessions};
+use crate::firmware::Job;
 
 /// The client's address, put on each request by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +42,8 @@ pub struct App {
     pub history: Mutex<VecDeque<Sample>>,
     /// Called after a certificate upload so HTTPS picks it up.
     pub reload_tls: Box<dyn Fn() + Send + Sync>,
+    /// The Update page's install (one at a time).
+    pub update_job: Mutex<Job>,
 }
 
 impl App {

@@ -1,7 +1,8 @@
 //! What a handler asks of a request before it runs: a logged-in session
 //! ([`Authed`]: the session cookie, and for anything but GET/HEAD a
 //! same-origin `Origin`), a form carrying the session's CSRF token
-//! ([`CheckedForm`]), the `?done=…` flash of a redirect ([`Flash`]), and
+//! ([`CheckedForm`]) or an upload carrying it in a header
+//! ([`CheckedUpload`]), the `?done=…` flash of a redirect ([`Flash`]), and
 //! the cookie helpers. Depends on the state and the layout only.
 
 use std::collections::HashMap;
@@ -51,6 +52,28 @@ impl FromRequest<State> for CheckedForm {
             .map_err(IntoResponse::into_response)?;
         auth.check(form.get("csrf").map(String::as_str).unwrap_or("")).map_err(|r| *r)?;
         Ok(CheckedForm(auth, form))
+    }
+}
+
+/// The header a script's upload carries the session's CSRF token in (a
+/// form field would sit inside the uploaded body).
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A raw upload (the Update page's bundle) by a logged-in user whose
+/// request carries the session's CSRF token in [`CSRF_HEADER`]: both are
+/// checked before a byte of the body is read. The body is left to the
+/// handler, which streams it within its own limit.
+pub struct CheckedUpload(pub Authed, pub axum::body::Body);
+
+impl FromRequest<State> for CheckedUpload {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &State) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let auth = Authed::from_request_parts(&mut parts, state).await?;
+        let token = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        auth.check(token).map_err(|r| *r)?;
+        Ok(CheckedUpload(auth, body))
     }
 }
 

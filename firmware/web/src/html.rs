@@ -67,6 +67,7 @@ const NAV: &[(&str, &str)] = &[
     ("/certs", "Certificates"),
     ("/network", "Network"),
     ("/system", "System"),
+    ("/update", "Update"),
 ];
 
 /// A whole page. `csrf` is `Some` for a logged-in user (shows the menu and

@@ -10,7 +10,9 @@
 //! metrics read from the relay's control socket; the network interfaces
 //! and the box's boot-time network, host name and NTP settings (shell
 //! files init reads, written only with values `relaybox-config` parsed);
-//! a Reboot button. It does not parse wire formats beyond the statistics JSON of
+//! a Reboot button; firmware updates (the Update page: a signed bundle
+//! uploaded, checked and written into the other slot by `relaybox-update`,
+//! both slots' versions, a failed update also on the Status page). It does not parse wire formats beyond the statistics JSON of
 //! `relaybox-proto`, make session decisions, or talk to dispatchers.
 
 #![forbid(unsafe_code)]
@@ -21,6 +23,7 @@ mod conf_form;
 pub mod control;
 mod extract;
 pub mod files;
+mod firmware;
 mod html;
 pub mod ini_edit;
 mod layout;
@@ -88,6 +91,7 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
         login_stats,
         history: Mutex::new(VecDeque::new()),
         reload_tls: Box::new(move || reload.reload()),
+        update_job: Mutex::new(firmware::Job::default()),
         web: web.clone(),
         startup: config,
     });

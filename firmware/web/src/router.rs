@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::app::State;
 use crate::html;
-use crate::pages::{certs, login, metrics, network, settings, status, system};
+use crate::pages::{certs, login, metrics, network, settings, status, system, update};
 
 /// Security headers on every answer.
 async fn harden(mut response: Response) -> Response {
@@ -59,6 +59,11 @@ pub fn router(state: State) -> Router {
         .route("/network", get(network::page).post(network::save))
         .route("/system", get(system::form).post(system::save))
         .route("/system/reboot", post(system::reboot))
+        .route("/update", get(update::page))
+        .route("/api/update", get(update::api))
+        // A bundle is far larger than any form: the handler streams it within
+        // [Update] max_bundle_size.
+        .route("/update/upload", post(update::upload).layer(DefaultBodyLimit::disable()))
         .route("/metrics", get(metrics::metrics))
         .route("/static/{name}", get(asset))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })

@@ -851,3 +851,56 @@ fn the_reboot_button_runs_the_reboot_command_after_answering() {
     }
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "yes\n");
 }
+
+/// The Update page is behind the login like every page; an upload needs the
+/// session's CSRF token in its header (and a same-origin request), is cut
+/// off above `[Update] max_bundle_size`, and what cannot be installed is
+/// reported on `/api/update` with nothing written.
+#[test]
+fn firmware_uploads_need_the_token_and_stay_within_their_limit() {
+    let web = Web::start(
+        "\n[Update]\nmax_bundle_size = 1048576\nwork_dir = update-work\nrelease_file = no-release\nboot_dir = boot\n",
+    );
+    assert_eq!(web.get("/update", None).status, 303);
+    assert_eq!(web.get("/api/update", None).status, 401);
+    assert_eq!(web.req("POST", "/update/upload", &[], b"bundle").status, 401);
+    let s = web.login();
+    let page = web.get("/update", Some(&s));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"id="update-form""#) && page.body.contains(r#"id="slots-unknown""#), "{}", page.body);
+    let cookie = s.cookie();
+    let upload = |headers: &[(&str, &str)], body: &[u8]| {
+        let mut h = vec![("Cookie", cookie.as_str())];
+        h.extend_from_slice(headers);
+        web.req("POST", "/update/upload", &h, body)
+    };
+    assert_eq!(upload(&[], b"bundle").status, 403, "no token");
+    assert_eq!(upload(&[("x-csrf-token", "00")], b"bundle").status, 403, "wrong token");
+    let evil = upload(&[("x-csrf-token", &s.csrf), ("Origin", "https://evil.example")], b"bundle");
+    assert_eq!(evil.status, 403, "cross-origin");
+    let work = web.dir.path().join("update-work");
+    let big = vec![0u8; 1536 * 1024];
+    let r = upload(&[("x-csrf-token", &s.csrf)], &big);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("max_bundle_size"), "{}", r.body);
+    let uploads = || std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(uploads(), 0, "a refused upload is not kept");
+    // A bundle this box cannot take (here: it has no release file) is refused.
+    let r = upload(&[("x-csrf-token", &s.csrf)], b"not a bundle");
+    assert_eq!(r.status, 202, "{}", r.body);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let r = web.get("/api/update", Some(&s));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if v["job"]["running"] == false && !v["job"]["ok"].is_null() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < until, "the install never finished: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(job["job"]["ok"], false, "{job}");
+    assert!(job["job"]["message"].as_str().unwrap().contains("no-release"), "{job}");
+    assert!(job["html"].as_str().unwrap().contains(r#"id="install-result""#), "{job}");
+    assert!(!web.dir.path().join("boot").exists(), "nothing written");
+    assert_eq!(uploads(), 0, "the upload is removed once done");
+}

@@ -92,6 +92,13 @@ enum Command {
     Fingerprint { file: PathBuf },
     /// Print subject, issuer, serial, validity and fingerprint of a certificate.
     Show { file: PathBuf },
+    /// Make the Ed25519 key pair that signs firmware update bundles: OUT/update.key (keep it
+    /// secret, off the boxes; `cargo xtask bundle --key`) and OUT/update.pub (built into every
+    /// image with `cargo xtask image --update-key`; boxes install only bundles it verifies).
+    UpdateKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make a demo CA in OUT/ca and a ready certs_path in OUT/certs (relay, dispatcher and
     /// management).
     Demo {
@@ -248,6 +255,18 @@ fn run(cli: Cli) -> Result<()> {
             println!("ca:          {}", if info.is_ca { "yes" } else { "no" });
             println!("role:        {}", info.role);
             println!("fingerprint: {}", info.fingerprint);
+        }
+        Command::UpdateKey { out } => {
+            let (key, public) = (out.join("update.key"), out.join("update.pub"));
+            if key.exists() || public.exists() {
+                bail!("{}: an update key already exists there; refusing to overwrite it", out.display());
+            }
+            fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (signing, pem) = relaybox_update::SigningKey::generate()?;
+            write_file(&key, pem.as_bytes(), 0o600)?;
+            write_file(&public, signing.public_key().to_pem().as_bytes(), 0o644)?;
+            println!("fingerprint: {}", signing.public_key().fingerprint());
+            println!("wrote {} (secret: keep it off the boxes) and {}", key.display(), public.display());
         }
         Command::Demo { out, org } => {
             let ca_dir = out.join("ca");

@@ -199,3 +199,21 @@ fn sign_a_csr_made_on_the_box() {
     let err = fails(&["sign", "--dir", s(&ca_dir), "--csr", s(&csr_file), "--out", s(&out)]);
     assert!(err.contains("signing"), "{err}");
 }
+
+/// The firmware update key pair: the private key private, the public key
+/// readable by the boxes' code, never overwritten.
+#[test]
+fn update_key_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("keys");
+    let stdout = ok(&["update-key", "--out", s(&out)]);
+    assert_eq!(mode(&out.join("update.key")), 0o600);
+    assert_eq!(mode(&out.join("update.pub")), 0o644);
+    let key = relaybox_update::SigningKey::from_pem(&fs::read_to_string(out.join("update.key")).unwrap()).unwrap();
+    let public = relaybox_update::PublicKey::from_pem(&fs::read_to_string(out.join("update.pub")).unwrap()).unwrap();
+    assert_eq!(key.public_key(), public);
+    assert_eq!(field(&stdout, "fingerprint"), public.fingerprint());
+    assert!(public.verifies(b"m", &key.sign(b"m")));
+    let again = fails(&["update-key", "--out", s(&out)]);
+    assert!(again.contains("already exists"), "{again}");
+}

@@ -17,10 +17,12 @@ pub const CFG_LABEL: &str = "RELAYBOX_CFG";
 pub const CFG_LABEL_FAT: &str = "RELAYBOXCFG";
 
 /// A FAT image of `size_mib` with `files` (destination path in the image,
-/// source path on the host); directories are created as needed.
+/// source path on the host); directories are created as needed. FAT32
+/// from 64 MiB, FAT16 below (FAT32 needs about 33 MiB at least).
 pub fn fat_image(out: &Path, label: &str, size_mib: u64, files: &[(String, PathBuf)]) -> Result<()> {
     let _ = std::fs::remove_file(out);
-    run(Command::new("mkfs.vfat").args(["-C", "-F", "32", "-n", label]).arg(out).arg((size_mib * 1024).to_string()))?;
+    let fat = if size_mib >= 64 { "32" } else { "16" };
+    run(Command::new("mkfs.vfat").args(["-C", "-F", fat, "-n", label]).arg(out).arg((size_mib * 1024).to_string()))?;
     let mut made = std::collections::BTreeSet::new();
     for (dest, src) in files {
         let parts: Vec<&str> = dest.trim_start_matches('/').split('/').collect();
@@ -141,6 +143,81 @@ pub fn disk_image(out: &Path, parts: &[Part], gpt: bool) -> Result<()> {
         write_at(out, *off, &std::fs::read(p.image)?)?;
     }
     Ok(())
+}
+
+/// The partitions of a disk image (GPT or MBR), as (byte offset, byte
+/// length), in table order.
+pub fn partitions(disk: &Path) -> Result<Vec<(u64, u64)>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(disk)?;
+    let mut head = vec![0u8; 1024];
+    f.read_exact(&mut head)?;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap()) as u64;
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+    let mut out = Vec::new();
+    if &head[512..520] == b"EFI PART" {
+        let (lba, count, size) = (u64_at(&head, 512 + 72), u32_at(&head, 512 + 80), u32_at(&head, 512 + 84));
+        let mut entries = vec![0u8; (count * size) as usize];
+        f.seek(SeekFrom::Start(lba * 512))?;
+        f.read_exact(&mut entries)?;
+        for e in entries.chunks_exact(size as usize) {
+            if e[..16].iter().all(|&b| b == 0) {
+                continue;
+            }
+            let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+            out.push((first * 512, (last + 1 - first) * 512));
+        }
+    } else if head[510..512] == [0x55, 0xaa] {
+        for i in 0..4 {
+            let e = &head[446 + 16 * i..462 + 16 * i];
+            if e[4] != 0 {
+                out.push((u32_at(e, 8) * 512, u32_at(e, 12) * 512));
+            }
+        }
+    } else {
+        bail!("{}: no GPT or MBR partition table", disk.display());
+    }
+    Ok(out)
+}
+
+/// Partition `n` (1-based) of a disk image as (offset, length).
+pub fn partition(disk: &Path, n: usize) -> Result<(u64, u64)> {
+    let parts = partitions(disk)?;
+    parts.get(n.wrapping_sub(1)).copied().ok_or_else(|| anyhow::anyhow!("{}: no partition {n}", disk.display()))
+}
+
+/// Writes a file system image into partition `n` of a disk image.
+pub fn write_partition(disk: &Path, n: usize, image: &Path) -> Result<()> {
+    let (off, len) = partition(disk, n)?;
+    let data = std::fs::read(image)?;
+    if data.len() as u64 > len {
+        bail!("{} ({} bytes) does not fit partition {n} ({len} bytes)", image.display(), data.len());
+    }
+    write_at(disk, off, &data)
+}
+
+/// Copies partition `n` of a disk image to a file.
+pub fn read_partition(disk: &Path, n: usize, out: &Path) -> Result<()> {
+    use std::io::Read;
+    let (off, len) = partition(disk, n)?;
+    let mut f = std::fs::File::open(disk)?;
+    f.seek(SeekFrom::Start(off))?;
+    let mut data = vec![0u8; len as usize];
+    f.read_exact(&mut data)?;
+    std::fs::write(out, data)?;
+    Ok(())
+}
+
+/// mtools' name for partition `n` of a disk image (`disk@@offset`).
+pub fn fat_in(disk: &Path, n: usize) -> Result<PathBuf> {
+    let (off, _) = partition(disk, n)?;
+    Ok(PathBuf::from(format!("{}@@{off}", disk.display())))
+}
+
+/// The names in a directory of a FAT image (mtools; no mount).
+pub fn fat_ls(image: &Path, dir: &str) -> Result<Vec<String>> {
+    let out = run(Command::new("mdir").args(["-b", "-i"]).arg(image).arg(format!("::{dir}")))?;
+    Ok(out.lines().filter_map(|l| l.trim().rsplit('/').next()).filter(|n| !n.is_empty()).map(str::to_string).collect())
 }
 
 fn write_at(path: &Path, off: u64, data: &[u8]) -> Result<()> {

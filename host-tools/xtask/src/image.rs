@@ -27,6 +27,12 @@ pub struct Image {
     pub config: PathBuf,
     pub relaybox: PathBuf,
     pub kernel_version: String,
+    /// The firmware version baked into the image (`/etc/relaybox/release`).
+    pub version: String,
+    /// The files of one slot, as a bundle carries them (`cargo xtask bundle`).
+    pub slot: PathBuf,
+    /// The public key the image trusts for updates.
+    pub update_key: PathBuf,
 }
 
 impl Image {
@@ -34,6 +40,7 @@ impl Image {
     pub fn existing(board: &str) -> Option<Image> {
         let dir = crate::target_dir().join("images").join(board);
         let text = std::fs::read_to_string(dir.join("kernel-version")).ok()?;
+        let version = std::fs::read_to_string(dir.join("version")).ok()?.trim().to_string();
         let img = Image {
             board: board.to_string(),
             kernel: dir.join("vmlinuz"),
@@ -43,10 +50,71 @@ impl Image {
             config: dir.join("config.img"),
             relaybox: dir.join("relaybox"),
             kernel_version: text.trim().to_string(),
+            version,
+            slot: dir.join("slot"),
+            update_key: dir.join("update.pub"),
             dir,
         };
-        [&img.kernel, &img.initrd, &img.disk, &img.config].iter().all(|p| p.exists()).then_some(img)
+        [&img.kernel, &img.initrd, &img.disk, &img.config, &img.slot, &img.update_key]
+            .iter()
+            .all(|p| p.exists())
+            .then_some(img)
     }
+
+    /// The partition number of the config partition in `disk.img`.
+    pub fn config_partition(&self) -> Result<usize> {
+        Ok(crate::disk::partitions(&self.disk)?.len())
+    }
+
+    /// A copy of `disk.img` at `out` with `config` (a config partition
+    /// image, `disk::config_image`) in its config partition: a box
+    /// provisioned before its first boot.
+    pub fn provisioned_disk(&self, config: &Path, out: &Path) -> Result<()> {
+        std::fs::copy(&self.disk, out).with_context(|| format!("copying {}", self.disk.display()))?;
+        crate::disk::write_partition(out, self.config_partition()?, config)
+    }
+}
+
+/// What an image build can be told.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The firmware version (default: the workspace version and the build's
+    /// UTC time, `0.1.0.20250301120000`).
+    pub version: Option<String>,
+    /// The public key (PEM) the image trusts for updates (default: a
+    /// development key made once under target/xtask/update-key).
+    pub update_key: Option<PathBuf>,
+}
+
+/// The development update key pair (made on first use): fine for tests and
+/// labs, never for boxes in the field.
+pub fn dev_update_key() -> Result<(PathBuf, PathBuf)> {
+    let dir = crate::target_dir().join("xtask/update-key");
+    let (key, public) = (dir.join("update.key"), dir.join("update.pub"));
+    if !key.exists() || !public.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let (signing, pem) = relaybox_update::SigningKey::generate()?;
+        std::fs::write(&key, pem)?;
+        std::fs::write(&public, signing.public_key().to_pem())?;
+        step(format!("made a development update key pair in {} (production images: --update-key)", dir.display()));
+    }
+    Ok((key, public))
+}
+
+fn default_version() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // civil date from days since 1970 (Howard Hinnant's algorithm)
+    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{}.{y:04}{m:02}{d:02}{:02}{:02}{:02}", env!("CARGO_PKG_VERSION"), rem / 3600, (rem / 60) % 60, rem % 60)
 }
 
 /// The newest modification time of the files under `dir`.
@@ -67,6 +135,7 @@ fn newest(dir: &Path) -> std::time::SystemTime {
 /// the relaybox binary (rebuilt by cargo if its sources changed),
 /// rootfs-overlay/, board/common and board/NAME.
 pub fn current(board_name: &str) -> Result<Image> {
+    dev_update_key()?;
     let board = Board::load(board_name)?;
     let bin = crate::build::relaybox(board.arch()?.rust_target())?;
     if let Some(img) = Image::existing(board_name) {
@@ -117,8 +186,14 @@ fn applets() -> Result<Vec<String>> {
     Ok(list.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
+/// What an image's root file system says about itself.
+pub struct Identity<'a> {
+    pub release: &'a relaybox_update::Release,
+    pub update_key: &'a Path,
+}
+
 /// Builds the initramfs (the whole root file system) for a board.
-pub fn initramfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path) -> Result<Vec<u8>> {
+pub fn initramfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, id: &Identity) -> Result<Vec<u8>> {
     let root = crate::workspace_root();
     let console = if board.get_or("CONSOLE_SHELL", "no") == "yes" {
         "# CONSOLE_SHELL=yes: a root shell on the console (test and lab boards)\n::respawn:-/bin/sh\n".to_string()
@@ -132,13 +207,20 @@ pub fn initramfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path
     };
     let mut inittab = String::from_utf8(read(&root.join("rootfs-overlay/etc/inittab"))?)?;
     inittab.push_str(&console);
-    rootfs(board, relaybox, kernel, busybox, &inittab)
+    rootfs(board, relaybox, kernel, busybox, &inittab, id)
 }
 
-fn rootfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, inittab: &str) -> Result<Vec<u8>> {
+fn rootfs(
+    board: &Board,
+    relaybox: &Path,
+    kernel: &Kernel,
+    busybox: &Path,
+    inittab: &str,
+    id: &Identity,
+) -> Result<Vec<u8>> {
     let root = crate::workspace_root();
     let mut a = Archive::new();
-    for d in ["proc", "sys", "dev", "run", "tmp", "var", "config", "root", "mnt"] {
+    for d in ["proc", "sys", "dev", "run", "tmp", "var", "config", "root", "mnt", "boot"] {
         a.dir(d, 0o755)?;
     }
     a.char_dev("dev/console", 0o600, 5, 1)?;
@@ -156,6 +238,8 @@ fn rootfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, initt
     a.file("etc/inittab", 0o644, inittab.as_bytes())?;
     add_tree(&mut a, &root.join("rootfs-overlay"), &root.join("rootfs-overlay"))?;
     a.file("etc/relaybox/board.conf", 0o644, &read(&board.dir.join("board.conf"))?)?;
+    a.file("etc/relaybox/release", 0o644, id.release.render().as_bytes())?;
+    a.file("etc/relaybox/update.pub", 0o644, &read(id.update_key)?)?;
     a.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")?;
     a.file("etc/group", 0o644, b"root:x:0:\n")?;
     a.file("etc/shadow", 0o600, b"root:*:19000:0:99999:7:::\n")?;
@@ -184,8 +268,13 @@ fn rootfs(board: &Board, relaybox: &Path, kernel: &Kernel, busybox: &Path, initt
     a.finish_xz()
 }
 
-/// Builds everything for a board; returns the outputs.
+/// Builds everything for a board with the default options.
 pub fn build(board_name: &str) -> Result<Image> {
+    build_with(board_name, &Options::default())
+}
+
+/// Builds everything for a board; returns the outputs.
+pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
     let t0 = Instant::now();
     let board = Board::load(board_name)?;
     let arch = board.arch()?;
@@ -203,54 +292,87 @@ pub fn build(board_name: &str) -> Result<Image> {
     let kernel = Kernel::from_unpacked(&kroot)?;
     let busybox = crate::debs::unpack("busybox-static", deb_arch)?.join("bin/busybox");
 
+    let layout = board.get("DISK_LAYOUT")?;
+    let scheme = match layout {
+        "gpt-efi" => relaybox_update::Scheme::Efi,
+        "rpi-mbr" => relaybox_update::Scheme::Rpi,
+        other => bail!("DISK_LAYOUT {other}: gpt-efi or rpi-mbr"),
+    };
+    let version = options.version.clone().unwrap_or_else(default_version);
+    let release = relaybox_update::Release {
+        board: board_name.to_string(),
+        version: version.parse().with_context(|| format!("--version {version}"))?,
+        scheme,
+    };
+    let update_key = match &options.update_key {
+        Some(k) => k.clone(),
+        None => dev_update_key()?.1,
+    };
+    let public = relaybox_update::PublicKey::from_pem(&String::from_utf8(read(&update_key)?)?)
+        .with_context(|| format!("{}: the update key", update_key.display()))?;
+    step(format!("version {version}; updates signed with key {} ({})", public.fingerprint(), update_key.display()));
+    std::fs::copy(&update_key, out.join("update.pub"))?;
+
     step("assembling the initramfs");
-    let initrd = initramfs(&board, &relaybox_bin, &kernel, &busybox)?;
+    let initrd =
+        initramfs(&board, &relaybox_bin, &kernel, &busybox, &Identity { release: &release, update_key: &update_key })?;
     let initrd_path = out.join("initrd.img");
     std::fs::write(&initrd_path, &initrd)?;
     let kernel_path = out.join("vmlinuz");
     std::fs::copy(&kernel.vmlinuz, &kernel_path)?;
     std::fs::copy(&relaybox_bin, out.join("relaybox"))?;
     std::fs::write(out.join("kernel-version"), &kernel.version)?;
+    std::fs::write(out.join("version"), &version)?;
 
-    step("boot partition");
+    // One slot's files, as they go into slot a here and into a bundle
+    // (`cargo xtask bundle`) later.
+    step("slot a");
     let cmdline = board.get("KERNEL_CMDLINE")?;
-    let boot_img = out.join("boot.part");
-    let layout = board.get("DISK_LAYOUT")?;
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let slot_dir = out.join("slot");
+    let _ = std::fs::remove_dir_all(&slot_dir);
+    std::fs::create_dir_all(&slot_dir)?;
+    let mut slot: Vec<(String, PathBuf)> = Vec::new();
+    let mut put = |name: &str, src: &Path| -> Result<()> {
+        let dst = slot_dir.join(name);
+        std::fs::copy(src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        slot.push((name.to_string(), dst));
+        Ok(())
+    };
     let tmp = out.join("boot-files");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    match layout {
-        "gpt-efi" => {
-            let efi_arch = board.get("EFI_ARCH")?;
-            let sdboot = crate::debs::unpack("systemd-boot-efi", deb_arch)?
-                .join(format!("usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"));
-            files.push((format!("EFI/BOOT/BOOT{}.EFI", efi_arch.to_uppercase()), sdboot));
-            files.push(("loader/loader.conf".into(), board.dir.join("loader.conf")));
-            let entry = tmp.join("relaybox.conf");
-            std::fs::write(
-                &entry,
-                format!("title relaybox ({board_name})\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"),
-            )?;
-            files.push(("loader/entries/relaybox.conf".into(), entry));
+    let c = tmp.join("cmdline.txt");
+    std::fs::write(&c, format!("{cmdline}\n"))?;
+    put("cmdline.txt", &c)?;
+    let mut boot: Vec<(String, PathBuf)> = Vec::new();
+    match scheme {
+        relaybox_update::Scheme::Efi => {
             // EFI loads PE images: arm64's vmlinuz is a gzipped Image, so unpack it.
             let efi_kernel = if arch == Arch::Aarch64 {
                 gunzip_to(&kernel.vmlinuz, &tmp.join("Image"))?
             } else {
                 kernel.vmlinuz.clone()
             };
-            files.push(("vmlinuz".into(), efi_kernel));
+            put("vmlinuz", &efi_kernel)?;
+            put("initrd.img", &initrd_path)?;
+            let efi_arch = board.get("EFI_ARCH")?;
+            let sdboot = crate::debs::unpack("systemd-boot-efi", deb_arch)?
+                .join(format!("usr/lib/systemd/boot/efi/systemd-boot{efi_arch}.efi"));
+            boot.push((format!("EFI/BOOT/BOOT{}.EFI", efi_arch.to_uppercase()), sdboot));
+            boot.push(("loader/loader.conf".into(), board.dir.join("loader.conf")));
+            let first = relaybox_update::efi::Entry { generation: 1, slot: relaybox_update::Slot::A, tries: None };
+            let entry = tmp.join("entry.conf");
+            std::fs::write(&entry, first.text(&version, cmdline))?;
+            boot.push((format!("loader/entries/{}", first.file_name()), entry));
         }
-        "rpi-mbr" => {
-            files.push(("config.txt".into(), board.dir.join("config.txt")));
-            let c = tmp.join("cmdline.txt");
-            std::fs::write(&c, format!("{cmdline}\n"))?;
-            files.push(("cmdline.txt".into(), c));
-            files.push(("vmlinuz".into(), kernel.vmlinuz.clone()));
+        relaybox_update::Scheme::Rpi => {
+            put("config.txt", &board.dir.join("config.txt"))?;
+            put("vmlinuz", &kernel.vmlinuz)?;
+            put("initrd.img", &initrd_path)?;
             let dtb_root = kroot.join(format!("usr/lib/linux-image-{}", kernel.version));
             for dtb in board.get_or("DTBS", "").split_whitespace() {
                 let name = Path::new(dtb).file_name().unwrap().to_string_lossy().into_owned();
-                files.push((name, dtb_root.join(dtb)));
+                put(&name, &dtb_root.join(dtb))?;
             }
             let firmware = board.get("FIRMWARE_PACKAGE")?;
             let unpacked = match board.get_or("FIRMWARE_COMPONENT", "") {
@@ -260,10 +382,10 @@ pub fn build(board_name: &str) -> Result<Image> {
             match unpacked {
                 Ok(fw) => {
                     for f in ["start4.elf", "fixup4.dat"] {
-                        files.push((f.into(), fw.join("usr/lib/raspi-firmware").join(f)));
+                        put(f, &fw.join("usr/lib/raspi-firmware").join(f))?;
                     }
                     // Its redistribution terms travel with it.
-                    files.push(("LICENCE.broadcom".into(), fw.join("usr/share/doc/raspi-firmware/copyright")));
+                    put("LICENCE.broadcom", &fw.join("usr/share/doc/raspi-firmware/copyright"))?;
                 }
                 Err(e) => step(format!(
                     "WARNING: no Raspberry Pi GPU firmware ({e:#}); the image lacks start4.elf/fixup4.dat: \
@@ -271,29 +393,58 @@ pub fn build(board_name: &str) -> Result<Image> {
                 )),
             }
         }
-        other => bail!("DISK_LAYOUT {other}: gpt-efi or rpi-mbr"),
     }
-    files.push(("initrd.img".into(), initrd_path.clone()));
-    let need: u64 = files.iter().map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
-    let esp_mib = board.mib("ESP_SIZE_MIB", 64)?.max(need / disk::MIB + 8);
-    disk::fat_image(&boot_img, "RELAYBOX", esp_mib, &files)?;
+    // The slot's own record of what it holds (unsigned: the image is not a bundle).
+    let manifest = relaybox_update::bundle::describe(board_name, &version, &slot)?;
+    let manifest_path = tmp.join(relaybox_update::install::SLOT_MANIFEST);
+    std::fs::write(&manifest_path, manifest.to_json())?;
+    let slot_mib = manifest.total_size().div_ceil(disk::MIB);
+    let mut slot_files: Vec<(String, PathBuf)> = slot.clone();
+    slot_files.push((relaybox_update::install::SLOT_MANIFEST.into(), manifest_path));
 
     step("config partition (empty: the first boot writes the defaults)");
     let cfg_img = out.join("config.img");
     disk::config_image(&cfg_img, board.get_or("CFG_FS", "ext4"), board.mib("CFG_SIZE_MIB", 16)?, None)?;
 
-    step("disk image");
+    step("boot partitions and disk image");
     let disk_path = out.join("disk.img");
-    let gpt = layout == "gpt-efi";
-    disk::disk_image(
-        &disk_path,
-        &[
-            Part { image: &boot_img, name: "RELAYBOX_BOOT", gpt_type: "ef00", mbr_type: 0x0c },
-            Part { image: &cfg_img, name: disk::CFG_LABEL, gpt_type: "8300", mbr_type: 0x83 },
-        ],
-        gpt,
-    )?;
-    std::fs::remove_file(&boot_img)?;
+    let cfg_part = Part { image: &cfg_img, name: disk::CFG_LABEL, gpt_type: "8300", mbr_type: 0x83 };
+    // Room for a slot half again as big as this one in each slot.
+    let want_mib = slot_mib + slot_mib / 2 + 4;
+    match scheme {
+        relaybox_update::Scheme::Efi => {
+            // One EFI system partition: systemd-boot, its entries, both slots.
+            let esp_mib = board.mib("ESP_SIZE_MIB", 96)?.max(2 * want_mib + 4);
+            for (name, path) in &slot_files {
+                boot.push((format!("slot-a/{name}"), path.clone()));
+            }
+            let esp = out.join("boot.part");
+            disk::fat_image(&esp, "RELAYBOX", esp_mib, &boot)?;
+            run(Command::new("mmd").arg("-i").arg(&esp).arg("::/slot-b"))?;
+            let esp_part = Part { image: &esp, name: "RELAYBOX_BOOT", gpt_type: "ef00", mbr_type: 0x0c };
+            disk::disk_image(&disk_path, &[esp_part, cfg_part], true)?;
+            std::fs::remove_file(&esp)?;
+        }
+        relaybox_update::Scheme::Rpi => {
+            // autoboot.txt alone on the first partition; a boot partition per slot.
+            let slot_part_mib = board.mib("ESP_SIZE_MIB", 64)?.max(want_mib);
+            let autoboot = tmp.join("autoboot.txt");
+            std::fs::write(&autoboot, relaybox_update::pi::Autoboot::for_good(relaybox_update::Slot::A).render())?;
+            let (p1, pa, pb) = (out.join("p1.part"), out.join("pa.part"), out.join("pb.part"));
+            disk::fat_image(&p1, "RELAYBOX", 16, &[(relaybox_update::pi::AUTOBOOT.to_string(), autoboot)])?;
+            disk::fat_image(&pa, "RBXSLOTA", slot_part_mib, &slot_files)?;
+            disk::fat_image(&pb, "RBXSLOTB", slot_part_mib, &[])?;
+            let fat = |image, name| Part { image, name, gpt_type: "0700", mbr_type: 0x0c };
+            disk::disk_image(
+                &disk_path,
+                &[fat(&p1, "RELAYBOX"), fat(&pa, "RBXSLOTA"), fat(&pb, "RBXSLOTB"), cfg_part],
+                false,
+            )?;
+            for p in [p1, pa, pb] {
+                std::fs::remove_file(p)?;
+            }
+        }
+    }
     std::fs::remove_dir_all(&tmp)?;
 
     step("compressing the disk image (xz)");
@@ -310,6 +461,7 @@ pub fn build(board_name: &str) -> Result<Image> {
     println!("  relaybox      {:>10}", mib(size(&relaybox_bin)));
     println!("  vmlinuz       {:>10}", mib(size(&kernel_path)));
     println!("  initrd.img    {:>10}", mib(size(&initrd_path)));
+    println!("  slot          {:>10}  (version {version})", mib(manifest.total_size()));
     println!("  disk.img      {:>10}", mib(size(&disk_path)));
     println!(
         "  disk.img.xz   {:>10}{}",

@@ -2,13 +2,18 @@
 //! integration tests share one implementation: cross-building the static
 //! `relaybox` binary, the proxy host's Debian package, reading `board/*/board.conf`, fetching the Debian
 //! kernel and busybox, writing the initramfs (newc cpio) and the disk
-//! images, and booting them in QEMU with a scriptable serial console.
+//! images, signing update bundles, and booting images in QEMU (through
+//! UEFI firmware, as the real boards) with a scriptable serial console.
 //!
-//! Owns the image layout (board/, rootfs-overlay/); it must not reach into
-//! the firmware crates beyond building the `relaybox` binary.
+//! Owns the image layout (board/, rootfs-overlay/, the A/B slots on the
+//! boot partitions) and makes update bundles; it must not reach into the
+//! firmware crates beyond building the `relaybox` binary and using
+//! `relaybox-update`'s bundle format, keys and slot names (the format lives
+//! there once, for the box and for this builder).
 
 pub mod board;
 pub mod build;
+pub mod bundle;
 pub mod cpio;
 pub mod deb;
 pub mod debs;

@@ -1,9 +1,12 @@
 //! `cargo xtask`: relaybox's project chores (see board/README.md).
 //!
 //! - `cargo xtask binaries` — static, stripped `relaybox` for x86_64 and aarch64 (musl)
-//! - `cargo xtask image --board NAME` — initramfs and disk image under target/images/NAME
+//! - `cargo xtask image --board NAME [--version V] [--update-key PUB]` — initramfs, slot files and
+//!   disk image under target/images/NAME
+//! - `cargo xtask bundle --board NAME --key KEY [--out FILE]` — the image's slot as a signed update bundle
 //! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
-//! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it and wait until the relay runs
+//! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it (UEFI, systemd-boot) and wait
+//!   until the relay runs
 //! - `cargo xtask deb` — the proxy host's Debian package (target/debian/relaybox_*.deb)
 
 use std::path::PathBuf;
@@ -34,6 +37,27 @@ enum Cmd {
     Image {
         #[arg(long)]
         board: String,
+        /// The firmware version (1 to 6 dot-separated numbers; default: the
+        /// workspace version and the build's UTC time). Boxes install only
+        /// newer versions.
+        #[arg(long)]
+        version: Option<String>,
+        /// The public key (PEM, `relaybox-ca update-key`) the image trusts for
+        /// updates. Default: a development key under target/xtask/update-key;
+        /// production images must be built with the operator's own.
+        #[arg(long)]
+        update_key: Option<PathBuf>,
+    },
+    /// Make a signed update bundle of a built image's slot files.
+    Bundle {
+        #[arg(long)]
+        board: String,
+        /// The private signing key (PEM, `relaybox-ca update-key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write it (default: target/images/BOARD/relaybox-BOARD-VERSION.bundle).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Make a config partition image (label RELAYBOX_CFG).
     ConfigImage {
@@ -51,10 +75,11 @@ enum Cmd {
     Qemu {
         #[arg(long)]
         board: String,
-        /// The image directory (default: target/images/BOARD, built if missing).
+        /// The disk to boot and keep (default: a fresh copy of the image's
+        /// disk.img as target/images/BOARD/disk-run.img).
         #[arg(long)]
-        image: Option<PathBuf>,
-        /// The config partition image (default: a fresh copy of the image's empty one).
+        disk: Option<PathBuf>,
+        /// A config partition image to put into a fresh disk (`config-image`).
         #[arg(long)]
         config: Option<PathBuf>,
         /// The relay's UDP port range to forward from 127.0.0.1, "start:end".
@@ -66,10 +91,12 @@ enum Cmd {
         /// Stay attached after the relay is up (until Ctrl-C) instead of exiting.
         #[arg(long)]
         interactive: bool,
-        /// The console line that means ready (e.g. "connected to dispatcher"
-        /// when the config partition names a reachable dispatcher).
-        #[arg(long, default_value = "relaybox-supervise: started relaybox relay")]
-        ready: String,
+        /// The console line that means ready, after "boot done" (e.g.
+        /// "connected to dispatcher" when the config partition names a
+        /// reachable dispatcher); default: "boot done" itself (the relay is
+        /// started just before it).
+        #[arg(long)]
+        ready: Option<String>,
         /// Seconds to wait for the relay to start.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
@@ -87,43 +114,54 @@ fn main() -> Result<()> {
             let deb = xtask::deb::build()?;
             println!("{}", deb.display());
         }
-        Cmd::Image { board } => {
-            xtask::image::build(&board)?;
+        Cmd::Image { board, version, update_key } => {
+            xtask::image::build_with(&board, &xtask::image::Options { version, update_key })?;
+        }
+        Cmd::Bundle { board, key, out } => {
+            let img = Image::existing(&board)
+                .ok_or_else(|| anyhow::anyhow!("no image of {board}: cargo xtask image --board {board} first"))?;
+            xtask::bundle::make(&img, &key, out)?;
         }
         Cmd::ConfigImage { out, from, fs, size_mib } => {
             xtask::disk::config_image(&out, &fs, size_mib, from.as_deref())?;
             println!("{} ({fs}, {size_mib} MiB, label {})", out.display(), xtask::disk::CFG_LABEL);
         }
-        Cmd::Qemu { board, image, config, ports, web_port, interactive, ready, timeout } => {
+        Cmd::Qemu { board, disk, config, ports, web_port, interactive, ready, timeout } => {
             if !board.starts_with("qemu-") {
                 bail!("qemu boots the qemu-x86_64 and qemu-aarch64 boards");
             }
-            let dir = image.unwrap_or_else(|| xtask::target_dir().join("images").join(&board));
-            if !dir.join("initrd.img").exists() {
-                xtask::image::build(&board)?;
-            }
-            let img = Image::existing(&board).filter(|i| i.dir == dir);
-            let (kernel, initrd) = match img {
-                Some(i) => (i.kernel, i.initrd),
-                None => (dir.join("vmlinuz"), dir.join("initrd.img")),
+            let img = match Image::existing(&board) {
+                Some(i) => i,
+                None => xtask::image::build(&board)?,
             };
-            let config = match config {
-                Some(c) => c,
+            let disk = match disk {
+                Some(d) => d,
                 None => {
-                    let c = dir.join("config-run.img");
-                    std::fs::copy(dir.join("config.img"), &c)?;
-                    c
+                    let d = img.dir.join("disk-run.img");
+                    match &config {
+                        Some(c) => img.provisioned_disk(c, &d)?,
+                        None => {
+                            std::fs::copy(&img.disk, &d)?;
+                        }
+                    }
+                    d
                 }
             };
             let (a, b) = ports.split_once(':').unwrap_or(("40000", "40016"));
             let (a, b): (u16, u16) = (a.parse()?, b.parse()?);
-            let mut cfg = VmConfig::new(&board, &kernel, &initrd, &config);
+            let mut cfg = VmConfig::new(&board, &disk);
             cfg.udp_ports = (a..b).collect();
             cfg.web_host_port = web_port;
+            cfg.reboot = true;
             let mut vm = Vm::start(&cfg)?;
-            xtask::step(format!("booting {board} (QEMU pid {}), config disk {}", vm.pid(), config.display()));
+            xtask::step(format!("booting {board} (QEMU pid {}), disk {}", vm.pid(), disk.display()));
+            // The relay is started just before "boot done" (its own lines may
+            // come first): "boot done" is the line to wait for.
             vm.wait_for("relaybox-init: boot done", Duration::from_secs(timeout))?;
-            vm.wait_for(&ready, Duration::from_secs(timeout))?;
+            let ready = ready.unwrap_or_else(|| "relaybox-init: boot done".into());
+            if ready != "relaybox-init: boot done" {
+                vm.wait_for(&ready, Duration::from_secs(timeout))?;
+            }
             println!("{}", vm.console());
             xtask::step(format!(
                 "{board}: ready ({ready:?}) {:.1} s after power-on; media ports 127.0.0.1:{a}-{} (UDP), web 127.0.0.1:{web_port}",

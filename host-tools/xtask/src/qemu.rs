@@ -1,7 +1,10 @@
-//! Booting an image in QEMU (TCG) with user-mode networking, host
-//! forwards for the relay's media ports and the web port, the config
-//! partition as a virtio disk, and the serial console on stdio, which
-//! callers can read (`wait_for`) and type into (`run`).
+//! Booting an image in QEMU (TCG) as the real boards boot: the whole disk
+//! image as a virtio disk, through the board's UEFI firmware (OVMF on
+//! x86_64, AAVMF on aarch64), then systemd-boot and its entries (so that
+//! the A/B slots and boot counting are the real ones); user-mode
+//! networking with host forwards for the relay's media ports and the web
+//! port, and the serial console on stdio, which callers can read
+//! (`wait_for`) and type into (`run`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,13 +24,21 @@ pub const GUEST_IP: &str = "10.0.2.15";
 /// default).
 pub const WEB_PORT: u16 = 443;
 
+/// The UEFI firmware QEMU boots a board's disk with (Debian's `ovmf` and
+/// `qemu-efi-aarch64` packages).
+pub fn uefi_firmware(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => PathBuf::from("/usr/share/OVMF/OVMF_CODE.fd"),
+        Arch::Aarch64 => PathBuf::from("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub board: String,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    /// The RELAYBOX_CFG partition image, attached as a virtio disk.
-    pub config_disk: PathBuf,
+    /// The whole disk image (boot partition(s), config partition), attached
+    /// as a virtio disk and written in place.
+    pub disk: PathBuf,
     /// UDP ports forwarded 127.0.0.1:p -> guest:p (the relay's port_range).
     pub udp_ports: Vec<u16>,
     /// Host port for the guest's web port (0: none).
@@ -35,27 +46,30 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Copy of the console output.
     pub log: Option<PathBuf>,
-    /// Boot the whole disk image `config_disk` through this UEFI firmware
-    /// (OVMF) instead of the kernel and initrd directly.
-    pub uefi_firmware: Option<PathBuf>,
     /// The guest's real-time clock at power-on (`-rtc base=`), e.g. a date
     /// long past, as a board that lost its time; None: the host's time.
     pub rtc_base: Option<String>,
+    /// A reboot of the guest restarts the machine, as on a real box (the
+    /// boot loader runs again); false: QEMU exits instead (`-no-reboot`),
+    /// which callers wait for with [`Vm::wait_exit`].
+    pub reboot: bool,
+    /// Disk throughput cap in bytes per second (None: none): slows writes
+    /// so that a test can cut the power in the middle of one.
+    pub disk_bps: Option<u64>,
 }
 
 impl VmConfig {
-    pub fn new(board: &str, kernel: &Path, initrd: &Path, config_disk: &Path) -> Self {
+    pub fn new(board: &str, disk: &Path) -> Self {
         VmConfig {
             board: board.to_string(),
-            kernel: kernel.to_path_buf(),
-            initrd: initrd.to_path_buf(),
-            config_disk: config_disk.to_path_buf(),
+            disk: disk.to_path_buf(),
             udp_ports: Vec::new(),
             web_host_port: 0,
             memory_mib: 512,
             log: None,
-            uefi_firmware: None,
             rtc_base: None,
+            reboot: false,
+            disk_bps: None,
         }
     }
 
@@ -81,19 +95,22 @@ impl VmConfig {
             }
         };
         cmd.args(["-accel", "tcg", "-smp", "1", "-m", &self.memory_mib.to_string()]);
-        cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none"]);
+        if !self.reboot {
+            cmd.arg("-no-reboot");
+        }
         cmd.args(["-serial", "stdio", "-monitor", "none"]);
         if let Some(base) = &self.rtc_base {
             cmd.arg("-rtc").arg(format!("base={base}"));
         }
-        if let Some(fw) = &self.uefi_firmware {
-            cmd.arg("-bios").arg(fw);
-        } else {
-            cmd.arg("-kernel").arg(&self.kernel).arg("-initrd").arg(&self.initrd);
-            cmd.arg("-append").arg(board.get("KERNEL_CMDLINE")?.replace(" quiet", " quiet loglevel=3"));
+        let firmware = uefi_firmware(board.arch()?);
+        if !firmware.exists() {
+            bail!("{} missing: install Debian's ovmf and qemu-efi-aarch64 packages (ci/setup.sh)", firmware.display());
         }
-        cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=cfg", self.config_disk.display()));
-        cmd.args(["-device", "virtio-blk-pci,drive=cfg"]);
+        cmd.arg("-bios").arg(firmware);
+        let throttle = self.disk_bps.map(|b| format!(",throttling.bps-total={b}")).unwrap_or_default();
+        cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk{throttle}", self.disk.display()));
+        cmd.args(["-device", "virtio-blk-pci,drive=disk"]);
         cmd.args(["-netdev", &format!("user,id=wan{fwd}"), "-device", "virtio-net-pci,netdev=wan"]);
         Ok(cmd)
     }

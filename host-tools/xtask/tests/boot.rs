@@ -1,4 +1,5 @@
-//! Boots the qemu-x86_64 and qemu-aarch64 images (TCG) side by side and
+//! Boots the qemu-x86_64 and qemu-aarch64 images (TCG, through their UEFI
+//! firmware and systemd-boot, as the real boards) side by side and
 //! drives each like an operator and a SIP proxy would: a dispatcher on the
 //! host, the box provisioned through its config partition, a call placed
 //! through the module socket, RTP both ways through the box's relay (QEMU
@@ -365,8 +366,11 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(setpw.wait().unwrap().success(), "web set-password");
     let cfg_img = dir.join("config.img");
     xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg_dir)).unwrap();
+    let disk = dir.join("disk.img");
+    img.provisioned_disk(&cfg_img, &disk).unwrap();
+    let cfg_part = img.config_partition().unwrap();
 
-    let mut vm_cfg = VmConfig::new(board, &img.kernel, &img.initrd, &cfg_img);
+    let mut vm_cfg = VmConfig::new(board, &disk);
     vm_cfg.udp_ports = (range.0..range.1).collect();
     vm_cfg.web_host_port = free_tcp_port();
     vm_cfg.log = Some(xtask::target_dir().join(format!("boot-test-{board}.console.log")));
@@ -383,7 +387,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     d.wait_log("relay connected", 1, Duration::from_secs(60));
     let ready_secs = vm.started.elapsed().as_secs_f64();
     let console = vm.console();
-    assert!(console.contains("config partition /dev/vda mounted on /config"), "{console}");
+    assert!(console.contains(&format!("config partition /dev/vda{cfg_part} mounted on /config")), "{console}");
     assert!(console.contains("first boot: writing the default services.conf"), "{console}");
     assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
     assert!(console.contains("relaybox-init: clock set over NTP"), "{console}");
@@ -474,6 +478,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(body.contains("The box is rebooting"), "{body}");
     vm.wait_exit(Duration::from_secs(90)).unwrap();
     drop(vm);
+    xtask::disk::read_partition(&disk, cfg_part, &cfg_img).unwrap();
     let on_disk = xtask::disk::ext4_cat(&cfg_img, "/system.conf").unwrap();
     assert!(on_disk.contains(&format!("HOSTNAME=\"{host}\"")), "{on_disk}");
     let on_disk = xtask::disk::ext4_cat(&cfg_img, "/network.conf").unwrap();
@@ -533,14 +538,11 @@ fn both_qemu_boards_boot_relay_media_restart_the_relay_and_keep_settings() {
 #[test]
 #[ignore = "boots QEMU: run by ci/test.sh"]
 fn the_pc_disk_image_boots_through_uefi_and_systemd_boot() {
-    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE.fd");
-    assert!(ovmf.exists(), "needs Debian's ovmf package");
     let img = image("pc-x86_64-efi");
     let tmp = tempfile::tempdir().unwrap();
     let disk = tmp.path().join("disk.img");
     std::fs::copy(&img.disk, &disk).unwrap();
-    let mut cfg = VmConfig::new("pc-x86_64-efi", &img.kernel, &img.initrd, &disk);
-    cfg.uefi_firmware = Some(ovmf.to_path_buf());
+    let cfg = VmConfig::new("pc-x86_64-efi", &disk);
     let mut vm = Vm::start(&cfg).unwrap();
     vm.wait_for("config partition /dev/vda2 mounted on /config", BOOT_TIMEOUT).unwrap();
     vm.wait_for("relaybox-init: boot done", Duration::from_secs(60)).unwrap();
@@ -572,8 +574,8 @@ fn every_board_image_downloads_in_at_most_16_mib() {
 #[ignore = "builds the rpi4-arm64 image: run by ci/test.sh"]
 fn the_pi_image_carries_the_gpu_firmware_and_its_boot_files() {
     let img = image("rpi4-arm64");
-    // The boot partition starts at 1 MiB.
-    let part = format!("{}@@1048576", img.disk.display());
+    // Slot a's boot partition is the second (the first holds autoboot.txt).
+    let part = xtask::disk::fat_in(&img.disk, 2).unwrap().display().to_string();
     let out = Command::new("mdir").args(["-b", "-i", &part, "::"]).output().unwrap();
     assert!(out.status.success(), "mdir: {}", String::from_utf8_lossy(&out.stderr));
     let listing = String::from_utf8_lossy(&out.stdout).to_lowercase();

@@ -10,6 +10,7 @@ pub mod network;
 pub mod settings;
 pub mod status;
 pub mod system;
+pub mod update;
 
 #[cfg(test)]
 mod tests {
@@ -22,6 +23,7 @@ mod tests {
         ("settings", include_str!("settings.rs")),
         ("status", include_str!("status.rs")),
         ("system", include_str!("system.rs")),
+        ("update", include_str!("update.rs")),
     ];
 
     /// The modules below the pages.
@@ -35,6 +37,7 @@ mod tests {
         ("control", include_str!("../control.rs")),
         ("ini_edit", include_str!("../ini_edit.rs")),
         ("conf_form", include_str!("../conf_form.rs")),
+        ("firmware", include_str!("../firmware.rs")),
         ("server", include_str!("../server.rs")),
     ];
 

@@ -1,6 +1,7 @@
 //! The status page: the relay's summary, its sessions and streams, port use,
 //! counters and the last hour of relayed bandwidth as an inline SVG chart,
-//! all from the relay's control socket. `/api/status` returns the same as
+//! all from the relay's control socket; the running firmware, and a
+//! failed firmware update (the box went back to the old slot) first. `/api/status` returns the same as
 //! JSON plus the rendered fragment, which the page polls every 2 s.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use serde_json::Value;
 use crate::app::{Sample, State};
 use crate::control;
 use crate::extract::Authed;
+use crate::firmware;
 use crate::html::page as frame;
 use crate::html::{bps, bytes, duration, esc};
 use crate::layout::html_page;
@@ -231,8 +233,21 @@ pub fn fragment(state: &State, snap: &Snapshot) -> String {
 
 pub async fn page(AxState(state): AxState<State>, auth: Authed) -> Response {
     let snap = snapshot(&state).await;
-    let body =
-        format!(r#"<p class="help">Updated every 2 seconds.</p><div id="live">{}</div>"#, fragment(&state, &snap));
+    // A failed firmware update is said first: the box went back to the old slot.
+    let slots = firmware::status(&state.startup.update);
+    let running = match &slots {
+        Ok(s) => format!(
+            r#" Firmware <span class="mono" id="firmware-version">{}</span> (slot {}; <a href="/update">Update</a>)."#,
+            esc(&s.running_version),
+            s.running.slot
+        ),
+        Err(_) => String::new(),
+    };
+    let body = format!(
+        r#"{}<p class="help">Updated every 2 seconds.{running}</p><div id="live">{}</div>"#,
+        firmware::failed_banner(&slots),
+        fragment(&state, &snap)
+    );
     html_page(frame("Status", "/status", Some(&auth.csrf), &body))
 }
 
