@@ -32,7 +32,7 @@ pub use network::{NetworkSettings, WanMode, MAX_DNS_SERVERS};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, OpenSipsConfig, ProxyFlavor, RadiusConfig,
-    RelayConfig, ThorNetworkConfig, TlsConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
+    RelayConfig, ThorNetworkConfig, TlsConfig, WatchdogConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use system::{
     ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
@@ -68,6 +68,8 @@ pub struct Config {
     pub thor_network: ThorNetworkConfig,
     /// relaybox: the box's web page.
     pub web: WebConfig,
+    /// relaybox: the box's hardware watchdog feeder.
+    pub watchdog: WatchdogConfig,
     /// Things the file does that work but deserve a log line at start-up
     /// (old option names, settings relaybox ignores).
     pub warnings: Vec<ConfigWarning>,
@@ -95,6 +97,7 @@ impl Config {
             opensips: OpenSipsConfig::default(),
             thor_network: ThorNetworkConfig::default(),
             web: WebConfig::defaults_in(base),
+            watchdog: WatchdogConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -173,6 +176,7 @@ impl Config {
             "OpenSIPS" => self.opensips.set(option, v, base),
             "ThorNetwork" => self.thor_network.set(option, v),
             "Web" => self.web.set(option, v, base),
+            "Watchdog" => self.watchdog.set(option, v, base),
             _ => Err(ValueError(format!("internal error: section {section} has no setter"))),
         }
     }
@@ -225,6 +229,19 @@ impl Config {
                 "Web",
                 "http_listen",
                 format!("the HTTPS address {} and the HTTP address collide", w.listen),
+            ));
+        }
+        let wd = &self.watchdog;
+        if wd.interval >= wd.timeout {
+            let option = if set_at.contains_key(&("Watchdog", "interval")) { "interval" } else { "timeout" };
+            return Err(error(
+                "Watchdog",
+                option,
+                format!(
+                    "interval {} s must be shorter than timeout {} s, or the box resets between two feeds",
+                    wd.interval.as_secs(),
+                    wd.timeout.as_secs()
+                ),
             ));
         }
         if d.management_allow_anonymous && d.management_passport.is_some() {

@@ -34,7 +34,7 @@ const fn ext(section: &'static str, name: &'static str) -> KnownOption {
 }
 
 /// The sections, in the order the sample file lists them.
-pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web"];
+pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Watchdog"];
 
 /// Every option relaybox accepts, by section. MediaProxy's options are all
 /// here, including the ones relaybox stores but does not act on yet, so that
@@ -129,6 +129,12 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "max_connections"),
     ext("Web", "max_connections_per_ip"),
     ext("Web", "handshake_timeout"),
+    ext("Web", "wan_access"),
+    ext("Watchdog", "device"),
+    ext("Watchdog", "timeout"),
+    ext("Watchdog", "interval"),
+    ext("Watchdog", "grace"),
+    ext("Watchdog", "health_timeout"),
 ];
 
 /// Names that MediaProxy 2.0 used before renaming them: (section, old, new).
@@ -821,6 +827,9 @@ pub struct WebConfig {
     /// How long a client may take for its TLS handshake, and for each
     /// request's header (10 s).
     pub handshake_timeout: Duration,
+    /// The box's firewall (`relaybox firewall`) opens the page's ports on
+    /// the WAN interface too (no: the LAN side only).
+    pub wan_access: bool,
 }
 
 impl Default for WebConfig {
@@ -851,6 +860,7 @@ impl WebConfig {
             max_connections: 64,
             max_connections_per_ip: 8,
             handshake_timeout: Duration::from_secs(10),
+            wan_access: false,
         }
     }
 }
@@ -885,6 +895,54 @@ impl WebConfig {
             "max_connections" => self.max_connections = value::count(v, 1, 65_536)? as usize,
             "max_connections_per_ip" => self.max_connections_per_ip = value::count(v, 1, 65_536)? as usize,
             "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
+            "wan_access" => self.wan_access = value::boolean(v)?,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[Watchdog]` (relaybox): `relaybox watchdog`, which feeds the box's
+/// hardware watchdog only while the relay answers on its control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// The watchdog device (`/dev/watchdog`).
+    pub device: PathBuf,
+    /// The hardware timeout set on the device: the box resets this long
+    /// after the last feed (30 s; 1 to 600).
+    pub timeout: Duration,
+    /// How often the relay is checked and the device fed (5 s; less than
+    /// `timeout`).
+    pub interval: Duration,
+    /// How long the relay may be unhealthy (a restart, a reload) before the
+    /// device is no longer fed (60 s). Counted only once the relay has been
+    /// healthy since the watchdog started, so a relay that never starts
+    /// (a broken configuration) does not reset the box again and again.
+    pub grace: Duration,
+    /// How long one health check may take (3 s).
+    pub health_timeout: Duration,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            device: PathBuf::from("/dev/watchdog"),
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_secs(5),
+            grace: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl WatchdogConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "device" => self.device = value::path(v, base)?,
+            "timeout" => self.timeout = Duration::from_secs(value::count(v, 1, 600)?),
+            "interval" => self.interval = Duration::from_secs(value::count(v, 1, 300)?),
+            "grace" => self.grace = Duration::from_secs(value::count(v, 0, 86_400)?),
+            "health_timeout" => self.health_timeout = Duration::from_secs(value::count(v, 1, 60)?),
             _ => return unknown(name),
         }
         Ok(())
@@ -947,7 +1005,8 @@ mod tests {
             "latching_window" => "2.5",
             "log_level" => "INFO",
             "listen" | "listen_management" | "http_listen" => "127.0.0.1",
-            "metrics" | "metrics_lan_only" => "no",
+            "metrics" | "metrics_lan_only" | "wan_access" => "no",
+            "device" => "/dev/watchdog",
             "session_timeout" => "600",
             "max_body" => "8192",
             "accounting" => "radius",
@@ -977,6 +1036,7 @@ mod tests {
                 "OpenSIPS" => OpenSipsConfig::default().set(o.name, v, base),
                 "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
                 "Web" => WebConfig::default().set(o.name, v, base),
+                "Watchdog" => WatchdogConfig::default().set(o.name, v, base),
                 s => panic!("section {s} not in SECTIONS"),
             };
             assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod memory;
+pub mod firewall;
 pub mod nft;
 mod wire;
 

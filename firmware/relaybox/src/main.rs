@@ -17,9 +17,11 @@ mod clock;
 #[path = "relay/control.rs"]
 mod control;
 mod dispatcher;
+mod firewall;
 mod ntp;
 mod relay;
 mod trust;
+mod watchdog;
 
 #[derive(Parser)]
 #[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]
@@ -50,6 +52,17 @@ enum Command {
     Web {
         #[command(subcommand)]
         action: Option<WebAction>,
+    },
+    /// Program the box's firewall (nftables table inet relaybox_fw): the
+    /// relay's ports everywhere, the web page on the LAN only.
+    Firewall(firewall::FirewallArgs),
+    /// Feed the hardware watchdog ([Watchdog]) while the relay answers on its
+    /// control socket.
+    Watchdog {
+        /// Feed it as long as this process runs, without checking the relay
+        /// (a box that runs no relay).
+        #[arg(long)]
+        always: bool,
     },
 }
 
@@ -116,10 +129,22 @@ fn main() -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return runtime.block_on(ntp::run(args));
     }
+    if let Command::Watchdog { always } = cli.command {
+        // Nor the watchdog: with a broken file it feeds on the defaults, so
+        // that the box does not reset in a loop over a typo.
+        init_tracing(LogLevel::Info);
+        let config = load(&cli.config).unwrap_or_else(|e| {
+            tracing::warn!("watchdog: {e:#}; using the default [Watchdog] and [Relay] control_socket");
+            Config::default()
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(watchdog::run(config, always));
+    }
     let config = load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
-        Command::Clock(_) => unreachable!("handled above"),
+        Command::Clock(_) | Command::Watchdog { .. } => unreachable!("handled above"),
+        Command::Firewall(args) => firewall::run(&config, &args),
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             descriptors("relay", &relay::descriptor_budget(&config))?;
