@@ -34,7 +34,8 @@ const fn ext(section: &'static str, name: &'static str) -> KnownOption {
 }
 
 /// The sections, in the order the sample file lists them.
-pub const SECTIONS: &[&str] = &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Watchdog"];
+pub const SECTIONS: &[&str] =
+    &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Watchdog"];
 
 /// Every option relaybox accepts, by section. MediaProxy's options are all
 /// here, including the ones relaybox stores but does not act on yet, so that

@@ -47,7 +47,7 @@ const NFT_REG_VERDICT: u32 = 0;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NFT_META_IIFNAME: u32 = 6;
-const NFT_CT_STATUS: u32 = 1;
+const NFT_CT_STATUS: u32 = 2;
 const NF_INET_LOCAL_IN: u32 = 1;
 const NF_INET_FORWARD: u32 = 2;
 /// `NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED)`.

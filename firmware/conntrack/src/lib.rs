@@ -14,8 +14,8 @@
 //! here: the socket calls are `netlink-sys`'s.
 #![forbid(unsafe_code)]
 
-mod memory;
 pub mod firewall;
+mod memory;
 pub mod nft;
 mod wire;
 

@@ -79,7 +79,12 @@ pub fn run(config: &Config, args: &FirewallArgs) -> anyhow::Result<()> {
     eprintln!(
         "relaybox firewall: WAN {} accepts UDP {}, TCP {}; LAN {} also TCP {}; everything else is dropped",
         spec.wan,
-        spec.udp_ranges.iter().map(|(a, b)| format!("{a}-{}", b - 1)).chain(["68 (DHCP)".to_string()]).collect::<Vec<_>>().join(","),
+        spec.udp_ranges
+            .iter()
+            .map(|(a, b)| format!("{a}-{}", b - 1))
+            .chain(["68 (DHCP)".to_string()])
+            .collect::<Vec<_>>()
+            .join(","),
         if spec.any_tcp.is_empty() { "none".to_string() } else { tcp(&spec.any_tcp) },
         spec.lan.as_deref().unwrap_or("-"),
         if spec.lan_tcp.is_empty() { "none".to_string() } else { tcp(&spec.lan_tcp) },

@@ -150,7 +150,10 @@ pub async fn run(config: Config, always: bool) -> anyhow::Result<()> {
         }
     };
     if timeout != 0 && wd.interval.as_secs() as u32 >= timeout {
-        tracing::warn!("watchdog: [Watchdog] interval {} s is not below the driver's timeout {timeout} s", wd.interval.as_secs());
+        tracing::warn!(
+            "watchdog: [Watchdog] interval {} s is not below the driver's timeout {timeout} s",
+            wd.interval.as_secs()
+        );
     }
     device.feed().context("feeding the watchdog")?;
     if always {
@@ -181,7 +184,9 @@ pub async fn run(config: Config, always: bool) -> anyhow::Result<()> {
             Ok(())
         } else {
             let (socket, limit) = (socket.clone(), wd.health_timeout);
-            tokio::task::spawn_blocking(move || relay_healthy(&socket, limit)).await.unwrap_or_else(|e| Err(e.to_string()))
+            tokio::task::spawn_blocking(move || relay_healthy(&socket, limit))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
         };
         let decision = feeder.decide(health.is_ok(), Instant::now());
         match (&health, decision) {
@@ -205,7 +210,10 @@ pub async fn run(config: Config, always: bool) -> anyhow::Result<()> {
             }
             (Err(e), _) => {
                 if *e != last_error {
-                    tracing::warn!("watchdog: the relay does not answer ({e}); the box resets if that lasts {} s", wd.grace.as_secs());
+                    tracing::warn!(
+                        "watchdog: the relay does not answer ({e}); the box resets if that lasts {} s",
+                        wd.grace.as_secs()
+                    );
                     last_error = e.clone();
                 }
             }
