@@ -35,7 +35,8 @@ pub use settings::{
     RelayConfig, ThorNetworkConfig, TlsConfig, WatchdogConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
 };
 pub use system::{
-    ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
+    ntp_server_target, server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings,
+    MAX_NTP_SERVERS, NTP_PORT, SYSLOG_PORT,
 };
 pub use value::{AccountingBackend, HostPort, LogLevel, PortRange, ValueError};
 

@@ -131,6 +131,11 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "max_connections_per_ip"),
     ext("Web", "handshake_timeout"),
     ext("Web", "wan_access"),
+    ext("Web", "log_command"),
+    ext("Web", "log_max_bytes"),
+    ext("Web", "log_dir"),
+    ext("Web", "syslog_pid_file"),
+    ext("Web", "max_backup"),
     ext("Watchdog", "device"),
     ext("Watchdog", "timeout"),
     ext("Watchdog", "interval"),
@@ -831,6 +836,20 @@ pub struct WebConfig {
     /// The box's firewall (`relaybox firewall`) opens the page's ports on
     /// the WAN interface too (no: the LAN side only).
     pub wan_access: bool,
+    /// Program whose output the Logs page shows, run without arguments
+    /// (`/sbin/logread`: busybox syslogd's ring buffer).
+    pub log_command: PathBuf,
+    /// The most of that output the Logs page reads and shows, its end
+    /// (262144 bytes).
+    pub log_max_bytes: usize,
+    /// Where the box keeps the logs of this boot and the previous one
+    /// (`current.log`, `previous.log`; `log` next to the configuration file).
+    pub log_dir: PathBuf,
+    /// Pid file of syslogd, restarted when the remote syslog host changes
+    /// (`/run/relaybox/syslogd.pid`).
+    pub syslog_pid_file: PathBuf,
+    /// Largest backup the Backup page takes (1048576 bytes).
+    pub max_backup: usize,
 }
 
 impl Default for WebConfig {
@@ -862,6 +881,11 @@ impl WebConfig {
             max_connections_per_ip: 8,
             handshake_timeout: Duration::from_secs(10),
             wan_access: false,
+            log_command: PathBuf::from("/sbin/logread"),
+            log_max_bytes: 262_144,
+            log_dir: base.join("log"),
+            syslog_pid_file: PathBuf::from("/run/relaybox/syslogd.pid"),
+            max_backup: 1_048_576,
         }
     }
 }
@@ -897,6 +921,11 @@ impl WebConfig {
             "max_connections_per_ip" => self.max_connections_per_ip = value::count(v, 1, 65_536)? as usize,
             "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
             "wan_access" => self.wan_access = value::boolean(v)?,
+            "log_command" => self.log_command = value::path(v, base)?,
+            "log_max_bytes" => self.log_max_bytes = value::count(v, 4096, 16 * MIB)? as usize,
+            "log_dir" => self.log_dir = value::path(v, base)?,
+            "syslog_pid_file" => self.syslog_pid_file = value::path(v, base)?,
+            "max_backup" => self.max_backup = value::count(v, 65_536, 16 * MIB)? as usize,
             _ => return unknown(name),
         }
         Ok(())
@@ -1009,7 +1038,9 @@ mod tests {
             "metrics" | "metrics_lan_only" | "wan_access" => "no",
             "device" => "/dev/watchdog",
             "session_timeout" => "600",
-            "max_body" => "8192",
+            "max_body" | "log_max_bytes" => "8192",
+            "max_backup" => "65536",
+            "log_command" | "log_dir" => "x",
             "accounting" => "radius",
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",

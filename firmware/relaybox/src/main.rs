@@ -168,8 +168,8 @@ fn config_action(config_path: &std::path::Path, action: &ConfigAction) -> anyhow
         }
         ConfigAction::Restore { file } => {
             let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            let names =
-                backup::stage_restore(&dir, &data).with_context(|| format!("{} not restored", file.display()))?;
+            let names = backup::stage_restore(&dir, &data, backup::MAX_BACKUP)
+                .with_context(|| format!("{} not restored", file.display()))?;
             eprintln!("backup checked and staged ({}); reboot to apply it", names.join(" "));
         }
         ConfigAction::FactoryReset => {

@@ -1,5 +1,6 @@
 //! The box's whole configuration as one file, and back: a backup is a tar
-//! (ustar) of the configuration directory's files (`relaybox.ini`, the
+//! (ustar) of the configuration directory's files (`relaybox.ini` or any
+//! top-level `.ini`, the
 //! `.conf` files init sources, `web.passwd`, `shadow`, `sysctl.conf` and
 //! `tls/`; not logs, the clock file or `.prev` copies). A restore is
 //! checked file by file with the parsers the box itself uses (unknown
@@ -25,7 +26,8 @@ use crate::files::{finish_replace, write_atomic};
 pub const PENDING_RESTORE: &str = ".restore";
 /// The factory-reset marker.
 pub const FACTORY_RESET: &str = ".factory-reset";
-/// Largest backup accepted.
+/// Largest backup `relaybox config restore` accepts (the web page's is
+/// `[Web] max_backup`).
 pub const MAX_BACKUP: usize = 1024 * 1024;
 /// Largest file in a backup.
 pub const MAX_FILE: usize = 256 * 1024;
@@ -65,7 +67,7 @@ fn refused(file: &str, reason: impl Into<String>) -> BackupError {
 
 /// Whether `path` (relative, `/`-separated) is a file a backup may hold.
 fn allowed(path: &str) -> bool {
-    if TOP_FILES.contains(&path) {
+    if TOP_FILES.contains(&path) || is_config_file(path) {
         return true;
     }
     let Some(name) = path.strip_prefix("tls/") else { return false };
@@ -74,6 +76,14 @@ fn allowed(path: &str) -> bool {
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && [".pem", ".crt", ".key", ".csr"].iter().any(|ext| name.ends_with(ext))
+}
+
+/// The daemons' configuration file (`relaybox.ini` on the box; any
+/// top-level `NAME.ini`).
+fn is_config_file(path: &str) -> bool {
+    path.strip_suffix(".ini").is_some_and(|stem| {
+        !stem.is_empty() && stem.len() <= 64 && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    })
 }
 
 /// The files of the configuration directory that go into a backup.
@@ -87,9 +97,10 @@ fn collect(dir: &Path) -> io::Result<BTreeMap<String, (Vec<u8>, u32)>> {
         }
         Ok(())
     };
-    for name in TOP_FILES {
-        if dir.join(name).exists() {
-            add(name.to_string(), dir.join(name))?;
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if TOP_FILES.contains(&name.as_str()) || is_config_file(&name) {
+            add(name, e.path())?;
         }
     }
     if let Ok(entries) = fs::read_dir(dir.join(TLS_DIR)) {
@@ -154,10 +165,10 @@ fn parse_octal(field: &[u8]) -> Option<u64> {
 
 /// The files of a tar: `path -> (contents, mode)`. Directories are skipped,
 /// anything but regular files and directories refused.
-fn untar(data: &[u8]) -> Result<BTreeMap<String, (Vec<u8>, u32)>, BackupError> {
+fn untar(data: &[u8], max: usize) -> Result<BTreeMap<String, (Vec<u8>, u32)>, BackupError> {
     let bad = |why: &str| BackupError::Format(why.to_string());
-    if data.len() > MAX_BACKUP {
-        return Err(bad(&format!("larger than {} KiB", MAX_BACKUP / 1024)));
+    if data.len() > max {
+        return Err(bad(&format!("larger than {} KiB", max / 1024)));
     }
     let mut files = BTreeMap::new();
     let mut at = 0;
@@ -191,7 +202,8 @@ fn untar(data: &[u8]) -> Result<BTreeMap<String, (Vec<u8>, u32)>, BackupError> {
         at += 512;
         match h[156] {
             b'5' => {
-                if name.trim_end_matches('/') != TLS_DIR {
+                let dir = name.trim_end_matches('/');
+                if !dir.is_empty() && dir != "." && dir != TLS_DIR {
                     return Err(refused(&name, "a directory other than tls/"));
                 }
             }
@@ -267,7 +279,7 @@ pub fn check_dir(dir: &Path) -> Result<(), BackupError> {
     for (name, (data, _)) in &files {
         let t = text(name, data)?;
         match name.as_str() {
-            "relaybox.ini" => {
+            n if is_config_file(n) => {
                 Config::parse(t, name, dir).map_err(|e| refused(name, e.to_string()))?;
             }
             "network.conf" => {
@@ -365,10 +377,10 @@ fn write_tree(root: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> io::Resu
     Ok(())
 }
 
-/// Checks `data` and stages it in `dir` for the next boot; nothing in use is
-/// touched. Returns the names of the files it holds.
-pub fn stage_restore(dir: &Path, data: &[u8]) -> Result<Vec<String>, BackupError> {
-    let files = untar(data)?;
+/// Checks `data` (at most `max` bytes) and stages it in `dir` for the next
+/// boot; nothing in use is touched. Returns the names of the files it holds.
+pub fn stage_restore(dir: &Path, data: &[u8], max: usize) -> Result<Vec<String>, BackupError> {
+    let files = untar(data, max)?;
     let tmp = dir.join(format!(".restore.tmp-{}", crate::auth::random_hex(6)));
     let result = (|| {
         write_tree(&tmp, &files).map_err(io_err)?;
@@ -476,13 +488,13 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         sample(a.path());
         let data = backup(a.path()).unwrap();
-        let names: Vec<String> = untar(&data).unwrap().into_keys().collect();
+        let names: Vec<String> = untar(&data, MAX_BACKUP).unwrap().into_keys().collect();
         assert_eq!(names, ["network.conf", "relaybox.ini", "services.conf", "system.conf"], "no clock, no logs");
 
         let b = tempfile::tempdir().unwrap();
         fs::write(b.path().join("relaybox.ini"), "[Relay]\nport_range = 50000:50100\n").unwrap();
         fs::write(b.path().join("sysctl.conf"), "net.core.rmem_max = 1000000\n").unwrap();
-        stage_restore(b.path(), &data).unwrap();
+        stage_restore(b.path(), &data, MAX_BACKUP).unwrap();
         assert_eq!(pending(b.path()), Some("a restored backup"));
         assert!(fs::read_to_string(b.path().join("relaybox.ini")).unwrap().contains("50000"), "nothing in use changes");
         let done = boot(b.path()).unwrap();
@@ -517,22 +529,22 @@ mod tests {
         ];
         let b = tempfile::tempdir().unwrap();
         for (data, why) in cases {
-            let e = stage_restore(b.path(), &data).unwrap_err().to_string();
+            let e = stage_restore(b.path(), &data, MAX_BACKUP).unwrap_err().to_string();
             assert!(e.contains(why), "{e} (expected {why})");
             assert_eq!(pending(b.path()), None);
             assert_eq!(fs::read_dir(b.path()).unwrap().count(), 0, "nothing left behind: {e}");
         }
         let mut truncated = backup(a.path()).unwrap();
         truncated.truncate(700);
-        assert!(matches!(stage_restore(b.path(), &truncated), Err(BackupError::Format(_))));
+        assert!(matches!(stage_restore(b.path(), &truncated, MAX_BACKUP), Err(BackupError::Format(_))));
         let mut corrupt = backup(a.path()).unwrap();
         corrupt[10] ^= 1;
-        assert!(stage_restore(b.path(), &corrupt).unwrap_err().to_string().contains("checksum"));
-        assert!(stage_restore(b.path(), &vec![0u8; MAX_BACKUP + 1]).is_err());
+        assert!(stage_restore(b.path(), &corrupt, MAX_BACKUP).unwrap_err().to_string().contains("checksum"));
+        assert!(stage_restore(b.path(), &vec![0u8; MAX_BACKUP + 1], MAX_BACKUP).is_err());
         // A symbolic link is not a configuration file.
         let mut link = header("relaybox.ini", 0o644, 0, b'2', 0).to_vec();
         link.resize(link.len() + 1024, 0);
-        assert!(stage_restore(b.path(), &link).unwrap_err().to_string().contains("not a regular file"));
+        assert!(stage_restore(b.path(), &link, MAX_BACKUP).unwrap_err().to_string().contains("not a regular file"));
     }
 
     #[test]
@@ -566,7 +578,7 @@ mod tests {
             .unwrap();
         assert!(out.status.success());
         let b = tempfile::tempdir().unwrap();
-        let names = stage_restore(b.path(), &fs::read(&remade).unwrap()).unwrap();
+        let names = stage_restore(b.path(), &fs::read(&remade).unwrap(), MAX_BACKUP).unwrap();
         assert_eq!(names, ["relaybox.ini", "system.conf", "tls/web.crt", "tls/web.key"]);
     }
 
@@ -576,7 +588,7 @@ mod tests {
         sample(a.path());
         fs::create_dir_all(a.path().join("lost+found")).unwrap();
         let data = backup(a.path()).unwrap();
-        stage_restore(a.path(), &data).unwrap();
+        stage_restore(a.path(), &data, MAX_BACKUP).unwrap();
         request_factory_reset(a.path()).unwrap();
         assert_eq!(pending(a.path()), Some("a factory reset"));
         assert!(a.path().join("relaybox.ini").exists(), "nothing before the boot");
