@@ -2,10 +2,13 @@
 //! integration tests share one implementation: cross-building the static
 //! `relaybox` binary, reading `board/*/board.conf`, fetching the Debian
 //! kernel and busybox, writing the initramfs (newc cpio) and the disk
-//! images, and booting them in QEMU with a scriptable serial console.
+//! images, provisioning a box's config partition (`provision`), and
+//! booting them in QEMU with a scriptable serial console.
 //!
 //! Owns the image layout (board/, rootfs-overlay/); it must not reach into
-//! the firmware crates beyond building the `relaybox` binary.
+//! the firmware crates beyond building and running the `relaybox` binary
+//! (provisioning hashes the web password and checks the files with it);
+//! certificates come from the `relaybox-ca` host tool's library.
 
 pub mod board;
 pub mod build;
@@ -14,6 +17,7 @@ pub mod debs;
 pub mod disk;
 pub mod image;
 pub mod kernel;
+pub mod provision;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! - `cargo xtask binaries` — static, stripped `relaybox` for x86_64 and aarch64 (musl)
 //! - `cargo xtask image --board NAME` — initramfs and disk image under target/images/NAME
 //! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
+//! - `cargo xtask provision --image DISK --box BOX.conf` — one box's identity onto its config partition
 //! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it and wait until the relay runs
 
 use std::path::PathBuf;
@@ -42,6 +43,20 @@ enum Cmd {
         fs: String,
         #[arg(long, default_value_t = 16)]
         size_mib: u64,
+    },
+    /// Write one box's identity (settings, certificates, web password) onto
+    /// the config partition of a disk image or device (see board/README.md).
+    Provision {
+        /// The disk image (disk.img) or the device it was flashed to.
+        #[arg(long)]
+        image: PathBuf,
+        /// The box file: `key = value` lines (hostname, dispatchers, ...).
+        #[arg(long = "box")]
+        box_file: PathBuf,
+        /// The relaybox binary that hashes the password and checks the files
+        /// (default: the static x86_64 build, made if needed).
+        #[arg(long)]
+        relaybox: Option<PathBuf>,
     },
     /// Boot a QEMU board's image and wait until the relay is running.
     Qemu {
@@ -85,6 +100,22 @@ fn main() -> Result<()> {
         Cmd::ConfigImage { out, from, fs, size_mib } => {
             xtask::disk::config_image(&out, &fs, size_mib, from.as_deref())?;
             println!("{} ({fs}, {size_mib} MiB, label {})", out.display(), xtask::disk::CFG_LABEL);
+        }
+        Cmd::Provision { image, box_file, relaybox } => {
+            let bin = match relaybox {
+                Some(b) => b,
+                None => xtask::build::relaybox(Arch::X86_64.rust_target())?,
+            };
+            let b = xtask::provision::BoxFile::load(&box_file)?;
+            let part = xtask::provision::provision(&image, &b, &bin)?;
+            println!(
+                "{}: config partition at {} MiB ({}, {} MiB) provisioned from {}",
+                image.display(),
+                part.offset / xtask::disk::MIB,
+                part.fs,
+                part.len / xtask::disk::MIB,
+                box_file.display()
+            );
         }
         Cmd::Qemu { board, image, config, ports, web_port, interactive, ready, timeout } => {
             if !board.starts_with("qemu-") {
