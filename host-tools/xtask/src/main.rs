@@ -71,7 +71,8 @@ enum Cmd {
         /// The relay's UDP port range to forward from 127.0.0.1, "start:end".
         #[arg(long, default_value = "40000:40016")]
         ports: String,
-        /// Host port forwarded to the box's web page (HTTPS port 443 inside).
+        /// Host port forwarded to the box's web page (HTTPS port 443 inside)
+        /// through its LAN NIC (the firewall keeps the page off the WAN).
         #[arg(long, default_value_t = 8080)]
         web_port: u16,
         /// Stay attached after the relay is up (until Ctrl-C) instead of exiting.
@@ -142,7 +143,7 @@ fn main() -> Result<()> {
             let (a, b): (u16, u16) = (a.parse()?, b.parse()?);
             let mut cfg = VmConfig::new(&board, &kernel, &initrd, &config);
             cfg.udp_ports = (a..b).collect();
-            cfg.web_host_port = web_port;
+            cfg.lan_web_host_port = web_port;
             let mut vm = Vm::start(&cfg)?;
             xtask::step(format!("booting {board} (QEMU pid {}), config disk {}", vm.pid(), config.display()));
             vm.wait_for("relaybox-init: boot done", Duration::from_secs(timeout))?;
