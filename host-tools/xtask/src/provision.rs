@@ -77,7 +77,7 @@ impl BoxFile {
             }
         }
         for required in ["hostname", "dispatchers"] {
-            if !values.contains_key(required) {
+            if !values.get(required).is_some_and(|v| !v.is_empty()) {
                 bail!("{required} is required");
             }
         }

@@ -22,7 +22,9 @@ fn disk(dir: &Path, gpt: bool) -> PathBuf {
     let boot = dir.join("boot.part");
     disk::fat_image(&boot, "RELAYBOX", 34, &[]).unwrap();
     let cfg = dir.join("cfg.part");
-    disk::config_image(&cfg, if gpt { "ext4" } else { "vfat" }, 16, None).unwrap();
+    // The Pi's vfat partition is 64 MiB (FAT32 needs more clusters than 16 MiB give).
+    let (fs, mib) = if gpt { ("ext4", 16) } else { ("vfat", 64) };
+    disk::config_image(&cfg, fs, mib, None).unwrap();
     let out = dir.join(if gpt { "gpt.img" } else { "mbr.img" });
     disk::disk_image(
         &out,
@@ -104,7 +106,7 @@ fn a_box_file_provisions_the_config_partition_of_gpt_and_mbr_disks() {
     let img = disk(dir, true);
     let before = std::fs::read(&img).unwrap();
     for (line, why) in [
-        ("hostname = edge;reboot", "HOSTNAME"),
+        ("hostname = edge;reboot", "system.conf"),
         ("dispatchers = ", "dispatchers"),
         ("relay.port_range = 1:2", "port_range"),
         ("lan = 198.51.100.1/24", "LAN_ADDRESS"),
