@@ -319,17 +319,8 @@ pub fn check_dir(dir: &Path) -> Result<(), BackupError> {
                     }
                 }
             }
-            "shadow" => {
-                if t.bytes().any(|b| b.is_ascii_control() && b != b'\n') || t.lines().any(|l| l.split(':').count() < 2)
-                {
-                    return Err(refused(name, "expected name:hash:... lines"));
-                }
-            }
-            n if n == crate::auth::PASSWORD_FILE => {
-                if !t.trim().starts_with("$argon2") || t.trim().lines().count() != 1 {
-                    return Err(refused(name, "expected one argon2 hash (relaybox web set-password)"));
-                }
-            }
+            "shadow" => check_shadow(name, t)?,
+            n if n == crate::auth::PASSWORD_FILE => check_password_hash(name, t)?,
             _ => {} // tls/: checked below as a whole
         }
     }
@@ -349,6 +340,20 @@ pub fn check_dir(dir: &Path) -> Result<(), BackupError> {
     if tls.join("web.crt").exists() || tls.join("web.key").exists() {
         crate::server::tls_config(&tls.join("web.crt"), &tls.join("web.key"))
             .map_err(|e| refused("tls/web.crt", format!("{e:#}").replace(&tls.display().to_string(), "tls")))?;
+    }
+    Ok(())
+}
+
+fn check_shadow(name: &str, t: &str) -> Result<(), BackupError> {
+    if t.bytes().any(|b| b.is_ascii_control() && b != b'\n') || t.lines().any(|l| l.split(':').count() < 2) {
+        return Err(refused(name, "expected name:hash:... lines"));
+    }
+    Ok(())
+}
+
+fn check_password_hash(name: &str, t: &str) -> Result<(), BackupError> {
+    if !t.trim().starts_with("$argon2") || t.trim().lines().count() != 1 {
+        return Err(refused(name, "expected one argon2 hash (relaybox web set-password)"));
     }
     Ok(())
 }

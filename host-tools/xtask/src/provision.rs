@@ -77,7 +77,7 @@ impl BoxFile {
             }
         }
         for required in ["hostname", "dispatchers"] {
-            if !values.get(required).is_some_and(|v| !v.is_empty()) {
+            if values.get(required).is_none_or(|v| v.is_empty()) {
                 bail!("{required} is required");
             }
         }
