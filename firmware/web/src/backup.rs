@@ -526,6 +526,8 @@ mod tests {
             (with("network.conf", "WAN_MODE=pppoe\n"), "WAN_MODE"),
             (with("services.conf", "RELAY=yes; reboot\n"), "services.conf"),
             (with("services.conf", "RELAY=maybe\n"), "yes or no"),
+            (with("services.conf", "RELAY=yes\nEXTRA=`reboot`\n"), "services.conf: line 2"),
+            (with("network.conf", "WAN_MODE=dhcp\nWAN_IF=eth0;reboot\n"), "network.conf: line 2"),
             (with("relaybox.ini", "[Relay]\nport_range = 1:2\n"), "port_range"),
             (with("web.passwd", "hunter2\n"), "argon2"),
             (with("tls/relay.crt", "not a certificate"), "tls/relay.crt"),

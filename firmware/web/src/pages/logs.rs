@@ -36,6 +36,7 @@ pub fn read_log(command: &Path, max: usize) -> Result<String, String> {
     let reader = std::thread::spawn(move || {
         // Keep only the end: at most 2 × max in memory at any time.
         let mut kept: Vec<u8> = Vec::new();
+        let mut cut = false;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stdout.read(&mut buf) {
@@ -44,11 +45,12 @@ pub fn read_log(command: &Path, max: usize) -> Result<String, String> {
                     kept.extend_from_slice(&buf[..n]);
                     if kept.len() > 2 * max {
                         kept.drain(..kept.len() - max);
+                        cut = true;
                     }
                 }
             }
         }
-        kept
+        (kept, cut)
     });
     let until = Instant::now() + COMMAND_TIMEOUT;
     loop {
@@ -62,10 +64,11 @@ pub fn read_log(command: &Path, max: usize) -> Result<String, String> {
             }
         }
     }
-    let mut kept = reader.join().map_err(|_| "the log reader failed".to_string())?;
-    if kept.len() > max {
-        let cut = kept.len() - max;
-        let start = kept[cut..].iter().position(|b| *b == b'\n').map(|p| cut + p + 1).unwrap_or(cut);
+    let (mut kept, cut) = reader.join().map_err(|_| "the log reader failed".to_string())?;
+    if cut || kept.len() > max {
+        // Start at a whole line.
+        let from = kept.len().saturating_sub(max);
+        let start = kept[from..].iter().position(|b| *b == b'\n').map(|p| from + p + 1).unwrap_or(from);
         kept.drain(..start);
     }
     Ok(String::from_utf8_lossy(&kept).into_owned())
