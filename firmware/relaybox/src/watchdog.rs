@@ -174,6 +174,7 @@ pub async fn run(config: Config, always: bool) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(wd.interval);
     let mut last_error = String::new();
     let mut starving = false;
+    let mut armed = always;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -191,7 +192,13 @@ pub async fn run(config: Config, always: bool) -> anyhow::Result<()> {
         let decision = feeder.decide(health.is_ok(), Instant::now());
         match (&health, decision) {
             (Ok(()), _) => {
-                if !last_error.is_empty() || starving {
+                if !armed {
+                    tracing::info!(
+                        "watchdog: the relay answers; from now on the box resets when it stops answering for {} s",
+                        wd.grace.as_secs()
+                    );
+                    armed = true;
+                } else if !last_error.is_empty() || starving {
                     tracing::info!("watchdog: the relay answers again");
                 }
                 last_error.clear();

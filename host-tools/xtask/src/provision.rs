@@ -345,7 +345,9 @@ pub fn find_config_partition(disk: &Path) -> Result<ConfigPartition> {
 /// partition's contents. Returns the partition found.
 pub fn provision(disk: &Path, box_file: &BoxFile, relaybox: &Path) -> Result<ConfigPartition> {
     let part = find_config_partition(disk)?;
-    let scratch = crate::target_dir().join("xtask").join(format!("provision-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let scratch = crate::target_dir().join("xtask").join(format!("provision-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
     let result = (|| {

@@ -300,6 +300,16 @@ impl WebPage {
     }
 }
 
+/// The output of a one-line shell command on the console (daemons' log
+/// lines may reach the console in between: the value is marked).
+fn shell_value(vm: &mut Vm, command: &str) -> String {
+    let out = vm.run(&format!("echo \"value=$({command})\""), Duration::from_secs(20)).unwrap();
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("value="))
+        .unwrap_or_else(|| panic!("no value of {command:?} in {out:?}"))
+        .to_string()
+}
+
 /// A file of the config partition of `disk` (extracted, then read with debugfs).
 fn config_file(disk: &Path, path: &str) -> String {
     let part = xtask::provision::find_config_partition(disk).unwrap();
@@ -415,7 +425,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
         cmdline.contains("relaybox --config /config/relaybox.ini clock --servers-from /config/system.conf"),
         "{cmdline}"
     );
-    let guest_now: u64 = vm.run("date +%s", Duration::from_secs(20)).unwrap().trim().parse().unwrap();
+    let guest_now: u64 = shell_value(&mut vm, "date +%s").parse().unwrap();
     assert!(guest_now.abs_diff(unix_now()) <= 10, "guest clock {guest_now}, host {}", unix_now());
     eprintln!("{board}: clock went from 2001 to {guest_now} over NTP (host {})", unix_now());
     assert_eq!(d.relays(), 1, "summary lists the box's relay");
@@ -503,7 +513,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let (status, body) =
         web.request("POST", "/system", &[("csrf", &csrf), ("hostname", &host), ("ntp_servers", &ntp_servers)]);
     assert_eq!(status, 303, "System page: {body}");
-    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host, "set at once, before the reboot");
+    assert_eq!(shell_value(&mut vm, "hostname"), host, "set at once, before the reboot");
     let static_wan = [
         ("csrf", csrf.as_str()),
         ("wan_mode", "static"),
@@ -530,7 +540,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let console = vm.console();
     assert!(!console.contains("first boot"), "second boot keeps the partition's files:\n{console}");
     assert!(console.contains("WAN eth0: 10.0.2.15/24"), "{console}");
-    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host);
+    assert_eq!(shell_value(&mut vm, "hostname"), host);
     let net = vm
         .run("ip route show default; cat /etc/resolv.conf; pidof udhcpc || echo no-dhcp", Duration::from_secs(20))
         .unwrap();
@@ -539,13 +549,17 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     d.wait_log("relay connected", 4, Duration::from_secs(30));
     // The last boot's log was kept on the config partition (rcK at the
     // reboot, rcS moved it to previous.log).
-    let kept = vm.run("grep -c 'connected to dispatcher' /config/log/previous.log", Duration::from_secs(20)).unwrap();
-    assert!(kept.trim().parse::<u32>().unwrap_or(0) >= 1, "previous.log: {kept:?}");
+    let kept = shell_value(&mut vm, "grep -c 'connected to dispatcher' /config/log/previous.log");
+    if kept.parse::<u32>().unwrap_or(0) == 0 {
+        let listing = vm.run("ls -la /config/log; tail -5 /config/log/previous.log", Duration::from_secs(20)).unwrap();
+        panic!("previous.log has no relay line ({kept:?}):\n{listing}");
+    }
 
     // 5. the relay cannot start any more (a broken setting): once it has
     // been unhealthy for the watchdog's grace, the feeder stops and the
     // hardware watchdog resets the box (QEMU exits: -no-reboot); no clean
-    // shutdown runs.
+    // shutdown runs. The feeder counts only after it saw the relay healthy.
+    vm.wait_for("watchdog: the relay answers", Duration::from_secs(60)).unwrap();
     vm.run(
         "sed -i 's/^port_range = .*/port_range = 1:2/' /config/relaybox.ini && kill $(cat /run/relaybox/relay.pid)",
         Duration::from_secs(20),
