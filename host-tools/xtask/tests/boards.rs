@@ -27,10 +27,26 @@ fn every_board_conf_loads_with_its_boot_files() {
 #[test]
 fn init_scripts_are_valid_shell() {
     let root = xtask::workspace_root().join("rootfs-overlay");
-    for s in ["etc/init.d/rcS", "etc/init.d/rcK", "usr/sbin/relaybox-supervise", "usr/share/udhcpc/default.script"] {
+    for s in [
+        "etc/init.d/rcS",
+        "etc/init.d/rcK",
+        "etc/init.d/box.sh",
+        "usr/sbin/relaybox-supervise",
+        "usr/sbin/relaybox-syslogd",
+        "usr/sbin/relaybox-logsave",
+        "usr/sbin/relaybox-logsave-once",
+        "usr/share/udhcpc/default.script",
+    ] {
         let out = Command::new("sh").arg("-n").arg(root.join(s)).output().unwrap();
         assert!(out.status.success(), "{s}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let defaults = std::fs::read_to_string(root.join("etc/relaybox/defaults/relaybox.ini")).unwrap();
     assert!(!defaults.contains("BEGIN"), "no key or certificate in the default config");
+    // Every service is a respawn line of init (a killed supervisor comes back).
+    let inittab = std::fs::read_to_string(root.join("etc/inittab")).unwrap();
+    for role in ["relay", "dispatcher", "web", "watchdog", "clock"] {
+        let line = format!("::respawn:/usr/sbin/relaybox-supervise {role}");
+        assert!(inittab.lines().any(|l| l.starts_with(&line)), "{line:?} missing from inittab");
+    }
+    assert!(inittab.contains("::respawn:/usr/sbin/relaybox-syslogd"));
 }
