@@ -35,6 +35,8 @@ echo "== kernel datapath in network namespaces"
 cargo test -p relaybox --test kernel -- --ignored --test-threads=1
 echo "== multiple interfaces (auto_detect_interfaces) in network namespaces"
 cargo test -p relaybox --test interfaces -- --ignored --test-threads=1
+echo "== the box's firewall in network namespaces"
+cargo test -p relaybox --test firewall -- --ignored --test-threads=1
 echo "== IPv6 media in network namespaces"
 cargo test -p relaybox --test ipv6 -- --ignored --test-threads=1
 echo "== mixed deployments with MediaProxy 4.1.2 (its dispatcher, relay and test scripts)"

@@ -32,10 +32,12 @@ pub use network::{NetworkSettings, WanMode, MAX_DNS_SERVERS};
 pub use passport::{Passport, PassportError, SubjectAttr};
 pub use settings::{
     DatabaseConfig, DatapathMode, DispatcherConfig, KnownOption, MiTransport, OpenSipsConfig, ProxyFlavor,
-    RadiusConfig, RelayConfig, ThorNetworkConfig, TlsConfig, UpdateConfig, WebConfig, KNOWN_OPTIONS, SECTIONS,
+    RadiusConfig, RelayConfig, ThorNetworkConfig, TlsConfig, UpdateConfig, WatchdogConfig, WebConfig, KNOWN_OPTIONS,
+    SECTIONS,
 };
 pub use system::{
-    ntp_server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings, MAX_NTP_SERVERS, NTP_PORT,
+    ntp_server_target, server_target, set_shell_var, shell_var, split_servers, SystemError, SystemSettings,
+    MAX_NTP_SERVERS, NTP_PORT, SYSLOG_PORT,
 };
 pub use value::{AccountingBackend, Group, HostPort, LogLevel, PortRange, ValueError};
 
@@ -72,6 +74,8 @@ pub struct Config {
     pub web: WebConfig,
     /// relaybox: firmware updates of the box.
     pub update: UpdateConfig,
+    /// relaybox: the box's hardware watchdog feeder.
+    pub watchdog: WatchdogConfig,
     /// Things the file does that work but deserve a log line at start-up
     /// (old option names, settings relaybox ignores).
     pub warnings: Vec<ConfigWarning>,
@@ -100,6 +104,7 @@ impl Config {
             thor_network: ThorNetworkConfig::default(),
             web: WebConfig::defaults_in(base),
             update: UpdateConfig::default(),
+            watchdog: WatchdogConfig::default(),
             warnings: Vec::new(),
         }
     }
@@ -179,6 +184,7 @@ impl Config {
             "ThorNetwork" => self.thor_network.set(option, v),
             "Web" => self.web.set(option, v, base),
             "Update" => self.update.set(option, v, base),
+            "Watchdog" => self.watchdog.set(option, v, base),
             _ => Err(ValueError(format!("internal error: section {section} has no setter"))),
         }
     }
@@ -231,6 +237,19 @@ impl Config {
                 "Web",
                 "http_listen",
                 format!("the HTTPS address {} and the HTTP address collide", w.listen),
+            ));
+        }
+        let wd = &self.watchdog;
+        if wd.interval >= wd.timeout {
+            let option = if set_at.contains_key(&("Watchdog", "interval")) { "interval" } else { "timeout" };
+            return Err(error(
+                "Watchdog",
+                option,
+                format!(
+                    "interval {} s must be shorter than timeout {} s, or the box resets between two feeds",
+                    wd.interval.as_secs(),
+                    wd.timeout.as_secs()
+                ),
             ));
         }
         if d.management_allow_anonymous && d.management_passport.is_some() {

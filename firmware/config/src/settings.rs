@@ -35,7 +35,7 @@ const fn ext(section: &'static str, name: &'static str) -> KnownOption {
 
 /// The sections, in the order the sample file lists them.
 pub const SECTIONS: &[&str] =
-    &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Update"];
+    &["Relay", "Dispatcher", "TLS", "Database", "Radius", "OpenSIPS", "ThorNetwork", "Web", "Update", "Watchdog"];
 
 /// Every option relaybox accepts, by section. MediaProxy's options are all
 /// here, including the ones relaybox stores but does not act on yet, so that
@@ -142,6 +142,17 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Web", "max_connections"),
     ext("Web", "max_connections_per_ip"),
     ext("Web", "handshake_timeout"),
+    ext("Web", "wan_access"),
+    ext("Web", "log_command"),
+    ext("Web", "log_max_bytes"),
+    ext("Web", "log_dir"),
+    ext("Web", "syslog_pid_file"),
+    ext("Web", "max_backup"),
+    ext("Watchdog", "device"),
+    ext("Watchdog", "timeout"),
+    ext("Watchdog", "interval"),
+    ext("Watchdog", "grace"),
+    ext("Watchdog", "health_timeout"),
     ext("Update", "public_key"),
     ext("Update", "release_file"),
     ext("Update", "boot_dir"),
@@ -960,6 +971,23 @@ pub struct WebConfig {
     /// How long a client may take for its TLS handshake, and for each
     /// request's header (10 s).
     pub handshake_timeout: Duration,
+    /// The box's firewall (`relaybox firewall`) opens the page's ports on
+    /// the WAN interface too (no: the LAN side only).
+    pub wan_access: bool,
+    /// Program whose output the Logs page shows, run without arguments
+    /// (`/sbin/logread`: busybox syslogd's ring buffer).
+    pub log_command: PathBuf,
+    /// The most of that output the Logs page reads and shows, its end
+    /// (262144 bytes).
+    pub log_max_bytes: usize,
+    /// Where the box keeps the logs of this boot and the previous one
+    /// (`current.log`, `previous.log`; `log` next to the configuration file).
+    pub log_dir: PathBuf,
+    /// Pid file of syslogd, restarted when the remote syslog host changes
+    /// (`/run/relaybox/syslogd.pid`).
+    pub syslog_pid_file: PathBuf,
+    /// Largest backup the Backup page takes (1048576 bytes).
+    pub max_backup: usize,
 }
 
 impl Default for WebConfig {
@@ -990,6 +1018,12 @@ impl WebConfig {
             max_connections: 64,
             max_connections_per_ip: 8,
             handshake_timeout: Duration::from_secs(10),
+            wan_access: false,
+            log_command: PathBuf::from("/sbin/logread"),
+            log_max_bytes: 262_144,
+            log_dir: base.join("log"),
+            syslog_pid_file: PathBuf::from("/run/relaybox/syslogd.pid"),
+            max_backup: 1_048_576,
         }
     }
 }
@@ -1024,6 +1058,59 @@ impl WebConfig {
             "max_connections" => self.max_connections = value::count(v, 1, 65_536)? as usize,
             "max_connections_per_ip" => self.max_connections_per_ip = value::count(v, 1, 65_536)? as usize,
             "handshake_timeout" => self.handshake_timeout = value::seconds(v, 1)?,
+            "wan_access" => self.wan_access = value::boolean(v)?,
+            "log_command" => self.log_command = value::path(v, base)?,
+            "log_max_bytes" => self.log_max_bytes = value::count(v, 4096, 16 * MIB)? as usize,
+            "log_dir" => self.log_dir = value::path(v, base)?,
+            "syslog_pid_file" => self.syslog_pid_file = value::path(v, base)?,
+            "max_backup" => self.max_backup = value::count(v, 65_536, 16 * MIB)? as usize,
+            _ => return unknown(name),
+        }
+        Ok(())
+    }
+}
+
+/// `[Watchdog]` (relaybox): `relaybox watchdog`, which feeds the box's
+/// hardware watchdog only while the relay answers on its control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// The watchdog device (`/dev/watchdog`).
+    pub device: PathBuf,
+    /// The hardware timeout set on the device: the box resets this long
+    /// after the last feed (30 s; 1 to 600).
+    pub timeout: Duration,
+    /// How often the relay is checked and the device fed (5 s; less than
+    /// `timeout`).
+    pub interval: Duration,
+    /// How long the relay may be unhealthy (a restart, a reload) before the
+    /// device is no longer fed (60 s). Counted only once the relay has been
+    /// healthy since the watchdog started, so a relay that never starts
+    /// (a broken configuration) does not reset the box again and again.
+    pub grace: Duration,
+    /// How long one health check may take (3 s).
+    pub health_timeout: Duration,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            device: PathBuf::from("/dev/watchdog"),
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_secs(5),
+            grace: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl WatchdogConfig {
+    pub(crate) fn set(&mut self, name: &str, v: &str, base: &Path) -> Parsed<()> {
+        match name {
+            "device" => self.device = value::path(v, base)?,
+            "timeout" => self.timeout = Duration::from_secs(value::count(v, 1, 600)?),
+            "interval" => self.interval = Duration::from_secs(value::count(v, 1, 300)?),
+            "grace" => self.grace = Duration::from_secs(value::count(v, 0, 86_400)?),
+            "health_timeout" => self.health_timeout = Duration::from_secs(value::count(v, 1, 60)?),
             _ => return unknown(name),
         }
         Ok(())
@@ -1161,9 +1248,12 @@ mod tests {
             "listen" | "listen_management" | "http_listen" | "metrics_listen" => "127.0.0.1",
             "socket_group" => "kamailio",
             "socket_mode" => "0660",
-            "metrics" | "metrics_lan_only" => "no",
+            "metrics" | "metrics_lan_only" | "wan_access" => "no",
+            "device" => "/dev/watchdog",
             "session_timeout" => "600",
-            "max_body" => "8192",
+            "max_body" | "log_max_bytes" => "8192",
+            "max_backup" => "65536",
+            "log_command" | "log_dir" => "x",
             "accounting" => "radius",
             "dburi" => "mysql://a:b@c/d",
             "domain" => "thor.example",
@@ -1197,6 +1287,7 @@ mod tests {
                 "ThorNetwork" => ThorNetworkConfig::default().set(o.name, v),
                 "Web" => WebConfig::default().set(o.name, v, base),
                 "Update" => UpdateConfig::default().set(o.name, v, base),
+                "Watchdog" => WatchdogConfig::default().set(o.name, v, base),
                 s => panic!("section {s} not in SECTIONS"),
             };
             assert_eq!(r, Ok(()), "[{}] {} = {v}", o.section, o.name);

@@ -12,6 +12,9 @@ pub struct SystemSettings {
     pub hostname: String,
     /// `host` or `host:port` (IPv6 as `[addr]:port` or bare), in order.
     pub ntp_servers: Vec<String>,
+    /// Remote syslog, `host` or `host:port` (UDP 514 by default); empty:
+    /// none (`SYSLOG_HOST`).
+    pub syslog_host: String,
 }
 
 /// A value that may not go into `system.conf`.
@@ -78,6 +81,7 @@ impl SystemSettings {
         SystemSettings {
             hostname: shell_var(text, "HOSTNAME").unwrap_or_default(),
             ntp_servers: split_servers(&shell_var(text, "NTP_SERVERS").unwrap_or_default()),
+            syslog_host: shell_var(text, "SYSLOG_HOST").unwrap_or_default(),
         }
     }
 
@@ -95,6 +99,11 @@ impl SystemSettings {
                 errors.push(SystemError { key: "NTP_SERVERS", reason: format!("{server:?}: {reason}") });
             }
         }
+        if !self.syslog_host.is_empty() {
+            if let Err(reason) = server_target(&self.syslog_host, SYSLOG_PORT) {
+                errors.push(SystemError { key: "SYSLOG_HOST", reason: format!("{:?}: {reason}", self.syslog_host) });
+            }
+        }
         none_or_all(errors)
     }
 
@@ -103,7 +112,12 @@ impl SystemSettings {
     pub fn apply_to(&self, text: &str) -> Result<String, Vec<SystemError>> {
         self.check()?;
         let text = set_shell_var(text, "HOSTNAME", &self.hostname);
-        Ok(set_shell_var(&text, "NTP_SERVERS", &self.ntp_servers.join(" ")))
+        let text = set_shell_var(&text, "NTP_SERVERS", &self.ntp_servers.join(" "));
+        // Written when set, or when the file has it (to clear it).
+        if self.syslog_host.is_empty() && shell_var(&text, "SYSLOG_HOST").is_none() {
+            return Ok(text);
+        }
+        Ok(set_shell_var(&text, "SYSLOG_HOST", &self.syslog_host))
     }
 }
 
@@ -146,28 +160,36 @@ fn check_hostname(name: &str) -> Result<(), String> {
 
 /// The port of an NTP server named without one.
 pub const NTP_PORT: u16 = 123;
+/// The port of a remote syslog host named without one.
+pub const SYSLOG_PORT: u16 = 514;
 
 /// An NTP server (`host`, `host:port`, an IP address, `[IPv6]` or
 /// `[IPv6]:port`) as a name resolver takes it: `host:port` or
 /// `[IPv6]:port`, port [`NTP_PORT`] when none is given. Anything else is an
 /// error saying why.
 pub fn ntp_server_target(server: &str) -> Result<String, String> {
+    server_target(server, NTP_PORT)
+}
+
+/// A server named `host`, `host:port`, an IP address, `[IPv6]` or
+/// `[IPv6]:port`, as a resolver takes it, `default_port` when it has none.
+pub fn server_target(server: &str, default_port: u16) -> Result<String, String> {
     use std::net::{IpAddr, Ipv6Addr, SocketAddr};
     if let Some(rest) = server.strip_prefix('[') {
         let (addr, port) = rest.split_once(']').ok_or("an opening [ without ]")?;
         let ip: Ipv6Addr = addr.parse().map_err(|_| "not an IPv6 address in [...]".to_string())?;
         let port = match port {
-            "" => NTP_PORT,
+            "" => default_port,
             p => parse_port(p.strip_prefix(':').ok_or("expected :port after ]")?)?,
         };
         return Ok(SocketAddr::new(ip.into(), port).to_string());
     }
     if let Ok(ip) = server.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, NTP_PORT).to_string());
+        return Ok(SocketAddr::new(ip, default_port).to_string());
     }
     let (host, port) = match server.rsplit_once(':') {
         Some((h, p)) => (h, parse_port(p)?),
-        None => (server, NTP_PORT),
+        None => (server, default_port),
     };
     check_hostname(host).map_err(|e| format!("not a host name ({e})"))?;
     Ok(format!("{host}:{port}"))
@@ -198,7 +220,11 @@ mod tests {
 
     #[test]
     fn writing_keeps_comments_and_other_lines() {
-        let s = SystemSettings { hostname: "edge-7.example.net".into(), ntp_servers: vec!["10.0.0.1:4123".into()] };
+        let s = SystemSettings {
+            hostname: "edge-7.example.net".into(),
+            ntp_servers: vec!["10.0.0.1:4123".into()],
+            syslog_host: String::new(),
+        };
         let text = s.apply_to(&format!("{SHIPPED}EXTRA=1\nHOSTNAME=dup\n")).unwrap();
         assert_eq!(
             text,
@@ -206,7 +232,7 @@ mod tests {
         );
         assert_eq!(SystemSettings::parse(&text), s);
         // Missing keys are added; no servers is NTP off.
-        let off = SystemSettings { hostname: "a".into(), ntp_servers: vec![] };
+        let off = SystemSettings { hostname: "a".into(), ntp_servers: vec![], syslog_host: String::new() };
         assert_eq!(off.apply_to("").unwrap(), "HOSTNAME=\"a\"\nNTP_SERVERS=\"\"\n");
     }
 
@@ -223,23 +249,44 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_syslog_host_is_written_when_set_and_cleared_when_present() {
+        let mut s = SystemSettings::parse(SHIPPED);
+        assert_eq!(s.apply_to(SHIPPED).unwrap(), SHIPPED.replace("HOSTNAME=relaybox", "HOSTNAME=\"relaybox\""));
+        s.syslog_host = "logs.example.net".into();
+        let text = s.apply_to(SHIPPED).unwrap();
+        assert!(text.ends_with("SYSLOG_HOST=\"logs.example.net\"\n"), "{text}");
+        assert_eq!(SystemSettings::parse(&text).syslog_host, "logs.example.net");
+        s.syslog_host = String::new();
+        assert!(s.apply_to(&text).unwrap().ends_with("SYSLOG_HOST=\"\"\n"));
+        assert_eq!(server_target("10.0.0.9", SYSLOG_PORT).unwrap(), "10.0.0.9:514");
+        for bad in ["x;reboot", "$(id)", "host:0", "a b"] {
+            s.syslog_host = bad.into();
+            assert_eq!(s.check().unwrap_err()[0].key, "SYSLOG_HOST", "{bad}");
+        }
+    }
+
+    #[test]
     fn nothing_the_shell_would_interpret_gets_in() {
         for bad in
             ["relay box", "x;reboot", "$(reboot)", "a\"b", "`id`", "-lead", "trail-", "a..b", "", &"a".repeat(64)]
         {
-            let s = SystemSettings { hostname: bad.into(), ntp_servers: vec![] };
+            let s = SystemSettings { hostname: bad.into(), ..Default::default() };
             let errors = s.apply_to(SHIPPED).unwrap_err();
             assert_eq!(errors[0].key, "HOSTNAME", "{bad:?}");
         }
         for bad in ["pool;reboot", "$(id)", "a\"b", "host:0", "host:70000", "[::1", "[nope]:123", "[::1]123", "h_st"] {
-            let s = SystemSettings { hostname: "ok".into(), ntp_servers: vec![bad.into()] };
+            let s = SystemSettings { hostname: "ok".into(), ntp_servers: vec![bad.into()], ..Default::default() };
             let errors = s.check().unwrap_err();
             assert_eq!(errors[0].key, "NTP_SERVERS", "{bad:?}");
         }
-        let many = SystemSettings { hostname: "ok".into(), ntp_servers: vec!["a".into(); 9] };
+        let many = SystemSettings { hostname: "ok".into(), ntp_servers: vec!["a".into(); 9], ..Default::default() };
         assert!(many.check().is_err());
         let fine = ["pool.ntp.org", "10.0.2.2:12345", "2001:db8::1", "[2001:db8::1]", "[2001:db8::1]:4123"];
-        let s = SystemSettings { hostname: "ok".into(), ntp_servers: fine.iter().map(|s| s.to_string()).collect() };
+        let s = SystemSettings {
+            hostname: "ok".into(),
+            ntp_servers: fine.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         assert_eq!(s.check(), Ok(()));
     }
 }

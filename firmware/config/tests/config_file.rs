@@ -256,7 +256,7 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Relay]\nlisten = 0.0.0.0\n", "config.ini:2: [Relay] listen: unknown option here; `listen` belongs in [Dispatcher] or [Web]"),
         ("[Relay]\nfrobnicate = 1\n", "config.ini:2: [Relay] frobnicate: unknown option; [Relay] takes dispatchers, passport, relay_ip, advertised_ip, port_range, stream_timeout, on_hold_timeout, dns_check_interval, keepalive_interval, reconnect_delay, traffic_sampling_period, userspace_transmit_every, auto_detect_interfaces, routable_private_ranges, log_level, max_sessions, max_streams_per_session, max_line_length, state_file, control_socket, datapath, latching_window, signaling_proxies"),
         ("[relay]\n", "config.ini:1: unknown section [relay]; did you mean [Relay]? (section names are case-sensitive)"),
-        ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork], [Web]"),
+        ("[Relay]\n[Proxy]\n", "config.ini:2: unknown section [Proxy]; the sections are [Relay], [Dispatcher], [TLS], [Database], [Radius], [OpenSIPS], [ThorNetwork], [Web], [Watchdog]"),
         ("[Relay]\n[TLS]\n[Relay]\n", "config.ini:3: section [Relay] appears twice (first at line 1)"),
         ("[Relay\n", "config.ini:1: section header has no closing `]`"),
         ("[Relay]\nauto_detect_interfaces\n", "config.ini:2: [Relay] expected `name = value` or a `[Section]` header, got \"auto_detect_interfaces\""),
@@ -296,6 +296,8 @@ fn malformed_files_name_file_line_section_and_option() {
         ("[Database]\nsessions_table = media-sessions\n", "config.ini:2: [Database] sessions_table: expected an SQL name of letters, digits and `_` (at most 64, not starting with a digit), got \"media-sessions\""),
         ("[OpenSIPS]\nmax_connections = 0\n", "config.ini:2: [OpenSIPS] max_connections: must be between 1 and 1000 (got 0)"),
         ("[ThorNetwork]\nnode_ip = thor\n", "config.ini:2: [ThorNetwork] node_ip: expected an IP address, got \"thor\""),
+        ("[Watchdog]\ntimeout = 10\ninterval = 10\n", "config.ini:3: [Watchdog] interval: interval 10 s must be shorter than timeout 10 s, or the box resets between two feeds"),
+        ("[Web]\nwan_access = maybe\n", "config.ini:2: [Web] wan_access: expected yes/no, true/false, on/off or 1/0, got \"maybe\""),
     ];
     for (text, expected) in cases {
         match parse(text) {

@@ -14,6 +14,7 @@
 //! here: the socket calls are `netlink-sys`'s.
 #![forbid(unsafe_code)]
 
+pub mod firewall;
 mod memory;
 pub mod nft;
 mod wire;

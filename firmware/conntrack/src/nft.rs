@@ -34,53 +34,53 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFPROTO_INET: u8 = 1;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFT_MSG_DELRULE: u16 = 8;
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
+pub(crate) const NFT_MSG_DELTABLE: u16 = 2;
+pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
+pub(crate) const NFT_MSG_DELRULE: u16 = 8;
+pub(crate) const NFTA_TABLE_NAME: u16 = 1;
+pub(crate) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(crate) const NFTA_CHAIN_NAME: u16 = 3;
+pub(crate) const NFTA_CHAIN_HOOK: u16 = 4;
+pub(crate) const NFTA_CHAIN_TYPE: u16 = 7;
+pub(crate) const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub(crate) const NFTA_HOOK_PRIORITY: u16 = 2;
+pub(crate) const NFTA_RULE_TABLE: u16 = 1;
+pub(crate) const NFTA_RULE_CHAIN: u16 = 2;
+pub(crate) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_CT_DREG: u16 = 1;
-const NFTA_CT_KEY: u16 = 2;
-const NFTA_BITWISE_SREG: u16 = 1;
-const NFTA_BITWISE_DREG: u16 = 2;
-const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
+pub(crate) const NFTA_DATA_VALUE: u16 = 1;
+pub(crate) const NFTA_CT_DREG: u16 = 1;
+pub(crate) const NFTA_CT_KEY: u16 = 2;
+pub(crate) const NFTA_BITWISE_SREG: u16 = 1;
+pub(crate) const NFTA_BITWISE_DREG: u16 = 2;
+pub(crate) const NFTA_BITWISE_LEN: u16 = 3;
+pub(crate) const NFTA_BITWISE_MASK: u16 = 4;
+pub(crate) const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
-const NFTA_COUNTER_BYTES: u16 = 1;
-const NFTA_COUNTER_PACKETS: u16 = 2;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFT_REG_1: u32 = 1;
-const NFT_CT_STATE: u32 = 0;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
-const NFT_CMP_LTE: u32 = 3;
-const NFT_CMP_GTE: u32 = 5;
+pub(crate) const NFTA_COUNTER_BYTES: u16 = 1;
+pub(crate) const NFTA_COUNTER_PACKETS: u16 = 2;
+pub(crate) const NFTA_META_DREG: u16 = 1;
+pub(crate) const NFTA_META_KEY: u16 = 2;
+pub(crate) const NFTA_PAYLOAD_DREG: u16 = 1;
+pub(crate) const NFTA_PAYLOAD_BASE: u16 = 2;
+pub(crate) const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub(crate) const NFTA_PAYLOAD_LEN: u16 = 4;
+pub(crate) const NFT_REG_1: u32 = 1;
+pub(crate) const NFT_CT_STATE: u32 = 0;
+pub(crate) const NFT_META_L4PROTO: u32 = 16;
+pub(crate) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub(crate) const NFT_CMP_EQ: u32 = 0;
+pub(crate) const NFT_CMP_NEQ: u32 = 1;
+pub(crate) const NFT_CMP_LTE: u32 = 3;
+pub(crate) const NFT_CMP_GTE: u32 = 5;
 const NF_CT_STATE_INVALID_BIT: u32 = 1;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_LOCAL_OUT: u32 = 3;
 const NF_INET_POST_ROUTING: u32 = 4;
@@ -101,26 +101,26 @@ const CHAINS: [BaseChain; 5] = [
     BaseChain { name: "nat_post", kind: "nat", hook: NF_INET_POST_ROUTING, priority: 100 },
 ];
 
-fn cstr(s: &str) -> Vec<u8> {
+pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
 }
 
 /// The messages of one nf_tables batch, sequence numbers from `seq`.
-struct Batch {
+pub(crate) struct Batch {
     messages: Vec<Vec<u8>>,
     seq: u32,
 }
 
 impl Batch {
-    fn new(seq: u32) -> Self {
+    pub(crate) fn new(seq: u32) -> Self {
         let begin = Builder::nfnetlink(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
         Batch { messages: vec![begin.finish()], seq: seq + 1 }
     }
 
     /// Adds one nf_tables message (acknowledged); `fill` adds its attributes.
-    fn push(&mut self, msg: u16, flags: u16, fill: impl FnOnce(&mut Builder)) {
+    pub(crate) fn push(&mut self, msg: u16, flags: u16, fill: impl FnOnce(&mut Builder)) {
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | msg;
         let mut b = Builder::nfnetlink(kind, NLM_F_REQUEST | NLM_F_ACK | flags, self.seq, NFPROTO_INET, 0);
         fill(&mut b);
@@ -129,7 +129,7 @@ impl Batch {
     }
 
     /// The datagram, and the sequence numbers whose acknowledgements to wait for.
-    fn finish(mut self) -> (Vec<u8>, std::ops::Range<u32>) {
+    pub(crate) fn finish(mut self) -> (Vec<u8>, std::ops::Range<u32>) {
         let first = self.messages.len() as u32;
         let end = Builder::nfnetlink(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self.seq, AF_UNSPEC, NFNL_SUBSYS_NFTABLES);
         let acked = (self.seq + 1 - first)..self.seq;
@@ -139,17 +139,17 @@ impl Batch {
 }
 
 /// One expression of a rule: `NFTA_LIST_ELEM { NAME, DATA { ... } }`.
-fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
+pub(crate) fn expr(b: &mut Builder, name: &str, data: impl FnOnce(&mut Builder)) {
     b.begin(NFTA_LIST_ELEM).attr(NFTA_EXPR_NAME, &cstr(name)).begin(NFTA_EXPR_DATA);
     data(b);
     b.end().end();
 }
 
-fn be32(v: u32) -> [u8; 4] {
+pub(crate) fn be32(v: u32) -> [u8; 4] {
     v.to_be_bytes()
 }
 
-fn cmp(b: &mut Builder, op: u32, value: &[u8]) {
+pub(crate) fn cmp(b: &mut Builder, op: u32, value: &[u8]) {
     expr(b, "cmp", |b| {
         b.attr(NFTA_CMP_SREG, &be32(NFT_REG_1)).attr(NFTA_CMP_OP, &be32(op));
         b.begin(NFTA_CMP_DATA).attr(NFTA_DATA_VALUE, value).end();
@@ -239,7 +239,7 @@ pub(crate) fn delete_batch(seq: u32) -> (Vec<u8>, std::ops::Range<u32>) {
 
 /// Sends one batch and waits for the acknowledgement of each message in
 /// it; the first error is the batch's (the kernel then applied nothing).
-fn send_batch(datagram: &[u8], acked: std::ops::Range<u32>) -> Result<(), Error> {
+pub(crate) fn send_batch(datagram: &[u8], acked: std::ops::Range<u32>) -> Result<(), Error> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
     socket.send(datagram, 0)?;

@@ -17,10 +17,12 @@ mod clock;
 #[path = "relay/control.rs"]
 mod control;
 mod dispatcher;
+mod firewall;
 mod ntp;
 mod relay;
 mod trust;
 mod update;
+mod watchdog;
 
 #[derive(Parser)]
 #[command(name = "relaybox", version, about = "MediaProxy-compatible media relay and dispatcher")]
@@ -66,6 +68,39 @@ enum Command {
         #[command(subcommand)]
         action: update::UpdateAction,
     },
+    /// Program the box's firewall (nftables table inet relaybox_fw): the
+    /// relay's ports everywhere, the web page on the LAN only.
+    Firewall(firewall::FirewallArgs),
+    /// Feed the hardware watchdog ([Watchdog]) while the relay answers on its
+    /// control socket.
+    Watchdog {
+        /// Feed it as long as this process runs, without checking the relay
+        /// (a box that runs no relay).
+        #[arg(long)]
+        always: bool,
+    },
+    /// The box's configuration directory (the config file's) as a whole:
+    /// backup, restore, factory reset.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Write a backup (tar) of the configuration to FILE ("-": standard output).
+    Backup { file: PathBuf },
+    /// Check a backup and stage it; the next boot replaces the configuration
+    /// with it.
+    Restore { file: PathBuf },
+    /// Empty the configuration at the next boot (the defaults are written then).
+    FactoryReset,
+    /// Check a configuration directory as the box reads it (provisioning).
+    Check { dir: PathBuf },
+    /// At boot (init): a pending factory reset or restore, an interrupted
+    /// certificate replacement.
+    Boot,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +121,9 @@ enum WebAction {
     /// Read a new page password from standard input (one line) and store its
     /// argon2 hash next to the config file (web.passwd, mode 0600).
     SetPassword,
+    /// Make the page's self-signed certificate for this host name when there
+    /// is none ([TLS] certs_path/web.crt); print its SHA-256 fingerprint.
+    Certificate,
 }
 
 fn init_tracing(level: LogLevel) {
@@ -142,6 +180,49 @@ fn documentation(command: &Command) -> Option<anyhow::Result<()>> {
     }
 }
 
+/// `relaybox config ...` on the directory of `config_path`.
+fn config_action(config_path: &std::path::Path, action: &ConfigAction) -> anyhow::Result<()> {
+    use relaybox_web::backup;
+    let dir = relaybox_web::auth::config_dir(config_path);
+    match action {
+        ConfigAction::Backup { file } => {
+            let data = backup::backup(&dir)?;
+            if file.as_os_str() == "-" {
+                std::io::Write::write_all(&mut std::io::stdout(), &data)?;
+            } else {
+                relaybox_web::files::write_atomic(file, &data, 0o600)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                eprintln!(
+                    "backup of {} written to {} ({} bytes; it holds private keys)",
+                    dir.display(),
+                    file.display(),
+                    data.len()
+                );
+            }
+        }
+        ConfigAction::Restore { file } => {
+            let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            let names = backup::stage_restore(&dir, &data, backup::MAX_BACKUP)
+                .with_context(|| format!("{} not restored", file.display()))?;
+            eprintln!("backup checked and staged ({}); reboot to apply it", names.join(" "));
+        }
+        ConfigAction::FactoryReset => {
+            backup::request_factory_reset(&dir)?;
+            eprintln!("factory reset requested: {} is emptied at the next boot; reboot to apply it", dir.display());
+        }
+        ConfigAction::Check { dir } => {
+            backup::check_dir(dir)?;
+            eprintln!("{}: the box would accept this configuration", dir.display());
+        }
+        ConfigAction::Boot => {
+            for line in backup::boot(&dir)? {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(done) = documentation(&cli.command) {
@@ -162,12 +243,37 @@ fn main() -> anyhow::Result<()> {
         });
         return update::run(&config, action);
     }
+    if let Command::Watchdog { always } = cli.command {
+        // Nor the watchdog: with a broken file it feeds on the defaults, so
+        // that the box does not reset in a loop over a typo.
+        init_tracing(LogLevel::Info);
+        let config = load(&cli.config).unwrap_or_else(|e| {
+            tracing::warn!("watchdog: {e:#}; using the default [Watchdog] and [Relay] control_socket");
+            Config::default()
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(watchdog::run(config, always));
+    }
+    if let Command::Config { action } = &cli.command {
+        // No config file needed: a broken one must not stop a restore or a reset.
+        return config_action(&cli.config, action);
+    }
     let config = load(&cli.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
-        Command::Clock(_) | Command::Completions { .. } | Command::ManPages { .. } | Command::Update { .. } => {
-            unreachable!("handled above")
+        Command::Clock(_)
+        | Command::Completions { .. }
+        | Command::ManPages { .. }
+        | Command::Update { .. }
+        | Command::Watchdog { .. }
+        | Command::Config { .. } => unreachable!("handled above"),
+        Command::Web { action: Some(WebAction::Certificate) } => {
+            for line in relaybox_web::ensure_certificate(&config.tls.certs_path)? {
+                println!("{line}");
+            }
+            Ok(())
         }
+        Command::Firewall(args) => firewall::run(&config, &args),
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             descriptors("relay", &relay::descriptor_budget(&config))?;

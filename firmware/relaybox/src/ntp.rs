@@ -92,10 +92,22 @@ fn restore_from_state(path: &std::path::Path) {
     }
 }
 
+/// Writes the last known time so that a power cut leaves the old file or
+/// the new one, both complete: a temporary file, fsync, rename, fsync of
+/// the directory (without them ext4 may keep the rename and lose the data,
+/// and the next boot would find an empty file).
 fn save_state(path: &std::path::Path) {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
     let secs = now_nanos() / 1_000_000_000;
-    let result = std::fs::write(&tmp, format!("{secs}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{secs}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    })();
     if let Err(e) = result {
         tracing::warn!(file = %path.display(), "cannot save the clock state: {e}");
     }

@@ -94,3 +94,122 @@ fn remove_stray_temps(path: &Path) {
         }
     }
 }
+
+/// The journal of a [`replace_together`] in progress: the names of the
+/// files whose `.new` copies are complete.
+pub const JOURNAL: &str = ".replace";
+
+fn new_name(name: &str) -> String {
+    format!("{name}.new")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Replaces several files of `dir` as one unit (a certificate and its key):
+/// after a power cut either all of them are new or all are old, once
+/// [`finish_replace`] has run (the box's init runs it at every boot, the
+/// web page at its start). Works on vfat, which has no atomic directory
+/// swap: each new file is written in full as `NAME.new` and synced, then
+/// the journal naming them is written (the commit point), then each is
+/// renamed into place and the journal removed.
+pub fn replace_together(dir: &Path, files: &[(&str, &[u8], u32)]) -> io::Result<()> {
+    finish_replace(dir)?;
+    for (name, contents, mode) in files {
+        if name.contains('/') || name.contains('\n') || name.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a plain file name is needed"));
+        }
+        write_atomic(&dir.join(new_name(name)), contents, *mode)?;
+    }
+    let list: String = files.iter().map(|(name, _, _)| format!("{name}\n")).collect();
+    write_atomic(&dir.join(JOURNAL), list.as_bytes(), 0o600)?;
+    finish_replace(dir).map(|_| ())
+}
+
+/// Completes a [`replace_together`] that a crash interrupted after its
+/// commit point (renames what is left), or forgets one interrupted before
+/// it (removes the stray `.new` files). Returns the names it put in place.
+pub fn finish_replace(dir: &Path) -> io::Result<Vec<String>> {
+    let journal = dir.join(JOURNAL);
+    let names: Vec<String> = match fs::read_to_string(&journal) {
+        Ok(text) => text.lines().filter(|l| !l.is_empty() && !l.contains('/')).map(str::to_string).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // No commit: a half-written replacement is dropped.
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_string_lossy().ends_with(".new") {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            }
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut done = Vec::new();
+    for name in &names {
+        let new = dir.join(new_name(name));
+        if new.exists() {
+            fs::rename(&new, dir.join(name))?;
+            done.push(name.clone());
+        }
+    }
+    sync_dir(dir)?;
+    fs::remove_file(&journal)?;
+    sync_dir(dir)?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_are_replaced_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("relay.crt"), "old cert").unwrap();
+        fs::write(d.join("relay.key"), "old key").unwrap();
+        replace_together(d, &[("relay.crt", b"new cert", 0o644), ("relay.key", b"new key", 0o600)]).unwrap();
+        assert_eq!((read(d, "relay.crt"), read(d, "relay.key")), ("new cert".into(), "new key".into()));
+        assert!(!d.join(JOURNAL).exists() && !d.join("relay.crt.new").exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(d.join("relay.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_power_cut_leaves_both_old_or_both_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let reset = || {
+            for f in fs::read_dir(d).unwrap() {
+                fs::remove_file(f.unwrap().path()).unwrap();
+            }
+            fs::write(d.join("relay.crt"), "old cert").unwrap();
+            fs::write(d.join("relay.key"), "old key").unwrap();
+        };
+        // Cut before the commit: both new files written, no journal.
+        reset();
+        fs::write(d.join("relay.crt.new"), "new cert").unwrap();
+        fs::write(d.join("relay.key.new"), "new key").unwrap();
+        assert_eq!(finish_replace(d).unwrap(), Vec::<String>::new());
+        assert_eq!((read(d, "relay.crt"), read(d, "relay.key")), ("old cert".into(), "old key".into()));
+        assert!(!d.join("relay.key.new").exists());
+        // Cut after the commit, after the first rename: the second follows.
+        reset();
+        fs::write(d.join("relay.crt"), "new cert").unwrap();
+        fs::write(d.join("relay.key.new"), "new key").unwrap();
+        fs::write(d.join(JOURNAL), "relay.crt\nrelay.key\n").unwrap();
+        assert_eq!(finish_replace(d).unwrap(), ["relay.key"]);
+        assert_eq!((read(d, "relay.crt"), read(d, "relay.key")), ("new cert".into(), "new key".into()));
+        assert!(!d.join(JOURNAL).exists());
+        // Nothing pending: nothing happens.
+        assert_eq!(finish_replace(d).unwrap(), Vec::<String>::new());
+        assert_eq!(read(d, "relay.key"), "new key");
+    }
+}

@@ -67,6 +67,8 @@ const NAV: &[(&str, &str)] = &[
     ("/certs", "Certificates"),
     ("/network", "Network"),
     ("/system", "System"),
+    ("/logs", "Logs"),
+    ("/backup", "Backup"),
     ("/update", "Update"),
 ];
 

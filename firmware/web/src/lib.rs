@@ -19,6 +19,7 @@
 
 mod app;
 pub mod auth;
+pub mod backup;
 mod conf_form;
 pub mod control;
 mod extract;
@@ -44,6 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use auth::{password_path, set_password, PASSWORD_FILE};
+pub use server::{ensure_certificate, fingerprint};
 
 /// A running page; stops when dropped.
 pub struct Server {
@@ -75,6 +77,12 @@ pub async fn start(config_path: &Path) -> anyhow::Result<Server> {
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let config = load_config(&config_path).with_context(|| format!("loading {}", config_path.display()))?;
     let web = config.web.clone();
+    // A certificate replacement a crash interrupted is finished first.
+    if let Ok(done) = files::finish_replace(&config.tls.certs_path) {
+        if !done.is_empty() {
+            tracing::warn!(files = ?done, "web: finished a certificate replacement that was interrupted");
+        }
+    }
     let tls = server::TlsHolder::load(&config.tls.certs_path).context("the web page's certificate")?;
     let https = TcpListener::bind(web.listen).await.with_context(|| format!("binding HTTPS {}", web.listen))?;
     let https_addr = https.local_addr()?;

@@ -11,7 +11,7 @@ use axum::Router;
 
 use crate::app::State;
 use crate::html;
-use crate::pages::{certs, login, metrics, network, settings, status, system, update};
+use crate::pages::{backup, certs, login, logs, metrics, network, settings, status, system, update};
 
 /// Security headers on every answer.
 async fn harden(mut response: Response) -> Response {
@@ -64,6 +64,17 @@ pub fn router(state: State) -> Router {
         // A bundle is far larger than any form: the handler streams it within
         // [Update] max_bundle_size.
         .route("/update/upload", post(update::upload).layer(DefaultBodyLimit::disable()))
+        .route("/logs", get(logs::page_handler))
+        .route("/logs/saved/{name}", get(logs::saved))
+        .route("/backup", get(backup::form))
+        .route("/backup/download", get(backup::download))
+        .route(
+            "/backup/restore",
+            // A backup travels base64-encoded in a form: 4/3 of its size,
+            // and URL-encoding of + / = at worst triples those.
+            post(backup::restore).layer(DefaultBodyLimit::max(state.web.max_backup.saturating_mul(3))),
+        )
+        .route("/backup/factory-reset", post(backup::factory_reset))
         .route("/metrics", get(metrics::metrics))
         .route("/static/{name}", get(asset))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })

@@ -78,13 +78,71 @@ pub fn identity(certs: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
             return Ok((crt, key));
         }
     }
+    let made = self_signed(certs, &running_hostname())?;
+    tracing::warn!(cert = %made.0.display(), "no certificate for the web page: made a self-signed one; upload the box's own");
+    Ok(made)
+}
+
+/// The host name the kernel has (`relaybox` when it has none).
+pub fn running_hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if name.is_empty() || name == "(none)" {
+        "relaybox".to_string()
+    } else {
+        name
+    }
+}
+
+/// A self-signed certificate for the page, `web.crt` and `web.key` in
+/// `certs`: subject CN and DNS names `hostname` (plus `relaybox` and
+/// `localhost`), written as one unit.
+pub fn self_signed(certs: &Path, hostname: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (crt, key) = (certs.join("web.crt"), certs.join("web.key"));
     std::fs::create_dir_all(certs).with_context(|| format!("creating {}", certs.display()))?;
-    let made = rcgen::generate_simple_self_signed(vec!["relaybox".to_string(), "localhost".to_string()])?;
-    crate::files::write_atomic(&key, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
-    crate::files::write_atomic(&crt, made.cert.pem().as_bytes(), 0o644)?;
-    tracing::warn!(cert = %crt.display(), "no certificate for the web page: made a self-signed one; upload the box's own");
+    let mut names = vec![hostname.to_string()];
+    for n in ["relaybox", "localhost"] {
+        if !names.iter().any(|h| h == n) {
+            names.push(n.to_string());
+        }
+    }
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, hostname);
+    let pair = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&pair)?;
+    crate::files::replace_together(
+        certs,
+        &[("web.key", pair.serialize_pem().as_bytes(), 0o600), ("web.crt", cert.pem().as_bytes(), 0o644)],
+    )?;
     Ok((crt, key))
+}
+
+/// The SHA-256 fingerprint of the first certificate in a PEM file, as
+/// browsers show it (`AB:CD:...`).
+pub fn fingerprint(cert: &Path) -> anyhow::Result<String> {
+    let der = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("{}", cert.display()))?
+        .next()
+        .with_context(|| format!("{}: no certificate", cert.display()))?
+        .with_context(|| format!("{}: invalid PEM", cert.display()))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+}
+
+/// `relaybox web certificate`: the page's own certificate, made for this
+/// host name when the box has none (first boot); one line per fact, for
+/// the console.
+pub fn ensure_certificate(certs: &Path) -> anyhow::Result<Vec<String>> {
+    let _ = crate::files::finish_replace(certs);
+    let crt = certs.join("web.crt");
+    let mut lines = Vec::new();
+    if !(crt.exists() && certs.join("web.key").exists()) {
+        let name = running_hostname();
+        self_signed(certs, &name)?;
+        lines.push(format!("web page: made a self-signed certificate for {name} ({})", crt.display()));
+    }
+    lines.push(format!("web page certificate SHA-256 {}", fingerprint(&crt)?));
+    Ok(lines)
 }
 
 /// The current TLS configuration, replaceable after an upload.

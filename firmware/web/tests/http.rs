@@ -20,7 +20,19 @@ fn parses(text: &str) -> Config {
 #[test]
 fn every_page_requires_a_login() {
     let web = Web::start("");
-    for path in ["/status", "/settings", "/certs", "/network", "/certs/file/ca.pem", "/", "/status?x=1"] {
+    for path in [
+        "/status",
+        "/settings",
+        "/certs",
+        "/network",
+        "/certs/file/ca.pem",
+        "/",
+        "/status?x=1",
+        "/logs",
+        "/logs/saved/previous.log",
+        "/backup",
+        "/backup/download",
+    ] {
         let r = web.get(path, None);
         if path == "/" {
             assert_eq!(r.header("location"), Some("/status"));
@@ -43,6 +55,8 @@ fn every_page_requires_a_login() {
         "/network",
         "/system",
         "/system/reboot",
+        "/backup/restore",
+        "/backup/factory-reset",
     ] {
         let r = web.req("POST", path, &[], &form(&[("port_range", "50000:50100")]));
         assert_eq!(r.status, 401, "{path}");
@@ -903,4 +917,156 @@ fn firmware_uploads_need_the_token_and_stay_within_their_limit() {
     assert!(job["html"].as_str().unwrap().contains(r#"id="install-result""#), "{job}");
     assert!(!web.dir.path().join("boot").exists(), "nothing written");
     assert_eq!(uploads(), 0, "the upload is removed once done");
+}
+
+#[test]
+fn the_logs_page_shows_the_end_of_the_log_and_the_saved_logs() {
+    let web = Web::start("log_command = logread.sh\nlog_max_bytes = 4096\nlog_dir = log");
+    let script = web.dir.path().join("logread.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ni=0; while [ $i -lt 2000 ]; do echo \"line $i <b>\"; i=$((i+1)); done\necho 'relaybox-relay: connected to dispatcher'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(web.dir.path().join("log")).unwrap();
+    std::fs::write(web.dir.path().join("log/previous.log"), "the last boot ended here\n").unwrap();
+    assert_eq!(web.get("/logs", None).status, 303, "a login first");
+    let s = web.login();
+    let page = web.get("/logs", Some(&s));
+    assert_eq!(page.status, 200);
+    let log = page.body.split(r#"<pre class="mono" id="log">"#).nth(1).unwrap().split("</pre>").next().unwrap();
+    assert!(log.ends_with("relaybox-relay: connected to dispatcher\n"), "{log}");
+    assert!(log.contains("line 1999 &lt;b&gt;") && !log.contains("line 0 "), "the end only, escaped: {log}");
+    assert!(log.len() < 4096 * 2, "bounded by log_max_bytes");
+    assert!(page.body.contains(r#"<a href="/logs/saved/previous.log">"#), "{}", page.body);
+    assert!(!page.body.contains("current.log"), "only the logs that exist");
+    let saved = web.get("/logs/saved/previous.log", Some(&s));
+    assert_eq!((saved.status, saved.body.as_str()), (200, "the last boot ended here\n"));
+    for bad in ["/logs/saved/..%2Fconfig.ini", "/logs/saved/config.ini", "/logs/saved/current.log"] {
+        assert_eq!(web.get(bad, Some(&s)).status, 404, "{bad}");
+    }
+    // No logread on this machine: the page says why.
+    std::fs::remove_file(&script).unwrap();
+    let page = web.get("/logs", Some(&s));
+    assert!(page.body.contains(r#"id="log-error">cannot run"#), "{}", page.body);
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[test]
+fn the_backup_page_downloads_restores_at_the_next_boot_and_refuses_bad_backups() {
+    let web = Web::start("");
+    std::fs::write(web.dir.path().join("system.conf"), "HOSTNAME=\"edge-1\"\nNTP_SERVERS=\"\"\n").unwrap();
+    let s = web.login();
+    assert_eq!(web.get("/backup/download", None).status, 303, "a login first");
+    let download = web.get("/backup/download", Some(&s));
+    assert_eq!(download.status, 200);
+    assert_eq!(download.header("content-type"), Some("application/x-tar"));
+    let tar = download.body.as_bytes().to_vec();
+    let file = web.dir.path().join("backup.tar");
+    std::fs::write(&file, &tar).unwrap();
+    let out = std::process::Command::new("tar").arg("tf").arg(&file).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for f in ["config.ini", "system.conf", "web.passwd", "tls/ca.pem", "tls/relay.crt", "tls/relay.key"] {
+        assert!(listing.lines().any(|l| l == f), "{f} not in the backup:\n{listing}");
+    }
+
+    // The box changes; the backup brings the old configuration back at the next boot.
+    std::fs::write(web.dir.path().join("system.conf"), "HOSTNAME=\"changed\"\n").unwrap();
+    let page = web.post("/backup/restore", &s, &[("csrf", &s.csrf), ("backup", &base64(&tar))]);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Reboot to apply it") && page.body.contains(r#"id="pending""#), "{}", page.body);
+    assert_eq!(std::fs::read_to_string(web.dir.path().join("system.conf")).unwrap(), "HOSTNAME=\"changed\"\n");
+    let done = relaybox_web::backup::boot(web.dir.path()).unwrap();
+    assert!(done[0].starts_with("restored a backup"), "{done:?}");
+    assert_eq!(
+        std::fs::read_to_string(web.dir.path().join("system.conf")).unwrap(),
+        "HOSTNAME=\"edge-1\"\nNTP_SERVERS=\"\"\n"
+    );
+
+    // A backup whose relay certificate another CA signed is refused whole.
+    let other = relaybox_ca::CertificateAuthority::create(&relaybox_ca::Subject::new("other CA"), 30).unwrap();
+    let stranger = {
+        let mut ca = other;
+        ca.issue(relaybox_ca::Role::Relay, &relaybox_ca::Subject::new("stranger"), 30).unwrap()
+    };
+    let forged = web.dir.path().join("forged");
+    std::fs::create_dir_all(forged.join("tls")).unwrap();
+    let out = std::process::Command::new("tar").arg("xf").arg(&file).arg("-C").arg(&forged).output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(forged.join("tls/relay.crt"), &stranger.cert_pem).unwrap();
+    std::fs::write(forged.join("tls/relay.key"), &stranger.key_pem).unwrap();
+    let forged_tar = web.dir.path().join("forged.tar");
+    let out =
+        std::process::Command::new("tar").arg("cf").arg(&forged_tar).arg("-C").arg(&forged).arg(".").output().unwrap();
+    assert!(out.status.success());
+    let page = web.post(
+        "/backup/restore",
+        &s,
+        &[("csrf", &s.csrf), ("backup", &base64(&std::fs::read(&forged_tar).unwrap()))],
+    );
+    assert_eq!(page.status, 422, "{}", page.body);
+    assert!(page.body.contains("Nothing was restored: tls/relay.crt"), "{}", page.body);
+    assert!(relaybox_web::backup::pending(web.dir.path()).is_none());
+    let page = web.post("/backup/restore", &s, &[("csrf", &s.csrf), ("backup", "bm90IGEgdGFy")]);
+    assert_eq!(page.status, 422);
+    let page = web.post("/backup/restore", &s, &[("csrf", "stale"), ("backup", &base64(&tar))]);
+    assert_eq!(page.status, 403);
+}
+
+#[test]
+fn the_factory_reset_asks_first_then_empties_the_partition_at_the_reboot() {
+    let web = Web::start("reboot_command = reboot.sh");
+    let script = web.dir.path().join("reboot.sh");
+    std::fs::write(&script, "#!/bin/sh\necho yes > \"$(dirname \"$0\")/rebooted\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = web.login();
+    let page = web.get("/backup", Some(&s));
+    let form = page.body.split(r#"id="factory-reset""#).nth(1).expect("the factory reset form");
+    assert!(form.starts_with(" data-confirm=\"Erase every setting"), "asks first: {form}");
+    assert_eq!(web.post("/backup/factory-reset", &s, &[("csrf", "stale")]).status, 403);
+    assert!(relaybox_web::backup::pending(web.dir.path()).is_none());
+    let r = web.post("/backup/factory-reset", &s, &[("csrf", &s.csrf)]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("rebooting to its factory settings"), "{}", r.body);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !web.dir.path().join("rebooted").exists() {
+        assert!(std::time::Instant::now() < until, "the reboot command never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(relaybox_web::backup::pending(web.dir.path()), Some("a factory reset"));
+    relaybox_web::backup::boot(web.dir.path()).unwrap();
+    assert_eq!(std::fs::read_dir(web.dir.path()).unwrap().count(), 0, "nothing kept");
+}
+
+#[test]
+fn the_system_page_sets_a_remote_syslog_host_and_restarts_syslogd() {
+    let web = Web::start("syslog_pid_file = syslogd.pid");
+    let conf = web.dir.path().join("system.conf");
+    std::fs::write(&conf, "HOSTNAME=relaybox\nNTP_SERVERS=\"\"\nLOG_BUFFER_KB=256\n").unwrap();
+    let s = web.login();
+    let mut syslogd = fake_clock_daemon("/sbin/syslogd");
+    std::fs::write(web.dir.path().join("syslogd.pid"), format!("{}\n", syslogd.id())).unwrap();
+    let fields = |host: &'static str| [("hostname", "relaybox"), ("ntp_servers", ""), ("syslog_host", host)];
+    let post = |host: &'static str| {
+        let mut f: Vec<(&str, &str)> = vec![("csrf", &s.csrf)];
+        f.extend(fields(host));
+        web.post("/system", &s, &f)
+    };
+    let r = post("logs.example.net:1514;reboot");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(!exited_within(&mut syslogd, Duration::from_millis(300)), "nothing restarted for a refused value");
+    let r = post("logs.example.net:1514");
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "HOSTNAME=\"relaybox\"\nNTP_SERVERS=\"\"\nLOG_BUFFER_KB=256\nSYSLOG_HOST=\"logs.example.net:1514\"\n"
+    );
+    assert!(exited_within(&mut syslogd, Duration::from_secs(5)), "syslogd was not told to restart");
+    let page = web.get("/system", Some(&s));
+    assert!(page.body.contains(r#"name="syslog_host" value="logs.example.net:1514""#), "{}", page.body);
 }

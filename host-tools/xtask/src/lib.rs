@@ -2,14 +2,17 @@
 //! integration tests share one implementation: cross-building the static
 //! `relaybox` binary, the proxy host's Debian package, reading `board/*/board.conf`, fetching the Debian
 //! kernel and busybox, writing the initramfs (newc cpio) and the disk
-//! images, signing update bundles, and booting images in QEMU (through
-//! UEFI firmware, as the real boards) with a scriptable serial console.
+//! images, signing update bundles, provisioning a box's config partition
+//! (`provision`), and booting images in QEMU (through UEFI firmware, as the
+//! real boards) with a scriptable serial console.
 //!
 //! Owns the image layout (board/, rootfs-overlay/, the A/B slots on the
 //! boot partitions) and makes update bundles; it must not reach into the
-//! firmware crates beyond building the `relaybox` binary and using
-//! `relaybox-update`'s bundle format, keys and slot names (the format lives
-//! there once, for the box and for this builder).
+//! firmware crates beyond building and running the `relaybox` binary
+//! (provisioning hashes the web password and checks the files with it) and
+//! using `relaybox-update`'s bundle format, keys and slot names (the format
+//! lives there once, for the box and for this builder); certificates come
+//! from the `relaybox-ca` host tool's library.
 
 pub mod board;
 pub mod build;
@@ -20,6 +23,7 @@ pub mod debs;
 pub mod disk;
 pub mod image;
 pub mod kernel;
+pub mod provision;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

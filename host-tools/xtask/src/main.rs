@@ -5,6 +5,7 @@
 //!   disk image under target/images/NAME
 //! - `cargo xtask bundle --board NAME --key KEY [--out FILE]` — the image's slot as a signed update bundle
 //! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
+//! - `cargo xtask provision --image DISK --box BOX.conf` — one box's identity onto its config partition
 //! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it (UEFI, systemd-boot) and wait
 //!   until the relay runs
 //! - `cargo xtask deb` — the proxy host's Debian package (target/debian/relaybox_*.deb)
@@ -71,6 +72,20 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         size_mib: u64,
     },
+    /// Write one box's identity (settings, certificates, web password) onto
+    /// the config partition of a disk image or device (see board/README.md).
+    Provision {
+        /// The disk image (disk.img) or the device it was flashed to.
+        #[arg(long)]
+        image: PathBuf,
+        /// The box file: `key = value` lines (hostname, dispatchers, ...).
+        #[arg(long = "box")]
+        box_file: PathBuf,
+        /// The relaybox binary that hashes the password and checks the files
+        /// (default: the static x86_64 build, made if needed).
+        #[arg(long)]
+        relaybox: Option<PathBuf>,
+    },
     /// Boot a QEMU board's image and wait until the relay is running.
     Qemu {
         #[arg(long)]
@@ -85,7 +100,8 @@ enum Cmd {
         /// The relay's UDP port range to forward from 127.0.0.1, "start:end".
         #[arg(long, default_value = "40000:40016")]
         ports: String,
-        /// Host port forwarded to the box's web page (HTTPS port 443 inside).
+        /// Host port forwarded to the box's web page (HTTPS port 443 inside)
+        /// through its LAN NIC (the firewall keeps the page off the WAN).
         #[arg(long, default_value_t = 8080)]
         web_port: u16,
         /// Stay attached after the relay is up (until Ctrl-C) instead of exiting.
@@ -126,6 +142,22 @@ fn main() -> Result<()> {
             xtask::disk::config_image(&out, &fs, size_mib, from.as_deref())?;
             println!("{} ({fs}, {size_mib} MiB, label {})", out.display(), xtask::disk::CFG_LABEL);
         }
+        Cmd::Provision { image, box_file, relaybox } => {
+            let bin = match relaybox {
+                Some(b) => b,
+                None => xtask::build::relaybox(Arch::X86_64.rust_target())?,
+            };
+            let b = xtask::provision::BoxFile::load(&box_file)?;
+            let part = xtask::provision::provision(&image, &b, &bin)?;
+            println!(
+                "{}: config partition at {} MiB ({}, {} MiB) provisioned from {}",
+                image.display(),
+                part.offset / xtask::disk::MIB,
+                part.fs,
+                part.len / xtask::disk::MIB,
+                box_file.display()
+            );
+        }
         Cmd::Qemu { board, disk, config, ports, web_port, interactive, ready, timeout } => {
             if !board.starts_with("qemu-") {
                 bail!("qemu boots the qemu-x86_64 and qemu-aarch64 boards");
@@ -151,7 +183,7 @@ fn main() -> Result<()> {
             let (a, b): (u16, u16) = (a.parse()?, b.parse()?);
             let mut cfg = VmConfig::new(&board, &disk);
             cfg.udp_ports = (a..b).collect();
-            cfg.web_host_port = web_port;
+            cfg.lan_web_host_port = web_port;
             cfg.reboot = true;
             let mut vm = Vm::start(&cfg)?;
             xtask::step(format!("booting {board} (QEMU pid {}), disk {}", vm.pid(), disk.display()));

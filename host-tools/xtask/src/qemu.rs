@@ -2,8 +2,11 @@
 //! image as a virtio disk, through the board's UEFI firmware (OVMF on
 //! x86_64, AAVMF on aarch64), then systemd-boot and its entries (so that
 //! the A/B slots and boot counting are the real ones); user-mode
-//! networking with host forwards for the relay's media ports and the web
-//! port, and the serial console on stdio, which callers can read
+//! networking: a WAN NIC with host forwards for the relay's media ports and
+//! the web port, and optionally a LAN NIC (a second user network,
+//! 192.168.88.0/24, the box at its default LAN address) with a forward to
+//! the web page from the LAN side; an optional i6300esb watchdog that resets
+//! the VM; the serial console on stdio, which callers can read
 //! (`wait_for`) and type into (`run`).
 
 use std::io::{Read, Write};
@@ -23,6 +26,9 @@ pub const GUEST_IP: &str = "10.0.2.15";
 /// The port `relaybox web` listens on inside the box (HTTPS, `[Web] listen`
 /// default).
 pub const WEB_PORT: u16 = 443;
+/// The box's default LAN address (`LAN_ADDRESS` of the shipped
+/// network.conf), where the LAN NIC's forward goes.
+pub const BOX_LAN_IP: &str = "192.168.88.1";
 
 /// The UEFI firmware QEMU boots a board's disk with (Debian's `ovmf` and
 /// `qemu-efi-aarch64` packages).
@@ -41,8 +47,13 @@ pub struct VmConfig {
     pub disk: PathBuf,
     /// UDP ports forwarded 127.0.0.1:p -> guest:p (the relay's port_range).
     pub udp_ports: Vec<u16>,
-    /// Host port for the guest's web port (0: none).
+    /// Host port for the guest's web port through the WAN NIC (0: none).
     pub web_host_port: u16,
+    /// A LAN NIC (eth1), and the host port forwarded to the web page
+    /// through it (0: no LAN NIC).
+    pub lan_web_host_port: u16,
+    /// An i6300esb watchdog whose expiry resets the VM (QEMU then exits).
+    pub watchdog: bool,
     pub memory_mib: u32,
     /// Copy of the console output.
     pub log: Option<PathBuf>,
@@ -65,6 +76,8 @@ impl VmConfig {
             disk: disk.to_path_buf(),
             udp_ports: Vec::new(),
             web_host_port: 0,
+            lan_web_host_port: 0,
+            watchdog: false,
             memory_mib: 512,
             log: None,
             rtc_base: None,
@@ -112,6 +125,17 @@ impl VmConfig {
         cmd.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk{throttle}", self.disk.display()));
         cmd.args(["-device", "virtio-blk-pci,drive=disk"]);
         cmd.args(["-netdev", &format!("user,id=wan{fwd}"), "-device", "virtio-net-pci,netdev=wan"]);
+        if self.lan_web_host_port != 0 {
+            let lan = format!(
+                "user,id=lan,net=192.168.88.0/24,host=192.168.88.2,dhcpstart=192.168.88.100,restrict=on,\
+                 hostfwd=tcp:127.0.0.1:{}-{BOX_LAN_IP}:{WEB_PORT}",
+                self.lan_web_host_port
+            );
+            cmd.args(["-netdev", &lan, "-device", "virtio-net-pci,netdev=lan"]);
+        }
+        if self.watchdog {
+            cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"]);
+        }
         Ok(cmd)
     }
 }

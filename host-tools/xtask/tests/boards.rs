@@ -32,7 +32,11 @@ fn init_scripts_are_valid_shell() {
         "etc/init.d/rcK",
         "etc/init.d/update",
         "etc/profile",
+        "etc/init.d/box.sh",
         "usr/sbin/relaybox-supervise",
+        "usr/sbin/relaybox-syslogd",
+        "usr/sbin/relaybox-logsave",
+        "usr/sbin/relaybox-logsave-once",
         "usr/share/udhcpc/default.script",
     ] {
         let out = Command::new("sh").arg("-n").arg(root.join(s)).output().unwrap();
@@ -40,6 +44,13 @@ fn init_scripts_are_valid_shell() {
     }
     let defaults = std::fs::read_to_string(root.join("etc/relaybox/defaults/relaybox.ini")).unwrap();
     assert!(!defaults.contains("BEGIN"), "no key or certificate in the default config");
+    // Every service is a respawn line of init (a killed supervisor comes back).
+    let inittab = std::fs::read_to_string(root.join("etc/inittab")).unwrap();
+    for role in ["relay", "dispatcher", "web", "watchdog", "clock"] {
+        let line = format!("::respawn:/usr/sbin/relaybox-supervise {role}");
+        assert!(inittab.lines().any(|l| l.starts_with(&line)), "{line:?} missing from inittab");
+    }
+    assert!(inittab.contains("::respawn:/usr/sbin/relaybox-syslogd"));
 }
 
 /// Each image boots slot a and has room for slot b: on EFI boards one EFI

@@ -5,7 +5,13 @@
 //! through the module socket, RTP both ways through the box's relay (QEMU
 //! host forwards), a killed relay coming back under the supervisor, and
 //! settings changed on the box's web page (host name, a static WAN) taking
-//! effect after its Reboot button.
+//! effect after its Reboot button. The box is provisioned with `cargo xtask
+//! provision` (nobody types at its console); its web page answers on the
+//! LAN NIC and not on the WAN one (the box's firewall); the daemons log to
+//! syslog (Logs page) and the log survives the reboot; a killed supervisor
+//! is started again by init and adopts the running relay; and a relay that
+//! cannot start any more makes the hardware watchdog (QEMU's i6300esb)
+//! reset the box.
 //!
 //! Images are taken from target/images/<board>, rebuilt first when older
 //! than their inputs (ci/test.sh runs `cargo xtask image` before).
@@ -22,6 +28,10 @@ use xtask::image::Image;
 use xtask::qemu::{Vm, VmConfig, HOST_FROM_GUEST};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// The box's watchdog settings (`[Watchdog]`, provisioned): short, so that
+/// the reset comes soon after the relay stops for good.
+const WATCHDOG_TIMEOUT: u32 = 15;
+const WATCHDOG_GRACE: u32 = 6;
 
 fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -291,6 +301,25 @@ impl WebPage {
     }
 }
 
+/// The output of a one-line shell command on the console (daemons' log
+/// lines may reach the console in between: the value is marked).
+fn shell_value(vm: &mut Vm, command: &str) -> String {
+    let out = vm.run(&format!("echo \"value=$({command})\""), Duration::from_secs(20)).unwrap();
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("value="))
+        .unwrap_or_else(|| panic!("no value of {command:?} in {out:?}"))
+        .to_string()
+}
+
+/// A file of the config partition of `disk` (extracted, then read with debugfs).
+fn config_file(disk: &Path, path: &str) -> String {
+    let part = xtask::provision::find_config_partition(disk).unwrap();
+    let data = std::fs::read(disk).unwrap();
+    let out = disk.with_extension("cfg");
+    std::fs::write(&out, &data[part.offset as usize..(part.offset + part.len) as usize]).unwrap();
+    xtask::disk::ext4_cat(&out, path).unwrap()
+}
+
 /// The relay's pid from its pid file (the digits-only line of the output:
 /// log lines may reach the console in between).
 fn relay_pid(vm: &mut Vm) -> String {
@@ -332,54 +361,44 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let d = Dispatcher::start(host_relaybox, dir, &certs);
     let ntp = NtpServer::start(dir);
 
-    // The box's config partition: settings and its own certificates only.
+    // The operator's box file, provisioned onto a copy of the board's disk
+    // image (`cargo xtask provision`): this box's settings, its own
+    // certificates and the web password's hash only. The VM boots the
+    // image's kernel directly and finds the config partition on the disk
+    // (/dev/vda2) by its label.
     let range = free_udp_range(8, salt);
-    let cfg_dir = dir.join("cfg");
-    std::fs::create_dir_all(cfg_dir.join("tls")).unwrap();
-    for f in ["ca.pem", "crl.pem", "relay.crt", "relay.key"] {
-        std::fs::copy(certs.join(f), cfg_dir.join("tls").join(f)).unwrap();
-    }
+    let disk = dir.join("disk.img");
+    std::fs::copy(&img.disk, &disk).unwrap();
     std::fs::write(
-        cfg_dir.join("relaybox.ini"),
+        dir.join("box.conf"),
         format!(
-            "[Relay]\ndispatchers = {HOST_FROM_GUEST}:{}\nadvertised_ip = 127.0.0.1\nport_range = {}:{}\n\
-             reconnect_delay = 1\nlog_level = INFO\n[TLS]\ncerts_path = tls\n",
-            d.link, range.0, range.1
+            "hostname = relaybox\ndispatchers = {HOST_FROM_GUEST}:{}\nntp = {HOST_FROM_GUEST}:{}\n\
+             web_password = {WEB_PASSWORD}\nca = certs/ca.pem\ncrl = certs/crl.pem\nrelay_cert = certs/relay.crt\n\
+             relay_key = certs/relay.key\nrelay.advertised_ip = 127.0.0.1\nrelay.port_range = {}:{}\n\
+             relay.reconnect_delay = 1\nrelay.log_level = INFO\n\
+             watchdog.timeout = {WATCHDOG_TIMEOUT}\nwatchdog.interval = 2\nwatchdog.grace = {WATCHDOG_GRACE}\n",
+            d.link, ntp.port, range.0, range.1
         ),
     )
     .unwrap();
-    // The box's clock comes from the host's chronyd.
-    std::fs::write(
-        cfg_dir.join("system.conf"),
-        format!("HOSTNAME=relaybox\nNTP_SERVERS=\"{HOST_FROM_GUEST}:{}\"\n", ntp.port),
-    )
-    .unwrap();
-    // The operator set a web password on the console (`web set-password`).
-    let mut setpw = Command::new(host_relaybox)
-        .arg("--config")
-        .arg(cfg_dir.join("relaybox.ini"))
-        .args(["web", "set-password"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    setpw.stdin.take().unwrap().write_all(format!("{WEB_PASSWORD}\n").as_bytes()).unwrap();
-    assert!(setpw.wait().unwrap().success(), "web set-password");
-    let cfg_img = dir.join("config.img");
-    xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg_dir)).unwrap();
-    let disk = dir.join("disk.img");
-    img.provisioned_disk(&cfg_img, &disk).unwrap();
-    let cfg_part = img.config_partition().unwrap();
+    let provisioned = std::time::Instant::now();
+    let box_file = xtask::provision::BoxFile::load(&dir.join("box.conf")).unwrap();
+    let part = xtask::provision::provision(&disk, &box_file, host_relaybox).unwrap();
+    eprintln!("{board}: provisioned in {:.1} s ({} config partition)", provisioned.elapsed().as_secs_f64(), part.fs);
 
+    let cfg_part = img.config_partition().unwrap();
     let mut vm_cfg = VmConfig::new(board, &disk);
     vm_cfg.udp_ports = (range.0..range.1).collect();
     vm_cfg.web_host_port = free_tcp_port();
+    vm_cfg.lan_web_host_port = free_tcp_port();
+    vm_cfg.watchdog = true;
     vm_cfg.log = Some(xtask::target_dir().join(format!("boot-test-{board}.console.log")));
     // Powered on in 2001, as a board without a real-time clock (or a flat
     // battery): the dispatcher's certificate is "not yet valid" until NTP
     // sets the time.
     vm_cfg.rtc_base = Some("2001-01-01T00:00:00".to_string());
 
-    // 1. first boot: defaults filled in, the relay connects to the host's dispatcher.
+    // 1. first boot, nobody at the console: the relay connects to the host's dispatcher.
     let mut vm = Vm::start(&vm_cfg).unwrap();
     vm.wait_for("relaybox-init: boot done", BOOT_TIMEOUT).unwrap();
     // The relay starts just before "boot done" and may connect before it is
@@ -388,9 +407,18 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let ready_secs = vm.started.elapsed().as_secs_f64();
     let console = vm.console();
     assert!(console.contains(&format!("config partition /dev/vda{cfg_part} mounted on /config")), "{console}");
-    assert!(console.contains("first boot: writing the default services.conf"), "{console}");
+    assert!(!console.contains("first boot: writing the default relaybox.ini"), "provisioned:\n{console}");
+    assert!(console.contains("web page: made a self-signed certificate for relaybox"), "{console}");
+    assert!(console.contains("relaybox-init: web page certificate SHA-256 "), "fingerprint on the console:\n{console}");
+    let firewall = format!(
+        "relaybox-init: firewall: WAN eth0 accepts UDP {}-{},68 (DHCP), TCP none; LAN eth1 also TCP 443,80",
+        range.0,
+        range.1 - 1
+    );
+    assert!(console.contains(&firewall), "{firewall:?} not on the console:\n{console}");
     assert!(!console.contains("failed:"), "every shipped kernel module loads:\n{console}");
     assert!(console.contains("relaybox-init: clock set over NTP"), "{console}");
+    vm.wait_for("watchdog: feeding every 2 s while the relay answers", Duration::from_secs(60)).unwrap();
     // The clock daemon reads system.conf itself and is the process the web
     // page's System settings restart: its pid file names `relaybox ... clock`.
     let cmdline =
@@ -399,7 +427,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
         cmdline.contains("relaybox --config /config/relaybox.ini clock --servers-from /config/system.conf"),
         "{cmdline}"
     );
-    let guest_now: u64 = vm.run("date +%s", Duration::from_secs(20)).unwrap().trim().parse().unwrap();
+    let guest_now: u64 = shell_value(&mut vm, "date +%s").parse().unwrap();
     assert!(guest_now.abs_diff(unix_now()) <= 10, "guest clock {guest_now}, host {}", unix_now());
     eprintln!("{board}: clock went from 2001 to {guest_now} over NTP (host {})", unix_now());
     assert_eq!(d.relays(), 1, "summary lists the box's relay");
@@ -421,6 +449,20 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let lines: Vec<&str> = out.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     assert!(lines.ends_with(&["1", "1", "4", "ROOT-RO"]), "sysctls, modules, read-only root: {out:?}");
 
+    // The web page: from the LAN (the box's default 192.168.88.1) it answers
+    // and takes the provisioned password; from the WAN it is not reachable.
+    let web = WebPage { port: vm_cfg.lan_web_host_port, jar: dir.join("cookies") };
+    let csrf = web.login();
+    let wan = Command::new("curl")
+        .args(["-sk", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://127.0.0.1:{}/login", vm_cfg.web_host_port))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&wan.stdout), "000", "the web page answered on the WAN");
+    // The daemons log to syslog: the Logs page shows the relay's lines.
+    let (status, logs) = web.request("GET", "/logs", &[]);
+    assert_eq!(status, 200);
+    assert!(logs.contains("relaybox-relay: ") && logs.contains("connected to dispatcher"), "{logs}");
     // 2. a call through the box's relay, RTP both ways through the host forwards.
     let (to_callee, to_caller) = call_through_the_box(&d, &format!("boot-{board}"), range);
     eprintln!("{board}: relayed {to_callee}/20 caller->callee, {to_caller}/20 callee->caller");
@@ -451,25 +493,36 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert_ne!(new_pid, old_pid, "the relay was not restarted");
     assert!(console.contains(&format!("started relaybox relay (pid {new_pid})")), "{console}");
 
+    // The supervisor dies: init starts it again, and it adopts the running
+    // relay (the relay keeps its link and its calls) instead of starting a
+    // second one; when that relay dies later, it is restarted as before.
+    vm.run("kill -9 $(cat /run/relaybox/relay.supervisor)", Duration::from_secs(20)).unwrap();
+    vm.wait_for(&format!("relaybox relay (pid {new_pid}) is still running: watching it"), Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(relay_pid(&mut vm), new_pid, "the adopted relay runs on");
+    assert_eq!(d.log_text().matches("relay connected").count(), 2, "no reconnect: the relay was left alone");
+    vm.run("kill -9 $(cat /run/relaybox/relay.pid)", Duration::from_secs(20)).unwrap();
+    d.wait_log("relay connected", 3, Duration::from_secs(90));
+    vm.wait_for(&format!("relaybox relay (pid {new_pid}) ended"), Duration::from_secs(30)).unwrap();
+    assert_ne!(relay_pid(&mut vm), new_pid, "the relay was not restarted by the new supervisor");
+
     // 4. on the web page: a new host name (set at once) and a static WAN
     // (QEMU's user network: 10.0.2.15/24 via 10.0.2.2), then the Reboot
     // button; both hold after the reboot and the relay reaches the
     // dispatcher over the static route.
     let host = format!("edge-{}", board.replace('_', "-"));
-    let web = WebPage { port: vm_cfg.web_host_port, jar: dir.join("cookies") };
-    let csrf = web.login();
     let ntp_servers = format!("{HOST_FROM_GUEST}:{}", ntp.port);
     let (status, body) =
         web.request("POST", "/system", &[("csrf", &csrf), ("hostname", &host), ("ntp_servers", &ntp_servers)]);
     assert_eq!(status, 303, "System page: {body}");
-    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host, "set at once, before the reboot");
+    assert_eq!(shell_value(&mut vm, "hostname"), host, "set at once, before the reboot");
     let static_wan = [
         ("csrf", csrf.as_str()),
         ("wan_mode", "static"),
         ("wan_address", "10.0.2.15/24"),
         ("wan_gateway", "10.0.2.2"),
         ("wan_dns", "10.0.2.3"),
-        ("lan_address", ""),
+        ("lan_address", "192.168.88.1/24"),
     ];
     let (status, body) = web.request("POST", "/network", &static_wan);
     assert_eq!(status, 303, "Network page: {body}");
@@ -478,10 +531,9 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     assert!(body.contains("The box is rebooting"), "{body}");
     vm.wait_exit(Duration::from_secs(90)).unwrap();
     drop(vm);
-    xtask::disk::read_partition(&disk, cfg_part, &cfg_img).unwrap();
-    let on_disk = xtask::disk::ext4_cat(&cfg_img, "/system.conf").unwrap();
+    let on_disk = config_file(&disk, "/system.conf");
     assert!(on_disk.contains(&format!("HOSTNAME=\"{host}\"")), "{on_disk}");
-    let on_disk = xtask::disk::ext4_cat(&cfg_img, "/network.conf").unwrap();
+    let on_disk = config_file(&disk, "/network.conf");
     assert!(on_disk.contains("WAN_MODE=\"static\"") && on_disk.contains("WAN_ADDRESS=\"10.0.2.15/24\""), "{on_disk}");
     let mut vm = Vm::start(&vm_cfg).unwrap();
     vm.wait_for(&format!("relaybox-init: hostname {host}"), BOOT_TIMEOUT).unwrap();
@@ -490,13 +542,44 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
     let console = vm.console();
     assert!(!console.contains("first boot"), "second boot keeps the partition's files:\n{console}");
     assert!(console.contains("WAN eth0: 10.0.2.15/24"), "{console}");
-    assert_eq!(vm.run("hostname", Duration::from_secs(20)).unwrap().trim(), host);
+    assert_eq!(shell_value(&mut vm, "hostname"), host);
     let net = vm
         .run("ip route show default; cat /etc/resolv.conf; pidof udhcpc || echo no-dhcp", Duration::from_secs(20))
         .unwrap();
     assert!(net.contains("default via 10.0.2.2"), "{net}");
     assert!(net.contains("nameserver 10.0.2.3") && net.contains("no-dhcp"), "static WAN, no DHCP client: {net}");
-    d.wait_log("relay connected", 3, Duration::from_secs(30));
+    d.wait_log("relay connected", 4, Duration::from_secs(30));
+    // The last boot's log was kept on the config partition (rcK at the
+    // reboot, rcS moved it to previous.log).
+    let kept = shell_value(&mut vm, "grep -c 'connected to dispatcher' /config/log/previous.log");
+    if kept.parse::<u32>().unwrap_or(0) == 0 {
+        let listing = vm.run("ls -la /config/log; tail -5 /config/log/previous.log", Duration::from_secs(20)).unwrap();
+        panic!("previous.log has no relay line ({kept:?}):\n{listing}");
+    }
+
+    // 5. the relay cannot start any more (a broken setting): once it has
+    // been unhealthy for the watchdog's grace, the feeder stops and the
+    // hardware watchdog resets the box (QEMU exits: -no-reboot); no clean
+    // shutdown runs. The feeder counts only after it saw the relay healthy.
+    // (Anywhere on this boot's console: it may come before the lines waited for above.)
+    let until = Instant::now() + Duration::from_secs(60);
+    while !vm.console().contains("watchdog: the relay answers") {
+        assert!(Instant::now() < until, "the watchdog never saw the relay healthy:\n{}", vm.console());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    vm.run(
+        "sed -i 's/^port_range = .*/port_range = 1:2/' /config/relaybox.ini && kill $(cat /run/relaybox/relay.pid)",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    vm.wait_for("no longer feeding /dev/watchdog", Duration::from_secs(120)).unwrap();
+    let starved = Instant::now();
+    vm.wait_exit(Duration::from_secs(120)).unwrap();
+    let reset_secs = starved.elapsed().as_secs_f64();
+    let after = vm.console();
+    let after = &after[after.rfind("no longer feeding").unwrap()..];
+    assert!(!after.contains("shutdown done"), "a reset, not a reboot:\n{after}");
+    eprintln!("{board}: the watchdog reset the box {reset_secs:.1} s after the feeder stopped");
     Report {
         board: board.into(),
         ready_secs,

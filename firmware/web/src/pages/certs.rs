@@ -1,7 +1,8 @@
 //! The certificates page: what is in `certs_path` (subject, issuer, expiry,
 //! fingerprint, a warning under 30 days), uploads of the CA, the CRL, the
 //! relay's certificate and key and the page's own, each checked with
-//! relaybox-tls on a staged copy before it replaces anything, and a key +
+//! relaybox-tls on a staged copy before it replaces anything (a certificate
+//! and its key as one unit, [`crate::files::replace_together`]), and a key +
 //! CSR made on the box for the operator's CA to sign.
 
 use std::path::{Path, PathBuf};
@@ -282,10 +283,11 @@ pub async fn upload(AxState(state): AxState<State>, auth: Authed, Form(u): Form<
                 .into_response();
         }
     };
-    for (name, contents, mode) in &writes {
-        if let Err(e) = write_atomic(&dir.join(name), contents, *mode) {
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("writing {name}: {e}\n")).into_response();
-        }
+    // A certificate and its key go in as one unit: after a power cut the
+    // box has both old or both new (init finishes an interrupted one).
+    let files: Vec<(&str, &[u8], u32)> = writes.iter().map(|(n, c, m)| (*n, c.as_slice(), *m)).collect();
+    if let Err(e) = crate::files::replace_together(&dir, &files) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("writing the files: {e}\n")).into_response();
     }
     if u.kind == "relay" && u.key.trim().is_empty() {
         let _ = std::fs::remove_file(dir.join(CSR_KEY));

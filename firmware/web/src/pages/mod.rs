@@ -3,8 +3,10 @@
 //! (`auth`, `html`, `files`, `control`, ...), never another page and never
 //! the router; `router` imports the pages. Shared fragments go to `layout`.
 
+pub mod backup;
 pub mod certs;
 pub mod login;
+pub mod logs;
 pub mod metrics;
 pub mod network;
 pub mod settings;
@@ -16,8 +18,10 @@ pub mod update;
 mod tests {
     /// Each page's source, for the import rule above.
     const PAGES: &[(&str, &str)] = &[
+        ("backup", include_str!("backup.rs")),
         ("certs", include_str!("certs.rs")),
         ("login", include_str!("login.rs")),
+        ("logs", include_str!("logs.rs")),
         ("metrics", include_str!("metrics.rs")),
         ("network", include_str!("network.rs")),
         ("settings", include_str!("settings.rs")),
@@ -39,6 +43,7 @@ mod tests {
         ("conf_form", include_str!("../conf_form.rs")),
         ("firmware", include_str!("../firmware.rs")),
         ("server", include_str!("../server.rs")),
+        ("backup", include_str!("../backup.rs")),
     ];
 
     /// Crude but cheap: the paths a module could use to reach a page or the

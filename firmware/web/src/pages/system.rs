@@ -5,7 +5,10 @@
 //! take effect at once: the clock daemon (`[Web] clock_pid_file`) is told
 //! to stop and its supervisor starts it again, reading the file. A new
 //! host name is set at once with `[Web] hostname_command` (and by init at
-//! every boot). The page's Reboot button runs `[Web] reboot_command`.
+//! every boot). A remote syslog host (`SYSLOG_HOST`) takes effect at once
+//! too: syslogd (`[Web] syslog_pid_file`) is told to stop and init starts
+//! it again with the new host. The page's Reboot button runs
+//! `[Web] reboot_command`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -52,10 +55,17 @@ fn system_page(
              (a box without a real-time clock then keeps only the last known time). Takes effect at once."
         ),
     );
+    let syslog = field(
+        "syslog_host",
+        "Remote syslog",
+        &values.syslog_host,
+        "host or host:port (UDP, port 514 by default) that also receives the box's log; empty: the log stays on the \
+         box (Logs page). Takes effect at once.",
+    );
     let body = format!(
         r#"{message}<section><form method="post" action="/system">{csrf}
 <p class="help">File: <span class="mono">{path}</span>; other lines and comments in it are kept.</p>
-{hostname}{ntp}
+{hostname}{ntp}{syslog}
 <button type="submit">Save</button></form></section>
 {reboot}"#,
         csrf = csrf_field(&auth.csrf),
@@ -106,7 +116,11 @@ pub async fn form(AxState(state): AxState<State>, auth: Authed, Query(f): Query<
 
 pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): CheckedForm) -> Response {
     let value = |name: &str| form.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
-    let wanted = SystemSettings { hostname: value("hostname"), ntp_servers: split_servers(&value("ntp_servers")) };
+    let wanted = SystemSettings {
+        hostname: value("hostname"),
+        ntp_servers: split_servers(&value("ntp_servers")),
+        syslog_host: value("syslog_host"),
+    };
     let path = &state.web.system_conf;
     let old = conf_form::read(path);
     let text = match wanted.apply_to(&old) {
@@ -126,10 +140,17 @@ pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): Check
     } else {
         "&host=boot"
     };
-    if SystemSettings::parse(&old).ntp_servers == wanted.ntp_servers {
+    let before = SystemSettings::parse(&old);
+    if before.syslog_host != wanted.syslog_host {
+        match restart_daemon(&state.web.syslog_pid_file, "syslogd") {
+            Some(pid) => tracing::info!(pid, syslog_host = %wanted.syslog_host, "web: syslogd told to restart"),
+            None => tracing::warn!("web: no syslogd to restart; the remote syslog host takes effect at the next boot"),
+        }
+    }
+    if before.ntp_servers == wanted.ntp_servers {
         return Redirect::to(&format!("/system?done=unchanged-ntp{host}")).into_response();
     }
-    match restart_clock(&state.web.clock_pid_file) {
+    match restart_daemon(&state.web.clock_pid_file, "clock") {
         Some(pid) => {
             tracing::info!(pid, "web: clock daemon told to restart for the new NTP servers");
             Redirect::to(&format!("/system?done=restarted&pid={pid}{host}")).into_response()
@@ -138,22 +159,28 @@ pub async fn save(AxState(state): AxState<State>, CheckedForm(auth, form): Check
     }
 }
 
-/// SIGTERM to the clock daemon named by `pid_file`, if that pid is a
-/// running `relaybox clock` (a stale pid file may name anything).
-fn restart_clock(pid_file: &Path) -> Option<u32> {
+/// SIGTERM to the daemon named by `pid_file`, if that pid runs it
+/// (`relaybox ... clock`, or a program whose name ends in `syslogd`): a
+/// stale pid file may name anything. Its supervisor (init) starts it again.
+fn restart_daemon(pid_file: &Path, what: &str) -> Option<u32> {
     let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_clock = args.first().is_some_and(|a| a.ends_with(b"relaybox")) && args.contains(&&b"clock"[..]);
-    if !is_clock {
-        tracing::warn!(pid, file = %pid_file.display(), "the clock pid file names a process that is not `relaybox clock`");
+    let first = args.first().copied().unwrap_or_default();
+    let is_it = if what == "clock" {
+        first.ends_with(b"relaybox") && args.contains(&&b"clock"[..])
+    } else {
+        first.ends_with(what.as_bytes())
+    };
+    if !is_it {
+        tracing::warn!(pid, file = %pid_file.display(), "the pid file names a process that is not {what}");
         return None;
     }
     let target = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
     match rustix::process::kill_process(target, rustix::process::Signal::TERM) {
         Ok(()) => Some(pid),
         Err(e) => {
-            tracing::warn!(pid, "cannot signal the clock daemon: {e}");
+            tracing::warn!(pid, "cannot signal {what}: {e}");
             None
         }
     }
