@@ -3,7 +3,7 @@
 //! record per backend, fsynced) and a worker per backend delivers the spool
 //! in order, retrying with back-off while the backend is down. Owns the
 //! database and RADIUS backends; knows nothing of sockets to relays or the
-//! proxy.
+//! proxy. The SQL backend (sqlx) is the `database` feature (on by default).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,10 +12,12 @@ use std::time::Duration;
 use relaybox_proto::SessionStats;
 use tokio::sync::Notify;
 
+#[cfg(feature = "database")]
 pub mod database;
 pub mod radius;
 mod spool;
 
+#[cfg(feature = "database")]
 pub use database::{DatabaseBackend, DatabaseSettings};
 pub use radius::{RadiusBackend, RadiusSettings};
 pub use spool::Spool;
