@@ -71,8 +71,9 @@ esac
 stage rootfs.cpio.xz initrd.img
 
 case "${CFG_FS:-ext4}" in
-ext4) CFG_LABEL=RELAYBOX_CFG CFG_MKFS_ARGS='-m 0 -T small' ;;
-vfat) CFG_LABEL=RELAYBOXCFG CFG_MKFS_ARGS='-F 32' ;;
+ext4) CFG_LABEL=RELAYBOX_CFG CFG_FS_OPTIONS='use-mke2fs = true
+		extraargs = "-m 0 -T small"' ;;
+vfat) CFG_LABEL=RELAYBOXCFG CFG_FS_OPTIONS='extraargs = "-F 32"' ;;
 *) fail "CFG_FS $CFG_FS: ext4 or vfat" ;;
 esac
 
@@ -84,10 +85,10 @@ files=$(cd "$BINARIES_DIR/$BOOT" && for f in *; do printf '"%s/%s", ' "$BOOT" "$
 
 cfg=$BINARIES_DIR/genimage-relaybox.cfg
 awk -v files="${files%, }" -v esp="$esp" -v cfg_fs="${CFG_FS:-ext4}" -v cfg_label="$CFG_LABEL" \
-    -v cfg_args="$CFG_MKFS_ARGS" -v cfg_size="${CFG_SIZE_MIB:-16}" -v table="$PARTITION_TABLE" \
+    -v cfg_options="$CFG_FS_OPTIONS" -v cfg_size="${CFG_SIZE_MIB:-16}" -v table="$PARTITION_TABLE" \
     -v disk="$DISK_OPTIONS" -v boot_type="$BOOT_PARTITION_TYPE" -v cfg_type="$CFG_PARTITION_TYPE" '{
         gsub(/@BOOT_FILES@/, files); gsub(/@ESP_SIZE_MIB@/, esp); gsub(/@CFG_FS@/, cfg_fs)
-        gsub(/@CFG_LABEL@/, cfg_label); gsub(/@CFG_MKFS_ARGS@/, cfg_args); gsub(/@CFG_SIZE_MIB@/, cfg_size)
+        gsub(/@CFG_LABEL@/, cfg_label); gsub(/@CFG_FS_OPTIONS@/, cfg_options); gsub(/@CFG_SIZE_MIB@/, cfg_size)
         gsub(/@PARTITION_TABLE@/, table); gsub(/@DISK_OPTIONS@/, disk)
         gsub(/@BOOT_PARTITION_TYPE@/, boot_type); gsub(/@CFG_PARTITION_TYPE@/, cfg_type)
         print

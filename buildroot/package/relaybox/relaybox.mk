@@ -13,6 +13,9 @@
 RELAYBOX_SITE = $(abspath $(BR2_EXTERNAL_RELAYBOX_PATH)/..)
 RELAYBOX_SITE_METHOD = git
 RELAYBOX_VERSION := $(shell git -C $(BR2_EXTERNAL_RELAYBOX_PATH) rev-parse --verify -q HEAD)
+ifeq ($(BR2_PACKAGE_RELAYBOX)$(RELAYBOX_VERSION)$(RELAYBOX_OVERRIDE_SRCDIR),y)
+$(error relaybox: $(RELAYBOX_SITE) is not a git checkout; set RELAYBOX_OVERRIDE_SRCDIR (buildroot/README.md))
+endif
 RELAYBOX_LICENSE = GPL-2.0+
 RELAYBOX_LICENSE_FILES = COPYING
 # The binary's crate: cargo builds and installs firmware/relaybox of the
