@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs what relaybox needs to build and test on a fresh Debian machine.
+# Installs what relaybox needs to build and test on a fresh Debian machine
+# (the last line of PACKAGES: Buildroot's host tools, utils/check-package
+# and genimage for host-tools/xtask/tests/buildroot.rs).
 # Idempotent: skips apt when every package is already there.
 set -euo pipefail
 
@@ -12,6 +14,7 @@ PACKAGES=(
   mtools dosfstools gdisk e2fsprogs xz-utils file
   chromium chromium-driver
   chrony curl
+  git make cpio rsync bc unzip wget patch shellcheck python3-magic python3-flake8 genimage
 )
 
 missing=()
