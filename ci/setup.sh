@@ -11,6 +11,9 @@
 # it installs itself are installed without starting their services (a
 # temporary policy-rc.d, only when the machine has none), so a fresh CI
 # machine does not run a system Kamailio or database the tests never use.
+#
+# The last line of PACKAGES: Buildroot's host tools, utils/check-package and
+# genimage for host-tools/xtask/tests/buildroot.rs.
 set -euo pipefail
 
 # Building relaybox and running the demo (a dispatcher and a relay).
@@ -28,6 +31,7 @@ TESTS=(
   python3-twisted python3-zope.interface python3-venv python3-dev libnetfilter-conntrack-dev libiptc-dev iptables
   libgnutls30 openssl
   debootstrap systemd
+  git make cpio rsync bc unzip wget patch shellcheck python3-magic python3-flake8 genimage
 )
 
 demo=no

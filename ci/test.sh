@@ -15,6 +15,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== relaybox without the default features: a relay box, a dispatcher host"
+for features in relay,web,clock dispatcher; do
+  cargo clippy -p relaybox --no-default-features --features "$features" --all-targets -- -D warnings
+done
 echo "== build"
 cargo build --workspace --bins
 echo "== unit, property and daemon tests"
@@ -27,7 +31,9 @@ for b in qemu-x86_64 qemu-aarch64 pc-x86_64-efi rpi4-arm64; do cargo xtask image
 echo "== proxy host: the .deb (cargo xtask deb) installed in a debootstrap bookworm root, a call through its units"
 cargo test -p xtask --test deb -- --ignored --nocapture
 echo "== firmware: QEMU boot tests (x86_64 and aarch64)"
-cargo test -p xtask -- --ignored --test-threads=1 --nocapture --skip debian_package
+cargo test -p xtask --test boards --test boot --test update --test provision -- --ignored --test-threads=1 --nocapture
+echo "== firmware: the Buildroot tree against Buildroot 2026.02.3 (vendor tarball)"
+cargo test -p xtask --test buildroot -- --ignored --test-threads=1 --nocapture
 echo "== accounting against real PostgreSQL, MariaDB and FreeRADIUS servers"
 cargo test -p relaybox-accounting --test servers -- --ignored --test-threads=1
 cargo test -p relaybox-accounting --test radius -- --ignored --test-threads=1

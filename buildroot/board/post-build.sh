@@ -1,24 +1,82 @@
 #!/bin/sh
-# Buildroot post-build hook: $1 is TARGET_DIR; BOARD=<name> comes from
-# BR2_ROOTFS_POST_SCRIPT_ARGS. Adds board.conf and the console line of
-# board/<name>, as `cargo xtask image` does.
+# Buildroot post-build script (BR2_ROOTFS_POST_BUILD_SCRIPT): $1 is
+# TARGET_DIR, $2 the board (BR2_ROOTFS_POST_SCRIPT_ARGS). Finishes the root
+# file system the way `cargo xtask image` does (host-tools/xtask/src/image.rs):
+# the board's board.conf, the console line of inittab, resolv.conf on /run,
+# and the list of kernel modules rcS loads. Buildroot runs it again at each
+# `make`: every step rewrites what it owns.
 set -eu
-TARGET_DIR=$1
-BOARD=${2:?board name}
-TOP=$(dirname "$0")/../..
-conf="$TOP/board/$BOARD/board.conf"
-install -D -m 0644 "$conf" "$TARGET_DIR/etc/relaybox/board.conf"
-install -m 0644 "$TOP/rootfs-overlay/etc/inittab" "$TARGET_DIR/etc/inittab"
-. "$conf"
-if [ "${CONSOLE_SHELL:-no}" = yes ]; then
-    echo "::respawn:-/bin/sh" >> "$TARGET_DIR/etc/inittab"
-else
-    echo "$CONSOLE::respawn:/sbin/getty -L ${CONSOLE_BAUD:-115200} $CONSOLE vt100" >> "$TARGET_DIR/etc/inittab"
-fi
-ln -sf ../run/resolv.conf "$TARGET_DIR/etc/resolv.conf"
-# rcS loads the modules listed here (Buildroot's kernel has them built in
-# per the fragments, so the list may stay empty).
-kver=$(ls "$TARGET_DIR/lib/modules" 2>/dev/null | head -n1)
-if [ -n "$kver" ]; then
-    : > "$TARGET_DIR/lib/modules/$kver/relaybox.load"
-fi
+
+TARGET_DIR=${1:?usage: post-build.sh TARGET_DIR BOARD}
+BOARD=${2:?usage: post-build.sh TARGET_DIR BOARD (BR2_ROOTFS_POST_SCRIPT_ARGS)}
+TOP=$(cd "$(dirname "$0")/../.." && pwd)
+BOARD_DIR=$TOP/board/$BOARD
+fail() { echo "post-build.sh: $*" >&2; exit 1; }
+[ -f "$BOARD_DIR/board.conf" ] || fail "no board $BOARD ($BOARD_DIR/board.conf)"
+
+install -D -m 0644 "$BOARD_DIR/board.conf" "$TARGET_DIR/etc/relaybox/board.conf"
+# board.conf is KEY="value" lines without expansions (checked by the xtask).
+# shellcheck source=/dev/null
+. "$BOARD_DIR/board.conf"
+
+# inittab comes from rootfs-overlay/ (the relaybox package); the console
+# line from board.conf, below a marker so that a rebuild replaces it.
+inittab=$TARGET_DIR/etc/inittab
+grep -q '^::sysinit:/etc/init.d/rcS' "$inittab" ||
+    fail "$inittab is not relaybox's (is BR2_PACKAGE_RELAYBOX set?)"
+sed -i '/^# console line (board.conf, post-build.sh)/,$d' "$inittab"
+{
+    echo "# console line (board.conf, post-build.sh)"
+    if [ "${CONSOLE_SHELL:-no}" = yes ]; then
+        echo "::respawn:-/bin/sh"
+    else
+        echo "$CONSOLE::respawn:/sbin/getty -L ${CONSOLE_BAUD:-115200} $CONSOLE vt100"
+    fi
+} >> "$inittab"
+
+ln -sfn ../run/resolv.conf "$TARGET_DIR/etc/resolv.conf"
+
+# The modules rcS loads, in dependency order, as paths under
+# /lib/modules/<version>: board/common/modules.list and the board's MODULES,
+# each after the modules it depends on (modules.dep). Names the kernel has
+# built in (modules.builtin) need no loading; others it lacks are reported.
+for kdir in "$TARGET_DIR"/lib/modules/*; do
+    [ -d "$kdir" ] || continue
+    [ -f "$kdir/modules.dep" ] || fail "$kdir/modules.dep missing (depmod did not run)"
+    wanted=$({
+        sed 's/#.*//' "$TOP/board/common/modules.list"
+        for m in ${MODULES:-}; do echo "$m"; done
+    } | tr -s '[:blank:]' '\n' | sed '/^$/d')
+    builtin=$(cat "$kdir/modules.builtin" 2>/dev/null || true)
+    awk -v wanted="$wanted" -v builtin="$builtin" '
+        function name(path,   n) {
+            n = path; sub(/.*\//, "", n); sub(/\.ko(\.(xz|gz|zst))?$/, "", n); gsub(/-/, "_", n)
+            return n
+        }
+        function visit(path,   i, n, d) {
+            if (path in done) return
+            done[path] = 1
+            n = split(deps[path], d, " ")
+            for (i = n; i >= 1; i--) visit(d[i])
+            print path
+        }
+        {
+            path = $1; sub(/:$/, "", path)
+            rest = $0; sub(/^[^:]*:[ \t]*/, "", rest)
+            deps[path] = rest; by_name[name(path)] = path
+        }
+        END {
+            n = split(builtin, b, "\n")
+            for (i = 1; i <= n; i++) inside[name(b[i])] = 1
+            n = split(wanted, w, "\n")
+            for (i = 1; i <= n; i++) {
+                m = w[i]; gsub(/-/, "_", m)
+                if (m in by_name) visit(by_name[m])
+                else if (!(m in inside)) missing = missing " " m
+            }
+            if (missing != "")
+                print "post-build.sh: note: not in this kernel (neither a module nor built in):" missing > "/dev/stderr"
+        }
+    ' "$kdir/modules.dep" > "$kdir/relaybox.load"
+    echo "post-build.sh: $(wc -l < "$kdir/relaybox.load") modules for rcS in $kdir/relaybox.load"
+done

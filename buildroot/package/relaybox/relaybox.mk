@@ -4,13 +4,55 @@
 #
 ################################################################################
 
-RELAYBOX_VERSION = 0.1.0
-RELAYBOX_SITE = $(BR2_EXTERNAL_RELAYBOX_PATH)/..
-RELAYBOX_SITE_METHOD = local
+# The source is the committed HEAD of the relaybox checkout that holds this
+# BR2_EXTERNAL tree, fetched with git like any other git package: the
+# download is a clean tarball of that commit (no target/, no untracked
+# files), and Buildroot's cargo download step vendors the crates of
+# Cargo.lock into it, so that the build runs --offline. To build
+# uncommitted changes, see buildroot/README.md (RELAYBOX_OVERRIDE_SRCDIR).
+RELAYBOX_SITE = $(abspath $(BR2_EXTERNAL_RELAYBOX_PATH)/..)
+RELAYBOX_SITE_METHOD = git
+RELAYBOX_VERSION := $(shell git -C $(BR2_EXTERNAL_RELAYBOX_PATH) rev-parse --verify -q HEAD)
+ifeq ($(BR2_PACKAGE_RELAYBOX)$(RELAYBOX_VERSION)$(RELAYBOX_OVERRIDE_SRCDIR),y)
+$(error relaybox: $(RELAYBOX_SITE) is not a git checkout; set RELAYBOX_OVERRIDE_SRCDIR (buildroot/README.md))
+endif
 RELAYBOX_LICENSE = GPL-2.0+
-RELAYBOX_LICENSE_FILES = README.md
-RELAYBOX_CARGO_BUILD_OPTS = -p relaybox --bin relaybox
-RELAYBOX_CARGO_INSTALL_OPTS = --path firmware/relaybox
+RELAYBOX_LICENSE_FILES = COPYING
+# The binary's crate: cargo builds and installs firmware/relaybox of the
+# workspace (the lock file and the vendored crates are the workspace's).
+RELAYBOX_SUBDIR = firmware/relaybox
+# relaybox's init scripts replace busybox's /etc/inittab: install after it.
+RELAYBOX_DEPENDENCIES = $(if $(BR2_PACKAGE_BUSYBOX),busybox)
+# A working tree given as RELAYBOX_OVERRIDE_SRCDIR: leave its build outputs.
+RELAYBOX_OVERRIDE_SRCDIR_RSYNC_EXCLUSIONS = --exclude /target --exclude /buildroot-output
+
+# Cargo features: the relay always, the rest as configured.
+RELAYBOX_FEATURES = relay
+ifeq ($(BR2_PACKAGE_RELAYBOX_WEB),y)
+RELAYBOX_FEATURES += web
+endif
+ifeq ($(BR2_PACKAGE_RELAYBOX_CLOCK),y)
+RELAYBOX_FEATURES += clock
+endif
+ifeq ($(BR2_PACKAGE_RELAYBOX_DISPATCHER),y)
+RELAYBOX_FEATURES += dispatcher
+endif
+ifeq ($(BR2_PACKAGE_RELAYBOX_ACCOUNTING_SQL),y)
+RELAYBOX_FEATURES += accounting-sql
+endif
+RELAYBOX_CARGO_FEATURES = \
+	--no-default-features \
+	--features $(subst $(space),$(comma),$(strip $(RELAYBOX_FEATURES)))
+RELAYBOX_CARGO_BUILD_OPTS = --bin relaybox $(RELAYBOX_CARGO_FEATURES)
+# `cargo install` builds again unless its features are the build's.
+RELAYBOX_CARGO_INSTALL_OPTS = $(RELAYBOX_CARGO_FEATURES)
+
+# The appliance's init scripts and defaults (rootfs-overlay/ at the top
+# of the source); the board's post-build script adds board.conf.
+define RELAYBOX_INSTALL_OVERLAY
+	rsync -a --exclude README.md $(@D)/rootfs-overlay/ $(TARGET_DIR)/
+endef
+RELAYBOX_POST_INSTALL_TARGET_HOOKS += RELAYBOX_INSTALL_OVERLAY
 
 ifeq ($(BR2_PACKAGE_RELAYBOX_DISPATCHER),y)
 define RELAYBOX_ENABLE_DISPATCHER
@@ -19,12 +61,5 @@ define RELAYBOX_ENABLE_DISPATCHER
 endef
 RELAYBOX_POST_INSTALL_TARGET_HOOKS += RELAYBOX_ENABLE_DISPATCHER
 endif
-
-# The appliance's init scripts and defaults live in rootfs-overlay/ at the
-# top of the source tree; the board hooks add board.conf.
-define RELAYBOX_INSTALL_OVERLAY
-	rsync -a --exclude README.md $(@D)/rootfs-overlay/ $(TARGET_DIR)/
-endef
-RELAYBOX_POST_INSTALL_TARGET_HOOKS += RELAYBOX_INSTALL_OVERLAY
 
 $(eval $(cargo-package))

@@ -3,7 +3,7 @@
 //! record per backend, fsynced) and a worker per backend delivers the spool
 //! in order, retrying with back-off while the backend is down. Owns the
 //! database and RADIUS backends; knows nothing of sockets to relays or the
-//! proxy.
+//! proxy. The SQL backend (sqlx) is the `database` feature (on by default).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! packages, started by the test in a temp dir on 127.0.0.1. The database is
 //! stopped mid-run: every record must still arrive once it is back.
 
+#![cfg(feature = "database")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -3,23 +3,35 @@
 //! signals. Protocol parsing lives in `relaybox-proto`, session logic in
 //! `relaybox-core`, settings in `relaybox-config`, TLS set-up in
 //! `relaybox-tls`; this crate only wires them to the operating system.
+//!
+//! Cargo features choose what one binary can run (all by default): `relay`,
+//! `dispatcher` (with `accounting-sql` for the SQL backend), `web`, `clock`.
+//! A subcommand that was left out is not in `--help`, and the binary
+//! answers it with clap's "unrecognized subcommand" (exit status 2).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use relaybox_config::{Config, LogLevel, DEFAULT_CONFIG_PATH};
+use relaybox_config::{Config, DEFAULT_CONFIG_PATH};
 
 mod cli;
+#[cfg(feature = "relay")]
 mod clock;
 /// The relay's local control socket for the web page; declared here so that
 /// it builds on its own, started from `relay::run()`.
+#[cfg(feature = "relay")]
 #[path = "relay/control.rs"]
 mod control;
+#[cfg(feature = "dispatcher")]
 mod dispatcher;
+#[cfg(feature = "relay")]
 mod firewall;
+#[cfg(feature = "clock")]
 mod ntp;
+#[cfg(feature = "relay")]
 mod relay;
+#[cfg(any(feature = "relay", feature = "dispatcher"))]
 mod trust;
 mod update;
 mod watchdog;
@@ -38,8 +50,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a media relay: connects to the configured dispatchers over TLS.
+    #[cfg(feature = "relay")]
     Relay,
     /// Run a dispatcher: module socket, relay TLS port, management port.
+    #[cfg(feature = "dispatcher")]
     Dispatcher,
     /// Check a config file and print the settings it resolves to.
     CheckConfig,
@@ -49,8 +63,10 @@ enum Command {
     Summary(QueryArgs),
     /// Keep the system clock right over SNTP (boxes without a real-time
     /// clock start in 1970, and TLS refuses certificates until it is set).
+    #[cfg(feature = "clock")]
     Clock(ntp::ClockArgs),
     /// Serve the box's configuration page over HTTPS ([Web] section).
+    #[cfg(feature = "web")]
     Web {
         #[command(subcommand)]
         action: Option<WebAction>,
@@ -70,6 +86,7 @@ enum Command {
     },
     /// Program the box's firewall (nftables table inet relaybox_fw): the
     /// relay's ports everywhere, the web page on the LAN only.
+    #[cfg(feature = "relay")]
     Firewall(firewall::FirewallArgs),
     /// Feed the hardware watchdog ([Watchdog]) while the relay answers on its
     /// control socket.
@@ -81,12 +98,14 @@ enum Command {
     },
     /// The box's configuration directory (the config file's) as a whole:
     /// backup, restore, factory reset.
+    #[cfg(feature = "web")]
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
 }
 
+#[cfg(feature = "web")]
 #[derive(Subcommand)]
 enum ConfigAction {
     /// Write a backup (tar) of the configuration to FILE ("-": standard output).
@@ -116,6 +135,7 @@ struct QueryArgs {
     plain: bool,
 }
 
+#[cfg(feature = "web")]
 #[derive(Subcommand)]
 enum WebAction {
     /// Read a new page password from standard input (one line) and store its
@@ -126,7 +146,8 @@ enum WebAction {
     Certificate,
 }
 
-fn init_tracing(level: LogLevel) {
+#[cfg(any(feature = "relay", feature = "dispatcher", feature = "web", feature = "clock"))]
+fn init_tracing(level: relaybox_config::LogLevel) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_tracing_filter()));
     tracing_subscriber::fmt()
@@ -137,7 +158,8 @@ fn init_tracing(level: LogLevel) {
         .init();
 }
 
-fn init_logging(level: LogLevel, config: &Config) {
+#[cfg(any(feature = "relay", feature = "dispatcher", feature = "web"))]
+fn init_logging(level: relaybox_config::LogLevel, config: &Config) {
     init_tracing(level);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
@@ -146,6 +168,7 @@ fn init_logging(level: LogLevel, config: &Config) {
 
 /// At a daemon's start: the soft descriptor limit raised to the hard one,
 /// and a clear refusal when the settings cannot fit in it.
+#[cfg(any(feature = "relay", feature = "dispatcher", feature = "web"))]
 fn descriptors(daemon: &str, budget: &relaybox_limits::DescriptorBudget) -> anyhow::Result<()> {
     if let Err(e) = relaybox_limits::raise_and_check(daemon, budget) {
         tracing::error!("{daemon} not started: {e}");
@@ -181,6 +204,7 @@ fn documentation(command: &Command) -> Option<anyhow::Result<()>> {
 }
 
 /// `relaybox config ...` on the directory of `config_path`.
+#[cfg(feature = "web")]
 fn config_action(config_path: &std::path::Path, action: &ConfigAction) -> anyhow::Result<()> {
     use relaybox_web::backup;
     let dir = relaybox_web::auth::config_dir(config_path);
@@ -228,9 +252,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(done) = documentation(&cli.command) {
         return done;
     }
+    #[cfg(feature = "clock")]
     if let Command::Clock(args) = cli.command {
         // The clock needs no config file: a broken one must not stop it.
-        init_tracing(LogLevel::Info);
+        init_tracing(relaybox_config::LogLevel::Info);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return runtime.block_on(ntp::run(args));
     }
@@ -246,7 +271,7 @@ fn main() -> anyhow::Result<()> {
     if let Command::Watchdog { always } = cli.command {
         // Nor the watchdog: with a broken file it feeds on the defaults, so
         // that the box does not reset in a loop over a typo.
-        init_tracing(LogLevel::Info);
+        init_tracing(relaybox_config::LogLevel::Info);
         let config = load(&cli.config).unwrap_or_else(|e| {
             tracing::warn!("watchdog: {e:#}; using the default [Watchdog] and [Relay] control_socket");
             Config::default()
@@ -254,45 +279,54 @@ fn main() -> anyhow::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         return runtime.block_on(watchdog::run(config, always));
     }
+    #[cfg(feature = "web")]
     if let Command::Config { action } = &cli.command {
         // No config file needed: a broken one must not stop a restore or a reset.
         return config_action(&cli.config, action);
     }
     let config = load(&cli.config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    #[cfg(any(feature = "relay", feature = "dispatcher", feature = "web"))]
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime");
     match cli.command {
-        Command::Clock(_)
-        | Command::Completions { .. }
-        | Command::ManPages { .. }
-        | Command::Update { .. }
-        | Command::Watchdog { .. }
-        | Command::Config { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::ManPages { .. } | Command::Update { .. } | Command::Watchdog { .. } => {
+            unreachable!("handled above")
+        }
+        #[cfg(feature = "web")]
+        Command::Config { .. } => unreachable!("handled above"),
+        #[cfg(feature = "clock")]
+        Command::Clock(_) => unreachable!("handled above"),
+        #[cfg(feature = "web")]
         Command::Web { action: Some(WebAction::Certificate) } => {
             for line in relaybox_web::ensure_certificate(&config.tls.certs_path)? {
                 println!("{line}");
             }
             Ok(())
         }
+        #[cfg(feature = "relay")]
         Command::Firewall(args) => firewall::run(&config, &args),
+        #[cfg(feature = "relay")]
         Command::Relay => {
             init_logging(config.relay.log_level, &config);
             descriptors("relay", &relay::descriptor_budget(&config))?;
-            runtime.block_on(relay::run(config))
+            runtime()?.block_on(relay::run(config))
         }
+        #[cfg(feature = "dispatcher")]
         Command::Dispatcher => {
             init_logging(config.dispatcher.log_level, &config);
             descriptors("dispatcher", &dispatcher::descriptor_budget(&config))?;
-            runtime.block_on(dispatcher::run(config))
+            runtime()?.block_on(dispatcher::run(config))
         }
+        #[cfg(feature = "web")]
         Command::Web { action: None } => {
-            init_logging(LogLevel::Info, &config);
+            init_logging(relaybox_config::LogLevel::Info, &config);
             let per_port = config.web.max_connections as u64;
             let budget = relaybox_limits::DescriptorBudget::new()
                 .add("connections (2 ports × [Web] max_connections)", 2 * per_port)
                 .add("listeners, files, the relay's control socket and the runtime", 32);
             descriptors("web", &budget)?;
-            runtime.block_on(relaybox_web::run(cli.config.clone()))
+            runtime()?.block_on(relaybox_web::run(cli.config.clone()))
         }
+        #[cfg(feature = "web")]
         Command::Web { action: Some(WebAction::SetPassword) } => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;

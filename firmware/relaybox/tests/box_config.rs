@@ -5,6 +5,9 @@
 //! replacement a power cut interrupted finished at boot, and the web page's
 //! certificate made for the host name with its fingerprint.
 
+// Needs the relay and web features (all are on by default).
+#![cfg(all(feature = "relay", feature = "web"))]
+
 mod common;
 
 use std::path::Path;

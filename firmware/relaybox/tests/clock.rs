@@ -3,6 +3,9 @@
 //! that only sends kiss-o'-death packets. `--query` sets nothing, so the
 //! host's clock is safe.
 
+// Needs the clock feature (all are on by default).
+#![cfg(feature = "clock")]
+
 mod common;
 
 use std::net::UdpSocket;

@@ -1,6 +1,9 @@
 //! The dispatcher and the relay as real processes on 127.0.0.1: module
 //! socket, mutual TLS link, management port, failure handling.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::io::{BufRead, Write};
@@ -253,6 +256,7 @@ fn update_times_out_to_error_when_the_relay_stops_answering() {
 }
 
 #[test]
+#[cfg(feature = "accounting-sql")]
 fn finished_sessions_reach_the_database() {
     let mut rig = Rig::new();
     let db = rig.path("acct.db");

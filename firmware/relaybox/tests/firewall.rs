@@ -8,6 +8,9 @@
 //!
 //! Root only: `cargo test -p relaybox --test firewall -- --ignored`.
 
+// Needs the relay feature (all are on by default).
+#![cfg(feature = "relay")]
+
 mod common;
 
 use std::net::UdpSocket;

@@ -4,6 +4,9 @@
 //! phones are this test binary re-run in A's and B's (`phone_helper`).
 //! Needs root: `cargo test -p relaybox --test interfaces -- --ignored --test-threads=1`.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,9 @@
 //! this test binary re-run in the caller's and callee's (`phone_helper`).
 //! Also: a call mixing IPv4 and IPv6 is refused. Needs root.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,9 @@
 //! and the relay run in the relay's namespace, the phones are this test
 //! binary re-run in the caller's and callee's (`phone_helper`). Needs root.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,9 @@
 //! an end, pipelined management commands, the web page's slowloris, and
 //! datagrams longer than 2 KiB. Each attack is bounded and stops itself.
 
+// Needs the relay, dispatcher and web features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher", feature = "web"))]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -18,6 +18,9 @@
 //! its management connections all live there. Needs root: run by
 //! ci/test.sh with `--ignored --test-threads=1`.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,9 @@
 //! 127.0.0.1; and the Grafana dashboard in examples/ against what the
 //! exporters really print.
 
+// Needs the relay, dispatcher and web features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher", feature = "web"))]
+
 mod common;
 
 use std::collections::BTreeSet;

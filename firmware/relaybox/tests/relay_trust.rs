@@ -4,6 +4,9 @@
 //! dispatcher, a fake proxy that records dialog-end requests, and the
 //! certificate roles at each port.
 
+// Needs the relay and dispatcher features (all are on by default).
+#![cfg(all(feature = "relay", feature = "dispatcher"))]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,10 @@
 //! to the real dispatcher, and a hand-driven dispatcher to the real relay,
 //! over real mutual TLS.
 
+// Needs the relay feature, the first test also the dispatcher (all are on
+// by default).
+#![cfg(feature = "relay")]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -19,6 +23,7 @@ fn read_line<S: std::io::Read>(r: &mut BufReader<S>) -> String {
 }
 
 /// Reads lines until an empty one; returns them.
+#[cfg(feature = "dispatcher")]
 fn read_frame<S: std::io::Read>(r: &mut BufReader<S>) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
@@ -33,6 +38,7 @@ fn read_frame<S: std::io::Read>(r: &mut BufReader<S>) -> Vec<String> {
 }
 
 #[test]
+#[cfg(feature = "dispatcher")]
 fn dispatcher_survives_garbage_from_a_relay() {
     let mut rig = Rig::new();
     let d = rig.dispatcher("max_relay_line = 65536");

@@ -5,6 +5,9 @@
 //! user on another address logs in while the attack goes on. Loopback only
 //! (127.0.0.1 attacks, 127.0.0.2 is the user); no root needed.
 
+// Needs the web feature (all are on by default).
+#![cfg(feature = "web")]
+
 mod common;
 #[path = "../../web/tests/common/mod.rs"]
 mod page;

@@ -1,12 +1,19 @@
-//! Cross-building the static `relaybox` binary (.cargo/config.toml holds
-//! the C compiler and linker per target).
+//! Cross-building the static `relaybox` binary with the build host's tools
+//! (host-tools/xtask/cross.toml holds the C compiler and linker per target,
+//! passed with `--config`, so that they apply to these builds only).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-/// `cargo build -p relaybox --release --target TARGET`; returns the binary.
+/// The cargo settings of the host's cross toolchains (see cross.toml).
+pub fn cross_config() -> PathBuf {
+    crate::workspace_root().join("host-tools/xtask/cross.toml")
+}
+
+/// `cargo --config cross.toml build -p relaybox --release --target TARGET`;
+/// returns the binary.
 /// With XTASK_NO_BUILD=1 the binary already in target/ is used as it is.
 pub fn relaybox(target: &str) -> Result<PathBuf> {
     let bin = crate::target_dir().join(target).join("release/relaybox");
@@ -17,6 +24,8 @@ pub fn relaybox(target: &str) -> Result<PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(crate::workspace_root())
+            .arg("--config")
+            .arg(cross_config())
             .args(["build", "-p", "relaybox", "--release", "--target", target])
             .status()?;
         if !status.success() {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rand::seq::SliceRandom;
-use relaybox_accounting::{Accounting, Backend, DatabaseBackend, DatabaseSettings, Retry};
+use relaybox_accounting::{Accounting, Backend, Retry};
 use relaybox_config::{AccountingBackend, Config};
 use relaybox_limits::DescriptorBudget;
 use relaybox_proto::link::{LinkRequest, UpdateReply};
@@ -178,7 +178,9 @@ fn accounting(config: &Config) -> anyhow::Result<Accounting> {
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     for backend in &config.dispatcher.accounting {
         match backend {
+            #[cfg(feature = "accounting-sql")]
             AccountingBackend::Database => {
+                use relaybox_accounting::{DatabaseBackend, DatabaseSettings};
                 let db = &config.database;
                 let dburi = db.dburi.clone().context("accounting = database, but [Database] dburi is not set")?;
                 let settings = DatabaseSettings {
@@ -192,6 +194,11 @@ fn accounting(config: &Config) -> anyhow::Result<Accounting> {
                 let backend = DatabaseBackend::new(settings).map_err(|e| anyhow::anyhow!("[Database] {e}"))?;
                 backends.push(Arc::new(backend));
             }
+            #[cfg(not(feature = "accounting-sql"))]
+            AccountingBackend::Database => anyhow::bail!(
+                "[Dispatcher] accounting = database, but this relaybox was built without SQL accounting \
+                 (cargo feature accounting-sql; Buildroot: BR2_PACKAGE_RELAYBOX_ACCOUNTING_SQL)"
+            ),
             AccountingBackend::Radius => {
                 let r = &config.radius;
                 let backend =

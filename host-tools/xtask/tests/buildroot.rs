@@ -1,0 +1,1211 @@
+//! The Buildroot route (buildroot/, issue #15) against real Buildroot:
+//! 2026.02.3 (LTS) from the vendor directory, unmodified, extracted once
+//! into target/buildroot/ (keyed by the tarball's hash). For every
+//! defconfig: `make defconfig` keeps each of its symbols and the relaybox
+//! package (`savedefconfig` gives the file back); `utils/check-package` is
+//! clean for the whole tree; the kernel, boot loader and firmware it
+//! configures exist for the board; `make printvars` shows cargo command
+//! lines that cargo runs: Buildroot's own download step (git, then cargo
+//! vendor) makes the source, and the package's build and install commands
+//! run as printed, with the host's cargo, offline, on the vendored crates
+//! and a fresh CARGO_HOME, into a static binary that runs (x86_64; the
+//! aarch64 command line is resolved with --unit-graph); the post-build and
+//! post-image scripts lay out the disk of `cargo xtask image` with the real
+//! genimage; busybox has every applet the init scripts run.
+//!
+//! Slow (make parses the whole Buildroot tree for each printvars, cargo
+//! builds a release binary) and needs crates.io the first time (the crates
+//! are cached in target/buildroot/dl): ignored by default; ci/test.sh runs
+//! `cargo test -p xtask --test buildroot -- --ignored --test-threads=1 --nocapture`.
+//! Needs make, git, shellcheck, python3 with magic and flake8, genimage,
+//! mtools, dosfstools, e2fsprogs, fdisk's sfdisk, musl-gcc (ci/setup.sh).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+const BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64", "pc-x86_64-efi", "rpi4-arm64"];
+const TARBALL: &str = "buildroot-2026.02.3.tar.xz";
+/// What the tests ask `make printvars` for, once per board.
+const VARS: &[&str] = &[
+    "RELAYBOX_SITE",
+    "RELAYBOX_SITE_METHOD",
+    "RELAYBOX_VERSION",
+    "RELAYBOX_SOURCE",
+    "RELAYBOX_SUBDIR",
+    "RELAYBOX_SRCDIR",
+    "RELAYBOX_DIR",
+    "RELAYBOX_BUILD_CMDS",
+    "RELAYBOX_INSTALL_TARGET_CMDS",
+    "RELAYBOX_LICENSE",
+    "RELAYBOX_LICENSE_FILES",
+    "BR_CARGO_HOME",
+    "RUSTC_TARGET_NAME",
+    "TARGET_CROSS",
+    "TARGET_DIR",
+    "PACKAGES",
+    "LINUX_VERSION",
+    "LINUX_SITE",
+    "LINUX_SOURCE",
+    "LINUX_HASH_FILES",
+    "LINUX_KCONFIG_DEFCONFIG",
+    "LINUX_IMAGE_NAME",
+    "LINUX_DTBS",
+    "ROOTFS_CPIO_FINAL_IMAGE_NAME",
+    "ROOTFS_CPIO_COMPRESS_EXT",
+    "GRUB2_TUPLES-y",
+    "GRUB2_IMAGE_x86_64-efi",
+    "GRUB2_IMAGE_arm64-efi",
+    "RPI_FIRMWARE_FILES",
+    "BUSYBOX_KCONFIG_FILE",
+    "BUSYBOX_KCONFIG_FRAGMENT_FILES",
+];
+
+fn root() -> PathBuf {
+    xtask::workspace_root()
+}
+
+fn tree() -> PathBuf {
+    root().join("buildroot")
+}
+
+/// Everything this test keeps: Buildroot, the download cache, the outputs.
+fn work() -> PathBuf {
+    xtask::target_dir().join("buildroot")
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its standard output.
+fn ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd);
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    };
+    assert!(out.status.success(), "{shown}: {}\n{}\n{}", out.status, tail(&out.stdout), tail(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn defconfig_name(board: &str) -> String {
+    format!("relaybox_{}_defconfig", board.replace('-', "_"))
+}
+
+fn board_conf(board: &str) -> BTreeMap<String, String> {
+    xtask::board::Board::load(board).unwrap().conf
+}
+
+/// The Buildroot tarball: RELAYBOX_VENDOR, ../shared/vendor next to the
+/// workspace, or /work/shared/vendor.
+fn vendor_tarball() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("RELAYBOX_VENDOR").map(PathBuf::from).into_iter().collect();
+    dirs.extend(root().ancestors().skip(1).map(|a| a.join("shared/vendor")));
+    dirs.push("/work/shared/vendor".into());
+    dirs.iter()
+        .map(|d| d.join(TARBALL))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{TARBALL} not found (set RELAYBOX_VENDOR to its directory)"))
+}
+
+/// Buildroot extracted under target/buildroot/, once per tarball content.
+fn extract_buildroot() -> PathBuf {
+    let tarball = vendor_tarball();
+    let sum = ok(Command::new("sha256sum").arg(&tarball));
+    let dir = work().join(format!("buildroot-{}", &sum[..12]));
+    if dir.join(".extracted").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(work()).unwrap();
+    let tmp = work().join(format!("extract-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    ok(Command::new("tar").arg("-xJf").arg(&tarball).arg("-C").arg(&tmp).arg("--strip-components=1"));
+    std::fs::write(tmp.join(".extracted"), sum).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).unwrap();
+    dir
+}
+
+/// One board's Buildroot output directory, configured from its defconfig.
+struct Board {
+    name: &'static str,
+    out: PathBuf,
+    /// The defconfig's lines as written (symbols and "is not set").
+    defconfig: BTreeSet<String>,
+    /// `make savedefconfig` of the configuration `make defconfig` made.
+    saved: BTreeSet<String>,
+    /// The resulting .config: symbol -> value ("n" when not set).
+    config: BTreeMap<String, String>,
+    vars: BTreeMap<String, String>,
+}
+
+struct Prepared {
+    buildroot: PathBuf,
+    boards: Vec<Board>,
+}
+
+/// `make` in Buildroot's directory for one output directory.
+fn make(buildroot: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("make");
+    cmd.current_dir(buildroot).arg(format!("O={}", out.display()));
+    // The download cache outlives Buildroot's directory (new tarball, new dir).
+    cmd.env("BR2_DL_DIR", work().join("dl"));
+    for v in ["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "BR2_EXTERNAL", "BR2_DEFCONFIG"] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// The lines of a defconfig that set something (or "is not set").
+fn settings(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("BR2_") || (l.starts_with("# BR2_") && l.ends_with(" is not set")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `make printvars` output: NAME=value lines (a value may span lines).
+fn parse_printvars(text: &str, wanted: &[&str]) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let starts = line.split_once('=').filter(|(name, _)| wanted.contains(name));
+        if let Some((name, value)) = starts {
+            vars.insert(name.to_string(), value.to_string());
+            current = Some(name.to_string());
+        } else if let Some(name) = &current {
+            let v: &mut String = vars.get_mut(name).unwrap();
+            v.push('\n');
+            v.push_str(line);
+        }
+    }
+    vars
+}
+
+fn printvars(buildroot: &Path, out: &Path, vars: &[&str], extra: &[String]) -> BTreeMap<String, String> {
+    let text = ok(make(buildroot, out).arg("-s").args(extra).arg("printvars").arg(format!("VARS={}", vars.join(" "))));
+    parse_printvars(&text, vars)
+}
+
+fn prepare() -> Prepared {
+    let t0 = Instant::now();
+    let buildroot = extract_buildroot();
+    // One make per board at a time, the boards side by side (each printvars
+    // parses the whole Buildroot tree: seconds of CPU each).
+    let boards = std::thread::scope(|s| {
+        let handles: Vec<_> = BOARDS.iter().map(|&name| s.spawn(|| configure(&buildroot, name, t0))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    Prepared { buildroot, boards }
+}
+
+fn configure(buildroot: &Path, name: &'static str, t0: Instant) -> Board {
+    let out = work().join("out").join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    let defconfig = defconfig_name(name);
+    ok(make(buildroot, &out).arg(format!("BR2_EXTERNAL={}", tree().display())).arg(&defconfig));
+    let saved_path = out.join("saved_defconfig");
+    ok(make(buildroot, &out).arg("savedefconfig").arg(format!("BR2_DEFCONFIG={}", saved_path.display())));
+    let mut config = BTreeMap::new();
+    for line in read(&out.join(".config")).lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            config.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+            config.insert(k.to_string(), "n".to_string());
+        }
+    }
+    let vars = printvars(buildroot, &out, VARS, &[]);
+    eprintln!("buildroot: {name} configured ({:.0} s)", t0.elapsed().as_secs_f64());
+    Board {
+        name,
+        defconfig: settings(&read(&tree().join("configs").join(&defconfig))),
+        saved: settings(&read(&saved_path)),
+        config,
+        vars,
+        out,
+    }
+}
+
+fn prepared() -> &'static Prepared {
+    static P: OnceLock<Prepared> = OnceLock::new();
+    P.get_or_init(prepare)
+}
+
+impl Board {
+    fn var(&self, name: &str) -> &str {
+        self.vars.get(name).map(|s| s.trim()).unwrap_or_else(|| panic!("{}: printvars has no {name}", self.name))
+    }
+    /// A variable that make leaves undefined when its package is off.
+    fn var_or_empty(&self, name: &str) -> &str {
+        self.vars.get(name).map(|s| s.trim()).unwrap_or("")
+    }
+    fn set(&self, symbol: &str) -> bool {
+        self.config.get(symbol).is_some_and(|v| v == "y")
+    }
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn every_defconfig_keeps_its_symbols_and_the_relaybox_package() {
+    let p = prepared();
+    let mut errors = Vec::new();
+    for b in &p.boards {
+        if !b.set("BR2_PACKAGE_RELAYBOX") {
+            errors.push(format!("{}: BR2_PACKAGE_RELAYBOX=y was dropped by `make defconfig`", b.name));
+        }
+        for line in &b.defconfig {
+            let (sym, value) = match line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+                Some(sym) => (sym, "n"),
+                None => line.split_once('=').unwrap(),
+            };
+            let got = b.config.get(sym).map(String::as_str).unwrap_or("n");
+            if got != value {
+                errors.push(format!("{}: {sym}={value} in the defconfig, {sym}={got} after `make defconfig`", b.name));
+            }
+        }
+        for line in b.defconfig.difference(&b.saved) {
+            errors.push(format!("{}: `{line}` is not in savedefconfig (dropped, or a default)", b.name));
+        }
+        for line in b.saved.difference(&b.defconfig) {
+            errors.push(format!("{}: savedefconfig has `{line}`, the defconfig does not", b.name));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// A python3 that has what check-package imports (Debian's python3-magic
+/// and python3-flake8; a pyenv first in PATH may lack them).
+fn python_for_check_package() -> String {
+    for py in ["python3", "/usr/bin/python3"] {
+        let probe = Command::new(py).args(["-c", "import magic, flake8"]).output();
+        if probe.is_ok_and(|o| o.status.success()) {
+            return py.to_string();
+        }
+    }
+    panic!("no python3 with the magic and flake8 modules (Debian: python3-magic python3-flake8)");
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn check_package_is_clean_for_the_whole_tree() {
+    let buildroot = extract_buildroot();
+    let mut files = Vec::new();
+    files_under(&tree(), &mut files);
+    let rel: Vec<PathBuf> = files.iter().map(|f| f.strip_prefix(tree()).unwrap().to_path_buf()).collect();
+    assert!(rel.iter().any(|f| f.ends_with("relaybox.mk")) && rel.iter().any(|f| f.ends_with("post-image.sh")));
+    let out = run(Command::new(python_for_check_package())
+        .arg(buildroot.join("utils/check-package"))
+        .arg("-b")
+        .args(&rel)
+        .current_dir(tree()));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("0 warnings generated"), "utils/check-package -b:\n{text}");
+    assert!(!text.contains("failed to call"), "a checker could not run:\n{text}");
+}
+
+/// The kernel's defconfig names a mainline kernel has for arm64 and x86
+/// (Buildroot's "use the architecture default" is "defconfig").
+const MAINLINE_DEFCONFIGS: &[&str] = &["defconfig", "x86_64_defconfig", "i386_defconfig"];
+
+fn version_tuple(v: &str) -> Vec<u32> {
+    v.trim_matches('"').split('.').map(|n| n.parse().unwrap_or(0)).collect()
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn each_board_gets_a_kernel_a_boot_loader_and_hashes() {
+    let p = prepared();
+    let mut errors = Vec::new();
+    for b in &p.boards {
+        let conf = board_conf(b.name);
+        let e = |msg: String| format!("{}: {msg}", b.name);
+        let packages: BTreeSet<&str> = b.var("PACKAGES").split_whitespace().collect();
+        // A kernel.org kernel only has the mainline defconfigs.
+        let site = b.var("LINUX_SITE");
+        let defconfig = b.var("LINUX_KCONFIG_DEFCONFIG");
+        if site.contains("kernel.org") && !MAINLINE_DEFCONFIGS.contains(&defconfig) {
+            errors.push(e(format!("a mainline kernel ({site}) has no {defconfig}")));
+        }
+        // The toolchain's headers must not be newer than the kernel.
+        let headers = b.config.get("BR2_DEFAULT_KERNEL_HEADERS").cloned().unwrap_or_default();
+        let kernel = b.var("LINUX_VERSION");
+        if version_tuple(&headers)[..2] > version_tuple(kernel)[..2] {
+            errors.push(e(format!("kernel headers {headers} are newer than the kernel {kernel}")));
+        }
+        // BR2_DOWNLOAD_FORCE_CHECK_HASHES: the kernel's tarball has a hash.
+        if !b.set("BR2_DOWNLOAD_FORCE_CHECK_HASHES") {
+            errors.push(e("BR2_DOWNLOAD_FORCE_CHECK_HASHES is not set".into()));
+        }
+        let source = b.var("LINUX_SOURCE");
+        let hashed = b.var("LINUX_HASH_FILES").split_whitespace().any(|f| {
+            let f = if Path::new(f).is_absolute() { PathBuf::from(f) } else { p.buildroot.join(f) };
+            std::fs::read_to_string(f).is_ok_and(|t| {
+                t.lines().any(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    w.len() == 3 && w[0] == "sha256" && w[1].len() == 64 && w[2] == source
+                })
+            })
+        });
+        if !hashed {
+            errors.push(e(format!("no sha256 of {source} in {}", b.var("LINUX_HASH_FILES"))));
+        }
+        // The board's device trees are built.
+        let dtbs = b.var_or_empty("LINUX_DTBS");
+        for dtb in conf.get("DTBS").map(String::as_str).unwrap_or("").split_whitespace() {
+            if !dtbs.split_whitespace().any(|d| d == dtb) {
+                errors.push(e(format!("{dtb} (board.conf DTBS) is not built (LINUX_DTBS: {dtbs})")));
+            }
+        }
+        // Something that boots the kernel.
+        match conf["DISK_LAYOUT"].as_str() {
+            "gpt-efi" => {
+                let tuple = if conf["EFI_ARCH"] == "x64" { "x86_64-efi" } else { "arm64-efi" };
+                if !packages.contains("grub2")
+                    || !b.var_or_empty("GRUB2_TUPLES-y").split_whitespace().any(|t| t == tuple)
+                {
+                    errors.push(e(format!("no EFI boot loader: GRUB2 with {tuple} is not configured")));
+                }
+            }
+            "rpi-mbr" => {
+                let files = b.var_or_empty("RPI_FIRMWARE_FILES");
+                if !packages.contains("rpi-firmware") || !files.contains("start4.elf") || !files.contains("fixup4.dat")
+                {
+                    errors.push(e(format!("no Pi 4 GPU firmware (rpi-firmware files: {files:?})")));
+                }
+            }
+            other => errors.push(e(format!("unknown DISK_LAYOUT {other}"))),
+        }
+        // No root password: the console asks for /config/shadow's (as the xtask image).
+        if b.set("BR2_TARGET_ENABLE_ROOT_LOGIN") {
+            errors.push(e("root may log in without a password (BR2_TARGET_ENABLE_ROOT_LOGIN)".into()));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// The busybox configuration Buildroot uses: its file plus the fragments.
+fn busybox_config(p: &Prepared, b: &Board) -> BTreeMap<String, bool> {
+    let mut config = BTreeMap::new();
+    let mut files = vec![p.buildroot.join(b.var("BUSYBOX_KCONFIG_FILE"))];
+    files.extend(b.var("BUSYBOX_KCONFIG_FRAGMENT_FILES").split_whitespace().map(PathBuf::from));
+    for f in files {
+        for line in read(&f).lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                config.insert(k.to_string(), v == "y");
+            } else if let Some(k) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
+                config.insert(k.to_string(), false);
+            }
+        }
+    }
+    config
+}
+
+/// The commands a shell script runs: the first word of each simple command
+/// (after keywords and assignments), roughly but enough for init scripts.
+fn commands(script: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in script.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let line = line.replace("$(", "\n").replace(['`', ';', '|', '&', '(', ')', '{', '}'], "\n");
+        for segment in line.lines() {
+            let mut words = segment.split_whitespace().skip_while(|w| {
+                ["if", "then", "else", "elif", "do", "while", "until", "!", "exec"].contains(w)
+                    || (w.contains('=') && !w.starts_with('-'))
+            });
+            if let Some(w) = words.next() {
+                if w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+                    out.insert(w.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn busybox_has_every_applet_the_init_scripts_run() {
+    let p = prepared();
+    let overlay = root().join("rootfs-overlay");
+    let mut scripts = Vec::new();
+    files_under(&overlay, &mut scripts);
+    scripts.retain(|f| read(f).starts_with("#!/bin/sh"));
+    assert!(scripts.len() >= 4, "{scripts:?}");
+    let mut used = BTreeSet::new();
+    for s in &scripts {
+        used.extend(commands(&read(s)));
+    }
+    assert!(used.contains("findfs") && used.contains("insmod") && used.contains("udhcpc"), "{used:?}");
+    let mut errors = Vec::new();
+    for b in &p.boards {
+        let config = busybox_config(p, b);
+        for cmd in &used {
+            let name = cmd.to_uppercase().replace('-', "_");
+            let symbol =
+                [format!("CONFIG_{name}"), format!("CONFIG_BB_{name}")].into_iter().find(|s| config.contains_key(s));
+            if let Some(s) = symbol {
+                if !config[&s] {
+                    errors.push(format!("{}: the init scripts run `{cmd}`, but busybox has {s} off", b.name));
+                }
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// A modules.dep of a 6.1 kernel's netfilter and storage modules (paths as
+/// depmod writes them), for post-build.sh to order.
+const MODULES_DEP: &str = "\
+kernel/lib/libcrc32c.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/net/netfilter/nfnetlink.ko:
+kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko:
+kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko:
+kernel/net/netfilter/nf_conntrack.ko: kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko
+kernel/net/netfilter/nf_conntrack_netlink.ko: kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/net/netfilter/nf_nat.ko: kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko
+kernel/net/netfilter/nf_tables.ko: kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/net/netfilter/nft_ct.ko: kernel/net/netfilter/nf_tables.ko kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/net/netfilter/nft_nat.ko: kernel/net/netfilter/nf_nat.ko kernel/net/netfilter/nf_tables.ko kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/net/netfilter/nft_chain_nat.ko: kernel/net/netfilter/nf_nat.ko kernel/net/netfilter/nf_tables.ko kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/nfnetlink.ko
+kernel/net/netfilter/x_tables.ko:
+kernel/net/ipv4/netfilter/ip_tables.ko: kernel/net/netfilter/x_tables.ko
+kernel/net/ipv4/netfilter/iptable_filter.ko: kernel/net/ipv4/netfilter/ip_tables.ko kernel/net/netfilter/x_tables.ko
+kernel/net/ipv4/netfilter/iptable_raw.ko: kernel/net/ipv4/netfilter/ip_tables.ko kernel/net/netfilter/x_tables.ko
+kernel/net/ipv4/netfilter/iptable_nat.ko: kernel/net/ipv4/netfilter/ip_tables.ko kernel/net/netfilter/nf_nat.ko kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/x_tables.ko
+kernel/net/netfilter/xt_CT.ko: kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/x_tables.ko
+kernel/net/netfilter/xt_conntrack.ko: kernel/net/netfilter/nf_conntrack.ko kernel/net/ipv6/netfilter/nf_defrag_ipv6.ko kernel/net/ipv4/netfilter/nf_defrag_ipv4.ko kernel/lib/libcrc32c.ko kernel/net/netfilter/x_tables.ko
+kernel/fs/mbcache.ko:
+kernel/fs/jbd2/jbd2.ko:
+kernel/lib/crc16.ko:
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/fat/fat.ko:
+kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko:
+kernel/drivers/net/ethernet/broadcom/genet/genet.ko: kernel/drivers/net/mdio/mdio-bcm-unimac.ko
+kernel/drivers/net/mdio/mdio-bcm-unimac.ko:
+";
+/// Built in: no loading needed.
+const MODULES_BUILTIN: &str = "kernel/fs/nls/nls_cp437.ko\nkernel/fs/nls/nls_iso8859-1.ko\n";
+
+/// A root file system as the packages leave it before post-build: the
+/// relaybox package's rootfs-overlay/ and a kernel's modules.
+fn fake_target_dir(dir: &Path) -> PathBuf {
+    let target = dir.join("target");
+    let _ = std::fs::remove_dir_all(&target);
+    ok(Command::new("cp").arg("-a").arg(root().join("rootfs-overlay")).arg(&target));
+    std::fs::remove_file(target.join("README.md")).unwrap();
+    let kdir = target.join("lib/modules/6.1.174");
+    std::fs::create_dir_all(&kdir).unwrap();
+    std::fs::write(kdir.join("modules.dep"), MODULES_DEP).unwrap();
+    std::fs::write(kdir.join("modules.builtin"), MODULES_BUILTIN).unwrap();
+    for line in MODULES_DEP.lines() {
+        let ko = kdir.join(line.split(':').next().unwrap());
+        std::fs::create_dir_all(ko.parent().unwrap()).unwrap();
+        std::fs::write(ko, b"\x7fELF").unwrap();
+    }
+    target
+}
+
+/// What post-build.sh must leave in relaybox.load: every wanted module of
+/// the fixture, each after everything it needs.
+fn check_module_list(board: &str, load: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    let deps: BTreeMap<&str, Vec<&str>> = MODULES_DEP
+        .lines()
+        .map(|l| {
+            let (m, d) = l.split_once(':').unwrap();
+            (m, d.split_whitespace().collect())
+        })
+        .collect();
+    let name = |p: &str| p.rsplit('/').next().unwrap().trim_end_matches(".ko").replace('-', "_");
+    let lines: Vec<&str> = load.lines().collect();
+    let mut wanted: Vec<String> = read(&root().join("board/common/modules.list"))
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    wanted.extend(
+        board_conf(board).get("MODULES").map(String::as_str).unwrap_or("").split_whitespace().map(String::from),
+    );
+    for w in &wanted {
+        let w = w.replace('-', "_");
+        let in_kernel = deps.keys().any(|m| name(m) == w);
+        let listed = lines.iter().any(|l| name(l) == w);
+        if in_kernel && !listed {
+            errors.push(format!("{board}: relaybox.load lacks {w}, a module of this kernel"));
+        }
+        if !in_kernel && listed {
+            errors.push(format!("{board}: relaybox.load has {w}, which this kernel does not build as a module"));
+        }
+    }
+    for (i, l) in lines.iter().enumerate() {
+        match deps.get(l) {
+            None => errors.push(format!("{board}: relaybox.load line {l:?} is not a module path of modules.dep")),
+            Some(needs) => {
+                for d in needs {
+                    if !lines[..i].contains(d) {
+                        errors.push(format!("{board}: {l} is listed before {d}, which it needs"));
+                    }
+                }
+            }
+        }
+    }
+    if lines.iter().collect::<BTreeSet<_>>().len() != lines.len() {
+        errors.push(format!("{board}: relaybox.load lists a module twice"));
+    }
+    errors
+}
+
+/// A partition of a disk image: offsets in bytes, the type as a GPT GUID or
+/// an MBR type in hex.
+#[derive(Debug)]
+struct Partition {
+    start: u64,
+    size: u64,
+    kind: String,
+    name: String,
+    bootable: bool,
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as u64
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+fn guid(b: &[u8]) -> String {
+    format!(
+        "{:08X}-{:04X}-{:04X}-{}-{}",
+        le32(b, 0),
+        u16::from_le_bytes([b[4], b[5]]),
+        u16::from_le_bytes([b[6], b[7]]),
+        b[8..10].iter().map(|x| format!("{x:02X}")).collect::<String>(),
+        b[10..16].iter().map(|x| format!("{x:02X}")).collect::<String>()
+    )
+}
+
+/// The partition table of a disk image: (GPT?, partitions in table order).
+fn partitions(disk: &[u8]) -> Result<(bool, Vec<Partition>), String> {
+    if disk.len() < 34 * 512 || disk[510..512] != [0x55, 0xaa] {
+        return Err("no MBR signature".into());
+    }
+    let mbr: Vec<&[u8]> = (0..4).map(|i| &disk[446 + 16 * i..446 + 16 * (i + 1)]).filter(|e| e[4] != 0).collect();
+    if mbr.len() == 1 && mbr[0][4] == 0xee {
+        let header = &disk[512..1024];
+        if &header[..8] != b"EFI PART" {
+            return Err("protective MBR without a GPT header".into());
+        }
+        let (at, count, size) = (le64(header, 72) * 512, le32(header, 80), le32(header, 84));
+        let mut parts = Vec::new();
+        for i in 0..count {
+            let e = &disk[(at + i * size) as usize..(at + (i + 1) * size) as usize];
+            if e[..16].iter().all(|&x| x == 0) {
+                continue;
+            }
+            let name: Vec<u16> =
+                e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&c| c != 0).collect();
+            parts.push(Partition {
+                start: le64(e, 32) * 512,
+                size: (le64(e, 40) - le64(e, 32) + 1) * 512,
+                kind: guid(&e[..16]),
+                name: String::from_utf16_lossy(&name),
+                bootable: le64(e, 48) & 4 != 0,
+            });
+        }
+        return Ok((true, parts));
+    }
+    let parts = mbr
+        .iter()
+        .map(|e| Partition {
+            start: le32(e, 8) * 512,
+            size: le32(e, 12) * 512,
+            kind: format!("{:02x}", e[4]),
+            name: String::new(),
+            bootable: e[0] == 0x80,
+        })
+        .collect();
+    Ok((false, parts))
+}
+
+/// The FAT volume label of a FAT32 file system image.
+fn fat32_label(part: &[u8]) -> Option<String> {
+    (part.len() > 90 && &part[82..87] == b"FAT32")
+        .then(|| String::from_utf8_lossy(&part[71..82]).trim_end().to_string())
+}
+
+/// The volume label of an ext2/3/4 file system image.
+fn ext4_label(part: &[u8]) -> Option<String> {
+    (part.len() > 1024 + 136 && part[1024 + 56..1024 + 58] == [0x53, 0xef]).then(|| {
+        let name = &part[1024 + 120..1024 + 136];
+        String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap_or(16)]).into_owned()
+    })
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn post_build_and_post_image_lay_out_the_xtask_disk_with_genimage() {
+    let p = prepared();
+    let mut errors = Vec::new();
+    for b in &p.boards {
+        let conf = board_conf(b.name);
+        let scratch = work().join("scripts").join(b.name);
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).unwrap();
+
+        // post-build.sh, twice: Buildroot runs it again at each `make`.
+        let target = fake_target_dir(&scratch);
+        let script_env = |cmd: &mut Command| {
+            cmd.current_dir(&p.buildroot)
+                .env("BR2_CONFIG", b.out.join(".config"))
+                .env("TARGET_DIR", &target)
+                .env("BUILD_DIR", scratch.join("build"))
+                .env("BINARIES_DIR", scratch.join("images"))
+                .env("BASE_DIR", &scratch);
+        };
+        for _ in 0..2 {
+            let mut cmd = Command::new(tree().join("board/post-build.sh"));
+            cmd.arg(&target).arg(b.name);
+            script_env(&mut cmd);
+            ok(&mut cmd);
+        }
+        let installed = read(&target.join("etc/relaybox/board.conf"));
+        assert_eq!(installed, read(&root().join("board").join(b.name).join("board.conf")), "{}: board.conf", b.name);
+        let inittab = read(&target.join("etc/inittab"));
+        let console = if conf.get("CONSOLE_SHELL").is_some_and(|v| v == "yes") {
+            "::respawn:-/bin/sh".to_string()
+        } else {
+            format!("{0}::respawn:/sbin/getty -L {1} {0} vt100", conf["CONSOLE"], conf["CONSOLE_BAUD"])
+        };
+        let n = inittab.lines().filter(|l| *l == console).count();
+        if n != 1 || !inittab.contains("::sysinit:/etc/init.d/rcS") {
+            errors.push(format!("{}: inittab should have rcS and `{console}` once:\n{inittab}", b.name));
+        }
+        let resolv = std::fs::read_link(target.join("etc/resolv.conf")).ok();
+        if resolv.as_deref() != Some(Path::new("../run/resolv.conf")) {
+            errors.push(format!("{}: /etc/resolv.conf -> {resolv:?}, not ../run/resolv.conf", b.name));
+        }
+        errors.extend(check_module_list(b.name, &read(&target.join("lib/modules/6.1.174/relaybox.load"))));
+
+        // post-image.sh on what this configuration's packages install in
+        // BINARIES_DIR (names from printvars), with the real genimage.
+        let images = scratch.join("images");
+        let mut inputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        let mut input = |rel: &str, what: &str| {
+            let data = format!("{what} for {}\n", b.name).into_bytes();
+            inputs.push((images.join(rel), data.clone()));
+            data
+        };
+        let kernel = input(b.var("LINUX_IMAGE_NAME"), "kernel");
+        let cpio = format!("{}{}", b.var("ROOTFS_CPIO_FINAL_IMAGE_NAME"), b.var("ROOTFS_CPIO_COMPRESS_EXT"));
+        let initrd = input(&cpio, "initramfs");
+        let mut efi = None;
+        for tuple in b.var_or_empty("GRUB2_TUPLES-y").split_whitespace() {
+            let image = b.var(&format!("GRUB2_IMAGE_{tuple}"));
+            let rel = Path::new(image).strip_prefix(b.out.join("images")).unwrap().display().to_string();
+            efi = Some((Path::new(image).file_name().unwrap().to_string_lossy().to_uppercase(), input(&rel, tuple)));
+        }
+        for f in b.var_or_empty("RPI_FIRMWARE_FILES").split_whitespace() {
+            input(&format!("rpi-firmware/{f}"), f);
+        }
+        for dtb in b.var_or_empty("LINUX_DTBS").split_whitespace() {
+            input(Path::new(dtb).file_name().unwrap().to_str().unwrap(), dtb);
+        }
+        for (path, data) in &inputs {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
+        std::fs::create_dir_all(scratch.join("build")).unwrap();
+        let mut cmd = Command::new(tree().join("board/post-image.sh"));
+        cmd.arg(&images).arg(b.name);
+        script_env(&mut cmd);
+        let out = run(&mut cmd);
+        if !out.status.success() {
+            errors.push(format!(
+                "{}: post-image.sh failed ({}):\n{}{}",
+                b.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            continue;
+        }
+        errors.extend(check_disk(b.name, &conf, &images, &kernel, &initrd, efi));
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// disk.img against the layout of `cargo xtask image` for this board.
+fn check_disk(
+    board: &str,
+    conf: &BTreeMap<String, String>,
+    images: &Path,
+    kernel: &[u8],
+    initrd: &[u8],
+    efi: Option<(String, Vec<u8>)>,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut e = |m: String| errors.push(format!("{board}: {m}"));
+    check_disk_into(&mut e, board, conf, images, kernel, initrd, efi);
+    errors
+}
+
+fn check_disk_into(
+    e: &mut dyn FnMut(String),
+    board: &str,
+    conf: &BTreeMap<String, String>,
+    images: &Path,
+    kernel: &[u8],
+    initrd: &[u8],
+    efi: Option<(String, Vec<u8>)>,
+) {
+    let disk = std::fs::read(images.join("disk.img")).unwrap();
+    let gpt = conf["DISK_LAYOUT"] == "gpt-efi";
+    let parts = match partitions(&disk) {
+        Ok((is_gpt, parts)) if is_gpt == gpt && parts.len() == 2 => parts,
+        other => {
+            e(format!("want a {} table with 2 partitions: {other:?}", if gpt { "GPT" } else { "MBR" }));
+            return;
+        }
+    };
+    const MIB: u64 = 1024 * 1024;
+    let (boot, cfg) = (&parts[0], &parts[1]);
+    let esp_min: u64 = conf["ESP_SIZE_MIB"].parse().unwrap();
+    let cfg_size: u64 = conf["CFG_SIZE_MIB"].parse().unwrap();
+    if boot.start != MIB || boot.size < esp_min * MIB || boot.size % MIB != 0 {
+        e(format!("the boot partition should start at 1 MiB, {esp_min} MiB or more, whole MiB: {boot:?}"));
+    }
+    if cfg.start != boot.start + boot.size || cfg.size != cfg_size * MIB {
+        e(format!("the config partition should follow the boot partition, {cfg_size} MiB: {cfg:?}"));
+    }
+    let (boot_type, cfg_type) = if gpt {
+        ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+    } else {
+        ("0c", "83")
+    };
+    if boot.kind != boot_type || cfg.kind != cfg_type {
+        e(format!("partition types should be {boot_type} and {cfg_type}: {boot:?} {cfg:?}"));
+    }
+    if gpt && (boot.name != "RELAYBOX_BOOT" || cfg.name != "RELAYBOX_CFG") {
+        e(format!("GPT names should be RELAYBOX_BOOT and RELAYBOX_CFG: {boot:?} {cfg:?}"));
+    }
+    if !gpt && (!boot.bootable || cfg.bootable) {
+        e(format!("the Pi's boot partition (only) should be marked bootable: {boot:?} {cfg:?}"));
+    }
+    let slice = |p: &Partition| disk.get(p.start as usize..(p.start + p.size) as usize).unwrap_or(&[]).to_vec();
+    let boot_img = images.join("check-boot.img");
+    std::fs::write(&boot_img, slice(boot)).unwrap();
+    if fat32_label(&slice(boot)).as_deref() != Some("RELAYBOX") {
+        e(format!("the boot partition is not FAT32 labelled RELAYBOX ({:?})", fat32_label(&slice(boot))));
+    }
+    let file = |path: &str| {
+        let out = run(Command::new("mtype").arg("-i").arg(&boot_img).arg(format!("::{path}")));
+        out.status.success().then_some(out.stdout)
+    };
+    let cmdline = &conf["KERNEL_CMDLINE"];
+    if file("/vmlinuz").as_deref() != Some(kernel) || file("/initrd.img").as_deref() != Some(initrd) {
+        e("the boot partition lacks the kernel (vmlinuz) or the initramfs (initrd.img)".into());
+    }
+    if gpt {
+        let (name, data) = efi.unwrap_or_default();
+        if name.is_empty() || file(&format!("/EFI/BOOT/{name}")).as_deref() != Some(&data[..]) {
+            e(format!("no EFI boot loader at /EFI/BOOT/{name}"));
+        }
+        let grub = file("/EFI/BOOT/grub.cfg").map(|d| String::from_utf8_lossy(&d).into_owned()).unwrap_or_default();
+        if !grub.contains(&format!("linux /vmlinuz {cmdline}\n")) || !grub.contains("initrd /initrd.img") {
+            e(format!("grub.cfg does not boot /vmlinuz {cmdline} with /initrd.img:\n{grub}"));
+        }
+    } else {
+        let config_txt = read(&root().join("board").join(board).join("config.txt"));
+        if file("/config.txt").as_deref() != Some(config_txt.as_bytes()) {
+            e("config.txt is not board/<board>/config.txt".into());
+        }
+        if file("/cmdline.txt").as_deref() != Some(format!("{cmdline}\n").as_bytes()) {
+            e(format!("cmdline.txt is not {cmdline:?}"));
+        }
+        for f in ["start4.elf", "fixup4.dat"] {
+            if file(&format!("/{f}")).is_none() {
+                e(format!("the GPU firmware's {f} is missing"));
+            }
+        }
+        for dtb in conf["DTBS"].split_whitespace() {
+            let name = Path::new(dtb).file_name().unwrap().to_str().unwrap();
+            if file(&format!("/{name}")).is_none() {
+                e(format!("{name} is missing"));
+            }
+        }
+    }
+    let cfg_data = slice(cfg);
+    let cfg_img = images.join("check-config.img");
+    std::fs::write(&cfg_img, &cfg_data).unwrap();
+    match conf.get("CFG_FS").map(String::as_str).unwrap_or("ext4") {
+        "vfat" => {
+            if fat32_label(&cfg_data).as_deref() != Some(xtask::disk::CFG_LABEL_FAT) {
+                e(format!("the config partition should be vfat {} (board.conf CFG_FS)", xtask::disk::CFG_LABEL_FAT));
+            }
+            let listing = ok(Command::new("mdir").arg("-b").arg("-i").arg(&cfg_img).arg("::/"));
+            if !listing.trim().is_empty() {
+                e(format!("the config partition should be empty: {listing}"));
+            }
+        }
+        _ => {
+            if ext4_label(&cfg_data).as_deref() != Some(xtask::disk::CFG_LABEL) {
+                e(format!("the config partition should be ext4 {} (board.conf CFG_FS)", xtask::disk::CFG_LABEL));
+            }
+            let listing = ok(Command::new("debugfs").arg("-R").arg("ls -p /").arg(&cfg_img));
+            let names: Vec<&str> =
+                listing.lines().filter_map(|l| l.split('/').nth(5)).filter(|n| !n.is_empty()).collect();
+            if names.iter().any(|n| ![".", "..", "lost+found"].contains(n)) {
+                e(format!("the config partition should be empty: {names:?}"));
+            }
+        }
+    }
+    if std::fs::metadata(images.join("disk.img.xz")).map(|m| m.len()).unwrap_or(0) == 0 {
+        e("no disk.img.xz".into());
+    }
+}
+
+/// The words of a shell command line (quotes removed; enough for the
+/// commands Buildroot prints: VAR="value" assignments and plain words).
+fn shell_words(text: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// A cargo step as printvars shows it: `cd DIR && VAR=... cargo ARGS`.
+struct CargoStep {
+    text: String,
+    args: Vec<String>,
+}
+
+fn cargo_step(b: &Board, var: &str) -> CargoStep {
+    let text = b.var(var).to_string();
+    let after_cd = text.split_once("&&").map(|(_, rest)| rest).unwrap_or_else(|| panic!("{var}: no `cd ... &&`"));
+    let words = shell_words(after_cd);
+    let at = words.iter().position(|w| w == "cargo").unwrap_or_else(|| panic!("{var}: no cargo in {text}"));
+    assert!(words[..at].iter().all(|w| w.contains('=')), "{}: {var}: more than assignments before cargo", b.name);
+    CargoStep { text, args: words[at + 1..].to_vec() }
+}
+
+/// The host programs standing in for the Buildroot toolchain's, by the
+/// Rust target (as host-tools/xtask/cross.toml): a C compiler with musl's
+/// headers, the linker (rustc brings musl's crt objects and libc.a, so a
+/// plain gcc links), the archiver.
+fn host_toolchain(rust_target: &str) -> (&'static str, &'static str, &'static str) {
+    match rust_target {
+        "x86_64-unknown-linux-musl" => ("musl-gcc", "cc", "ar"),
+        "aarch64-unknown-linux-musl" => (
+            "aarch64-linux-gnu-gcc -isystem /usr/include/aarch64-linux-musl",
+            "aarch64-linux-gnu-gcc",
+            "aarch64-linux-gnu-ar",
+        ),
+        other => panic!("no host toolchain for {other}"),
+    }
+}
+
+/// The toolchain programs the build commands name (TARGET_CROSS gcc, as
+/// CC and as the linker, found first in PATH at HOST_DIR/bin, and gcc-ar)
+/// as wrappers around the host's tools for the same target.
+fn toolchain_wrappers(b: &Board) {
+    let cross = b.var("TARGET_CROSS");
+    let (cc, ld, ar) = host_toolchain(b.var("RUSTC_TARGET_NAME"));
+    let gcc = format!("for a in \"$@\"; do case \"$a\" in -c|-E|-S) exec {cc} \"$@\";; esac; done\nexec {ld} \"$@\"\n");
+    use std::os::unix::fs::PermissionsExt;
+    for (suffix, body) in [("gcc", gcc), ("gcc-ar", format!("exec {ar} \"$@\"\n"))] {
+        let path = PathBuf::from(format!("{cross}{suffix}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n# stands in for Buildroot's toolchain (test)\n{body}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Runs a printed cargo step: in RELAYBOX_SRCDIR, with the printed
+/// environment, except CARGO_HOME (a fresh directory: only the vendored
+/// crates can serve). CARGO_TARGET_DIR keeps the compiled crates between
+/// runs (Buildroot builds in the source's target/), so that a rerun
+/// recompiles only the workspace's crates.
+fn run_step(b: &Board, step: &CargoStep, srcdir: &str, cargo_home: &Path, extra: &str, log: &Path) -> Output {
+    let rest = step.text.split_once("&&").unwrap().1;
+    let br_home = b.var("BR_CARGO_HOME");
+    assert!(rest.contains(&format!("CARGO_HOME={br_home} ")), "{}: no CARGO_HOME={br_home} in {rest}", b.name);
+    let rest = rest.replace(&format!("CARGO_HOME={br_home} "), &format!("CARGO_HOME={} ", cargo_home.display()));
+    let script = format!("cd '{srcdir}' && {rest} {extra} > '{}' 2>&1", log.display());
+    Command::new("sh").arg("-c").arg(script).env("CARGO_TARGET_DIR", work().join("cargo-target")).output().unwrap()
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Overrides for a working tree with uncommitted changes: Buildroot fetches
+/// HEAD, so the test fetches a commit of the working tree instead (made by
+/// `git stash create`, pushed to a scratch repository; the checkout's refs
+/// are left alone). Empty for a clean tree: Buildroot's own SITE/VERSION.
+fn working_tree_overrides() -> Vec<String> {
+    let git = |args: &[&str]| ok(Command::new("git").arg("-C").arg(root()).args(args)).trim().to_string();
+    let stash = git(&["stash", "create"]);
+    if stash.is_empty() {
+        return Vec::new();
+    }
+    let scratch = work().join("worktree.git");
+    if !scratch.join("HEAD").exists() {
+        ok(Command::new("git").arg("init").arg("-q").arg("--bare").arg(&scratch));
+    }
+    git(&["push", "-q", "-f", &scratch.display().to_string(), &format!("{stash}:refs/heads/worktree")]);
+    eprintln!("buildroot: uncommitted changes: building the working tree as {stash} (untracked files are not in it)");
+    vec![format!("RELAYBOX_SITE={}", scratch.display()), format!("RELAYBOX_VERSION={stash}")]
+}
+
+#[test]
+#[ignore = "runs Buildroot and cargo: ci/test.sh"]
+fn the_package_downloads_builds_and_installs_with_cargo_offline() {
+    let p = prepared();
+    let t0 = Instant::now();
+    let head = ok(Command::new("git").arg("-C").arg(root()).args(["rev-parse", "HEAD"])).trim().to_string();
+    let workspace: toml_lite::Cargo = toml_lite::Cargo::read(&root().join("Cargo.toml"));
+    let mut errors = Vec::new();
+
+    // What every board's package says.
+    let mut lines = BTreeSet::new();
+    for b in &p.boards {
+        let e = |m: String| format!("{}: {m}", b.name);
+        if b.var("RELAYBOX_SITE_METHOD") != "git" {
+            errors.push(e(format!(
+                "RELAYBOX_SITE_METHOD is {}: only a download gets Buildroot's cargo vendoring",
+                b.var("RELAYBOX_SITE_METHOD")
+            )));
+        }
+        if Path::new(b.var("RELAYBOX_SITE")) != root() || b.var("RELAYBOX_VERSION") != head {
+            errors.push(e(format!(
+                "the package should fetch this checkout's HEAD: SITE {} VERSION {}",
+                b.var("RELAYBOX_SITE"),
+                b.var("RELAYBOX_VERSION")
+            )));
+        }
+        // (Buildroot's cargo infrastructure appends a note on the vendored crates.)
+        if !b.var("RELAYBOX_LICENSE").starts_with("GPL-2.0+") || workspace.license != "GPL-2.0-or-later" {
+            errors.push(e(format!("licence {} vs the workspace's {}", b.var("RELAYBOX_LICENSE"), workspace.license)));
+        }
+        for f in b.var("RELAYBOX_LICENSE_FILES").split_whitespace() {
+            let text = std::fs::read_to_string(root().join(f)).unwrap_or_default();
+            if !text.contains("GNU GENERAL PUBLIC LICENSE") || !text.contains("Version 2, June 1991") {
+                errors.push(e(format!("RELAYBOX_LICENSE_FILES {f} is not the GPL-2.0 text")));
+            }
+        }
+        let build = cargo_step(b, "RELAYBOX_BUILD_CMDS");
+        let install = cargo_step(b, "RELAYBOX_INSTALL_TARGET_CMDS");
+        for (step, args) in [("build", &build.args), ("install", &install.args)] {
+            for flag in ["--offline", "--locked"] {
+                if !args.iter().any(|a| a == flag) {
+                    errors.push(e(format!("cargo {step} without {flag}: {args:?}")));
+                }
+            }
+            if args.iter().filter(|a| *a == "--path").count() > 1 {
+                errors.push(e(format!("cargo {step} gets --path twice (cargo refuses): {args:?}")));
+            }
+        }
+        let features = |args: &[String]| {
+            let i = args.iter().position(|a| a == "--features");
+            (args.contains(&"--no-default-features".to_string()), i.map(|i| args[i + 1].clone()))
+        };
+        if features(&build.args) != features(&install.args) {
+            errors.push(e(format!("install builds other features than build: {:?} / {:?}", build.args, install.args)));
+        }
+        lines.insert(format!(
+            "{:?} {:?}",
+            build.args,
+            install.args.iter().filter(|a| !a.starts_with('/')).collect::<Vec<_>>()
+        ));
+    }
+    if lines.len() != 1 {
+        errors.push(format!("the boards' cargo command lines differ: {lines:#?}"));
+    }
+    // The host's cross settings must not reach other cargo builds.
+    let cargo_config = read(&root().join(".cargo/config.toml"));
+    for line in cargo_config.lines().map(str::trim) {
+        if line.starts_with("[target") || line.starts_with("[env") || line.starts_with("[build") {
+            errors.push(format!(".cargo/config.toml has {line}: host toolchain settings reach Buildroot's cargo"));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+
+    // Buildroot's download (git clone of the checkout, cargo vendor) and
+    // extract steps, for the x86_64 board. host-rustc and host-tar are
+    // download dependencies Buildroot would build first: the host's cargo
+    // and tar stand in for them.
+    let b = p.boards.iter().find(|b| b.name == "qemu-x86_64").unwrap();
+    let overrides = working_tree_overrides();
+    let vars = if overrides.is_empty() { b.vars.clone() } else { printvars(&p.buildroot, &b.out, VARS, &overrides) };
+    let b = Board {
+        name: b.name,
+        out: b.out.clone(),
+        defconfig: BTreeSet::new(),
+        saved: BTreeSet::new(),
+        config: BTreeMap::new(),
+        vars,
+    };
+    let build_dir = b.out.join("build");
+    for old in std::fs::read_dir(&build_dir).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy().starts_with("relaybox-") && old.path() != Path::new(b.var("RELAYBOX_DIR"))
+        {
+            std::fs::remove_dir_all(old.path()).unwrap();
+        }
+    }
+    let dl = work().join("dl/relaybox");
+    for old in std::fs::read_dir(&dl).into_iter().flatten().flatten() {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tar.gz") && name != b.var("RELAYBOX_SOURCE") {
+            std::fs::remove_file(old.path()).unwrap();
+        }
+    }
+    let log = work().join("relaybox-extract.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let out = run(make(&p.buildroot, &b.out)
+        .args(&overrides)
+        .args(["relaybox-extract", "RELAYBOX_DOWNLOAD_DEPENDENCIES=", "RELAYBOX_EXTRACT_DEPENDENCIES=", "TAR=tar"])
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file));
+    assert!(out.status.success(), "make relaybox-extract failed:\n{}", tail(&log));
+    eprintln!("buildroot: {} downloaded and extracted ({:.0} s)", b.var("RELAYBOX_SOURCE"), t0.elapsed().as_secs_f64());
+
+    let top = PathBuf::from(b.var("RELAYBOX_DIR"));
+    let srcdir = b.var("RELAYBOX_SRCDIR").to_string();
+    assert!(top.join("VENDOR").is_dir(), "the download has no vendored crates (VENDOR/)");
+    let vendored = read(&top.join(".cargo/config.toml"));
+    assert!(
+        vendored.contains("replace-with = \"vendored-sources\"") && vendored.contains("directory = \"VENDOR\""),
+        "{vendored}"
+    );
+    assert!(!top.join("target").exists(), "the download carries the checkout's target/");
+    assert!(top.join("COPYING").is_file(), "the download has no COPYING");
+
+    // Build, then install into TARGET_DIR, as printed.
+    toolchain_wrappers(&b);
+    let cargo_home = work().join("cargo-home");
+    let _ = std::fs::remove_dir_all(&cargo_home);
+    std::fs::create_dir_all(&cargo_home).unwrap();
+    let target_dir = PathBuf::from(b.var("TARGET_DIR"));
+    let _ = std::fs::remove_dir_all(&target_dir);
+    std::fs::create_dir_all(target_dir.join("usr")).unwrap();
+    for (var, name) in [("RELAYBOX_BUILD_CMDS", "build"), ("RELAYBOX_INSTALL_TARGET_CMDS", "install")] {
+        let log = work().join(format!("relaybox-{name}.log"));
+        let out = run_step(&b, &cargo_step(&b, var), &srcdir, &cargo_home, "", &log);
+        assert!(out.status.success(), "{var} failed:\n{}", tail(&log));
+        eprintln!("buildroot: cargo {name} done ({:.0} s)", t0.elapsed().as_secs_f64());
+    }
+    let bin = target_dir.join("usr/bin/relaybox");
+    xtask::build::check_static(&bin).unwrap_or_else(|e| panic!("{e:#}"));
+    let version = ok(Command::new(&bin).arg("--version"));
+    assert_eq!(version.trim(), format!("relaybox {}", workspace.version));
+    // The package's options: relay, web and clock, no dispatcher.
+    for (sub, present) in [("relay", true), ("web", true), ("clock", true), ("dispatcher", false)] {
+        let status = run(Command::new(&bin).arg(sub).arg("--help")).status;
+        assert_eq!(status.success(), present, "relaybox {sub} --help: {status} (features of the package options)");
+    }
+    let size = std::fs::metadata(&bin).unwrap().len();
+    eprintln!("buildroot: {} static, {} ({:.0} s)", bin.display(), xtask::mib(size), t0.elapsed().as_secs_f64());
+
+    // The aarch64 board's command line, resolved by cargo for its target on
+    // the same vendored source (without compiling it again).
+    let a = p.boards.iter().find(|b| b.name == "qemu-aarch64").unwrap();
+    toolchain_wrappers(a);
+    let log = work().join("relaybox-aarch64.log");
+    let out = run_step(
+        a,
+        &cargo_step(a, "RELAYBOX_BUILD_CMDS"),
+        &srcdir,
+        &cargo_home,
+        "-Z unstable-options --unit-graph",
+        &log,
+    );
+    assert!(out.status.success(), "aarch64 build command:\n{}", tail(&log));
+    let graph = read(&log);
+    let json = graph.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no unit graph:\n{graph}"));
+    let graph: serde_json::Value = serde_json::from_str(json).unwrap();
+    let units = graph["units"].as_array().unwrap();
+    assert!(
+        units.iter().any(|u| u["pkg_id"].as_str().is_some_and(|id| id.contains("relaybox"))
+            && u["platform"] == a.var("RUSTC_TARGET_NAME")),
+        "no relaybox unit for {}",
+        a.var("RUSTC_TARGET_NAME")
+    );
+}
+
+/// Just enough of the workspace's Cargo.toml.
+mod toml_lite {
+    pub struct Cargo {
+        pub version: String,
+        pub license: String,
+    }
+    impl Cargo {
+        pub fn read(path: &std::path::Path) -> Cargo {
+            let text = std::fs::read_to_string(path).unwrap();
+            let get = |key: &str| {
+                text.lines()
+                    .skip_while(|l| l.trim() != "[workspace.package]")
+                    .find_map(|l| l.trim().strip_prefix(&format!("{key} = ")).map(|v| v.trim_matches('"').to_string()))
+                    .unwrap_or_else(|| panic!("[workspace.package] {key}"))
+            };
+            Cargo { version: get("version"), license: get("license") }
+        }
+    }
+}
