@@ -137,7 +137,10 @@ impl Relay {
                 }
                 Event::FlowUp(flow) => self.flows.push(flow.id),
                 Event::FlowDown(id) => self.flows.retain(|f| *f != id),
-                Event::Expired(_) | Event::Latched(_) => {}
+                Event::RouteUp(route) => {
+                    assert!(route.port >= RANGE.0 && route.port < RANGE.1, "route {route:?} outside the range");
+                }
+                Event::Expired(_) | Event::Latched(_) | Event::RouteDown(_) => {}
             }
         }
         let total = usize::from(RANGE.1 - RANGE.0);
@@ -146,7 +149,14 @@ impl Relay {
 }
 
 fn config(kernel: bool) -> CoreConfig {
-    CoreConfig { port_range: RANGE, max_sessions: 4, max_streams: 8, kernel_flows: kernel, ..CoreConfig::default() }
+    CoreConfig {
+        port_range: RANGE,
+        max_sessions: 4,
+        max_streams: 8,
+        kernel_flows: kernel,
+        forwarding_entries: true,
+        ..CoreConfig::default()
+    }
 }
 
 fuzz_target!(|ops: Vec<Op>| {

@@ -64,6 +64,7 @@ pub const KNOWN_OPTIONS: &[KnownOption] = &[
     ext("Relay", "datapath"),
     ext("Relay", "latching_window"),
     ext("Relay", "signaling_proxies"),
+    ext("Relay", "io_threads"),
     mp("Dispatcher", "socket_path"),
     mp("Dispatcher", "listen"),
     mp("Dispatcher", "listen_management"),
@@ -300,6 +301,10 @@ pub struct RelayConfig {
     /// says nothing about the phone's NAT and vouches for no media source.
     /// Default none.
     pub signaling_proxies: Vec<IpNet>,
+    /// relaybox: threads that receive and forward media in userspace, each
+    /// polling its share of the ports (0, the default: one per CPU; at
+    /// most 64).
+    pub io_threads: usize,
 }
 
 impl Default for RelayConfig {
@@ -328,6 +333,7 @@ impl Default for RelayConfig {
             datapath: DatapathMode::Auto,
             latching_window: Duration::from_secs(3),
             signaling_proxies: Vec::new(),
+            io_threads: 0,
         }
     }
 }
@@ -367,6 +373,7 @@ impl RelayConfig {
                 self.latching_window = value::fractional_seconds(v, Duration::ZERO, Duration::from_secs(60))?
             }
             "signaling_proxies" => self.signaling_proxies = value::networks(v)?,
+            "io_threads" => self.io_threads = value::count(v, 0, 64)? as usize,
             _ => return unknown(name),
         }
         Ok(())

@@ -25,7 +25,7 @@ use relaybox_proto::SessionStats;
 /// The `ipnet` version used by [`CoreConfig::routable_private_ranges`].
 pub use ipnet;
 pub use session::Side;
-pub use snapshot::{ClockMark, Snapshot, SnapshotError};
+pub use snapshot::{ClockMark, Snapshot, SnapshotCache, SnapshotError};
 pub use table::SessionTable;
 
 /// Unix time, or a duration, in milliseconds.
@@ -60,6 +60,11 @@ pub struct CoreConfig {
     /// Hand latched streams to the kernel: emit [`Event::FlowUp`] and
     /// [`Event::FlowDown`]. Off for the userspace datapath.
     pub kernel_flows: bool,
+    /// Tell the daemon the verdict of each latched port ahead of time:
+    /// emit [`Event::RouteUp`] and [`Event::RouteDown`], so that it can
+    /// forward a latched party's datagrams without asking (see [`Route`])
+    /// and report them with [`SessionTable::forwarded`].
+    pub forwarding_entries: bool,
 }
 
 impl Default for CoreConfig {
@@ -74,6 +79,7 @@ impl Default for CoreConfig {
             max_sessions: 10_000,
             max_streams: 16,
             kernel_flows: false,
+            forwarding_entries: false,
         }
     }
 }
@@ -103,6 +109,39 @@ pub enum Event {
     /// learning window), or a latch moved to a new source (a phone's NAT
     /// mapping changed). Ordinary first latches are not reported.
     Latched(Latch),
+    /// With [`CoreConfig::forwarding_entries`]: the verdict for datagrams
+    /// from a latched party on `route.port` is fixed until the next
+    /// [`Event::RouteUp`] or [`Event::RouteDown`] for that port (it
+    /// replaces any earlier route of the port).
+    RouteUp(Route),
+    /// The route of this port is no longer the core's verdict: its
+    /// datagrams go through [`SessionTable::on_packet`] again. Queued
+    /// before the port's [`Event::ClosePorts`] when its stream ends.
+    RouteDown(u16),
+}
+
+/// A forwarding entry: the core's verdict, computed ahead, for every
+/// datagram that arrives on `port` from the party latched there, as long
+/// as the stream stays as it is. [`SessionTable::on_packet`] would answer
+/// `Forward { via_port, to }` for such a datagram and change nothing but
+/// counters and the stream's activity time, which the daemon hands back
+/// with [`SessionTable::forwarded`]. STUN is not covered (it is not
+/// media): [`matches`](Self::matches) says which datagrams are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The relay port the datagram arrives on (even RTP, odd RTCP).
+    pub port: u16,
+    /// The latched party: the only source the route is for.
+    pub from: SocketAddr,
+    pub via_port: u16,
+    pub to: SocketAddr,
+}
+
+impl Route {
+    /// True when `packet` from `src` gets this route's verdict.
+    pub fn matches(&self, src: SocketAddr, packet: &[u8]) -> bool {
+        src == self.from && !session::is_stun(packet)
+    }
 }
 
 /// Why a source may latch a leg. Ranked by [`rank`](Self::rank): a latched

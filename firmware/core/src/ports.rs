@@ -16,7 +16,7 @@ pub(crate) struct PortOwner {
     pub side: Side,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct PortPool {
     /// The first even port of the range (never 0).
     first: u32,

@@ -67,6 +67,10 @@ pub(crate) struct Leg {
     /// since the party's SDP address last changed: the learning window
     /// counts from here.
     pub window_opened: Option<Millis>,
+    /// `[RTP, RTCP]`: the route last announced for this leg's port
+    /// ([`Event::RouteUp`]); not saved, a restored table announces anew.
+    #[serde(skip)]
+    pub routes: [Option<crate::Route>; 2],
 }
 
 impl Leg {
@@ -332,6 +336,12 @@ impl Stream {
         }
         self.status = status;
         self.ended_at = Some(at);
+        // The daemon stops forwarding on its own before the ports go.
+        for leg in [&mut self.caller, &mut self.callee] {
+            for route in leg.routes.iter_mut().filter_map(Option::take) {
+                events.push_back(Event::RouteDown(route.port));
+            }
+        }
         for port in [self.caller.port, self.callee.port] {
             if port != 0 {
                 pool.release(port, events);
@@ -608,6 +618,12 @@ impl Session {
     /// the party other than `sender`.
     pub fn reply_ports(&self, sender: Side, items: &[MediaItem]) -> Vec<u16> {
         (0..items.len()).map(|i| self.current_stream(i).map_or(0, |s| s.reply_port(sender))).collect()
+    }
+
+    /// The even port of each leg of each live stream.
+    pub fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        let live = self.streams.iter().filter(|s| s.is_live());
+        live.flat_map(|s| [s.caller.port, s.callee.port]).filter(|p| *p != 0)
     }
 
     pub fn has_live_stream(&self) -> bool {

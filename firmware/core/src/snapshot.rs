@@ -5,12 +5,90 @@
 //! answers are wrong. Encoding and decoding are pure; the daemon writes and
 //! reads the file.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::session::Session;
 use crate::Millis;
 
 mod v3;
+
+/// A table's sessions encoded one by one and kept between snapshots, so
+/// that saving the table re-encodes only the sessions that changed since
+/// the last save ([`SessionTable::refresh_snapshot`](crate::SessionTable::refresh_snapshot)),
+/// in bounded steps, and the file is put together from the pieces
+/// ([`encode`](Self::encode)) without the table: the bytes are exactly
+/// those of [`Snapshot::encode`] for the table as it was at the last
+/// complete refresh.
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    /// Each session's postcard encoding, by session id (the table's order).
+    pub(crate) sessions: BTreeMap<u64, Vec<u8>>,
+    /// The fields before the sessions, encoded.
+    pub(crate) head: Vec<u8>,
+    /// False until the first refresh has taken every session in.
+    pub(crate) primed: bool,
+}
+
+/// The fields of [`Snapshot`] before `sessions`, in its order (postcard is
+/// positional: these bytes are the start of a [`Snapshot`]'s).
+#[derive(Serialize)]
+pub(crate) struct Head<'a> {
+    pub port_range: (u16, u16),
+    pub next_session_id: u64,
+    pub next_flow_id: u64,
+    pub bleed_drops: u64,
+    pub free: &'a [u16],
+}
+
+impl SnapshotCache {
+    pub fn new() -> Self {
+        SnapshotCache::default()
+    }
+
+    /// Sessions in the cache.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Bytes held for the encoded sessions.
+    pub fn encoded_bytes(&self) -> usize {
+        self.head.len() + self.sessions.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub(crate) fn put(&mut self, id: u64, session: &Session) {
+        // Serialising plain structs into a Vec cannot fail.
+        let bytes = postcard::to_allocvec(session).unwrap_or_default();
+        self.sessions.insert(id, bytes);
+    }
+
+    pub(crate) fn set_head(&mut self, head: &Head<'_>) {
+        self.head.clear();
+        self.head = postcard::to_extend(head, std::mem::take(&mut self.head)).unwrap_or_default();
+    }
+
+    /// The snapshot file's bytes (see [`Snapshot::encode`]), with `clock`.
+    pub fn encode(&self, clock: ClockMark) -> Vec<u8> {
+        let size = self.encoded_bytes() + 64;
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.head);
+        // A sequence's length is a varint, as a usize is.
+        let mut out = postcard::to_extend(&self.sessions.len(), out).unwrap_or_default();
+        for bytes in self.sessions.values() {
+            out.extend_from_slice(bytes);
+        }
+        let mut out = postcard::to_extend(&Some(clock), out).unwrap_or_default();
+        let length = u32::try_from(out.len() - HEADER).unwrap_or(u32::MAX);
+        out[8..HEADER].copy_from_slice(&length.to_le_bytes());
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+}
 
 /// `RBSS` + format version: a file of another program or version is refused
 /// rather than misread.

@@ -1,7 +1,7 @@
 //! The session table: updates and removes from the dispatcher, datagrams
 //! from the daemon's sockets, and the timer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamStatus, UpdateRequest};
@@ -9,13 +9,14 @@ use relaybox_proto::{MediaItem, PartyType, RemoveRequest, SessionStats, StreamSt
 use crate::address::{behind_nat, in_ranges, latch_rule, may_send_to, Expected};
 use crate::ports::{PortOwner, PortPool};
 use crate::session::{is_stun, KernelFlow, OfferState, Order, Session, Side, SideAddrs, SignalingIps, Stream};
+use crate::snapshot::SnapshotCache;
 use crate::{
     ClockMark, CoreConfig, CoreError, DropReason, Event, Flow, FlowCounters, FlowId, Latch, LatchRule, Millis, Relayed,
-    Snapshot, Verdict,
+    Route, Snapshot, Verdict,
 };
 
 /// All sessions of one relay. See the crate documentation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SessionTable {
     config: CoreConfig,
     pool: PortPool,
@@ -30,10 +31,13 @@ pub struct SessionTable {
     bleed_drops: u64,
     flows: Flows,
     relayed: Relayed,
+    /// Sessions changed (or gone) since the last
+    /// [`refresh_snapshot`](Self::refresh_snapshot).
+    dirty: HashSet<u64>,
 }
 
 /// Where each live kernel flow is, and the next id to hand out.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Flows {
     owner: HashMap<FlowId, (u64, u32)>,
     next_id: u64,
@@ -70,6 +74,7 @@ impl SessionTable {
             bleed_drops: 0,
             flows: Flows::default(),
             relayed: Relayed::default(),
+            dirty: HashSet::new(),
         }
     }
 
@@ -89,6 +94,42 @@ impl SessionTable {
             free: self.pool.free_order(),
             sessions: self.sessions.values().cloned().collect(),
         }
+    }
+
+    /// Brings `cache` up to date with the table, re-encoding at most
+    /// `budget` of the sessions that changed since its last refresh (every
+    /// session the first time). True when it is complete: then
+    /// [`SnapshotCache::encode`] gives what [`snapshot`](Self::snapshot)
+    /// would now. A daemon calls it in steps, letting packets and updates
+    /// in between, and encodes the file without the table.
+    pub fn refresh_snapshot(&mut self, cache: &mut SnapshotCache, budget: usize) -> bool {
+        if !cache.primed {
+            cache.sessions.clear();
+            self.dirty.extend(self.sessions.keys().copied());
+            cache.primed = true;
+        }
+        let batch: Vec<u64> = self.dirty.iter().take(budget).copied().collect();
+        for id in batch {
+            self.dirty.remove(&id);
+            match self.sessions.get(&id) {
+                Some(session) => cache.put(id, session),
+                None => {
+                    cache.sessions.remove(&id);
+                }
+            }
+        }
+        if !self.dirty.is_empty() {
+            return false;
+        }
+        let free = self.pool.free_order();
+        cache.set_head(&crate::snapshot::Head {
+            port_range: self.config.port_range,
+            next_session_id: self.next_session_id,
+            next_flow_id: self.flows.next_id,
+            bleed_drops: self.bleed_drops,
+            free: &free,
+        });
+        true
     }
 
     /// A table that continues from a [`snapshot`](Self::snapshot), possibly
@@ -135,6 +176,7 @@ impl SessionTable {
             let id = session.id;
             table.by_call_id.insert(session.call_id.clone(), id);
             table.sessions.insert(id, session);
+            table.dirty.insert(id);
             table.sync_flows(id);
             table.reschedule(id);
         }
@@ -208,6 +250,7 @@ impl SessionTable {
             Some(&id) => {
                 let session = self.sessions.get_mut(&id).ok_or(CoreError::UnknownSession)?;
                 let ports = apply_update(session, req, relay_ip, now, &mut ctx)?;
+                self.dirty.insert(id);
                 self.sync_flows(id);
                 self.reschedule(id);
                 return Ok(ports);
@@ -245,6 +288,7 @@ impl SessionTable {
         self.next_session_id += 1;
         self.by_call_id.insert(session.call_id.clone(), id);
         self.sessions.insert(id, session);
+        self.dirty.insert(id);
         self.reschedule(id);
         Ok(ports)
     }
@@ -262,6 +306,7 @@ impl SessionTable {
     /// number is forgotten.
     pub fn move_unbindable(&mut self, port: u16) -> Option<u16> {
         let (owner, new) = self.pool.reassign(port, &mut self.events)?;
+        self.dirty.insert(owner.session);
         let stream = self.sessions.get_mut(&owner.session).and_then(|s| s.stream_mut(owner.stream));
         match stream {
             Some(stream) => stream.leg_mut(owner.side).port = new,
@@ -287,6 +332,7 @@ impl SessionTable {
         let Some(session) = self.sessions.get_mut(&owner.session) else { return false };
         let Some(stream) = session.stream_mut(owner.stream) else { return false };
         stream.end(StreamStatus::Rejected, now, &mut self.pool, &mut self.events);
+        self.dirty.insert(owner.session);
         self.sync_flows(owner.session);
         self.reschedule(owner.session);
         true
@@ -301,7 +347,7 @@ impl SessionTable {
         let Some(&id) = self.by_call_id.get(call_id) else { return false };
         let Some(mut session) = self.take_session(id) else { return false };
         session.end_all(StreamStatus::Closed, session.last_update, &mut self.pool, &mut self.events);
-        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        sync_session(&mut session, &self.config, &mut self.flows, &mut self.events);
         true
     }
 
@@ -316,7 +362,7 @@ impl SessionTable {
         }
         let mut session = self.take_session(id).ok_or(CoreError::UnknownSession)?;
         session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
-        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        sync_session(&mut session, &self.config, &mut self.flows, &mut self.events);
         session.ended_at = Some(now);
         Ok(session.stats(now))
     }
@@ -332,10 +378,62 @@ impl SessionTable {
             self.relayed.bytes += packet.len() as u64;
         }
         if let Some(session) = latched {
+            self.dirty.insert(session);
             self.sync_flows(session);
             self.reschedule(session);
+        } else if let Some(owner) = self.pool.owner(local_port & !1) {
+            // Counters, the codec, a learning window or a STUN source may
+            // have changed; and the port's route may be due now.
+            self.dirty.insert(owner.session);
+            if self.config.forwarding_entries {
+                if let Some(session) = self.sessions.get_mut(&owner.session) {
+                    sync_routes(session, &self.config, &mut self.events);
+                }
+            }
         }
         verdict
+    }
+
+    /// Datagrams the daemon forwarded on `port` by its [`Route`] without
+    /// asking: `packets` of `bytes` in all, the last at `last`. They count
+    /// as [`on_packet`](Self::on_packet) would have counted them: for the
+    /// leg the port faces and as its stream's activity. Call it before
+    /// anything reads or ends the stream ([`ports_due`](Self::ports_due),
+    /// [`session_ports`](Self::session_ports)); counts for a port no
+    /// stream holds any more go to the relay's totals only.
+    pub fn forwarded(&mut self, port: u16, packets: u64, bytes: u64, last: Millis) {
+        if packets == 0 {
+            return;
+        }
+        self.relayed.packets += packets;
+        self.relayed.bytes += bytes;
+        let Some(owner) = self.pool.owner(port & !1) else { return };
+        let Some(stream) = self.sessions.get_mut(&owner.session).and_then(|s| s.stream_mut(owner.stream)) else {
+            return;
+        };
+        self.dirty.insert(owner.session);
+        if stream.is_live() {
+            stream.last_activity = stream.last_activity.max(last);
+        }
+        let leg = stream.leg_mut(owner.side);
+        leg.bytes = leg.bytes.saturating_add(bytes);
+        leg.packets = leg.packets.saturating_add(packets);
+    }
+
+    /// The ports (RTP; RTCP is the next one) of the live streams of the
+    /// sessions that [`handle_timeout`](Self::handle_timeout) would look at
+    /// now: what the daemon forwarded on them by route goes in with
+    /// [`forwarded`](Self::forwarded) first, so that no stream with traffic
+    /// times out.
+    pub fn ports_due(&self, now: Millis) -> Vec<u16> {
+        let due = self.timers.iter().take_while(|(at, _)| *at <= now).map(|(_, id)| *id);
+        due.filter_map(|id| self.sessions.get(&id)).flat_map(Session::live_ports).collect()
+    }
+
+    /// The ports (RTP; RTCP is the next one) of one call's live streams.
+    pub fn session_ports(&self, call_id: &str) -> Vec<u16> {
+        let session = self.by_call_id.get(call_id).and_then(|id| self.sessions.get(id));
+        session.map(|s| s.live_ports().collect()).unwrap_or_default()
     }
 
     fn packet_verdict(
@@ -472,11 +570,12 @@ impl SessionTable {
             }
             self.timers.remove(&(due, id));
             let Some(session) = self.sessions.get_mut(&id) else { continue };
+            self.dirty.insert(id);
             session.scheduled = None;
             for stream in &mut session.streams {
                 stream.check_timeout(&self.config, now, &mut self.pool, &mut self.events);
             }
-            sync_session(session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+            sync_session(session, &self.config, &mut self.flows, &mut self.events);
             match session.expiry(&self.config) {
                 Some(at) if at <= now => self.expire(id, now),
                 _ => self.reschedule(id),
@@ -564,7 +663,7 @@ impl SessionTable {
     fn expire(&mut self, id: u64, now: Millis) {
         let Some(mut session) = self.take_session(id) else { return };
         session.end_all(StreamStatus::Closed, now, &mut self.pool, &mut self.events);
-        sync_session(&mut session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+        sync_session(&mut session, &self.config, &mut self.flows, &mut self.events);
         // A session that timed out ended when its media stopped.
         let end = if session.streams.iter().any(|s| s.ended_by_timeout()) {
             session.streams.iter().filter_map(|s| s.ended_at).max().unwrap_or(now).min(now)
@@ -578,13 +677,14 @@ impl SessionTable {
     /// Brings a session's kernel flows in line with its streams.
     fn sync_flows(&mut self, id: u64) {
         if let Some(session) = self.sessions.get_mut(&id) {
-            sync_session(session, self.config.kernel_flows, &mut self.flows, &mut self.events);
+            sync_session(session, &self.config, &mut self.flows, &mut self.events);
         }
     }
 
     fn flow_mut(&mut self, id: FlowId) -> Option<(u64, &mut Stream, usize)> {
         let &(session, stream) = self.flows.owner.get(&id)?;
         let stream = self.sessions.get_mut(&session)?.stream_mut(stream)?;
+        self.dirty.insert(session);
         let index = stream.flows.iter().position(|f| f.is_some_and(|f| f.id == id))?;
         Some((session, stream, index))
     }
@@ -673,6 +773,7 @@ impl SessionTable {
 
     fn take_session(&mut self, id: u64) -> Option<Session> {
         let session = self.sessions.remove(&id)?;
+        self.dirty.insert(id);
         self.by_call_id.remove(&session.call_id);
         if let Some(due) = session.scheduled {
             self.timers.remove(&(due, id));
@@ -917,7 +1018,67 @@ fn apply_answer(session: &mut Session, items: &[MediaItem], sender: Side, now: M
 /// Compares each stream's kernel flows with the flows it should have and
 /// queues [`Event::FlowDown`] / [`Event::FlowUp`] for the difference (down
 /// first, so a moved endpoint is replaced, not doubled).
-fn sync_session(session: &mut Session, enabled: bool, flows: &mut Flows, events: &mut VecDeque<Event>) {
+fn sync_session(session: &mut Session, config: &CoreConfig, flows: &mut Flows, events: &mut VecDeque<Event>) {
+    sync_flows_of(session, config.kernel_flows, flows, events);
+    sync_routes(session, config, events);
+}
+
+/// Announces the [`Route`] of each latched leg port whose verdict changed
+/// ([`Event::RouteUp`], [`Event::RouteDown`]). Ended streams took theirs
+/// down when they ended.
+fn sync_routes(session: &mut Session, config: &CoreConfig, events: &mut VecDeque<Event>) {
+    if !config.forwarding_entries {
+        return;
+    }
+    for stream in session.streams.iter_mut().filter(|s| s.is_live()) {
+        for side in [Side::Caller, Side::Callee] {
+            for index in 0..2 {
+                let wanted = wanted_route(stream, side, index, &config.routable_private_ranges);
+                let slot = &mut stream.leg_mut(side).routes[index];
+                if *slot == wanted {
+                    continue;
+                }
+                if let Some(old) = slot.filter(|old| wanted.map_or(true, |w| w.port != old.port)) {
+                    events.push_back(Event::RouteDown(old.port));
+                }
+                if let Some(route) = wanted {
+                    events.push_back(Event::RouteUp(route));
+                }
+                *slot = wanted;
+            }
+        }
+    }
+}
+
+/// The verdict [`SessionTable::on_packet`] gives every non-STUN datagram
+/// from the party latched on `side`'s `index` (0 RTP, 1 RTCP) port, when it
+/// is fixed: the party latched, the stream's first media seen and (RTP)
+/// its codec known, so that such a datagram changes nothing but counters
+/// and the activity time; the other side not on hold and its destination
+/// known. Mirrors the latched branch of `packet_verdict`.
+fn wanted_route(stream: &Stream, side: Side, index: usize, routable: &[ipnet::IpNet]) -> Option<Route> {
+    if !stream.is_live() || stream.first_media_at.is_none() {
+        return None;
+    }
+    let leg = stream.leg(side);
+    let from = leg.peer(index)?;
+    if leg.port == 0 || (index == 0 && leg.codec.is_none()) {
+        return None;
+    }
+    let rtcp = index == 1;
+    let other = stream.leg(side.other());
+    if other.hold || other.port == 0 {
+        return None;
+    }
+    let to = other.destination(index).or_else(|| {
+        let announced = other.sdp.filter(|a| may_send_to(*a, routable))?;
+        let port = if rtcp { announced.port().checked_add(1)? } else { announced.port() };
+        Some(SocketAddr::new(announced.ip(), port))
+    })?;
+    Some(Route { port: leg.port | u16::from(rtcp), from, via_port: other.port | u16::from(rtcp), to })
+}
+
+fn sync_flows_of(session: &mut Session, enabled: bool, flows: &mut Flows, events: &mut VecDeque<Event>) {
     let locals = session.locals;
     let session_id = session.id;
     for stream in &mut session.streams {

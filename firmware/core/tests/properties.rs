@@ -2,7 +2,9 @@
 //! timeouts: ports are never handed out twice, every port comes back, a
 //! repeated update gets the same answer, a source nothing vouches for gets
 //! and gives no media while the learning window holds, and STUN never
-//! latches or makes a kernel flow.
+//! latches or makes a kernel flow; a route the core announced gives a
+//! latched party's datagram the verdict and the effects `on_packet` would,
+//! and the incrementally refreshed snapshot is the whole table's.
 
 mod common;
 
@@ -12,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
-use relaybox_core::{CoreConfig, Event, Flow, FlowId, LatchRule, SessionTable, Verdict};
+use relaybox_core::{
+    ClockMark, CoreConfig, Event, Flow, FlowId, LatchRule, Route, SessionTable, SnapshotCache, Verdict,
+};
 use relaybox_proto::{
     CSeq, Direction, MediaItem, MediaType, PartyType, RemoveRequest, SignalingIp, StreamStatus, UpdateRequest,
 };
@@ -40,6 +44,13 @@ enum Op {
     Packet {
         port_offset: u16,
         src: u8,
+        len: usize,
+        stun: bool,
+    },
+    /// A datagram from the party of one of the routes up (`pick` modulo
+    /// their number), if any.
+    Routed {
+        pick: u8,
         len: usize,
         stun: bool,
     },
@@ -84,6 +95,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..CALLS, 0u8..4).prop_map(|(call, tags)| Op::Remove { call, tags }),
         4 => (0u16..48, 0u8..4, 0usize..40, prop::bool::weighted(0.2))
             .prop_map(|(port_offset, src, len, stun)| Op::Packet { port_offset, src, len, stun }),
+        3 => (any::<u8>(), 0usize..40, prop::bool::weighted(0.2)).prop_map(|(pick, len, stun)| Op::Routed { pick, len, stun }),
         2 => (0u64..200_000).prop_map(Op::Advance),
         1 => Just(Op::ExpireAll),
     ]
@@ -159,6 +171,10 @@ struct Sockets {
     flows: BTreeMap<FlowId, Flow>,
     /// Fallback latches seen.
     fallbacks: usize,
+    /// Forwarding entries the daemon would hold, by port.
+    routes: BTreeMap<u16, Route>,
+    /// Datagrams a route covered.
+    routed: usize,
 }
 
 impl Sockets {
@@ -204,7 +220,22 @@ impl Sockets {
                     prop_assert!(self.open.insert(*p), "port {} handed out twice", p);
                 }
                 Event::ClosePorts(p) if failed.remove(p) || self.unbound.remove(p) => {}
-                Event::ClosePorts(p) => prop_assert!(self.open.remove(p), "port {} closed but not open", p),
+                Event::ClosePorts(p) => {
+                    prop_assert!(self.open.remove(p), "port {} closed but not open", p);
+                    prop_assert!(
+                        !self.routes.contains_key(p) && !self.routes.contains_key(&(p + 1)),
+                        "port {} closed with its route up",
+                        p
+                    );
+                }
+                Event::RouteUp(r) => {
+                    prop_assert!(self.open.contains(&(r.port & !1)), "route on a closed port {:?}", r);
+                    prop_assert!(self.open.contains(&(r.via_port & !1)), "route via a closed port {:?}", r);
+                    prop_assert_eq!(r.port & 1, r.via_port & 1, "RTP stays RTP, RTCP stays RTCP");
+                    prop_assert_ne!(r.port & !1, r.via_port & !1);
+                    self.routes.insert(r.port, *r);
+                }
+                Event::RouteDown(p) => prop_assert!(self.routes.remove(p).is_some(), "route {} down, not up", p),
                 Event::Expired(_) => {}
                 Event::FlowUp(f) => {
                     prop_assert!(self.open.contains(&(f.caller_port & !1)), "flow on a closed port {:?}", f);
@@ -251,11 +282,45 @@ fn check_invariants(t: &SessionTable, sockets: &Sockets, total: usize, now: u64)
         }
     }
     prop_assert_eq!(live_ports.len(), sockets.open.len() + sockets.unbound.len());
+    for r in sockets.routes.values() {
+        prop_assert!(live_ports.contains(&(r.port & !1)), "route {:?} outlived its stream", r);
+    }
     prop_assert_eq!(t.flow_ids(), sockets.flows.keys().copied().collect::<Vec<_>>());
     for f in sockets.flows.values() {
         prop_assert!(live_ports.contains(&(f.caller_port & !1)), "flow {:?} outlived its stream", f.id);
     }
     Ok(())
+}
+
+/// `on_packet`, and when a route the core announced covers the datagram,
+/// a check that the daemon forwarding it by that route (and reporting it
+/// with `forwarded`) gets the same verdict and leaves the table as
+/// `on_packet` does.
+fn packet_checking_routes(
+    t: &mut SessionTable,
+    sockets: &mut Sockets,
+    port: u16,
+    src: SocketAddr,
+    packet: &[u8],
+    now: u64,
+) -> Result<Verdict, TestCaseError> {
+    let route = sockets.routes.get(&port).copied().filter(|r| r.matches(src, packet));
+    let by_route = route.map(|_| {
+        let mut copy = t.clone();
+        copy.forwarded(port, 1, packet.len() as u64, now);
+        copy
+    });
+    let verdict = t.on_packet(port, src, packet, now);
+    if let (Some(route), Some(copy)) = (route, by_route) {
+        sockets.routed += 1;
+        prop_assert_eq!(verdict, Verdict::Forward { via_port: route.via_port, to: route.to });
+        let events = sockets.drain(t)?;
+        prop_assert!(events.is_empty(), "a routed datagram changed more: {:?}", events);
+        prop_assert_eq!(t.sessions(now), copy.sessions(now), "routed counting differs");
+        prop_assert_eq!(t.relayed(), copy.relayed());
+        prop_assert_eq!(t.next_timeout(), copy.next_timeout());
+    }
+    Ok(verdict)
 }
 
 /// The learning windows the runs use: fallback at once, MediaProxy-like;
@@ -268,11 +333,13 @@ fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
         max_sessions: 2,
         max_streams: 4,
         kernel_flows: true,
+        forwarding_entries: true,
         latching_window: window,
         signaling_proxies: vec!["198.18.0.0/15".parse().unwrap()],
         ..CoreConfig::default()
     };
     let mut t = SessionTable::new(config);
+    let mut cache = SnapshotCache::new();
     let total = t.ports_free();
     let relay_ip: IpAddr = "203.0.113.1".parse().unwrap();
     let mut sockets = Sockets::default();
@@ -327,12 +394,21 @@ fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
                         .all(|s| !matches!(s.status, StreamStatus::Active | StreamStatus::OnHold)));
                 }
             }
-            Op::Packet { port_offset, src, len, stun } => {
-                let port = 40000 + port_offset;
+            Op::Packet { .. } | Op::Routed { .. } => {
+                let (port, src, len, stun) = match op {
+                    Op::Packet { port_offset, src, len, stun } => {
+                        (40000 + port_offset, SOURCES[usize::from(src % 4)].parse().unwrap(), len, stun)
+                    }
+                    Op::Routed { pick, len, stun } if !sockets.routes.is_empty() => {
+                        let route = sockets.routes.values().nth(usize::from(*pick) % sockets.routes.len()).unwrap();
+                        (route.port, route.from, len, stun)
+                    }
+                    _ => continue,
+                };
                 if sockets.unbound.contains(&(port & !1)) {
                     continue; // nothing listens there
                 }
-                let src: SocketAddr = SOURCES[usize::from(src % 4)].parse().unwrap();
+                let src: SocketAddr = src;
                 let packet = if *stun { stun_packet(*len) } else { vec![0x80u8; *len] };
                 let remotes = |t: &SessionTable| {
                     t.sessions(now)
@@ -341,7 +417,7 @@ fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
                         .collect::<Vec<_>>()
                 };
                 let before = remotes(&t);
-                let verdict = t.on_packet(port, src, &packet, now);
+                let verdict = packet_checking_routes(&mut t, &mut sockets, port, src, &packet, now)?;
                 if let Verdict::Forward { via_port, to } = verdict {
                     prop_assert!(sockets.open.contains(&(via_port & !1)), "forwarded via a closed port {}", via_port);
                     prop_assert_eq!(via_port & 1, port & 1, "RTP stays RTP, RTCP stays RTCP");
@@ -377,6 +453,14 @@ fn run(ops: &[Op], window: u64) -> Result<(), TestCaseError> {
         }
         sockets.drain(&mut t)?;
         check_invariants(&t, &sockets, total, now)?;
+        // Refreshed a session or two at a time, the cache ends up the table.
+        let mark = ClockMark { at: now, boot_id: [3; 16], since_boot_ms: 77 };
+        let mut steps = 0;
+        while !t.refresh_snapshot(&mut cache, 2) {
+            steps += 1;
+            prop_assert!(steps <= 8, "refresh does not end");
+        }
+        prop_assert_eq!(cache.encode(mark), t.snapshot(mark).encode(), "incremental snapshot differs");
     }
     // Removing everything returns every port.
     for session in t.sessions(now) {
@@ -434,11 +518,20 @@ enum LatchOp {
     Packet {
         port: u16,
         src: usize,
+        short: bool,
         stun: bool,
     },
     Advance(u64),
     /// The caller re-INVITEs with another private address.
     Reinvite,
+    /// The callee puts the call on hold (`hold`) or takes it off.
+    Hold(bool),
+    /// A datagram from the party of one of the routes up, if any.
+    Routed {
+        pick: u8,
+        short: bool,
+        stun: bool,
+    },
 }
 
 /// The caller's NAT (its signaling IP) on two ports, the callee's NAT, the
@@ -448,10 +541,13 @@ const LATCH_SOURCES: [&str; 5] =
 
 fn latch_op() -> impl Strategy<Value = LatchOp> {
     prop_oneof![
-        8 => (0u16..4, 0usize..LATCH_SOURCES.len(), prop::bool::weighted(0.2))
-            .prop_map(|(port, src, stun)| LatchOp::Packet { port, src, stun }),
+        8 => (0u16..4, 0usize..LATCH_SOURCES.len(), prop::bool::weighted(0.2), prop::bool::weighted(0.2))
+            .prop_map(|(port, src, short, stun)| LatchOp::Packet { port, src, short, stun }),
         3 => (0u64..5_000).prop_map(LatchOp::Advance),
         1 => Just(LatchOp::Reinvite),
+        1 => any::<bool>().prop_map(LatchOp::Hold),
+        4 => (any::<u8>(), prop::bool::weighted(0.2), prop::bool::weighted(0.2))
+            .prop_map(|(pick, short, stun)| LatchOp::Routed { pick, short, stun }),
     ]
 }
 
@@ -461,7 +557,8 @@ fn latch_op() -> impl Strategy<Value = LatchOp> {
 /// (never, with an endless window), never takes a leg a vouched source
 /// holds, and STUN never latches or makes a flow.
 fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
-    let config = CoreConfig { kernel_flows: true, latching_window: window, ..common::config() };
+    let config =
+        CoreConfig { kernel_flows: true, forwarding_entries: true, latching_window: window, ..common::config() };
     let mut t = SessionTable::new(config);
     let relay: IpAddr = "203.0.113.1".parse().unwrap();
     let mut now = 1_700_000_000_000u64;
@@ -476,6 +573,7 @@ fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
     let mut sockets = Sockets::default();
     sockets.drain(&mut t)?;
     let (mut cseq, mut vouched_held) = (1u32, [false, false]);
+    let mut caller_ip = "192.168.1.10";
     let remotes = |t: &SessionTable, now: u64| {
         t.session(common::CALL, now).map(|s| {
             let st = s.streams.last().cloned().unwrap();
@@ -484,11 +582,23 @@ fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
     };
     for op in ops {
         match op {
-            LatchOp::Packet { port, src, stun } => {
-                let src: SocketAddr = LATCH_SOURCES[*src].parse().unwrap();
-                let packet = if *stun { stun_packet(12) } else { vec![0x80u8, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0] };
+            LatchOp::Packet { .. } | LatchOp::Routed { .. } => {
+                let (port, src, short, stun) = match op {
+                    LatchOp::Packet { port, src, short, stun } => {
+                        (40000 + port, LATCH_SOURCES[*src].parse().unwrap(), *short, stun)
+                    }
+                    LatchOp::Routed { pick, short, stun } if !sockets.routes.is_empty() => {
+                        let route = sockets.routes.values().nth(usize::from(*pick) % sockets.routes.len()).unwrap();
+                        (route.port, route.from, *short, stun)
+                    }
+                    _ => continue,
+                };
+                let src: SocketAddr = src;
+                // A short datagram is no RTP: its codec stays unknown.
+                let rtp = if short { vec![0x80u8, 8, 0, 1] } else { vec![0x80u8, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0] };
+                let packet = if *stun { stun_packet(12) } else { rtp };
                 let before = remotes(&t, now);
-                let verdict = t.on_packet(40000 + port, src, &packet, now);
+                let verdict = packet_checking_routes(&mut t, &mut sockets, port, src, &packet, now)?;
                 let events = sockets.drain(&mut t)?;
                 let after = remotes(&t, now);
                 if let Verdict::Forward { to, .. } = verdict {
@@ -520,9 +630,23 @@ fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
                 t.handle_timeout(now);
                 sockets.drain(&mut t)?;
             }
+            LatchOp::Hold(_) if !t.has_session(common::CALL) => continue,
+            LatchOp::Hold(hold) => {
+                cseq += 1;
+                let direction = if *hold { "sendonly" } else { "sendrecv" };
+                let held = format!("audio:192.168.2.20:5000:{direction}:ice=yes");
+                let reinvite = common::callee_offer(cseq, &held).signaled_by("203.0.113.77");
+                if t.update(&reinvite, relay, now).is_ok() {
+                    // The caller stays where it is.
+                    let list = format!("audio:{caller_ip}:4000:sendrecv:ice=yes");
+                    let _ = t.update(&common::caller_answer(cseq, &list).signaled_by("198.51.100.10"), relay, now);
+                }
+                sockets.drain(&mut t)?;
+            }
             LatchOp::Reinvite => {
                 cseq += 1;
                 let ip = if cseq % 2 == 0 { "192.168.1.11" } else { "192.168.1.10" };
+                caller_ip = ip;
                 if !t.has_session(common::CALL) {
                     vouched_held = [false, false]; // a new call
                 }
@@ -538,7 +662,22 @@ fn run_latching(ops: &[LatchOp], window: u64) -> Result<(), TestCaseError> {
     if window == u64::MAX {
         prop_assert_eq!(sockets.fallbacks, 0);
     }
+    ROUTED.fetch_add(sockets.routed, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// Datagrams the routes covered over all cases (the check must not be idle).
+static ROUTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn routes_are_exercised() {
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
+    let before = ROUTED.load(std::sync::atomic::Ordering::Relaxed);
+    runner
+        .run(&(prop::collection::vec(latch_op(), 40..80), Just(3_000u64)), |(ops, window)| run_latching(&ops, window))
+        .unwrap();
+    let routed = ROUTED.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(routed >= 64, "only {routed} datagrams were covered by a route in 64 runs");
 }
 
 proptest! {

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 
+mod phases;
+mod setup;
+
 const RELAY_IP: &str = "10.88.0.1";
 const CALLER_IP: &str = "10.88.1.2";
 const CALLEE_IP: &str = "10.88.2.2";
@@ -38,6 +41,8 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("gen") => gen(&args[1..]),
         Some("ng") => ng(&args[1..]),
+        Some("setupgen") => setup::setupgen(&args[1..]),
+        Some("fake") => setup::fake(&args[1..]),
         _ => run(Options::parse(&args)?),
     }
 }
@@ -59,7 +64,8 @@ fn sleep_until_us(t: u64) {
 /// of N streams on one socket. At `LATCH_AT_US` it sends one latch packet per
 /// stream (2000 streams/s) and again 300 ms later; at `DATA_AT_US` it sends
 /// data packets round-robin at `PPS` for `SECONDS`, while counting the data
-/// packets it receives until 1.5 s after its own end.
+/// packets it receives until 1.5 s after its own end. Prints when each
+/// stream's first packet left, and how many packets each target was sent.
 fn gen(args: &[String]) -> anyhow::Result<()> {
     let [bind, targets, latch_at, data_at, pps, seconds] = args else { bail!("gen: bad arguments {args:?}") };
     let targets: Vec<SocketAddr> = std::fs::read_to_string(targets)?
@@ -91,6 +97,7 @@ fn gen(args: &[String]) -> anyhow::Result<()> {
     packet[0] = 0x80;
     packet[1] = 0; // PCMU
     let mut first = Vec::with_capacity(targets.len());
+    let mut per_target = vec![0u64; targets.len()];
     for round in 0..2u64 {
         let start = latch_at + round * 300_000;
         for (i, t) in targets.iter().enumerate() {
@@ -98,7 +105,9 @@ fn gen(args: &[String]) -> anyhow::Result<()> {
             if round == 0 {
                 first.push(unix_us());
             }
-            let _ = socket.send_to(&packet, t);
+            if socket.send_to(&packet, t).is_ok() {
+                per_target[i] += 1;
+            }
         }
     }
     packet[12] = 1;
@@ -119,7 +128,10 @@ fn gen(args: &[String]) -> anyhow::Result<()> {
             let i = ((sent + failed) % targets.len() as u64) as usize;
             packet[2..4].copy_from_slice(&((sent as u16).to_be_bytes()));
             match socket.send_to(&packet, targets[i]) {
-                Ok(_) => sent += 1,
+                Ok(_) => {
+                    sent += 1;
+                    per_target[i] += 1;
+                }
                 Err(_) => failed += 1,
             }
         }
@@ -128,6 +140,9 @@ fn gen(args: &[String]) -> anyhow::Result<()> {
     let mut out = String::new();
     for (i, t) in first.iter().enumerate() {
         out.push_str(&format!("FIRST {i} {t}\n"));
+    }
+    for (i, n) in per_target.iter().enumerate() {
+        out.push_str(&format!("TSENT {i} {n}\n"));
     }
     out.push_str(&format!("SENT {sent}\nGOT {got}\n"));
     std::io::stdout().write_all(out.as_bytes())?;
@@ -227,13 +242,27 @@ fn ng(args: &[String]) -> anyhow::Result<()> {
 struct Options {
     streams: usize,
     seconds: u64,
-    sessions: usize,
     /// Packets/s per direction tried in the max-rate search.
     rates: Vec<u64>,
     rtpengine: bool,
     relaybox: PathBuf,
-    /// Which of a, b, c, d to run (all by default; d is the reference).
+    /// Which of a, b, c, d to run in the max-rate search (all by default;
+    /// d is the reference).
     subjects: String,
+    /// Which phases: setup, memory, cpu, rate.
+    phases: Vec<String>,
+    /// Each phase this many times (min / median / max reported).
+    rounds: usize,
+    /// Setup phase: module connections (and NG sockets) at once.
+    conns: usize,
+    /// Setup phase: seconds per step.
+    setup_seconds: f64,
+    /// Setup phase: calls held for the second half.
+    held: usize,
+    /// Memory phase: calls held at each step.
+    memory_steps: Vec<usize>,
+    /// CPU phase: packets/s per direction.
+    cpu_rate: u64,
 }
 
 impl Options {
@@ -242,11 +271,17 @@ impl Options {
         let mut o = Options {
             streams: 1000,
             seconds: 3,
-            sessions: 10_000,
             rates: vec![50_000, 100_000, 150_000, 200_000, 300_000, 400_000],
             rtpengine: true,
             relaybox: exe.with_file_name("relaybox"),
             subjects: "abcd".into(),
+            phases: ["setup", "memory", "cpu", "rate"].map(String::from).to_vec(),
+            rounds: 3,
+            conns: 16,
+            setup_seconds: 5.0,
+            held: 4000,
+            memory_steps: vec![1000, 4500],
+            cpu_rate: 25_000,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -254,8 +289,14 @@ impl Options {
             match a.as_str() {
                 "--streams" => o.streams = value()?.parse()?,
                 "--seconds" => o.seconds = value()?.parse()?,
-                "--sessions" => o.sessions = value()?.parse()?,
                 "--rates" => o.rates = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--phases" => o.phases = value()?.split(',').map(String::from).collect(),
+                "--rounds" => o.rounds = value()?.parse()?,
+                "--conns" => o.conns = value()?.parse()?,
+                "--setup-seconds" => o.setup_seconds = value()?.parse()?,
+                "--held" => o.held = value()?.parse()?,
+                "--memory-steps" => o.memory_steps = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--cpu-rate" => o.cpu_rate = value()?.parse()?,
                 "--relaybox" => o.relaybox = value()?.into(),
                 "--no-rtpengine" => o.rtpengine = false,
                 "--only" => o.subjects = value()?.replace(',', ""),
@@ -264,6 +305,15 @@ impl Options {
         }
         anyhow::ensure!((1..=9000).contains(&o.streams), "--streams must be 1..=9000");
         anyhow::ensure!((1..=30).contains(&o.seconds), "--seconds must be 1..=30");
+        anyhow::ensure!((1..=10).contains(&o.rounds), "--rounds must be 1..=10");
+        anyhow::ensure!((1..=256).contains(&o.conns), "--conns must be 1..=256");
+        anyhow::ensure!((1.0..=60.0).contains(&o.setup_seconds), "--setup-seconds must be 1 to 60");
+        // 4 sockets per call: what fits under the machine's descriptor limit.
+        anyhow::ensure!(o.held <= 4600, "--held must be at most 4600 (4 sockets per call, 20000 descriptors)");
+        anyhow::ensure!(o.memory_steps.iter().all(|s| (1..=4600).contains(s)), "--memory-steps must be 1..=4600");
+        for p in &o.phases {
+            anyhow::ensure!(["setup", "memory", "cpu", "rate"].contains(&p.as_str()), "unknown phase {p}");
+        }
         anyhow::ensure!(o.relaybox.exists(), "{} not found: cargo build --release -p relaybox", o.relaybox.display());
         Ok(o)
     }
@@ -473,6 +523,21 @@ impl Relaybox {
         port_range: &str,
         log_level: &str,
     ) -> anyhow::Result<Setup> {
+        self.start_with(rig, relaybox, datapath, streams, port_range, log_level, "max_sessions = 20000\n")
+    }
+
+    /// [`start`](Self::start) with more `[Relay]` settings (`extra`, lines).
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        &mut self,
+        rig: &Rig,
+        relaybox: &Path,
+        datapath: &str,
+        streams: usize,
+        port_range: &str,
+        log_level: &str,
+        extra: &str,
+    ) -> anyhow::Result<Setup> {
         self.n += 1;
         let n = self.n;
         let (relay_port, mgmt_port) = (26000 + n as u16 * 2, 26001 + n as u16 * 2);
@@ -490,7 +555,7 @@ impl Relaybox {
         std::fs::write(
             &rcfg,
             format!(
-                "[Relay]\ndispatchers = 127.0.0.1:{relay_port}\nrelay_ip = {RELAY_IP}\nport_range = {port_range}\nreconnect_delay = 1\ndatapath = {datapath}\nstate_file = {}\nlog_level = INFO\nmax_sessions = 20000\n[TLS]\ncerts_path = {}\n",
+                "[Relay]\ndispatchers = 127.0.0.1:{relay_port}\nrelay_ip = {RELAY_IP}\nport_range = {port_range}\nreconnect_delay = 1\ndatapath = {datapath}\nstate_file = {}\nlog_level = INFO\n{extra}[TLS]\ncerts_path = {}\n",
                 rig.dir.join(format!("sessions{n}.bin")).display(),
                 self.certs.display()
             ),
@@ -510,7 +575,9 @@ impl Relaybox {
             rig.dir.join(format!("relay{n}.log")),
             &[("RUST_LOG", log_level)],
         )?;
-        r.wait_log("relay starting", Duration::from_secs(10))?;
+        if log_level != "warn" {
+            r.wait_log("relay starting", Duration::from_secs(10))?;
+        }
         let until = Instant::now() + Duration::from_secs(10);
         let mut stream = loop {
             if let Ok(s) = UnixStream::connect(&socket) {
@@ -559,6 +626,9 @@ fn start_rtpengine(rig: &Rig, exe: &Path, streams: usize) -> anyhow::Result<Setu
             &format!("--listen-ng=127.0.0.1:{NG_PORT}"),
             "--port-min=40000",
             "--port-max=60000",
+            // Ports of a deleted call come back at once, as relaybox's do
+            // (the default keeps them 30 s, and a setup loop runs out).
+            "--delete-delay=0",
             "--log-level=4",
             &format!("--pidfile={}", rig.dir.join("rtpengine.pid").display()),
         ],
@@ -617,6 +687,9 @@ struct Load {
     relay_cores: Option<f64>,
     /// First packet (either side) of each stream, unix µs.
     first: Vec<u64>,
+    /// Packets each phone sent to each stream's relay port.
+    caller_sent: Vec<u64>,
+    callee_sent: Vec<u64>,
 }
 
 impl Load {
@@ -629,20 +702,26 @@ impl Load {
     }
 }
 
-fn parse_gen(out: &str) -> (u64, u64, Vec<u64>) {
+/// What one `gen` reported: sent, received, first packet per stream (unix
+/// µs), packets sent per stream.
+type GenReport = (u64, u64, Vec<u64>, Vec<u64>);
+
+fn parse_gen(out: &str) -> GenReport {
     let mut sent = 0;
     let mut got = 0;
     let mut first = Vec::new();
+    let mut per_target = Vec::new();
     for line in out.lines() {
         let mut w = line.split_whitespace();
         match w.next() {
             Some("SENT") => sent = w.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             Some("GOT") => got = w.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             Some("FIRST") => first.push(w.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)),
+            Some("TSENT") => per_target.push(w.nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)),
             _ => {}
         }
     }
-    (sent, got, first)
+    (sent, got, first, per_target)
 }
 
 /// Both phones send `pps` per direction over all streams for `seconds`.
@@ -681,17 +760,17 @@ fn load(rig: &Rig, exe: &Path, setup: &Setup, pps: u64, seconds: u64) -> anyhow:
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let busy_cores = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cpus;
     let relay_cores = relay0.zip(relay1).map(|(a, b)| (b - a) / elapsed);
-    let read = |c: Child| -> anyhow::Result<(u64, u64, Vec<u64>)> {
+    let read = |c: Child| -> anyhow::Result<GenReport> {
         let mut c = c;
         let mut out = String::new();
         c.stdout.take().context("gen stdout")?.read_to_string(&mut out)?;
         c.wait()?;
         Ok(parse_gen(&out))
     };
-    let (sa, ga, fa) = read(a)?;
-    let (sb, gb, fb) = read(b)?;
+    let (sa, ga, fa, ta) = read(a)?;
+    let (sb, gb, fb, tb) = read(b)?;
     let first = fa.iter().zip(fb.iter()).map(|(x, y)| *x.min(y)).collect();
-    Ok(Load { pps, sent: sa + sb, got: ga + gb, busy_cores, relay_cores, first })
+    Ok(Load { pps, sent: sa + sb, got: ga + gb, busy_cores, relay_cores, first, caller_sent: ta, callee_sent: tb })
 }
 
 /// Unix µs of a tracing timestamp such as `2026-11-25T03:06:31.863407Z`.
@@ -785,6 +864,35 @@ fn run(opts: Options) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let rig = Rig::new()?;
     let mut rb = Relaybox { certs: relaybox_certs(&rig.dir)?, n: 0 };
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("## relaybox-bench: {cpus} CPUs, kernel {}, load average at start {}", kernel_release(), loadavg_now());
+    println!();
+    let phase = |name: &str| opts.phases.iter().any(|p| p == name);
+    if phase("setup") {
+        phases::setup_phase(&rig, &opts, &exe, &mut rb)?;
+    }
+    if phase("memory") {
+        phases::memory_phase(&rig, &opts, &exe, &mut rb)?;
+    }
+    if phase("cpu") {
+        phases::cpu_phase(&rig, &opts, &exe, &mut rb)?;
+    }
+    if phase("rate") {
+        for round in 0..opts.rounds {
+            eprintln!("max-rate search, round {}", round + 1);
+            rate_phase(&rig, &opts, &exe, &mut rb)?;
+        }
+    }
+    Ok(())
+}
+
+fn loadavg_now() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The max-rate search and the G.711 load, once per subject.
+fn rate_phase(rig: &Rig, opts: &Options, exe: &Path, rb: &mut Relaybox) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut latencies = Vec::new();
     let range = "40000:60000";
@@ -800,14 +908,14 @@ fn run(opts: Options) -> anyhow::Result<()> {
             continue;
         }
         let setup = match subject {
-            Subject::Nft => start_nft(&rig, opts.streams),
-            Subject::Kernel => rb.start(&rig, &opts.relaybox, "kernel", opts.streams, range, "debug"),
-            Subject::Userspace => rb.start(&rig, &opts.relaybox, "userspace", opts.streams, range, "info"),
+            Subject::Nft => start_nft(rig, opts.streams),
+            Subject::Kernel => rb.start(rig, &opts.relaybox, "kernel", opts.streams, range, "debug"),
+            Subject::Userspace => rb.start(rig, &opts.relaybox, "userspace", opts.streams, range, "warn"),
             Subject::Rtpengine if !opts.rtpengine => {
                 rows.push(Row { subject, best_pps: None, g711: None, note: "skipped (--no-rtpengine)".into() });
                 continue;
             }
-            Subject::Rtpengine => start_rtpengine(&rig, &exe, opts.streams),
+            Subject::Rtpengine => start_rtpengine(rig, exe, opts.streams),
         };
         let setup = match setup {
             Ok(s) => s,
@@ -817,7 +925,7 @@ fn run(opts: Options) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let row = measure(&rig, &opts, &exe, subject, &setup, &mut latencies)?;
+        let row = measure(rig, opts, exe, subject, &setup, &mut latencies)?;
         rows.push(row);
         if subject == Subject::Nft {
             let _ = sh(&["ip", "netns", "exec", &rig.relay, "nft", "delete", "table", "ip", "rbbench"]);
@@ -834,52 +942,11 @@ fn run(opts: Options) -> anyhow::Result<()> {
         let _ = sh(&["ip", "netns", "exec", &rig.relay, "nft", "delete", "table", "inet", "relaybox"]);
         let _ = sh(&["ip", "netns", "exec", &rig.relay, "conntrack", "-F"]);
     }
-
-    // RSS with many sessions held (kernel datapath, no media).
-    eprintln!("RSS with {} sessions", opts.sessions);
-    let rss = rb
-        .start(&rig, &opts.relaybox, "kernel", 0, "20000:60000", "info")
-        .and_then(|setup| {
-            let pid = setup.relay_pid.context("no relay")?;
-            let empty = rss_kib(pid);
-            let full = rb.start_sessions_on(&setup, opts.sessions)?;
-            Ok((empty, full, rss_kib(pid)))
-        })
-        .map_err(|e| eprintln!("RSS: {e:#}"))
-        .ok();
-
-    report(&opts, &rows, &latencies, rss);
+    report(opts, &rows, &latencies);
     Ok(())
 }
 
-impl Relaybox {
-    /// Sets up `sessions` more calls on a running relay; returns how many
-    /// it answered.
-    fn start_sessions_on(&self, setup: &Setup, sessions: usize) -> anyhow::Result<usize> {
-        let n = self.n;
-        let socket = setup.procs[0].log.parent().context("no dir")?.join(format!("dispatcher{n}.sock"));
-        let mut stream = BufReader::new(UnixStream::connect(&socket)?);
-        stream.get_ref().set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut ok = 0;
-        for i in 0..sessions {
-            let call = format!("rss-{i}");
-            let offer = module_request(
-                &mut stream,
-                &update("request", &call, "", &format!("audio:{CALLER_IP}:{}:sendrecv:ice=no", 4000 + i % 20000)),
-            )?;
-            let answer = module_request(
-                &mut stream,
-                &update("reply", &call, "tt", &format!("audio:{CALLEE_IP}:{}:sendrecv:ice=no", 4000 + i % 20000)),
-            )?;
-            if reply_port(&offer).is_ok() && reply_port(&answer).is_ok() {
-                ok += 1;
-            }
-        }
-        Ok(ok)
-    }
-}
-
-fn report(opts: &Options, rows: &[Row], latencies: &[f64], rss: Option<(u64, usize, u64)>) {
+fn report(opts: &Options, rows: &[Row], latencies: &[f64]) {
     let ceiling = rows.iter().find(|r| r.subject == Subject::Nft).and_then(|r| r.best_pps);
     let ceiling_cpu =
         rows.iter().find(|r| r.subject == Subject::Nft).and_then(|r| r.g711.as_ref()).map(|l| l.busy_cores);
@@ -936,15 +1003,6 @@ fn report(opts: &Options, rows: &[Row], latencies: &[f64], rss: Option<(u64, usi
         percentile(latencies, 0.99),
         latencies.last().copied().unwrap_or(f64::NAN)
     );
-    match rss {
-        Some((empty, held, full)) => println!(
-            "\nRelay RSS: {:.1} MiB with no session, {:.1} MiB with {held} sessions held ({} UDP sockets).",
-            empty as f64 / 1024.0,
-            full as f64 / 1024.0,
-            held * 4
-        ),
-        None => println!("\nRelay RSS: not measured (see stderr)."),
-    }
 }
 
 fn kernel_release() -> String {

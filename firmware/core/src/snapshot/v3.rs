@@ -80,6 +80,7 @@ impl From<Leg> for session::Leg {
             latched_by: [rule(rtp_peer), rule(rtcp_peer)],
             stun_peers: [None, None],
             window_opened: None,
+            routes: [None, None],
         }
     }
 }

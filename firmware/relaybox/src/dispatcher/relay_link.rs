@@ -177,6 +177,9 @@ struct Pending {
     reply: oneshot::Sender<String>,
 }
 
+/// Bytes of queued commands written to a relay at once.
+const MAX_BATCH: usize = 64 * 1024;
+
 async fn run_link(
     dispatcher: &Arc<Dispatcher>,
     relay: &RelayHandle,
@@ -197,22 +200,33 @@ async fn run_link(
             _ = relay.close.notified() => anyhow::bail!("closed by the dispatcher (certificate revoked)"),
             call = calls.recv() => {
                 let Some(call) = call else { return Ok(()) };
-                let call_id = match &call.request {
-                    LinkRequest::Remove(r) => Some(r.call_id.clone()),
-                    LinkRequest::Module(f) => match &f.request {
-                        ModuleRequest::Remove(r) => Some(r.call_id.clone()),
-                        ModuleRequest::Update(_) => None,
-                    },
-                    _ => None,
-                };
-                let command = LinkCommand { seq, request: call.request };
-                if pending.len() >= max_pending {
-                    forget_unanswered(&mut pending, max_pending, relay.ip);
+                // Every command queued meanwhile (other module connections'
+                // requests) goes out in the same write: one TLS record and
+                // one flush for the lot, not one each.
+                let mut out = String::new();
+                let mut next = Some(call);
+                while let Some(call) = next.take() {
+                    let call_id = match &call.request {
+                        LinkRequest::Remove(r) => Some(r.call_id.clone()),
+                        LinkRequest::Module(f) => match &f.request {
+                            ModuleRequest::Remove(r) => Some(r.call_id.clone()),
+                            ModuleRequest::Update(_) => None,
+                        },
+                        _ => None,
+                    };
+                    let command = LinkCommand { seq, request: call.request };
+                    if pending.len() >= max_pending {
+                        forget_unanswered(&mut pending, max_pending, relay.ip);
+                    }
+                    let kind = command.request.name();
+                    pending.insert(seq, Pending { kind, adopt: call.adopt, call_id, reply: call.reply });
+                    seq += 1;
+                    out.push_str(&command.encode());
+                    if out.len() < MAX_BATCH {
+                        next = calls.try_recv().ok();
+                    }
                 }
-                let kind = command.request.name();
-                pending.insert(seq, Pending { kind, adopt: call.adopt, call_id, reply: call.reply });
-                seq += 1;
-                writer.write_all(command.encode().as_bytes()).await.context("writing to relay")?;
+                writer.write_all(out.as_bytes()).await.context("writing to relay")?;
                 writer.flush().await.context("flushing to relay")?;
             }
             read = reader.read(&mut buf) => {

@@ -3,30 +3,41 @@
 //! [`UserspaceDatapath`] binds a UDP socket per relay port and forwards each
 //! datagram itself; `super::kernel::KernelDatapath` wraps it and hands
 //! latched flows to conntrack.
+//!
+//! The userspace forwarder is a fixed set of I/O threads (`[Relay]
+//! io_threads`, one per CPU by default), each with its own level-triggered
+//! epoll set holding its share of the ports, and one receive buffer per
+//! thread: memory does not grow with a task and a buffer per port. Each
+//! port has a slot (socket, route, counters) in a table made once for the
+//! whole `port_range`. A datagram from the party a port is latched to is
+//! forwarded by the port's [`Route`], the core's verdict announced ahead
+//! (`Event::RouteUp`), and only counted in the slot; everything else (the
+//! first packets, other sources, STUN) goes through the session table, which
+//! stays the only place that decides. The relay hands the counts to the
+//! table (`SessionTable::forwarded`) before it reads or ends a stream.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use relaybox_core::{Flow, FlowCounters, FlowId, Verdict};
-use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use relaybox_core::{Flow, FlowCounters, FlowId, Millis, Route, Verdict};
+use rustix::event::epoll;
 
 use super::Relay;
 
 /// Largest datagram relayed: any UDP datagram, forwarded whole as the
 /// kernel datapath does (a T.38 or video packet may exceed 2 KiB). Received
-/// into one buffer per runtime thread, not one per socket.
+/// into one buffer per I/O thread, not one per socket.
 const MAX_DATAGRAM: usize = 65_535;
 
-/// Datagrams taken from one socket before the task yields.
-const BURST: usize = 64;
+/// Readiness events taken from the kernel in one `epoll_wait`.
+const EVENTS: usize = 256;
 
-std::thread_local! {
-    static DATAGRAM: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; MAX_DATAGRAM]);
-}
+/// How often an idle I/O thread looks whether the datapath is gone.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
 
 /// The media path behind the session table.
 pub(crate) trait Datapath: Send + Sync {
@@ -36,6 +47,14 @@ pub(crate) trait Datapath: Send + Sync {
     fn open_ports(&self, port: u16) -> io::Result<()>;
     /// Stop receiving on `port` and `port + 1`.
     fn close_ports(&self, port: u16);
+    /// Forward the datagrams `route` covers on `port` without the session
+    /// table from now on (`None`: no more). Returns what the replaced route
+    /// forwarded and was not taken yet.
+    fn set_route(&self, port: u16, route: Option<Route>) -> Forwarded;
+    /// What was forwarded by route on `port` since the last time, taken.
+    fn take_forwarded(&self, port: u16) -> Forwarded;
+    /// The same for every port that forwarded something.
+    fn take_all_forwarded(&self) -> Vec<(u16, Forwarded)>;
     /// Forward this flow without userspace from now on (kernel datapath).
     /// False when it stays in userspace.
     fn flow_up(&self, _flow: &Flow) -> bool {
@@ -57,22 +76,195 @@ pub(crate) trait Datapath: Send + Sync {
     fn shutdown(&self) {}
 }
 
-struct Bound {
-    socket: Arc<UdpSocket>,
-    task: JoinHandle<()>,
+/// Datagrams forwarded by a port's route and not yet counted by the table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forwarded {
+    pub packets: u64,
+    pub bytes: u64,
+    /// When the last one arrived (the table's clock).
+    pub last: Millis,
+}
+
+/// One relay port: its socket while a stream holds it, the route the core
+/// announced for it, and what that route forwarded.
+#[derive(Default)]
+struct Slot {
+    socket: Option<UdpSocket>,
+    route: Option<Route>,
+    forwarded: Forwarded,
+}
+
+/// The ports of the range and the I/O threads' epoll sets, shared with
+/// the threads.
+struct Ports {
+    /// The port of `slots[0]`.
+    first: u16,
+    slots: Box<[Mutex<Slot>]>,
+    /// Media sockets open.
+    open: AtomicUsize,
+    /// One epoll set per I/O thread; a pair's two ports go to the same one.
+    polls: Vec<OwnedFd>,
+    /// Sockets bound to an IPv6 address (`::` takes IPv4 too): IPv4 peers
+    /// are written in their IPv4-mapped form.
+    v6: bool,
+    relay: Weak<Relay>,
+    stop: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ports {
+    fn slot(&self, port: u16) -> Option<&Mutex<Slot>> {
+        self.slots.get(usize::from(port.checked_sub(self.first)?))
+    }
+
+    fn poll_of(&self, port: u16) -> Option<&OwnedFd> {
+        let n = self.polls.len().max(1);
+        self.polls.get(usize::from(port / 2) % n)
+    }
+
+    /// One datagram waiting on `port`: by its route when the route covers
+    /// it, else through the session table; then sent on.
+    fn receive(&self, port: u16, buf: &mut [u8], relay: &Relay) {
+        let Some(slot) = self.slot(port) else { return };
+        let (n, src, routed) = {
+            let mut slot = lock(slot);
+            let Some(socket) = slot.socket.as_ref() else { return };
+            let (n, src) = match socket.recv_from(buf) {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(port, "receive error: {e}");
+                    return;
+                }
+            };
+            // A dual-stack socket sees IPv4 peers as IPv4-mapped IPv6
+            // addresses: the table works with plain IPv4 ones.
+            let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+            let routed = slot.route.filter(|r| r.matches(src, &buf[..n]));
+            if routed.is_some() {
+                let f = &mut slot.forwarded;
+                f.packets += 1;
+                f.bytes += n as u64;
+                f.last = relay.clock.now_ms();
+            }
+            (n, src, routed)
+        };
+        relay.userspace_packets.fetch_add(1, Ordering::Relaxed);
+        let packet = &buf[..n];
+        let (via_port, to) = match routed {
+            Some(route) => (route.via_port, route.to),
+            None => match relay.datagram(port, src, packet) {
+                Verdict::Forward { via_port, to } => (via_port, to),
+                Verdict::Drop(reason) => {
+                    tracing::trace!(port, src = %src, "dropped: {reason:?}");
+                    return;
+                }
+            },
+        };
+        self.send(via_port, to, packet);
+    }
+
+    /// Sends `packet` out of our port `via_port` (a datagram that cannot go
+    /// at once is dropped, as a full queue in the kernel would).
+    fn send(&self, via_port: u16, to: SocketAddr, packet: &[u8]) {
+        let to = match to {
+            SocketAddr::V4(v4) if self.v6 => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+            to => to,
+        };
+        let Some(slot) = self.slot(via_port) else { return };
+        let slot = lock(slot);
+        let Some(socket) = slot.socket.as_ref() else { return };
+        if let Err(e) = socket.send_to(packet, to) {
+            tracing::debug!(port = via_port, to = %to, "send error: {e}");
+        }
+    }
+}
+
+/// One I/O thread: waits on its epoll set and takes one datagram from each
+/// ready socket per round (level-triggered: a socket with more is ready
+/// again at once, and no call is spent to find it empty).
+fn run_io(ports: Arc<Ports>, index: usize) {
+    let Some(poll) = ports.polls.get(index) else { return };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
+    let idle = rustix::time::Timespec { tv_sec: IDLE_WAKE.as_secs() as i64, tv_nsec: IDLE_WAKE.subsec_nanos() as i64 };
+    while !ports.stop.load(Ordering::Relaxed) {
+        events.clear();
+        match epoll::wait(poll, rustix::buffer::spare_capacity(&mut events), Some(&idle)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                tracing::error!(thread = index, "epoll_wait: {e}; this I/O thread stops");
+                return;
+            }
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let Some(relay) = ports.relay.upgrade() else {
+            if ports.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            // A datapath without a relay (tests): nothing to forward with.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        for event in &events {
+            let port = event.data.u64() as u16;
+            ports.receive(port, &mut buf, &relay);
+        }
+    }
 }
 
 pub(crate) struct UserspaceDatapath {
     bind_ip: IpAddr,
-    relay: Weak<Relay>,
-    sockets: Arc<Mutex<HashMap<u16, Bound>>>,
+    ports: Arc<Ports>,
     /// Descriptors media sockets leave to the rest of the relay.
     reserve: u64,
 }
 
 impl UserspaceDatapath {
+    /// A datapath without ports: [`with_ports`](Self::with_ports) gives it
+    /// the range and its I/O threads.
     pub fn new(bind_ip: IpAddr, relay: Weak<Relay>) -> Self {
-        UserspaceDatapath { bind_ip, relay, sockets: Arc::new(Mutex::new(HashMap::new())), reserve: 0 }
+        let ports = Ports {
+            first: 0,
+            slots: Box::new([]),
+            open: AtomicUsize::new(0),
+            polls: Vec::new(),
+            v6: bind_ip.is_ipv6(),
+            relay,
+            stop: AtomicBool::new(false),
+        };
+        UserspaceDatapath { bind_ip, ports: Arc::new(ports), reserve: 0 }
+    }
+
+    /// One slot per port of `[start, end)`, and `threads` I/O threads
+    /// (at least one) that receive on them.
+    pub fn with_ports(mut self, (start, end): (u16, u16), threads: usize) -> io::Result<Self> {
+        let count = usize::from(end.saturating_sub(start)) + 1;
+        let mut polls = Vec::new();
+        for _ in 0..threads.max(1) {
+            polls.push(epoll::create(epoll::CreateFlags::CLOEXEC)?);
+        }
+        let ports = Ports {
+            first: start,
+            slots: (0..count).map(|_| Mutex::new(Slot::default())).collect(),
+            open: AtomicUsize::new(0),
+            polls,
+            v6: self.bind_ip.is_ipv6(),
+            relay: self.ports.relay.clone(),
+            stop: AtomicBool::new(false),
+        };
+        self.ports = Arc::new(ports);
+        for index in 0..self.ports.polls.len() {
+            let ports = self.ports.clone();
+            std::thread::Builder::new().name(format!("relay-io-{index}")).spawn(move || run_io(ports, index))?;
+        }
+        Ok(self)
     }
 
     /// Media sockets leave `reserve` descriptors of the limit to the rest.
@@ -81,87 +273,32 @@ impl UserspaceDatapath {
         self
     }
 
-    fn bind(&self, port: u16) -> io::Result<Arc<UdpSocket>> {
-        let std = std::net::UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
-        std.set_nonblocking(true)?;
-        Ok(Arc::new(UdpSocket::from_std(std)?))
+    fn bind(&self, port: u16) -> io::Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
     }
 
-    fn socket(sockets: &Mutex<HashMap<u16, Bound>>, port: u16) -> Option<Arc<UdpSocket>> {
-        sockets.lock().unwrap_or_else(|e| e.into_inner()).get(&port).map(|b| b.socket.clone())
+    /// Puts `socket` in its slot and in its thread's epoll set.
+    fn attach(&self, port: u16, socket: UdpSocket) -> io::Result<()> {
+        let (Some(slot), Some(poll)) = (self.ports.slot(port), self.ports.poll_of(port)) else {
+            return Err(io::Error::other(format!("port {port} is outside the relay's port range")));
+        };
+        let mut slot = lock(slot);
+        epoll::add(poll, socket.as_fd(), epoll::EventData::new_u64(u64::from(port)), epoll::EventFlags::IN)?;
+        if slot.socket.replace(socket).is_none() {
+            self.ports.open.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.route = None;
+        slot.forwarded = Forwarded::default();
+        Ok(())
     }
 }
 
-async fn receive(relay: Weak<Relay>, sockets: Arc<Mutex<HashMap<u16, Bound>>>, port: u16, socket: Arc<UdpSocket>) {
-    // A dual-stack socket (bound to `::`) sees IPv4 peers as IPv4-mapped
-    // IPv6 addresses: the table works with plain IPv4 ones, and sending to
-    // an IPv4 address from such a socket needs the mapped form again.
-    let v6_socket = socket.local_addr().is_ok_and(|a| a.is_ipv6());
-    loop {
-        if let Err(e) = socket.readable().await {
-            tracing::debug!(port, "receive error: {e}");
-            continue;
-        }
-        // The datagrams waiting (a burst at most, then the other tasks get
-        // their turn), each into this thread's buffer: nothing awaits while
-        // it is borrowed, and a send that would block drops the datagram,
-        // as a full queue in the kernel would.
-        let more = DATAGRAM.with_borrow_mut(|buf| {
-            for _ in 0..BURST {
-                let (n, src) = match socket.try_recv_from(buf) {
-                    Ok((n, src)) => (n, SocketAddr::new(src.ip().to_canonical(), src.port())),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
-                    Err(e) => {
-                        tracing::debug!(port, "receive error: {e}");
-                        continue;
-                    }
-                };
-                forward(&relay, &sockets, port, v6_socket, src, &buf[..n])?;
-            }
-            Some(true)
-        });
-        match more {
-            None => return,
-            Some(true) => tokio::task::yield_now().await,
-            Some(false) => {}
-        }
+impl Drop for UserspaceDatapath {
+    fn drop(&mut self) {
+        self.ports.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// One datagram received on `port`: through the session table, then sent
-/// on. None when the relay is gone.
-fn forward(
-    relay: &Weak<Relay>,
-    sockets: &Mutex<HashMap<u16, Bound>>,
-    port: u16,
-    v6_socket: bool,
-    src: SocketAddr,
-    packet: &[u8],
-) -> Option<()> {
-    let relay = relay.upgrade()?;
-    relay.userspace_packets.fetch_add(1, Ordering::Relaxed);
-    let now = relay.clock.now_ms();
-    let (verdict, expired) = {
-        let mut table = relay.table();
-        let verdict = table.on_packet(port, src, packet, now);
-        // A latching packet may hand the flow to the kernel.
-        (verdict, relay.apply_events(&mut table))
-    };
-    relay.report_expired(expired);
-    match verdict {
-        Verdict::Forward { via_port, to } => {
-            let to = match to {
-                SocketAddr::V4(v4) if v6_socket => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
-                to => to,
-            };
-            let Some(out) = UserspaceDatapath::socket(sockets, via_port) else { return Some(()) };
-            if let Err(e) = out.try_send_to(packet, to) {
-                tracing::debug!(port = via_port, to = %to, "send error: {e}");
-            }
-        }
-        Verdict::Drop(reason) => tracing::trace!(port, src = %src, "dropped: {reason:?}"),
-    }
-    Some(())
 }
 
 impl Datapath for UserspaceDatapath {
@@ -173,7 +310,7 @@ impl Datapath for UserspaceDatapath {
         // Media sockets never take the descriptors reserved for the links,
         // the control socket and the snapshot, even when the limit was
         // lowered (prlimit) or other descriptors are open since the start.
-        let open = self.sockets.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+        let open = self.ports.open.load(Ordering::Relaxed) as u64;
         let limit = relaybox_limits::nofile().soft;
         if open + 2 + self.reserve > limit {
             return Err(io::Error::other(format!(
@@ -184,22 +321,49 @@ impl Datapath for UserspaceDatapath {
         }
         let rtp = self.bind(port)?;
         let rtcp = self.bind(port + 1)?;
-        let mut map = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
-        for (p, socket) in [(port, rtp), (port + 1, rtcp)] {
-            let task = tokio::spawn(receive(self.relay.clone(), self.sockets.clone(), p, socket.clone()));
-            if let Some(old) = map.insert(p, Bound { socket, task }) {
-                old.task.abort();
-            }
+        self.attach(port, rtp)?;
+        if let Err(e) = self.attach(port + 1, rtcp) {
+            self.close_ports(port);
+            return Err(e);
         }
         Ok(())
     }
 
     fn close_ports(&self, port: u16) {
-        let mut map = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
         for p in [port, port + 1] {
-            if let Some(b) = map.remove(&p) {
-                b.task.abort();
+            let Some(slot) = self.ports.slot(p) else { continue };
+            let mut slot = lock(slot);
+            // Closing the socket takes it out of its epoll set.
+            if slot.socket.take().is_some() {
+                self.ports.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            slot.route = None;
+            slot.forwarded = Forwarded::default();
+        }
+    }
+
+    fn set_route(&self, port: u16, route: Option<Route>) -> Forwarded {
+        let Some(slot) = self.ports.slot(port) else { return Forwarded::default() };
+        let mut slot = lock(slot);
+        slot.route = route;
+        std::mem::take(&mut slot.forwarded)
+    }
+
+    fn take_forwarded(&self, port: u16) -> Forwarded {
+        match self.ports.slot(port) {
+            Some(slot) => std::mem::take(&mut lock(slot).forwarded),
+            None => Forwarded::default(),
+        }
+    }
+
+    fn take_all_forwarded(&self) -> Vec<(u16, Forwarded)> {
+        let mut out = Vec::new();
+        for (i, slot) in self.ports.slots.iter().enumerate() {
+            let mut slot = lock(slot);
+            if slot.forwarded.packets > 0 {
+                out.push((self.ports.first.wrapping_add(i as u16), std::mem::take(&mut slot.forwarded)));
             }
         }
+        out
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use relaybox_conntrack::{Conntrack, Counters, DestroyEvents, Error as CtError, FlowSpec, FlowTable, Tuple};
 use relaybox_core::{Flow, FlowCounters, FlowId};
 
-use super::datapath::{Datapath, UserspaceDatapath};
+use super::datapath::{Datapath, Forwarded, UserspaceDatapath};
 use super::Relay;
 
 /// The conntrack mark of every entry relaybox installs ("rb" + 1).
@@ -345,6 +345,18 @@ impl Datapath for KernelDatapath {
 
     fn close_ports(&self, port: u16) {
         self.userspace.close_ports(port)
+    }
+
+    fn set_route(&self, port: u16, route: Option<relaybox_core::Route>) -> Forwarded {
+        self.userspace.set_route(port, route)
+    }
+
+    fn take_forwarded(&self, port: u16) -> Forwarded {
+        self.userspace.take_forwarded(port)
+    }
+
+    fn take_all_forwarded(&self) -> Vec<(u16, Forwarded)> {
+        self.userspace.take_all_forwarded()
     }
 
     fn flow_up(&self, flow: &Flow) -> bool {

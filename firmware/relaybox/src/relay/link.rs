@@ -80,6 +80,9 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                         return Ok(());
                     }
                     decoder.push(&buf[..n]);
+                    // The answers to everything this read brought go out in
+                    // one write (one TLS record) and one flush.
+                    let mut out = String::new();
                     while let Some(inbound) = decoder.next_inbound() {
                         let line = match inbound {
                             RelayInbound::Pong => {
@@ -111,7 +114,8 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                                 if sessions {
                                     // The list named the calls whose reports
                                     // waited for a dispatcher: send them now.
-                                    writer.write_all(reply.encode().as_bytes()).await.context("writing")?;
+                                    out.push_str(&reply.encode());
+                                    writer.write_all(std::mem::take(&mut out).as_bytes()).await.context("writing")?;
                                     send_pending_expired(relay, &mut writer).await?;
                                     pending_sent = true;
                                     continue;
@@ -126,8 +130,9 @@ async fn serve(relay: &Arc<Relay>, target: &HostPort, tls: Arc<rustls::ClientCon
                                 }
                             }
                         };
-                        writer.write_all(line.encode().as_bytes()).await.context("writing")?;
+                        out.push_str(&line.encode());
                     }
+                    writer.write_all(out.as_bytes()).await.context("writing")?;
                     writer.flush().await.context("flushing")?;
                 }
                 out = outbound.recv() => match out {

@@ -6,14 +6,14 @@
 //! snapshot written, kernel flows left forwarding; see `state`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
 use relaybox_config::{Config, DatapathMode};
-use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable};
+use relaybox_core::{CoreConfig, Event, FlowCounters, SessionTable, SnapshotCache, Verdict};
 use relaybox_limits::{DescriptorBudget, Throttle};
 use relaybox_proto::link::{LinkRequest, RelayLine, UpdateReply};
 use relaybox_proto::module::RelayPorts;
@@ -73,9 +73,8 @@ pub(crate) struct Relay {
     restored: usize,
     /// The session table changed: save it (debounced).
     save: Notify,
-    /// One snapshot write at a time; `true` once the last one is written
-    /// (exit), after which nothing more is saved.
-    save_lock: Mutex<bool>,
+    /// One snapshot write at a time, and the sessions encoded so far.
+    save_lock: Mutex<Saver>,
     save_failing: AtomicBool,
     /// Expired reports made while no dispatcher was connected (after a
     /// restart). Listed in the answer to the first `sessions` command (so a
@@ -87,6 +86,22 @@ pub(crate) struct Relay {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The snapshot writer's state.
+#[derive(Default)]
+struct Saver {
+    /// Each session encoded as of the last save (see [`SnapshotCache`]).
+    cache: SnapshotCache,
+    /// The last snapshot is written (exit): nothing more is saved.
+    done: bool,
+}
+
+/// Sessions re-encoded per hold of the table lock while a snapshot is
+/// made: updates and packets wait at most this many encodings.
+const SNAPSHOT_STEP: usize = 256;
+/// Steps after which the rest is encoded in one hold (a table changing
+/// faster than it is encoded still gets saved).
+const SNAPSHOT_STEPS: usize = 64;
 
 impl Relay {
     /// Builds the relay and picks its datapath from `[Relay] datapath`:
@@ -135,6 +150,8 @@ impl Relay {
             max_sessions: r.max_sessions,
             max_streams: r.max_streams_per_session,
             kernel_flows: kernel_flows.is_some(),
+            // Latched parties' datagrams go by route (datapath.rs).
+            forwarding_entries: true,
         };
         // The ports listen on relay_ip; without one (or with
         // auto_detect_interfaces), on every address of the family the replies
@@ -144,6 +161,7 @@ impl Relay {
             _ if v6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
             _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         };
+        let range = core.port_range;
         let (clock, table, restored) = match state::load(&r.state_file, core.port_range) {
             Some(snapshot) => {
                 let count = snapshot.session_count();
@@ -159,10 +177,20 @@ impl Relay {
             }
             None => (Clock::new(), SessionTable::new(core), 0),
         };
-        Ok(Arc::new_cyclic(|weak| Relay {
+        let io_threads = match r.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut io_error = None;
+        let relay = Arc::new_cyclic(|weak| Relay {
             datapath: {
-                let userspace =
-                    UserspaceDatapath::new(bind_ip, weak.clone()).with_reserve(reserved_descriptors(&config));
+                let userspace = UserspaceDatapath::new(bind_ip, weak.clone())
+                    .with_reserve(reserved_descriptors(&config))
+                    .with_ports(range, io_threads)
+                    .unwrap_or_else(|e| {
+                        io_error = Some(e);
+                        UserspaceDatapath::new(bind_ip, weak.clone())
+                    });
                 match kernel_flows {
                     Some(table) => {
                         let dp = KernelDatapath::new(userspace, table, local, v6);
@@ -183,7 +211,7 @@ impl Relay {
             table: Mutex::new(table),
             restored,
             save: Notify::new(),
-            save_lock: Mutex::new(false),
+            save_lock: Mutex::new(Saver::default()),
             save_failing: AtomicBool::new(false),
             pending_expired: Mutex::new(Vec::new()),
             halting: AtomicBool::new(false),
@@ -193,7 +221,45 @@ impl Relay {
             origin: Mutex::new(HashMap::new()),
             next_link_id: AtomicU64::new(1),
             bps: AtomicU64::new(0),
-        }))
+        });
+        if let Some(e) = io_error {
+            anyhow::bail!("cannot start the relay's I/O threads: {e}");
+        }
+        tracing::debug!(io_threads, "userspace forwarding threads started");
+        Ok(relay)
+    }
+
+    /// A datagram no route covers: the session table decides. Called by
+    /// the I/O threads.
+    pub(crate) fn datagram(&self, port: u16, src: SocketAddr, packet: &[u8]) -> Verdict {
+        let now = self.clock.now_ms();
+        let (verdict, expired) = {
+            let mut table = self.table();
+            let verdict = table.on_packet(port, src, packet, now);
+            // A latching packet may announce routes or hand the flow to
+            // the kernel.
+            (verdict, self.apply_events(&mut table))
+        };
+        self.report_expired(expired);
+        verdict
+    }
+
+    /// Hands the table what the datapath forwarded by route on these pairs
+    /// (`p` and `p + 1` each).
+    fn count_forwarded(&self, table: &mut SessionTable, pairs: impl IntoIterator<Item = u16>) {
+        for pair in pairs {
+            for port in [pair, pair + 1] {
+                let f = self.datapath.take_forwarded(port);
+                table.forwarded(port, f.packets, f.bytes, f.last);
+            }
+        }
+    }
+
+    /// [`count_forwarded`](Self::count_forwarded) for every port.
+    fn count_all_forwarded(&self, table: &mut SessionTable) {
+        for (port, f) in self.datapath.take_all_forwarded() {
+            table.forwarded(port, f.packets, f.bytes, f.last);
+        }
     }
 
     pub fn table(&self) -> MutexGuard<'_, SessionTable> {
@@ -239,23 +305,38 @@ impl Relay {
         self.poll_all_flow_counters();
     }
 
+    /// Everything forwarded so far into the table: the kernel's counters
+    /// and what went by route.
     fn poll_all_flow_counters(&self) {
         let mut table = self.table();
+        self.count_all_forwarded(&mut table);
         let flows = table.flow_ids();
         self.poll_flow_counters(&mut table, flows);
     }
 
     /// Writes the session table to the state file now (blocking). With
     /// `last`, nothing is saved after this one.
+    ///
+    /// Only the sessions changed since the last save are encoded, a few at
+    /// a time under the table lock (updates and packets go on in between);
+    /// the file is put together and written without the lock.
     fn save_now(&self, last: bool) {
-        let mut done = lock(&self.save_lock);
-        if *done {
+        let mut saver = lock(&self.save_lock);
+        if saver.done {
             return;
         }
-        *done = last;
-        let snapshot = self.table().snapshot(self.clock.mark());
+        saver.done = last;
+        let mut steps = 0;
+        loop {
+            let budget = if steps < SNAPSHOT_STEPS { SNAPSHOT_STEP } else { usize::MAX };
+            if self.table().refresh_snapshot(&mut saver.cache, budget) {
+                break;
+            }
+            steps += 1;
+        }
+        let bytes = saver.cache.encode(self.clock.mark());
         let path = &self.config.relay.state_file;
-        match state::write_atomic(path, &snapshot.encode()) {
+        match state::write_atomic(path, &bytes) {
             Ok(()) => {
                 if self.save_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(file = %path.display(), "session snapshot written again");
@@ -271,8 +352,8 @@ impl Relay {
 
     /// The sessions were ended: no snapshot is kept, nothing saved after.
     fn discard_state(&self) {
-        let mut done = lock(&self.save_lock);
-        *done = true;
+        let mut saver = lock(&self.save_lock);
+        saver.done = true;
         state::remove(&self.config.relay.state_file);
     }
 
@@ -379,6 +460,14 @@ impl Relay {
                 }
                 Event::FlowDown(id) => self.datapath.flow_down(id),
                 Event::Latched(latch) => self.log_latch(&latch),
+                Event::RouteUp(route) => {
+                    let f = self.datapath.set_route(route.port, Some(route));
+                    table.forwarded(route.port, f.packets, f.bytes, f.last);
+                }
+                Event::RouteDown(port) => {
+                    let f = self.datapath.set_route(port, None);
+                    table.forwarded(port, f.packets, f.bytes, f.last);
+                }
             }
         }
         if changed {
@@ -510,6 +599,8 @@ impl Relay {
                     );
                     return UpdateReply::Error.payload();
                 }
+                let pairs = table.session_ports(&update.call_id);
+                self.count_forwarded(&mut table, pairs);
                 let flows = table.session_flow_ids(&update.call_id);
                 self.poll_flow_counters(&mut table, flows);
                 let existed = table.has_session(&update.call_id);
@@ -575,6 +666,8 @@ impl Relay {
             }
             LinkRequest::Remove(remove) => {
                 let mut table = self.table();
+                let pairs = table.session_ports(&remove.call_id);
+                self.count_forwarded(&mut table, pairs);
                 let flows = table.session_flow_ids(&remove.call_id);
                 self.poll_flow_counters(&mut table, flows);
                 let result = table.remove(&remove, now);
@@ -606,8 +699,10 @@ impl Relay {
             LinkRequest::Module(frame) => self.handle(frame.request.into(), link_id, link_local),
             LinkRequest::Summary => self.summary(link_local).to_json(),
             LinkRequest::Sessions => {
-                // Live statistics include what the kernel forwarded so far.
+                // Live statistics include what the kernel and the routes
+                // forwarded so far.
                 let mut table = self.table();
+                self.count_all_forwarded(&mut table);
                 let flows = table.flow_ids();
                 self.poll_flow_counters(&mut table, flows);
                 let mut list = table.sessions(now);
@@ -657,6 +752,9 @@ impl Relay {
                 _ = sleep => {
                     let now = self.clock.now_ms();
                     let mut table = self.table();
+                    // A stream whose media goes by route is not idle.
+                    let due = table.ports_due(now);
+                    self.count_forwarded(&mut table, due);
                     table.handle_timeout(now);
                     let expired = self.apply_events(&mut table);
                     drop(table);
@@ -689,6 +787,7 @@ impl Relay {
     async fn expire_all_and_flush(&self) {
         let expired = {
             let mut table = self.table();
+            self.count_all_forwarded(&mut table);
             table.expire_all(self.clock.now_ms());
             self.apply_events(&mut table)
         };
