@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -369,6 +369,18 @@ struct Job {
     password: String,
     guess: Guess,
     answer: tokio::sync::oneshot::Sender<Checked>,
+    /// Held until the password is checked (or the job dropped unsent).
+    _admitted: Admitted,
+}
+
+/// One login counted against the checker's `parallel + queue`; freed when
+/// dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Every checker is busy and `login_queue` logins wait already.
@@ -377,16 +389,23 @@ pub struct Busy;
 
 /// The password checks: `parallel` threads, each with its own argon2
 /// memory that it keeps and reuses, fed by a queue of `queue` logins. A
-/// login that finds the queue full is refused at once ([`Busy`]), so the
-/// page's memory is bounded by `parallel` checks whatever arrives. The
-/// threads end when the checker is dropped.
+/// login that finds `parallel` checks running and `queue` waiting is
+/// refused at once ([`Busy`]), so the page's memory is bounded by
+/// `parallel` checks whatever arrives. The logins are counted from their
+/// admission to the end of their check, not by what the threads have taken
+/// from the queue yet, so a busy machine that is slow to run a thread
+/// refuses no more than an idle one. The threads end when the checker is
+/// dropped.
 pub struct Checker {
     jobs: std::sync::mpsc::SyncSender<Job>,
+    admitted: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 impl Checker {
     pub fn start(parallel: usize, queue: usize, stats: Arc<LoginStats>) -> std::io::Result<Checker> {
-        let (jobs, queued) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let capacity = parallel.max(1) + queue;
+        let (jobs, queued) = std::sync::mpsc::sync_channel::<Job>(capacity);
         let queued = Arc::new(Mutex::new(queued));
         for n in 0..parallel.max(1) {
             let (queued, stats) = (queued.clone(), stats.clone());
@@ -394,23 +413,26 @@ impl Checker {
                 let mut memory = Vec::new();
                 loop {
                     let next = lock(&queued).recv();
-                    let Ok(job) = next else { return };
-                    let right = verify_in(&job.hash, &job.password, &mut memory);
-                    drop(job.password);
+                    let Ok(Job { hash, password, guess, answer, _admitted: admitted }) = next else { return };
+                    let right = verify_in(&hash, &password, &mut memory);
+                    drop(password);
+                    // Free before the answer: a login that follows it is
+                    // not refused for this one.
+                    drop(admitted);
                     stats.checks.fetch_add(1, Ordering::Relaxed);
-                    let ip = job.guess.ip();
+                    let ip = guess.ip();
                     if !right {
                         tracing::warn!(client = %ip, "web: wrong password");
                     }
-                    let locked = job.guess.answer(right);
+                    let locked = guess.answer(right);
                     if let Some(lockout) = locked {
                         tracing::warn!(client = %ip, "web: too many wrong passwords; locked out for {} s", lockout.as_secs());
                     }
-                    let _ = job.answer.send(Checked { right, locked });
+                    let _ = answer.send(Checked { right, locked });
                 }
             })?;
         }
-        Ok(Checker { jobs })
+        Ok(Checker { jobs, admitted: Arc::new(AtomicUsize::new(0)), capacity })
     }
 
     /// Queues a check of `password` against `hash` for `guess`.
@@ -420,8 +442,13 @@ impl Checker {
         password: String,
         guess: Guess,
     ) -> Result<tokio::sync::oneshot::Receiver<Checked>, Busy> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(Busy);
+        }
+        let admitted = Admitted(self.admitted.clone());
         let (answer, answered) = tokio::sync::oneshot::channel();
-        match self.jobs.try_send(Job { hash, password, guess, answer }) {
+        match self.jobs.try_send(Job { hash, password, guess, answer, _admitted: admitted }) {
             Ok(()) => Ok(answered),
             // The job (and its guess, uncounted) is dropped here.
             Err(_) => Err(Busy),
@@ -475,6 +502,39 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(verify(&hash, "correct horse"));
         assert!(!verify(&hash, "correct horse!"));
+    }
+
+    #[test]
+    fn the_checker_admits_parallel_plus_queue_logins_however_its_threads_are_scheduled() {
+        // Sent back to back, before the checking thread has taken any: one
+        // to check and one to wait are admitted, the third is busy. (Counted
+        // by the channel alone, the thread not yet running its first check
+        // left room for one login only.)
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.ini");
+        set_password(&config, "correct horse").unwrap();
+        let hash = stored_hash(&config).unwrap();
+        let checker = Checker::start(1, 1, Arc::new(LoginStats::default())).unwrap();
+        let l = Limiter::new(10, Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut answers = Vec::new();
+        let mut busy = 0;
+        for _ in 0..3 {
+            match checker.check(hash.clone(), "wrong".into(), l.admit(ip).unwrap()) {
+                Ok(a) => answers.push(a),
+                Err(Busy) => busy += 1,
+            }
+        }
+        assert_eq!((answers.len(), busy), (2, 1));
+        for a in answers {
+            assert!(!a.blocking_recv().unwrap().right);
+        }
+        // Done: both places are free again.
+        let again: Vec<_> =
+            (0..2).map(|_| checker.check(hash.clone(), "correct horse".into(), l.admit(ip).unwrap())).collect();
+        for a in again {
+            assert!(a.ok().unwrap().blocking_recv().unwrap().right);
+        }
     }
 
     #[test]
