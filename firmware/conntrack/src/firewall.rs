@@ -263,21 +263,13 @@ fn delete_batch(seq: u32) -> (Vec<u8>, std::ops::Range<u32>) {
 pub fn apply(spec: &FirewallSpec) -> Result<(), Error> {
     spec.check()?;
     let (datagram, acked) = table_batch(1, spec);
-    send_batch(&datagram, acked).map_err(|e| match e {
-        Error::NotFound => Error::NotSupported(std::io::Error::other(
-            "nf_tables has no filter chain or ct/meta expression (modules nf_tables, nft_ct)",
-        )),
-        e => e,
-    })
+    send_table(&datagram, acked, "nf_tables has no filter chain or ct/meta expression (modules nf_tables, nft_ct)")
 }
 
 /// Deletes the box's firewall table; a missing one is fine.
 pub fn delete() -> Result<(), Error> {
     let (datagram, acked) = delete_batch(1);
-    match send_batch(&datagram, acked) {
-        Ok(()) | Err(Error::NotFound) => Ok(()),
-        Err(e) => Err(e),
-    }
+    send_delete(&datagram, acked)
 }
 
 #[cfg(test)]

@@ -273,26 +273,38 @@ pub(crate) fn send_batch(datagram: &[u8], acked: std::ops::Range<u32>) -> Result
     }
 }
 
+/// Sends a batch that creates a table; ENOENT there is a chain type or
+/// expression the kernel does not have, which `missing` names.
+pub(crate) fn send_table(datagram: &[u8], acked: std::ops::Range<u32>, missing: &str) -> Result<(), Error> {
+    send_batch(datagram, acked).map_err(|e| match e {
+        Error::NotFound => Error::NotSupported(std::io::Error::other(missing.to_string())),
+        e => e,
+    })
+}
+
+/// Sends a batch that deletes a table; a missing table is fine.
+pub(crate) fn send_delete(datagram: &[u8], acked: std::ops::Range<u32>) -> Result<(), Error> {
+    match send_batch(datagram, acked) {
+        Ok(()) | Err(Error::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates relaybox's table, or refreshes its rules for `ports` (the relay's
 /// port range, end exclusive) keeping its chains' hooks registered.
 pub fn apply_table(ports: (u16, u16)) -> Result<(), Error> {
     let (datagram, acked) = table_batch(1, ports);
-    send_batch(&datagram, acked).map_err(|e| match e {
-        // ENOENT here is a chain type or expression the kernel does not have.
-        Error::NotFound => Error::NotSupported(std::io::Error::other(
-            "nf_tables has no nat chain type or ct/notrack expression (modules nft_chain_nat, nft_ct)",
-        )),
-        e => e,
-    })
+    send_table(
+        &datagram,
+        acked,
+        "nf_tables has no nat chain type or ct/notrack expression (modules nft_chain_nat, nft_ct)",
+    )
 }
 
 /// Deletes relaybox's table; a missing one is fine.
 pub fn delete_table() -> Result<(), Error> {
     let (datagram, acked) = delete_batch(1);
-    match send_batch(&datagram, acked) {
-        Ok(()) | Err(Error::NotFound) => Ok(()),
-        Err(e) => Err(e),
-    }
+    send_delete(&datagram, acked)
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@
 //! goes at the reboot that follows at once, and the box comes up with its
 //! defaults, as on first boot.
 
-use std::time::Duration;
-
 use axum::extract::State as AxState;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -120,18 +118,8 @@ pub async fn factory_reset(AxState(state): AxState<State>, _form: CheckedForm) -
     if let Err(e) = backup::request_factory_reset(&state.config_dir) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("factory reset not requested: {e}\n")).into_response();
     }
-    let command = state.web.reboot_command.clone();
-    tracing::warn!(command = %command.display(), "web: factory reset requested; rebooting");
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let shown = command.display().to_string();
-        match tokio::task::spawn_blocking(move || std::process::Command::new(&command).status()).await {
-            Ok(Ok(status)) if status.success() => tracing::info!(command = %shown, "web: reboot command done"),
-            Ok(Ok(status)) => tracing::error!(command = %shown, "web: reboot command failed: {status}"),
-            Ok(Err(e)) => tracing::error!(command = %shown, "web: cannot run the reboot command: {e}"),
-            Err(e) => tracing::error!(command = %shown, "web: reboot task: {e}"),
-        }
-    });
+    tracing::warn!(command = %state.web.reboot_command.display(), "web: factory reset requested; rebooting");
+    super::system::reboot_soon(state.web.reboot_command.clone());
     let body = r#"<section><p class="ok" id="flash">The box is rebooting to its factory settings. It comes back as on its first boot: without a web password, certificates or dispatchers.</p></section>"#;
     html_page(page("Factory reset", "/backup", None, body))
 }

@@ -190,8 +190,15 @@ fn restart_daemon(pid_file: &Path, what: &str) -> Option<u32> {
 /// half a second later (so that the answer gets out first). A command that
 /// fails is logged.
 pub async fn reboot(AxState(state): AxState<State>, _: CheckedForm) -> Response {
-    let command = state.web.reboot_command.clone();
-    tracing::warn!(command = %command.display(), "web: reboot requested");
+    tracing::warn!(command = %state.web.reboot_command.display(), "web: reboot requested");
+    reboot_soon(state.web.reboot_command.clone());
+    let body = r#"<section><p class="ok" id="flash">The box is rebooting. This page is back once it is up again (usually within a minute); log in again then.</p></section>"#;
+    html_page(page("Rebooting", "/system", None, body))
+}
+
+/// Runs the reboot command half a second from now (so that the page's
+/// answer gets out first); a command that fails is logged.
+pub fn reboot_soon(command: std::path::PathBuf) {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let shown = command.display().to_string();
@@ -202,6 +209,4 @@ pub async fn reboot(AxState(state): AxState<State>, _: CheckedForm) -> Response 
             Err(e) => tracing::error!(command = %shown, "web: reboot task: {e}"),
         }
     });
-    let body = r#"<section><p class="ok" id="flash">The box is rebooting. This page is back once it is up again (usually within a minute); log in again then.</p></section>"#;
-    html_page(page("Rebooting", "/system", None, body))
 }
