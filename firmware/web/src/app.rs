@@ -2,7 +2,7 @@
 //! settings the page started with, login sessions, the login limiter and
 //! the password checker,
 //! the bandwidth history, the firmware install job; and what the accept loop puts on each request
-//! ([`ClientIp`]). Pages and extractors read it; it imports none of them.
+//! ([`ClientIp`]); the reboot the System and Backup pages ask for ([`reboot_soon`]). Pages and extractors read it; it imports none of them.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -81,4 +81,19 @@ pub fn is_lan(ip: IpAddr) -> bool {
             v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
     }
+}
+
+/// Runs the reboot command half a second from now (so that the page's
+/// answer gets out first); a command that fails is logged.
+pub fn reboot_soon(command: std::path::PathBuf) {
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let shown = command.display().to_string();
+        match tokio::task::spawn_blocking(move || std::process::Command::new(&command).status()).await {
+            Ok(Ok(status)) if status.success() => tracing::info!(command = %shown, "web: reboot command done"),
+            Ok(Ok(status)) => tracing::error!(command = %shown, "web: reboot command failed: {status}"),
+            Ok(Err(e)) => tracing::error!(command = %shown, "web: cannot run the reboot command: {e}"),
+            Err(e) => tracing::error!(command = %shown, "web: reboot task: {e}"),
+        }
+    });
 }

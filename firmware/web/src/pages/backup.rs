@@ -119,7 +119,7 @@ pub async fn factory_reset(AxState(state): AxState<State>, _form: CheckedForm) -
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("factory reset not requested: {e}\n")).into_response();
     }
     tracing::warn!(command = %state.web.reboot_command.display(), "web: factory reset requested; rebooting");
-    super::system::reboot_soon(state.web.reboot_command.clone());
+    crate::app::reboot_soon(state.web.reboot_command.clone());
     let body = r#"<section><p class="ok" id="flash">The box is rebooting to its factory settings. It comes back as on its first boot: without a web password, certificates or dispatchers.</p></section>"#;
     html_page(page("Factory reset", "/backup", None, body))
 }

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -191,22 +190,7 @@ fn restart_daemon(pid_file: &Path, what: &str) -> Option<u32> {
 /// fails is logged.
 pub async fn reboot(AxState(state): AxState<State>, _: CheckedForm) -> Response {
     tracing::warn!(command = %state.web.reboot_command.display(), "web: reboot requested");
-    reboot_soon(state.web.reboot_command.clone());
+    crate::app::reboot_soon(state.web.reboot_command.clone());
     let body = r#"<section><p class="ok" id="flash">The box is rebooting. This page is back once it is up again (usually within a minute); log in again then.</p></section>"#;
     html_page(page("Rebooting", "/system", None, body))
-}
-
-/// Runs the reboot command half a second from now (so that the page's
-/// answer gets out first); a command that fails is logged.
-pub fn reboot_soon(command: std::path::PathBuf) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let shown = command.display().to_string();
-        match tokio::task::spawn_blocking(move || std::process::Command::new(&command).status()).await {
-            Ok(Ok(status)) if status.success() => tracing::info!(command = %shown, "web: reboot command done"),
-            Ok(Ok(status)) => tracing::error!(command = %shown, "web: reboot command failed: {status}"),
-            Ok(Err(e)) => tracing::error!(command = %shown, "web: cannot run the reboot command: {e}"),
-            Err(e) => tracing::error!(command = %shown, "web: reboot task: {e}"),
-        }
-    });
 }
