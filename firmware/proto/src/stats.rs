@@ -412,6 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn float_times_decode_to_the_value_they_were_encoded_from() {
+        // Found by the stats_json fuzz target: without serde_json's exact
+        // float parsing, 1.3333333333333333e53 came back one digit short.
+        for t in [1.3333333333333333e53, 0.1 + 0.2, 1_733_123_456.123_456_7, f64::MAX, 5e-324] {
+            let mut s = sample();
+            s.start_time = Some(t);
+            let again = SessionStats::from_json(&s.to_json()).unwrap();
+            assert_eq!(again.start_time.map(f64::to_bits), Some(t.to_bits()), "{t:e}");
+        }
+    }
+
+    #[test]
     fn summary_json() {
         let mut counts = BTreeMap::new();
         counts.insert("audio".to_string(), 2);
