@@ -316,7 +316,8 @@ impl Rig {
     fn vm(&self, name: &str, disk_bps: Option<u64>) -> Vm {
         let mut cfg = VmConfig::new("qemu-x86_64", &self.disk);
         cfg.reboot = true;
-        cfg.web_host_port = self.web_port;
+        // The web page is reachable from the LAN side only (the box's firewall).
+        cfg.lan_web_host_port = self.web_port;
         cfg.disk_bps = disk_bps;
         cfg.log = Some(xtask::target_dir().join(format!("update-test-{name}.console.log")));
         Vm::start(&cfg).unwrap()
