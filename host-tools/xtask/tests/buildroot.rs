@@ -682,6 +682,24 @@ fn test_update_key() -> PathBuf {
     path
 }
 
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn a_build_without_the_update_key_stops_at_once() {
+    let p = prepared();
+    let b = p.boards.iter().find(|b| b.name == "qemu-x86_64").unwrap();
+    // `relaybox-dirclean` is a build target (BR_BUILDING) that does nothing
+    // in the test's output directory: make stops while it reads the
+    // makefiles, before anything is built, unless the key is set.
+    let out = run(make(&p.buildroot, &b.out).arg("relaybox-dirclean"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("set BR2_PACKAGE_RELAYBOX_UPDATE_KEY"),
+        "a build without BR2_PACKAGE_RELAYBOX_UPDATE_KEY should stop naming it: {stderr}"
+    );
+    let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
+    ok(make(&p.buildroot, &b.out).arg("relaybox-dirclean").arg(key));
+}
+
 /// The EFI boot loader a configuration puts on the ESP: GRUB (what
 /// Buildroot builds) or systemd-boot from BR2_PACKAGE_RELAYBOX_SYSTEMD_BOOT_EFI.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -862,8 +880,46 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
     let want = Want { board: b.name, conf, version: &version, kernel: &kernel, initrd: &initrd, efi, loader };
     let mut e = |m: String| errors.push(format!("{label}: {m}"));
     check_disk(&mut e, &images, &want);
+    // An update of this box: `cargo xtask bundle --slot` of the slot
+    // post-image.sh staged, signed with the private half of the update key,
+    // is what the box (its update.pub, its board) installs.
+    if let Some(scheme) = scheme {
+        let slot = match scheme {
+            relaybox_update::Scheme::Efi => images.join("relaybox-boot/slot-a"),
+            relaybox_update::Scheme::Rpi => images.join("relaybox-slot"),
+        };
+        let signing = work().join("update-key.key");
+        std::fs::write(&signing, TEST_SIGNING_KEY).unwrap();
+        let bundle = scratch.join("update.bundle");
+        match xtask::bundle::make_from_slot(&slot, &signing, Some(bundle.clone())) {
+            Err(err) => e(format!("cargo xtask bundle --slot {}: {err:#}", slot.display())),
+            Ok(_) => {
+                let pem = read(&target.join("etc/relaybox/update.pub"));
+                let key = relaybox_update::PublicKey::from_pem(&pem).unwrap();
+                let running: relaybox_update::Version = "0.0.1".parse().unwrap();
+                let expect = relaybox_update::Expect {
+                    key: &key,
+                    board: b.name,
+                    running: &running,
+                    force: false,
+                    max_total: u64::MAX,
+                    required: scheme.required_files(),
+                };
+                let opened = relaybox_update::bundle::open(std::fs::File::open(&bundle).unwrap(), &expect)
+                    .and_then(|(checked, files)| files.each(|_| Ok(())).map(|()| checked));
+                match opened {
+                    Ok(checked) if checked.manifest.version == version => {}
+                    other => e(format!("the box would not install the bundle of its own slot: {other:?}")),
+                }
+            }
+        }
+    }
     errors
 }
+
+/// The private key of test_update_key() (RFC 8410, section 10.3).
+const TEST_SIGNING_KEY: &str =
+    "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
 
 /// What the disk of a board must hold.
 struct Want<'a> {
@@ -982,7 +1038,11 @@ fn check_disk(e: &mut dyn FnMut(String), images: &Path, want: &Want) {
     if cfg.size != cfg_size * MIB {
         e(format!("the config partition should be {cfg_size} MiB: {cfg:?}"));
     }
-    let slot_bytes = (want.kernel.len() + want.initrd.len() + conf["KERNEL_CMDLINE"].len() + 1) as u64;
+    // The size of slot a's files, from its manifest (check_slot checks it).
+    let slot_bytes = |image: &Path, dir: &str| {
+        let m = fat_file(image, &format!("{dir}/{}", relaybox_update::install::SLOT_MANIFEST)).unwrap_or_default();
+        relaybox_update::Manifest::parse(&m, u64::MAX).map(|m| m.total_size()).unwrap_or(0)
+    };
     let esp_min: u64 = conf["ESP_SIZE_MIB"].parse().unwrap();
     if gpt {
         let (boot, cfg) = (&parts[0], &parts[1]);
@@ -990,19 +1050,23 @@ fn check_disk(e: &mut dyn FnMut(String), images: &Path, want: &Want) {
         if boot.kind != esp_type || cfg.kind != linux {
             e(format!("partition types should be {esp_type} and {linux}: {boot:?} {cfg:?}"));
         }
-        if boot.name != "RELAYBOX_BOOT" || cfg.name != xtask::disk::CFG_LABEL {
-            e(format!("GPT names should be RELAYBOX_BOOT and {}: {boot:?} {cfg:?}", xtask::disk::CFG_LABEL));
+        if boot.name != xtask::disk::ESP_NAME || cfg.name != xtask::disk::CFG_LABEL {
+            let names = (xtask::disk::ESP_NAME, xtask::disk::CFG_LABEL);
+            e(format!("GPT names should be {names:?}: {boot:?} {cfg:?}"));
         }
         // As the xtask: room for two slots half again as big as this one.
-        let slot_mib = slot_bytes.div_ceil(MIB);
-        let esp_mib = esp_min.max(2 * (slot_mib + slot_mib / 2 + 4) + 4);
+        let esp = part_image(0);
+        let esp_mib = xtask::disk::esp_mib(esp_min, slot_bytes(&esp, "/slot-a"));
         if boot.size != esp_mib * MIB {
             e(format!("the EFI system partition should be {esp_mib} MiB: {boot:?}"));
         }
-        if fat_label(&slice(boot)) != Some(("RELAYBOX".into(), "FAT32")) {
-            e(format!("the EFI system partition is not FAT32 labelled RELAYBOX ({:?})", fat_label(&slice(boot))));
+        if fat_label(&slice(boot)) != Some((xtask::disk::BOOT_LABEL.into(), "FAT32")) {
+            e(format!(
+                "the EFI system partition is not FAT32 {} ({:?})",
+                xtask::disk::BOOT_LABEL,
+                fat_label(&slice(boot))
+            ));
         }
-        let esp = part_image(0);
         let efi_name = format!("BOOT{}.EFI", conf["EFI_ARCH"].to_uppercase());
         let top: Vec<String> = ["EFI", "loader", "slot-a", "slot-b"].iter().map(|s| s.to_string()).collect();
         if fat_names(&esp, "/") != top {
@@ -1049,14 +1113,17 @@ fn check_disk(e: &mut dyn FnMut(String), images: &Path, want: &Want) {
         if kinds != ["0c", "0c", "0c", "83"] || bootable != [true, false, false, false] {
             e(format!("MBR types should be 0c 0c 0c 83, the first bootable: {parts:?}"));
         }
-        if parts[0].size != 16 * MIB || parts[1].size < esp_min * MIB || parts[2].size != parts[1].size {
-            e(format!("partition 1 should be 16 MiB, slots a and b alike, {esp_min} MiB or more: {parts:?}"));
+        let slot_mib = xtask::disk::pi_slot_mib(esp_min, slot_bytes(&part_image(1), ""));
+        let sizes: Vec<u64> = parts[..3].iter().map(|p| p.size / MIB).collect();
+        if sizes != [xtask::disk::PI_BOOT_MIB, slot_mib, slot_mib] {
+            e(format!("partitions 1 to 3 should be {} MiB, {slot_mib} MiB twice: {parts:?}", xtask::disk::PI_BOOT_MIB));
         }
         let labels: Vec<Option<(String, &str)>> = parts[..3].iter().map(|p| fat_label(&slice(p))).collect();
+        let [label_a, label_b] = xtask::disk::PI_SLOT_LABELS;
         let want_labels = [
-            Some(("RELAYBOX".into(), "FAT16")),
-            Some(("RBXSLOTA".into(), "FAT32")),
-            Some(("RBXSLOTB".into(), "FAT32")),
+            Some((xtask::disk::BOOT_LABEL.into(), "FAT16")),
+            Some((label_a.into(), "FAT32")),
+            Some((label_b.into(), "FAT32")),
         ];
         if labels != want_labels {
             e(format!("FAT labels {labels:?}, the xtask's {want_labels:?}"));
