@@ -85,3 +85,56 @@ pub fn slot_files(img: &Image) -> Result<Vec<(String, PathBuf)>> {
     files.sort_by_key(|(n, _)| (n != "cmdline.txt", n.clone()));
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot as the Buildroot tree's post-image.sh leaves it, and a signing key.
+    fn slot(dir: &Path) -> (PathBuf, relaybox_update::PublicKey) {
+        let slot = dir.join("slot-a");
+        std::fs::create_dir_all(&slot).unwrap();
+        let mut files = Vec::new();
+        for (name, data) in [("cmdline.txt", "console=ttyS0\n"), ("vmlinuz", "kernel"), ("initrd.img", "initramfs")] {
+            std::fs::write(slot.join(name), data).unwrap();
+            files.push((name.to_string(), slot.join(name)));
+        }
+        let manifest = relaybox_update::bundle::describe("qemu-x86_64", "1.4.0", &files).unwrap();
+        std::fs::write(slot.join(relaybox_update::install::SLOT_MANIFEST), manifest.to_json()).unwrap();
+        let (signing, pem) = relaybox_update::SigningKey::generate().unwrap();
+        std::fs::write(dir.join("update.key"), pem).unwrap();
+        (slot, signing.public_key())
+    }
+
+    #[test]
+    fn a_slot_with_its_manifest_makes_a_bundle_the_box_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slot, public) = slot(dir.path());
+        let out = dir.path().join("b.bundle");
+        make_from_slot(&slot, &dir.path().join("update.key"), Some(out.clone())).unwrap();
+        let running: relaybox_update::Version = "1.3".parse().unwrap();
+        let expect = relaybox_update::Expect {
+            key: &public,
+            board: "qemu-x86_64",
+            running: &running,
+            force: false,
+            max_total: 1 << 20,
+            required: relaybox_update::Scheme::Efi.required_files(),
+        };
+        let (checked, files) = relaybox_update::bundle::open(std::fs::File::open(&out).unwrap(), &expect).unwrap();
+        files.each(|_| Ok(())).unwrap();
+        assert_eq!(checked.manifest.version, "1.4.0");
+        let names: Vec<&str> = checked.manifest.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["cmdline.txt", "vmlinuz", "initrd.img"]);
+    }
+
+    #[test]
+    fn a_slot_file_changed_since_the_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slot, _) = slot(dir.path());
+        std::fs::write(slot.join("vmlinuz"), "another kernel").unwrap();
+        let err = make_from_slot(&slot, &dir.path().join("update.key"), Some(dir.path().join("b.bundle")));
+        assert!(format!("{:#}", err.unwrap_err()).contains("vmlinuz: not the file"));
+        assert!(!dir.path().join("b.bundle").exists());
+    }
+}
