@@ -11,7 +11,12 @@
 //! and a fresh CARGO_HOME, into a static binary that runs (x86_64; the
 //! aarch64 command line is resolved with --unit-graph); the post-build and
 //! post-image scripts lay out the disk of `cargo xtask image` with the real
-//! genimage; busybox has every applet the init scripts run.
+//! genimage (the xtask's partitions, GPT names, labels and sizes,
+//! systemd-boot's loader.conf and entry or the Pi's autoboot.txt, slot a
+//! with its manifest.json, an empty slot b, the release file and the update
+//! key, compared with relaybox-update's own rendering), and a bundle of
+//! that slot is one the box would install; a build without the update key
+//! stops; busybox has every applet the init scripts run.
 //!
 //! Slow (make parses the whole Buildroot tree for each printvars, cargo
 //! builds a release binary) and needs crates.io the first time (the crates
