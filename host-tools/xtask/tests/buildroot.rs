@@ -919,6 +919,10 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
             }
         }
     }
+    // The disk images take hundreds of MiB: kept only to look into a failure.
+    if errors.is_empty() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     errors
 }
 
