@@ -484,6 +484,17 @@ fn busybox_has_every_applet_the_init_scripts_run() {
             }
         }
     }
+    // Options of the applets: relaybox-syslogd keeps the log in a ring
+    // buffer for logread (-C) and may forward it (-R).
+    let syslogd = read(&overlay.join("usr/sbin/relaybox-syslogd"));
+    for (flag, symbol) in [("-C", "CONFIG_FEATURE_IPC_SYSLOG"), ("-R", "CONFIG_FEATURE_REMOTE_LOG")] {
+        assert!(syslogd.contains(flag), "relaybox-syslogd no longer runs syslogd {flag}: update this test");
+        for b in &p.boards {
+            if busybox_config(p, b).get(symbol) != Some(&true) {
+                errors.push(format!("{}: relaybox-syslogd runs syslogd {flag}, but busybox has {symbol} off", b.name));
+            }
+        }
+    }
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
@@ -1412,8 +1423,11 @@ fn the_package_downloads_builds_and_installs_with_cargo_offline() {
     }
     let log = work().join("relaybox-extract.log");
     let log_file = std::fs::File::create(&log).unwrap();
+    // A build target: make stops without the update key.
+    let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
     let out = run(make(&p.buildroot, &b.out)
         .args(&overrides)
+        .arg(key)
         .args(["relaybox-extract", "RELAYBOX_DOWNLOAD_DEPENDENCIES=", "RELAYBOX_EXTRACT_DEPENDENCIES=", "TAR=tar"])
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file));
