@@ -44,6 +44,14 @@ RELAYBOX_CARGO_FEATURES = \
 	--no-default-features \
 	--features $(subst $(space),$(comma),$(strip $(RELAYBOX_FEATURES)))
 RELAYBOX_CARGO_BUILD_OPTS = --bin relaybox $(RELAYBOX_CARGO_FEATURES)
+# The workspace's release profile (Cargo.toml: opt-level 3, LTO, one
+# codegen unit), as `cargo xtask` builds it, over the cargo
+# infrastructure's settings from BR2_OPTIMIZE_* and BR2_ENABLE_LTO
+# (opt-level 2, no LTO, 16 units by default: a fifth bigger).
+RELAYBOX_CARGO_ENV = \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	CARGO_PROFILE_RELEASE_LTO=true \
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 # `cargo install` builds again unless its features are the build's.
 RELAYBOX_CARGO_INSTALL_OPTS = $(RELAYBOX_CARGO_FEATURES)
 
