@@ -36,6 +36,31 @@ sed -i '/^# console line (board.conf, post-build.sh)/,$d' "$inittab"
 
 ln -sfn ../run/resolv.conf "$TARGET_DIR/etc/resolv.conf"
 
+# What the box's `relaybox update` reads (board/README.md, "Updates and
+# rollback"): the release file, as the xtask writes it, and the update key
+# the relaybox package installed (BR2_PACKAGE_RELAYBOX_UPDATE_KEY).
+config=${BR2_CONFIG:?BR2_CONFIG is not set (run by Buildroot)}
+setting() { sed -n "s/^$1=\"\(.*\)\"\$/\1/p" "$config"; }
+[ -f "$TARGET_DIR/etc/relaybox/update.pub" ] ||
+    fail "$TARGET_DIR/etc/relaybox/update.pub missing (BR2_PACKAGE_RELAYBOX_UPDATE_KEY, buildroot/README.md)"
+version=$(setting BR2_PACKAGE_RELAYBOX_FIRMWARE_VERSION)
+if [ -z "$version" ]; then
+    # As the xtask: the workspace version and the build's UTC time.
+    version=$(sed -n 's/^version = "\([0-9.]*\)"$/\1/p' "$TOP/Cargo.toml" | head -n 1).$(date -u +%Y%m%d%H%M%S)
+fi
+echo "$version" | grep -Eq '^[0-9]+(\.[0-9]+){0,5}$' ||
+    fail "firmware version $version: 1 to 6 dot-separated numbers (BR2_PACKAGE_RELAYBOX_FIRMWARE_VERSION)"
+case "$DISK_LAYOUT" in
+gpt-efi)
+    # systemd-boot counts boots and goes back to the old slot; with GRUB
+    # instead the box is not updated (buildroot/README.md).
+    if [ -n "$(setting BR2_PACKAGE_RELAYBOX_SYSTEMD_BOOT_EFI)" ]; then scheme=efi; else scheme=grub; fi ;;
+rpi-mbr) scheme=rpi ;;
+*) fail "DISK_LAYOUT $DISK_LAYOUT: gpt-efi or rpi-mbr" ;;
+esac
+printf 'BOARD="%s"\nVERSION="%s"\nBOOT_SCHEME="%s"\n' "$BOARD" "$version" "$scheme" > "$TARGET_DIR/etc/relaybox/release"
+echo "post-build.sh: firmware $version for $BOARD, boot scheme $scheme"
+
 # The modules rcS loads, in dependency order, as paths under
 # /lib/modules/<version>: board/common/modules.list and the board's MODULES,
 # each after the modules it depends on (modules.dep). Names the kernel has

@@ -12,6 +12,32 @@ use crate::run;
 
 pub const MIB: u64 = 1024 * 1024;
 pub const CFG_LABEL: &str = "RELAYBOX_CFG";
+/// The FAT label of the boot partition (the EFI system partition, or the
+/// Raspberry Pi's autoboot.txt partition): init mounts it by this label.
+pub const BOOT_LABEL: &str = "RELAYBOX";
+/// The GPT name of the EFI system partition.
+pub const ESP_NAME: &str = "RELAYBOX_BOOT";
+/// The FAT labels of the Raspberry Pi's slot partitions a and b.
+pub const PI_SLOT_LABELS: [&str; 2] = ["RBXSLOTA", "RBXSLOTB"];
+/// The size of the Raspberry Pi's autoboot.txt partition.
+pub const PI_BOOT_MIB: u64 = 16;
+
+/// What each slot makes room for, for a slot of `slot_bytes`: a slot half
+/// again as big as this one, and 4 MiB.
+pub fn slot_room_mib(slot_bytes: u64) -> u64 {
+    let mib = slot_bytes.div_ceil(MIB);
+    mib + mib / 2 + 4
+}
+
+/// The EFI system partition, which holds both slots: at least `min_mib`.
+pub fn esp_mib(min_mib: u64, slot_bytes: u64) -> u64 {
+    min_mib.max(2 * slot_room_mib(slot_bytes) + 4)
+}
+
+/// Each of the Raspberry Pi's slot partitions: at least `min_mib`.
+pub fn pi_slot_mib(min_mib: u64, slot_bytes: u64) -> u64 {
+    min_mib.max(slot_room_mib(slot_bytes))
+}
 /// FAT labels have at most 11 characters: a vfat config partition is
 /// labelled without the underscore (rcS looks for both).
 pub const CFG_LABEL_FAT: &str = "RELAYBOXCFG";

@@ -398,7 +398,6 @@ pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
     let manifest = relaybox_update::bundle::describe(board_name, &version, &slot)?;
     let manifest_path = tmp.join(relaybox_update::install::SLOT_MANIFEST);
     std::fs::write(&manifest_path, manifest.to_json())?;
-    let slot_mib = manifest.total_size().div_ceil(disk::MIB);
     let mut slot_files: Vec<(String, PathBuf)> = slot.clone();
     slot_files.push((relaybox_update::install::SLOT_MANIFEST.into(), manifest_path));
 
@@ -410,34 +409,36 @@ pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
     let disk_path = out.join("disk.img");
     let cfg_part = Part { image: &cfg_img, name: disk::CFG_LABEL, gpt_type: "8300", mbr_type: 0x83 };
     // Room for a slot half again as big as this one in each slot.
-    let want_mib = slot_mib + slot_mib / 2 + 4;
+    let slot_bytes = manifest.total_size();
     match scheme {
         relaybox_update::Scheme::Efi => {
             // One EFI system partition: systemd-boot, its entries, both slots.
-            let esp_mib = board.mib("ESP_SIZE_MIB", 96)?.max(2 * want_mib + 4);
+            let esp_mib = disk::esp_mib(board.mib("ESP_SIZE_MIB", 96)?, slot_bytes);
             for (name, path) in &slot_files {
                 boot.push((format!("slot-a/{name}"), path.clone()));
             }
             let esp = out.join("boot.part");
-            disk::fat_image(&esp, "RELAYBOX", esp_mib, &boot)?;
+            disk::fat_image(&esp, disk::BOOT_LABEL, esp_mib, &boot)?;
             run(Command::new("mmd").arg("-i").arg(&esp).arg("::/slot-b"))?;
-            let esp_part = Part { image: &esp, name: "RELAYBOX_BOOT", gpt_type: "ef00", mbr_type: 0x0c };
+            let esp_part = Part { image: &esp, name: disk::ESP_NAME, gpt_type: "ef00", mbr_type: 0x0c };
             disk::disk_image(&disk_path, &[esp_part, cfg_part], true)?;
             std::fs::remove_file(&esp)?;
         }
         relaybox_update::Scheme::Rpi => {
             // autoboot.txt alone on the first partition; a boot partition per slot.
-            let slot_part_mib = board.mib("ESP_SIZE_MIB", 64)?.max(want_mib);
+            let slot_part_mib = disk::pi_slot_mib(board.mib("ESP_SIZE_MIB", 64)?, slot_bytes);
             let autoboot = tmp.join("autoboot.txt");
             std::fs::write(&autoboot, relaybox_update::pi::Autoboot::for_good(relaybox_update::Slot::A).render())?;
             let (p1, pa, pb) = (out.join("p1.part"), out.join("pa.part"), out.join("pb.part"));
-            disk::fat_image(&p1, "RELAYBOX", 16, &[(relaybox_update::pi::AUTOBOOT.to_string(), autoboot)])?;
-            disk::fat_image(&pa, "RBXSLOTA", slot_part_mib, &slot_files)?;
-            disk::fat_image(&pb, "RBXSLOTB", slot_part_mib, &[])?;
+            let autoboot_file = [(relaybox_update::pi::AUTOBOOT.to_string(), autoboot)];
+            let [label_a, label_b] = disk::PI_SLOT_LABELS;
+            disk::fat_image(&p1, disk::BOOT_LABEL, disk::PI_BOOT_MIB, &autoboot_file)?;
+            disk::fat_image(&pa, label_a, slot_part_mib, &slot_files)?;
+            disk::fat_image(&pb, label_b, slot_part_mib, &[])?;
             let fat = |image, name| Part { image, name, gpt_type: "0700", mbr_type: 0x0c };
             disk::disk_image(
                 &disk_path,
-                &[fat(&p1, "RELAYBOX"), fat(&pa, "RBXSLOTA"), fat(&pb, "RBXSLOTB"), cfg_part],
+                &[fat(&p1, disk::BOOT_LABEL), fat(&pa, label_a), fat(&pb, label_b), cfg_part],
                 false,
             )?;
             for p in [p1, pa, pb] {

@@ -4,6 +4,7 @@
 //! - `cargo xtask image --board NAME [--version V] [--update-key PUB]` — initramfs, slot files and
 //!   disk image under target/images/NAME
 //! - `cargo xtask bundle --board NAME --key KEY [--out FILE]` — the image's slot as a signed update bundle
+//!   (`--slot DIR` instead of `--board`: a slot Buildroot made)
 //! - `cargo xtask config-image --out FILE [--from DIR] [--fs ext4|vfat]` — a RELAYBOX_CFG partition
 //! - `cargo xtask provision --image DISK --box BOX.conf` — one box's identity onto its config partition
 //! - `cargo xtask qemu --board qemu-x86_64|qemu-aarch64` — boot it (UEFI, systemd-boot) and wait
@@ -51,8 +52,12 @@ enum Cmd {
     },
     /// Make a signed update bundle of a built image's slot files.
     Bundle {
-        #[arg(long)]
-        board: String,
+        #[arg(long, required_unless_present = "slot")]
+        board: Option<String>,
+        /// A slot directory with its manifest.json instead of the xtask's image
+        /// (Buildroot: output/images/relaybox-boot/slot-a, or relaybox-slot on the Pi).
+        #[arg(long, conflicts_with = "board")]
+        slot: Option<PathBuf>,
         /// The private signing key (PEM, `relaybox-ca update-key`).
         #[arg(long)]
         key: PathBuf,
@@ -133,11 +138,17 @@ fn main() -> Result<()> {
         Cmd::Image { board, version, update_key } => {
             xtask::image::build_with(&board, &xtask::image::Options { version, update_key })?;
         }
-        Cmd::Bundle { board, key, out } => {
-            let img = Image::existing(&board)
-                .ok_or_else(|| anyhow::anyhow!("no image of {board}: cargo xtask image --board {board} first"))?;
-            xtask::bundle::make(&img, &key, out)?;
-        }
+        Cmd::Bundle { board, slot, key, out } => match (board, slot) {
+            (_, Some(slot)) => {
+                xtask::bundle::make_from_slot(&slot, &key, out)?;
+            }
+            (Some(board), None) => {
+                let img = Image::existing(&board)
+                    .ok_or_else(|| anyhow::anyhow!("no image of {board}: cargo xtask image --board {board} first"))?;
+                xtask::bundle::make(&img, &key, out)?;
+            }
+            (None, None) => bail!("--board or --slot"),
+        },
         Cmd::ConfigImage { out, from, fs, size_mib } => {
             xtask::disk::config_image(&out, &fs, size_mib, from.as_deref())?;
             println!("{} ({fs}, {size_mib} MiB, label {})", out.display(), xtask::disk::CFG_LABEL);

@@ -11,7 +11,12 @@
 //! and a fresh CARGO_HOME, into a static binary that runs (x86_64; the
 //! aarch64 command line is resolved with --unit-graph); the post-build and
 //! post-image scripts lay out the disk of `cargo xtask image` with the real
-//! genimage; busybox has every applet the init scripts run.
+//! genimage (the xtask's partitions, GPT names, labels and sizes,
+//! systemd-boot's loader.conf and entry or the Pi's autoboot.txt, slot a
+//! with its manifest.json, an empty slot b, the release file and the update
+//! key, compared with relaybox-update's own rendering), and a bundle of
+//! that slot is one the box would install; a build without the update key
+//! stops; busybox has every applet the init scripts run.
 //!
 //! Slow (make parses the whole Buildroot tree for each printvars, cargo
 //! builds a release binary) and needs crates.io the first time (the crates
@@ -41,6 +46,7 @@ const VARS: &[&str] = &[
     "RELAYBOX_INSTALL_TARGET_CMDS",
     "RELAYBOX_LICENSE",
     "RELAYBOX_LICENSE_FILES",
+    "RELAYBOX_INSTALL_UPDATE_KEY",
     "BR_CARGO_HOME",
     "RUSTC_TARGET_NAME",
     "TARGET_CROSS",
@@ -226,7 +232,9 @@ fn configure(buildroot: &Path, name: &'static str, t0: Instant) -> Board {
             config.insert(k.to_string(), "n".to_string());
         }
     }
-    let vars = printvars(buildroot, &out, VARS, &[]);
+    // The update key as an operator sets it (the defconfigs leave it empty).
+    let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
+    let vars = printvars(buildroot, &out, VARS, &[key]);
     eprintln!("buildroot: {name} configured ({:.0} s)", t0.elapsed().as_secs_f64());
     Board {
         name,
@@ -476,6 +484,17 @@ fn busybox_has_every_applet_the_init_scripts_run() {
             }
         }
     }
+    // Options of the applets: relaybox-syslogd keeps the log in a ring
+    // buffer for logread (-C) and may forward it (-R).
+    let syslogd = read(&overlay.join("usr/sbin/relaybox-syslogd"));
+    for (flag, symbol) in [("-C", "CONFIG_FEATURE_IPC_SYSLOG"), ("-R", "CONFIG_FEATURE_REMOTE_LOG")] {
+        assert!(syslogd.contains(flag), "relaybox-syslogd no longer runs syslogd {flag}: update this test");
+        for b in &p.boards {
+            if busybox_config(p, b).get(symbol) != Some(&true) {
+                errors.push(format!("{}: relaybox-syslogd runs syslogd {flag}, but busybox has {symbol} off", b.name));
+            }
+        }
+    }
     assert!(errors.is_empty(), "{errors:#?}");
 }
 
@@ -659,18 +678,50 @@ fn partitions(disk: &[u8]) -> Result<(bool, Vec<Partition>), String> {
     Ok((false, parts))
 }
 
-/// The FAT volume label of a FAT32 file system image.
-fn fat32_label(part: &[u8]) -> Option<String> {
-    (part.len() > 90 && &part[82..87] == b"FAT32")
-        .then(|| String::from_utf8_lossy(&part[71..82]).trim_end().to_string())
-}
-
 /// The volume label of an ext2/3/4 file system image.
 fn ext4_label(part: &[u8]) -> Option<String> {
     (part.len() > 1024 + 136 && part[1024 + 56..1024 + 58] == [0x53, 0xef]).then(|| {
         let name = &part[1024 + 120..1024 + 136];
         String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap_or(16)]).into_owned()
     })
+}
+
+/// The update key the tests give BR2_PACKAGE_RELAYBOX_UPDATE_KEY (RFC
+/// 8410's example public key).
+fn test_update_key() -> PathBuf {
+    let path = work().join("update-key.pub");
+    let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem) {
+        std::fs::create_dir_all(work()).unwrap();
+        std::fs::write(&path, pem).unwrap();
+    }
+    path
+}
+
+#[test]
+#[ignore = "runs Buildroot: ci/test.sh"]
+fn a_build_without_the_update_key_stops_at_once() {
+    let p = prepared();
+    let b = p.boards.iter().find(|b| b.name == "qemu-x86_64").unwrap();
+    // `relaybox-dirclean` is a build target (BR_BUILDING) that does nothing
+    // in the test's output directory: make stops while it reads the
+    // makefiles, before anything is built, unless the key is set.
+    let out = run(make(&p.buildroot, &b.out).arg("relaybox-dirclean"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("set BR2_PACKAGE_RELAYBOX_UPDATE_KEY"),
+        "a build without BR2_PACKAGE_RELAYBOX_UPDATE_KEY should stop naming it: {stderr}"
+    );
+    let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
+    ok(make(&p.buildroot, &b.out).arg("relaybox-dirclean").arg(key));
+}
+
+/// The EFI boot loader a configuration puts on the ESP: GRUB (what
+/// Buildroot builds) or systemd-boot from BR2_PACKAGE_RELAYBOX_SYSTEMD_BOOT_EFI.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Loader {
+    Grub,
+    SystemdBoot,
 }
 
 #[test]
@@ -680,190 +731,443 @@ fn post_build_and_post_image_lay_out_the_xtask_disk_with_genimage() {
     let mut errors = Vec::new();
     for b in &p.boards {
         let conf = board_conf(b.name);
-        let scratch = work().join("scripts").join(b.name);
-        let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch).unwrap();
-
-        // post-build.sh, twice: Buildroot runs it again at each `make`.
-        let target = fake_target_dir(&scratch);
-        let script_env = |cmd: &mut Command| {
-            cmd.current_dir(&p.buildroot)
-                .env("BR2_CONFIG", b.out.join(".config"))
-                .env("TARGET_DIR", &target)
-                .env("BUILD_DIR", scratch.join("build"))
-                .env("BINARIES_DIR", scratch.join("images"))
-                .env("BASE_DIR", &scratch);
-        };
-        for _ in 0..2 {
-            let mut cmd = Command::new(tree().join("board/post-build.sh"));
-            cmd.arg(&target).arg(b.name);
-            script_env(&mut cmd);
-            ok(&mut cmd);
+        let efi_board = conf["DISK_LAYOUT"] == "gpt-efi";
+        let loaders: &[Option<Loader>] =
+            if efi_board { &[Some(Loader::Grub), Some(Loader::SystemdBoot)] } else { &[None] };
+        for &loader in loaders {
+            errors.extend(post_scripts(p, b, &conf, loader));
         }
-        let installed = read(&target.join("etc/relaybox/board.conf"));
-        assert_eq!(installed, read(&root().join("board").join(b.name).join("board.conf")), "{}: board.conf", b.name);
-        let inittab = read(&target.join("etc/inittab"));
-        let console = if conf.get("CONSOLE_SHELL").is_some_and(|v| v == "yes") {
-            "::respawn:-/bin/sh".to_string()
-        } else {
-            format!("{0}::respawn:/sbin/getty -L {1} {0} vt100", conf["CONSOLE"], conf["CONSOLE_BAUD"])
-        };
-        let n = inittab.lines().filter(|l| *l == console).count();
-        if n != 1 || !inittab.contains("::sysinit:/etc/init.d/rcS") {
-            errors.push(format!("{}: inittab should have rcS and `{console}` once:\n{inittab}", b.name));
-        }
-        let resolv = std::fs::read_link(target.join("etc/resolv.conf")).ok();
-        if resolv.as_deref() != Some(Path::new("../run/resolv.conf")) {
-            errors.push(format!("{}: /etc/resolv.conf -> {resolv:?}, not ../run/resolv.conf", b.name));
-        }
-        errors.extend(check_module_list(b.name, &read(&target.join("lib/modules/6.1.174/relaybox.load"))));
-
-        // post-image.sh on what this configuration's packages install in
-        // BINARIES_DIR (names from printvars), with the real genimage.
-        let images = scratch.join("images");
-        let mut inputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-        let mut input = |rel: &str, what: &str| {
-            let data = format!("{what} for {}\n", b.name).into_bytes();
-            inputs.push((images.join(rel), data.clone()));
-            data
-        };
-        let kernel = input(b.var("LINUX_IMAGE_NAME"), "kernel");
-        let cpio = format!("{}{}", b.var("ROOTFS_CPIO_FINAL_IMAGE_NAME"), b.var("ROOTFS_CPIO_COMPRESS_EXT"));
-        let initrd = input(&cpio, "initramfs");
-        let mut efi = None;
-        for tuple in b.var_or_empty("GRUB2_TUPLES-y").split_whitespace() {
-            let image = b.var(&format!("GRUB2_IMAGE_{tuple}"));
-            let rel = Path::new(image).strip_prefix(b.out.join("images")).unwrap().display().to_string();
-            efi = Some((Path::new(image).file_name().unwrap().to_string_lossy().to_uppercase(), input(&rel, tuple)));
-        }
-        for f in b.var_or_empty("RPI_FIRMWARE_FILES").split_whitespace() {
-            input(&format!("rpi-firmware/{f}"), f);
-        }
-        for dtb in b.var_or_empty("LINUX_DTBS").split_whitespace() {
-            input(Path::new(dtb).file_name().unwrap().to_str().unwrap(), dtb);
-        }
-        for (path, data) in &inputs {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, data).unwrap();
-        }
-        std::fs::create_dir_all(scratch.join("build")).unwrap();
-        let mut cmd = Command::new(tree().join("board/post-image.sh"));
-        cmd.arg(&images).arg(b.name);
-        script_env(&mut cmd);
-        let out = run(&mut cmd);
-        if !out.status.success() {
-            errors.push(format!(
-                "{}: post-image.sh failed ({}):\n{}{}",
-                b.name,
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-            continue;
-        }
-        errors.extend(check_disk(b.name, &conf, &images, &kernel, &initrd, efi));
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
-/// disk.img against the layout of `cargo xtask image` for this board.
-fn check_disk(
-    board: &str,
-    conf: &BTreeMap<String, String>,
-    images: &Path,
-    kernel: &[u8],
-    initrd: &[u8],
-    efi: Option<(String, Vec<u8>)>,
-) -> Vec<String> {
+/// post-build.sh and post-image.sh for one board (and one EFI boot loader).
+fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader: Option<Loader>) -> Vec<String> {
     let mut errors = Vec::new();
-    let mut e = |m: String| errors.push(format!("{board}: {m}"));
-    check_disk_into(&mut e, board, conf, images, kernel, initrd, efi);
+    let label = match loader {
+        Some(Loader::SystemdBoot) => format!("{} (systemd-boot)", b.name),
+        _ => b.name.to_string(),
+    };
+    let scratch = work().join("scripts").join(label.replace(' ', "-").replace(['(', ')'], ""));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    // The configuration as the operator set it: the defconfig, plus
+    // systemd-boot for the second run of an EFI board.
+    let mut config = read(&b.out.join(".config"));
+    if loader == Some(Loader::SystemdBoot) {
+        config.push_str("BR2_PACKAGE_RELAYBOX_SYSTEMD_BOOT_EFI=\"/somewhere/systemd-boot.efi\"\n");
+    }
+    let config_path = scratch.join(".config");
+    std::fs::write(&config_path, &config).unwrap();
+
+    let target = fake_target_dir(&scratch);
+    let script_env = |cmd: &mut Command| {
+        cmd.current_dir(&p.buildroot)
+            .env("BR2_CONFIG", &config_path)
+            .env("TARGET_DIR", &target)
+            .env("BUILD_DIR", scratch.join("build"))
+            .env("BINARIES_DIR", scratch.join("images"))
+            .env("BASE_DIR", &scratch);
+    };
+    let post_build = || {
+        let mut cmd = Command::new(tree().join("board/post-build.sh"));
+        cmd.arg(&target).arg(b.name);
+        script_env(&mut cmd);
+        run(&mut cmd)
+    };
+    // Without the update key (the package's hook did not run), no image.
+    let out = post_build();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains("BR2_PACKAGE_RELAYBOX_UPDATE_KEY") {
+        errors.push(format!("{label}: post-build.sh without update.pub should fail naming the setting: {stderr}"));
+    }
+    // The package's hook, as printvars shows it, installs the key.
+    let hook = b.var("RELAYBOX_INSTALL_UPDATE_KEY").replace(b.var("TARGET_DIR"), &target.display().to_string());
+    ok(Command::new("sh").arg("-ec").arg(&hook));
+    let key = test_update_key();
+    if std::fs::read(target.join("etc/relaybox/update.pub")).ok() != std::fs::read(&key).ok() {
+        errors.push(format!("{label}: /etc/relaybox/update.pub is not BR2_PACKAGE_RELAYBOX_UPDATE_KEY's file"));
+    }
+    // post-build.sh, twice: Buildroot runs it again at each `make`.
+    for _ in 0..2 {
+        let out = post_build();
+        if !out.status.success() {
+            errors.push(format!("{label}: post-build.sh failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return errors;
+        }
+    }
+    let installed = read(&target.join("etc/relaybox/board.conf"));
+    assert_eq!(installed, read(&root().join("board").join(b.name).join("board.conf")), "{}: board.conf", b.name);
+    let inittab = read(&target.join("etc/inittab"));
+    let console = if conf.get("CONSOLE_SHELL").is_some_and(|v| v == "yes") {
+        "::respawn:-/bin/sh".to_string()
+    } else {
+        format!("{0}::respawn:/sbin/getty -L {1} {0} vt100", conf["CONSOLE"], conf["CONSOLE_BAUD"])
+    };
+    let n = inittab.lines().filter(|l| *l == console).count();
+    if n != 1 || !inittab.contains("::sysinit:/etc/init.d/rcS") {
+        errors.push(format!("{label}: inittab should have rcS and `{console}` once:\n{inittab}"));
+    }
+    let resolv = std::fs::read_link(target.join("etc/resolv.conf")).ok();
+    if resolv.as_deref() != Some(Path::new("../run/resolv.conf")) {
+        errors.push(format!("{label}: /etc/resolv.conf -> {resolv:?}, not ../run/resolv.conf"));
+    }
+    errors.extend(check_module_list(b.name, &read(&target.join("lib/modules/6.1.174/relaybox.load"))));
+
+    // The release file as the xtask writes it (relaybox-update's own
+    // rendering), which `relaybox update` reads; with GRUB a scheme it
+    // refuses.
+    let release_text = read(&target.join("etc/relaybox/release"));
+    let version = release_text
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION=\"").and_then(|v| v.strip_suffix('"')))
+        .unwrap_or_default()
+        .to_string();
+    let scheme = match loader {
+        Some(Loader::Grub) => None,
+        Some(Loader::SystemdBoot) => Some(relaybox_update::Scheme::Efi),
+        None => Some(relaybox_update::Scheme::Rpi),
+    };
+    match (scheme, relaybox_update::Release::parse(&release_text)) {
+        (Some(scheme), Ok(release)) => {
+            let want =
+                relaybox_update::Release { board: b.name.to_string(), version: version.parse().unwrap(), scheme };
+            if release.render() != want.render() || release_text != want.render() {
+                errors.push(format!("{label}: release file {release_text:?}, the xtask writes {:?}", want.render()));
+            }
+        }
+        (None, Err(_))
+            if release_text == format!("BOARD=\"{}\"\nVERSION=\"{version}\"\nBOOT_SCHEME=\"grub\"\n", b.name) => {}
+        (want, got) => errors.push(format!("{label}: release file {release_text:?} ({got:?}), want scheme {want:?}")),
+    }
+
+    // post-image.sh on what this configuration's packages install in
+    // BINARIES_DIR (names from printvars), with the real genimage.
+    let images = scratch.join("images");
+    let mut inputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    let mut input = |path: PathBuf, what: &str| {
+        let data = format!("{what} for {}\n", b.name).into_bytes();
+        inputs.push((path, data.clone()));
+        data
+    };
+    let kernel = input(images.join(b.var("LINUX_IMAGE_NAME")), "kernel");
+    let cpio = format!("{}{}", b.var("ROOTFS_CPIO_FINAL_IMAGE_NAME"), b.var("ROOTFS_CPIO_COMPRESS_EXT"));
+    let initrd = input(images.join(cpio), "initramfs");
+    let mut efi = None;
+    for tuple in b.var_or_empty("GRUB2_TUPLES-y").split_whitespace() {
+        let image = b.var(&format!("GRUB2_IMAGE_{tuple}"));
+        let rel = Path::new(image).strip_prefix(b.out.join("images")).unwrap().display().to_string();
+        let data = input(images.join(rel), tuple);
+        if loader == Some(Loader::Grub) {
+            efi = Some(data);
+        }
+    }
+    if loader == Some(Loader::SystemdBoot) {
+        // What the package's RELAYBOX_INSTALL_IMAGES_CMDS installs.
+        efi = Some(input(images.join("relaybox-systemd-boot.efi"), "systemd-boot"));
+    }
+    for f in b.var_or_empty("RPI_FIRMWARE_FILES").split_whitespace() {
+        input(images.join(format!("rpi-firmware/{f}")), f);
+    }
+    if !b.var_or_empty("RPI_FIRMWARE_FILES").is_empty() {
+        input(scratch.join("build/rpi-firmware-0123abcd/boot/LICENCE.broadcom"), "licence");
+    }
+    for dtb in b.var_or_empty("LINUX_DTBS").split_whitespace() {
+        input(images.join(Path::new(dtb).file_name().unwrap()), dtb);
+    }
+    for (path, data) in &inputs {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    std::fs::create_dir_all(scratch.join("build")).unwrap();
+    let mut cmd = Command::new(tree().join("board/post-image.sh"));
+    cmd.arg(&images).arg(b.name);
+    script_env(&mut cmd);
+    let out = run(&mut cmd);
+    if !out.status.success() {
+        errors.push(format!(
+            "{label}: post-image.sh failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        return errors;
+    }
+    let want = Want { board: b.name, conf, version: &version, kernel: &kernel, initrd: &initrd, efi, loader };
+    let mut e = |m: String| errors.push(format!("{label}: {m}"));
+    check_disk(&mut e, &images, &want);
+    // An update of this box: `cargo xtask bundle --slot` of the slot
+    // post-image.sh staged, signed with the private half of the update key,
+    // is what the box (its update.pub, its board) installs.
+    if let Some(scheme) = scheme {
+        let slot = match scheme {
+            relaybox_update::Scheme::Efi => images.join("relaybox-boot/slot-a"),
+            relaybox_update::Scheme::Rpi => images.join("relaybox-slot"),
+        };
+        let signing = work().join("update-key.key");
+        std::fs::write(&signing, TEST_SIGNING_KEY).unwrap();
+        let bundle = scratch.join("update.bundle");
+        match xtask::bundle::make_from_slot(&slot, &signing, Some(bundle.clone())) {
+            Err(err) => e(format!("cargo xtask bundle --slot {}: {err:#}", slot.display())),
+            Ok(_) => {
+                let pem = read(&target.join("etc/relaybox/update.pub"));
+                let key = relaybox_update::PublicKey::from_pem(&pem).unwrap();
+                let running: relaybox_update::Version = "0.0.1".parse().unwrap();
+                let expect = relaybox_update::Expect {
+                    key: &key,
+                    board: b.name,
+                    running: &running,
+                    force: false,
+                    max_total: u64::MAX,
+                    required: scheme.required_files(),
+                };
+                let opened = relaybox_update::bundle::open(std::fs::File::open(&bundle).unwrap(), &expect)
+                    .and_then(|(checked, files)| files.each(|_| Ok(())).map(|()| checked));
+                match opened {
+                    Ok(checked) if checked.manifest.version == version => {}
+                    other => e(format!("the box would not install the bundle of its own slot: {other:?}")),
+                }
+            }
+        }
+    }
+    // The disk images take hundreds of MiB: kept only to look into a failure.
+    if errors.is_empty() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     errors
 }
 
-fn check_disk_into(
-    e: &mut dyn FnMut(String),
-    board: &str,
-    conf: &BTreeMap<String, String>,
-    images: &Path,
-    kernel: &[u8],
-    initrd: &[u8],
-    efi: Option<(String, Vec<u8>)>,
-) {
+/// The private key of test_update_key() (RFC 8410, section 10.3).
+const TEST_SIGNING_KEY: &str =
+    "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
+
+/// What the disk of a board must hold.
+struct Want<'a> {
+    board: &'a str,
+    conf: &'a BTreeMap<String, String>,
+    version: &'a str,
+    kernel: &'a [u8],
+    initrd: &'a [u8],
+    /// The EFI boot loader's bytes.
+    efi: Option<Vec<u8>>,
+    loader: Option<Loader>,
+}
+
+/// The FAT volume label and type (FAT16 or FAT32) of a FAT image.
+fn fat_label(part: &[u8]) -> Option<(String, &'static str)> {
+    if part.len() > 90 && &part[82..87] == b"FAT32" {
+        return Some((String::from_utf8_lossy(&part[71..82]).trim_end().to_string(), "FAT32"));
+    }
+    (part.len() > 62 && &part[54..59] == b"FAT16")
+        .then(|| (String::from_utf8_lossy(&part[43..54]).trim_end().to_string(), "FAT16"))
+}
+
+/// A file of a FAT image, as bytes.
+fn fat_file(image: &Path, path: &str) -> Option<Vec<u8>> {
+    let out = run(Command::new("mtype").arg("-i").arg(image).arg(format!("::{path}")));
+    out.status.success().then_some(out.stdout)
+}
+
+/// The names in a directory of a FAT image (directories too), sorted.
+fn fat_names(image: &Path, dir: &str) -> Vec<String> {
+    let out = run(Command::new("mdir").args(["-b", "-i"]).arg(image).arg(format!("::{dir}")));
+    if !out.status.success() {
+        return vec![format!("(no {dir}: {})", String::from_utf8_lossy(&out.stderr).trim())];
+    }
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches('/').rsplit('/').next().map(str::to_string))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .collect();
+    names.sort();
+    names
+}
+
+/// Slot a's files on a FAT image against the xtask's slot: `names` in the
+/// xtask's order, the kernel, initramfs and command line as given, and
+/// manifest.json as relaybox-update's `describe` writes it for them.
+fn check_slot(e: &mut dyn FnMut(String), image: &Path, dir: &str, names: &[&str], want: &Want) {
+    let mut listed: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    listed.push(relaybox_update::install::SLOT_MANIFEST.into());
+    listed.sort();
+    let found = fat_names(image, dir);
+    if found != listed {
+        e(format!("slot a ({dir}) holds {found:?}, the xtask's {listed:?}"));
+        return;
+    }
+    let cmdline = format!("{}\n", want.conf["KERNEL_CMDLINE"]);
+    for (name, data) in [("vmlinuz", want.kernel), ("initrd.img", want.initrd), ("cmdline.txt", cmdline.as_bytes())] {
+        if fat_file(image, &format!("{dir}/{name}")).as_deref() != Some(data) {
+            e(format!("slot a's {name} is not the build's"));
+        }
+    }
+    let files = image.with_extension("files");
+    let _ = std::fs::remove_dir_all(&files);
+    std::fs::create_dir_all(&files).unwrap();
+    let mut slot = Vec::new();
+    for name in names {
+        let path = files.join(name);
+        std::fs::write(&path, fat_file(image, &format!("{dir}/{name}")).unwrap_or_default()).unwrap();
+        slot.push((name.to_string(), path));
+    }
+    let manifest = relaybox_update::bundle::describe(want.board, want.version, &slot).unwrap().to_json();
+    let found = fat_file(image, &format!("{dir}/{}", relaybox_update::install::SLOT_MANIFEST)).unwrap_or_default();
+    if found != manifest {
+        e(format!(
+            "slot a's manifest.json:\n{}\nis not what the xtask writes:\n{}",
+            String::from_utf8_lossy(&found),
+            String::from_utf8_lossy(&manifest)
+        ));
+    }
+    if let Err(err) = relaybox_update::Manifest::parse(&found, u64::MAX) {
+        e(format!("slot a's manifest.json does not parse: {err}"));
+    }
+}
+
+/// disk.img against the layout of `cargo xtask image` for this board
+/// (board/README.md, "Disk layout"; host-tools/xtask/src/image.rs).
+fn check_disk(e: &mut dyn FnMut(String), images: &Path, want: &Want) {
+    let conf = want.conf;
     let disk = std::fs::read(images.join("disk.img")).unwrap();
     let gpt = conf["DISK_LAYOUT"] == "gpt-efi";
+    let count = if gpt { 2 } else { 4 };
     let parts = match partitions(&disk) {
-        Ok((is_gpt, parts)) if is_gpt == gpt && parts.len() == 2 => parts,
+        Ok((is_gpt, parts)) if is_gpt == gpt && parts.len() == count => parts,
         other => {
-            e(format!("want a {} table with 2 partitions: {other:?}", if gpt { "GPT" } else { "MBR" }));
+            e(format!("want a {} table with {count} partitions: {other:?}", if gpt { "GPT" } else { "MBR" }));
             return;
         }
     };
     const MIB: u64 = 1024 * 1024;
-    let (boot, cfg) = (&parts[0], &parts[1]);
-    let esp_min: u64 = conf["ESP_SIZE_MIB"].parse().unwrap();
-    let cfg_size: u64 = conf["CFG_SIZE_MIB"].parse().unwrap();
-    if boot.start != MIB || boot.size < esp_min * MIB || boot.size % MIB != 0 {
-        e(format!("the boot partition should start at 1 MiB, {esp_min} MiB or more, whole MiB: {boot:?}"));
-    }
-    if cfg.start != boot.start + boot.size || cfg.size != cfg_size * MIB {
-        e(format!("the config partition should follow the boot partition, {cfg_size} MiB: {cfg:?}"));
-    }
-    let (boot_type, cfg_type) = if gpt {
-        ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
-    } else {
-        ("0c", "83")
-    };
-    if boot.kind != boot_type || cfg.kind != cfg_type {
-        e(format!("partition types should be {boot_type} and {cfg_type}: {boot:?} {cfg:?}"));
-    }
-    if gpt && (boot.name != "RELAYBOX_BOOT" || cfg.name != "RELAYBOX_CFG") {
-        e(format!("GPT names should be RELAYBOX_BOOT and RELAYBOX_CFG: {boot:?} {cfg:?}"));
-    }
-    if !gpt && (!boot.bootable || cfg.bootable) {
-        e(format!("the Pi's boot partition (only) should be marked bootable: {boot:?} {cfg:?}"));
+    let mut at = MIB;
+    for part in &parts {
+        if part.start != at || part.size % MIB != 0 {
+            e(format!("partitions should follow each other from 1 MiB in whole MiB: {parts:?}"));
+            break;
+        }
+        at += part.size;
     }
     let slice = |p: &Partition| disk.get(p.start as usize..(p.start + p.size) as usize).unwrap_or(&[]).to_vec();
-    let boot_img = images.join("check-boot.img");
-    std::fs::write(&boot_img, slice(boot)).unwrap();
-    if fat32_label(&slice(boot)).as_deref() != Some("RELAYBOX") {
-        e(format!("the boot partition is not FAT32 labelled RELAYBOX ({:?})", fat32_label(&slice(boot))));
-    }
-    let file = |path: &str| {
-        let out = run(Command::new("mtype").arg("-i").arg(&boot_img).arg(format!("::{path}")));
-        out.status.success().then_some(out.stdout)
+    let part_image = |i: usize| {
+        let path = images.join(format!("check-p{}.img", i + 1));
+        std::fs::write(&path, slice(&parts[i])).unwrap();
+        path
     };
-    let cmdline = &conf["KERNEL_CMDLINE"];
-    if file("/vmlinuz").as_deref() != Some(kernel) || file("/initrd.img").as_deref() != Some(initrd) {
-        e("the boot partition lacks the kernel (vmlinuz) or the initramfs (initrd.img)".into());
+    let cfg = parts.last().unwrap();
+    let cfg_size: u64 = conf["CFG_SIZE_MIB"].parse().unwrap();
+    if cfg.size != cfg_size * MIB {
+        e(format!("the config partition should be {cfg_size} MiB: {cfg:?}"));
     }
+    // The size of slot a's files, from its manifest (check_slot checks it).
+    let slot_bytes = |image: &Path, dir: &str| {
+        let m = fat_file(image, &format!("{dir}/{}", relaybox_update::install::SLOT_MANIFEST)).unwrap_or_default();
+        relaybox_update::Manifest::parse(&m, u64::MAX).map(|m| m.total_size()).unwrap_or(0)
+    };
+    let esp_min: u64 = conf["ESP_SIZE_MIB"].parse().unwrap();
     if gpt {
-        let (name, data) = efi.unwrap_or_default();
-        if name.is_empty() || file(&format!("/EFI/BOOT/{name}")).as_deref() != Some(&data[..]) {
-            e(format!("no EFI boot loader at /EFI/BOOT/{name}"));
+        let (boot, cfg) = (&parts[0], &parts[1]);
+        let (esp_type, linux) = ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+        if boot.kind != esp_type || cfg.kind != linux {
+            e(format!("partition types should be {esp_type} and {linux}: {boot:?} {cfg:?}"));
         }
-        let grub = file("/EFI/BOOT/grub.cfg").map(|d| String::from_utf8_lossy(&d).into_owned()).unwrap_or_default();
-        if !grub.contains(&format!("linux /vmlinuz {cmdline}\n")) || !grub.contains("initrd /initrd.img") {
-            e(format!("grub.cfg does not boot /vmlinuz {cmdline} with /initrd.img:\n{grub}"));
+        if boot.name != xtask::disk::ESP_NAME || cfg.name != xtask::disk::CFG_LABEL {
+            let names = (xtask::disk::ESP_NAME, xtask::disk::CFG_LABEL);
+            e(format!("GPT names should be {names:?}: {boot:?} {cfg:?}"));
+        }
+        // As the xtask: room for two slots half again as big as this one.
+        let esp = part_image(0);
+        let esp_mib = xtask::disk::esp_mib(esp_min, slot_bytes(&esp, "/slot-a"));
+        if boot.size != esp_mib * MIB {
+            e(format!("the EFI system partition should be {esp_mib} MiB: {boot:?}"));
+        }
+        if fat_label(&slice(boot)) != Some((xtask::disk::BOOT_LABEL.into(), "FAT32")) {
+            e(format!(
+                "the EFI system partition is not FAT32 {} ({:?})",
+                xtask::disk::BOOT_LABEL,
+                fat_label(&slice(boot))
+            ));
+        }
+        let efi_name = format!("BOOT{}.EFI", conf["EFI_ARCH"].to_uppercase());
+        let top: Vec<String> = ["EFI", "loader", "slot-a", "slot-b"].iter().map(|s| s.to_string()).collect();
+        if fat_names(&esp, "/") != top {
+            e(format!("the EFI system partition holds {:?}, the xtask's {top:?}", fat_names(&esp, "/")));
+        }
+        if want.efi.is_none() || fat_file(&esp, &format!("/EFI/BOOT/{efi_name}")) != want.efi {
+            e(format!("/EFI/BOOT/{efi_name} is not the configured boot loader ({:?})", want.loader));
+        }
+        let loader_conf = read(&root().join("board").join(want.board).join("loader.conf"));
+        if fat_file(&esp, "/loader/loader.conf").as_deref() != Some(loader_conf.as_bytes()) {
+            e("loader/loader.conf is not board/<board>/loader.conf".into());
+        }
+        let first = relaybox_update::efi::Entry { generation: 1, slot: relaybox_update::Slot::A, tries: None };
+        if fat_names(&esp, "/loader/entries") != [first.file_name()] {
+            e(format!("loader/entries holds {:?}, the xtask's [{}]", fat_names(&esp, "/loader/entries"), first));
+        }
+        let text = first.text(want.version, &conf["KERNEL_CMDLINE"]);
+        let found = fat_file(&esp, &format!("/loader/entries/{first}")).unwrap_or_default();
+        if found != text.as_bytes() {
+            e(format!("{first}:\n{}\nis not the xtask's:\n{text}", String::from_utf8_lossy(&found)));
+        }
+        check_slot(e, &esp, "/slot-a", &["cmdline.txt", "vmlinuz", "initrd.img"], want);
+        if !fat_names(&esp, "/slot-b").is_empty() {
+            e(format!("slot-b should be empty: {:?}", fat_names(&esp, "/slot-b")));
+        }
+        let grub = fat_file(&esp, "/EFI/BOOT/grub.cfg").map(|d| String::from_utf8_lossy(&d).into_owned());
+        match want.loader {
+            Some(Loader::Grub) => {
+                let grub = grub.unwrap_or_default();
+                let cmdline = format!("linux /slot-a/vmlinuz {} relaybox.slot=a\n", conf["KERNEL_CMDLINE"]);
+                if !grub.contains(&cmdline) || !grub.contains("initrd /slot-a/initrd.img") {
+                    e(format!("grub.cfg does not boot slot a ({cmdline:?}):\n{grub}"));
+                }
+            }
+            _ => {
+                if grub.is_some() {
+                    e("a grub.cfg next to systemd-boot".into());
+                }
+            }
         }
     } else {
-        let config_txt = read(&root().join("board").join(board).join("config.txt"));
-        if file("/config.txt").as_deref() != Some(config_txt.as_bytes()) {
+        let kinds: Vec<&str> = parts.iter().map(|p| p.kind.as_str()).collect();
+        let bootable: Vec<bool> = parts.iter().map(|p| p.bootable).collect();
+        if kinds != ["0c", "0c", "0c", "83"] || bootable != [true, false, false, false] {
+            e(format!("MBR types should be 0c 0c 0c 83, the first bootable: {parts:?}"));
+        }
+        let slot_mib = xtask::disk::pi_slot_mib(esp_min, slot_bytes(&part_image(1), ""));
+        let sizes: Vec<u64> = parts[..3].iter().map(|p| p.size / MIB).collect();
+        if sizes != [xtask::disk::PI_BOOT_MIB, slot_mib, slot_mib] {
+            e(format!("partitions 1 to 3 should be {} MiB, {slot_mib} MiB twice: {parts:?}", xtask::disk::PI_BOOT_MIB));
+        }
+        let labels: Vec<Option<(String, &str)>> = parts[..3].iter().map(|p| fat_label(&slice(p))).collect();
+        let [label_a, label_b] = xtask::disk::PI_SLOT_LABELS;
+        let want_labels = [
+            Some((xtask::disk::BOOT_LABEL.into(), "FAT16")),
+            Some((label_a.into(), "FAT32")),
+            Some((label_b.into(), "FAT32")),
+        ];
+        if labels != want_labels {
+            e(format!("FAT labels {labels:?}, the xtask's {want_labels:?}"));
+        }
+        let p1 = part_image(0);
+        if fat_names(&p1, "/") != [relaybox_update::pi::AUTOBOOT] {
+            e(format!("partition 1 should hold autoboot.txt only: {:?}", fat_names(&p1, "/")));
+        }
+        let autoboot = relaybox_update::pi::Autoboot::for_good(relaybox_update::Slot::A).render();
+        if fat_file(&p1, "/autoboot.txt").as_deref() != Some(autoboot.as_bytes()) {
+            e(format!("autoboot.txt is not the xtask's:\n{autoboot}"));
+        }
+        let mut names = vec!["cmdline.txt", "config.txt", "vmlinuz", "initrd.img"];
+        let dtbs: Vec<&str> = conf["DTBS"].split_whitespace().map(|d| d.rsplit('/').next().unwrap()).collect();
+        names.extend(dtbs);
+        names.extend(["start4.elf", "fixup4.dat", "LICENCE.broadcom"]);
+        let slot_a = part_image(1);
+        check_slot(e, &slot_a, "/", &names, want);
+        let config_txt = read(&root().join("board").join(want.board).join("config.txt"));
+        if fat_file(&slot_a, "/config.txt").as_deref() != Some(config_txt.as_bytes()) {
             e("config.txt is not board/<board>/config.txt".into());
         }
-        if file("/cmdline.txt").as_deref() != Some(format!("{cmdline}\n").as_bytes()) {
-            e(format!("cmdline.txt is not {cmdline:?}"));
-        }
-        for f in ["start4.elf", "fixup4.dat"] {
-            if file(&format!("/{f}")).is_none() {
-                e(format!("the GPU firmware's {f} is missing"));
-            }
-        }
-        for dtb in conf["DTBS"].split_whitespace() {
-            let name = Path::new(dtb).file_name().unwrap().to_str().unwrap();
-            if file(&format!("/{name}")).is_none() {
-                e(format!("{name} is missing"));
-            }
+        if !fat_names(&part_image(2), "/").is_empty() {
+            e("slot b should be empty".into());
         }
     }
     let cfg_data = slice(cfg);
@@ -871,7 +1175,7 @@ fn check_disk_into(
     std::fs::write(&cfg_img, &cfg_data).unwrap();
     match conf.get("CFG_FS").map(String::as_str).unwrap_or("ext4") {
         "vfat" => {
-            if fat32_label(&cfg_data).as_deref() != Some(xtask::disk::CFG_LABEL_FAT) {
+            if fat_label(&cfg_data).map(|l| l.0).as_deref() != Some(xtask::disk::CFG_LABEL_FAT) {
                 e(format!("the config partition should be vfat {} (board.conf CFG_FS)", xtask::disk::CFG_LABEL_FAT));
             }
             let listing = ok(Command::new("mdir").arg("-b").arg("-i").arg(&cfg_img).arg("::/"));
@@ -1119,8 +1423,11 @@ fn the_package_downloads_builds_and_installs_with_cargo_offline() {
     }
     let log = work().join("relaybox-extract.log");
     let log_file = std::fs::File::create(&log).unwrap();
+    // A build target: make stops without the update key.
+    let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
     let out = run(make(&p.buildroot, &b.out)
         .args(&overrides)
+        .arg(key)
         .args(["relaybox-extract", "RELAYBOX_DOWNLOAD_DEPENDENCIES=", "RELAYBOX_EXTRACT_DEPENDENCIES=", "TAR=tar"])
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file));
