@@ -31,7 +31,7 @@ box_firewall() {
 # (self-signed); its fingerprint, to check on first connection.
 box_web_certificate() {
     [ "${WEB:-yes}" = yes ] || return 0
-    relaybox web --help >/dev/null 2>&1 || return 0
+    relaybox --help 2>/dev/null | grep -q "^  web " || return 0
     out=$(relaybox --config /config/relaybox.ini web certificate 2>&1) || { say "WARNING: $out"; return 0; }
     echo "$out" | while read -r line; do say "$line"; done
 }
