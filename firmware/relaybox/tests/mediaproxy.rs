@@ -46,6 +46,9 @@ const MANAGEMENT_PORT: u16 = 25061;
 const ORG: &str = "Example Ltd";
 /// An OpenSIPS dialog id (`h_entry << 32 | h_id`).
 const DIALOG: &str = "4294967303";
+/// DIALOG as OpenSIPS 3.1+'s `dlg_end_dlg` takes it: `h_entry.h_id` in
+/// reverse hex (4294967303 = 1 << 32 | 7), what the dispatcher sends first.
+const DIALOG_MI: &str = "1.7";
 /// Seconds a stream may wait for media, on every relay here.
 const STREAM_TIMEOUT: u64 = 3;
 
@@ -470,7 +473,7 @@ fn relaybox_dispatcher_serves_a_mediaproxy_relay() {
     let request: serde_json::Value = serde_json::from_str(&request).unwrap();
     assert_eq!(
         (request["method"].as_str(), request["params"]["dialog_id"].as_str()),
-        (Some("dlg_end_dlg"), Some(DIALOG))
+        (Some("dlg_end_dlg"), Some(DIALOG_MI))
     );
     let rows = sqlite_rows(&db, 2, &d);
     let expired: serde_json::Value = serde_json::from_str(&rows[1].1).unwrap();
