@@ -618,6 +618,10 @@ fn start_rtpengine(rig: &Rig, exe: &Path, streams: usize) -> anyhow::Result<Setu
     let p = Proc::spawn(
         &rig.relay,
         &[
+            // rtpengine keeps the soft descriptor limit it starts with (1024
+            // by default): 4 per call, it would stop near 250 calls.
+            "prlimit",
+            "--nofile=20000:20000",
             "rtpengine",
             "--foreground",
             "--log-stderr",
