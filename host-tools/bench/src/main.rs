@@ -523,7 +523,11 @@ impl Relaybox {
         port_range: &str,
         log_level: &str,
     ) -> anyhow::Result<Setup> {
-        self.start_with(rig, relaybox, datapath, streams, port_range, log_level, "max_sessions = 20000\n")
+        // One audio stream per call: the relay's descriptor budget then fits
+        // the streams, not the whole port range (which needs more than the
+        // 20 000 descriptors a machine like this allows).
+        let caps = format!("max_sessions = {}\nmax_streams_per_session = 1\n", streams + 64);
+        self.start_with(rig, relaybox, datapath, streams, port_range, log_level, &caps)
     }
 
     /// [`start`](Self::start) with more `[Relay]` settings (`extra`, lines).
