@@ -84,14 +84,25 @@ fn fetch(source: &str, config: &Config) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&u.work_dir).with_context(|| format!("creating {}", u.work_dir.display()))?;
     let out = u.work_dir.join("download.bundle");
     say(format!("downloading {source}"));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let size = runtime.block_on(async {
-        tokio::time::timeout(u.download_timeout, download(source, &out, u.max_bundle_size)).await.map_err(|_| {
-            anyhow!("the download took longer than [Update] download_timeout ({:?})", u.download_timeout)
-        })?
-    })?;
+    let size = download_within(source, &out, u.max_bundle_size, u.download_timeout)?;
     say(format!("downloaded {} to {}", mib(size), out.display()));
     Ok(out)
+}
+
+/// [`download`] bounded by `timeout`; whatever went wrong (too big, too
+/// slow, cut off), no partial file is left in `work_dir` (a RAM disk on the
+/// box).
+fn download_within(url: &str, out: &Path, limit: u64, timeout: std::time::Duration) -> anyhow::Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        tokio::time::timeout(timeout, download(url, out, limit))
+            .await
+            .map_err(|_| anyhow!("the download took longer than [Update] download_timeout ({timeout:?})"))?
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
 }
 
 async fn download(url: &str, out: &Path, limit: u64) -> anyhow::Result<u64> {
@@ -121,8 +132,6 @@ async fn download(url: &str, out: &Path, limit: u64) -> anyhow::Result<u64> {
         if let Ok(data) = frame?.into_data() {
             size += data.len() as u64;
             if size > limit {
-                drop(file);
-                let _ = std::fs::remove_file(out);
                 bail!("{url}: larger than [Update] max_bundle_size ({limit} bytes)");
             }
             file.write_all(&data).await?;
@@ -301,5 +310,58 @@ fn health(config: &Config, web: bool, no_reboot: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+
+    /// A server that answers one request with `head` and then `body_chunks`
+    /// chunks of 64 KiB, `pause` apart.
+    fn server(head: &'static str, body_chunks: usize, pause: Duration) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/bundle", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(head.as_bytes());
+            for _ in 0..body_chunks {
+                if conn.write_all(&[7u8; 65536]).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_hostile_server_gets_no_more_than_the_limits_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("download.bundle");
+        let minute = Duration::from_secs(60);
+
+        // An endless body: cut off at max_bundle_size.
+        let url = server("HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n", 1000, Duration::ZERO);
+        let e = download_within(&url, &out, 1 << 20, minute).unwrap_err();
+        assert!(e.to_string().contains("larger than [Update] max_bundle_size"), "{e:#}");
+        assert!(!out.exists(), "a refused download is not kept");
+
+        // A body that trickles: cut off at download_timeout.
+        let url = server("HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n", 100, Duration::from_millis(200));
+        let started = Instant::now();
+        let e = download_within(&url, &out, 1 << 30, Duration::from_millis(500)).unwrap_err();
+        assert!(e.to_string().contains("download_timeout"), "{e:#}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(!out.exists(), "a download that took too long is not kept");
+
+        // A good one is kept whole.
+        let url = server("HTTP/1.1 200 OK\r\nContent-Length: 131072\r\n\r\n", 2, Duration::ZERO);
+        assert_eq!(download_within(&url, &out, 1 << 20, minute).unwrap(), 131072);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), 131072);
     }
 }
