@@ -1,6 +1,6 @@
 # Sourced by rcS: the box's own services at boot (issue #14: provisioning,
 # network safety, running unattended). Each function is one step; rcS
-# calls them in order. Uses rcS's say().
+# calls them in order. Uses rcS's say() and has().
 
 # After /config is mounted: a factory reset or a restored backup waiting
 # for this boot, and a certificate replacement a power cut interrupted
@@ -31,7 +31,7 @@ box_firewall() {
 # (self-signed); its fingerprint, to check on first connection.
 box_web_certificate() {
     [ "${WEB:-yes}" = yes ] || return 0
-    relaybox --help 2>/dev/null | grep -q "^  web " || return 0
+    has web || return 0
     out=$(relaybox --config /config/relaybox.ini web certificate 2>&1) || { say "WARNING: $out"; return 0; }
     echo "$out" | while read -r line; do say "$line"; done
 }
