@@ -9,7 +9,7 @@
 //! Every load loop is bounded in packets and in time.
 //!
 //! `cargo build --release -p relaybox -p relaybox-bench && sudo target/release/relaybox-bench`
-//! (options: `--streams N --seconds S --sessions N --rates a,b,c --no-rtpengine`).
+//! (options: `--streams N --seconds S --sessions N --rates a,b,c --no-rtpengine --pin-relay`).
 //! The subcommands `gen` and `ng` are the parts it runs inside namespaces.
 
 use std::collections::HashMap;
@@ -249,6 +249,10 @@ struct Options {
     /// Which of a, b, c, d to run in the max-rate search (all by default;
     /// d is the reference).
     subjects: String,
+    /// Rate phase: the relay on CPU 1 alone, the generators on every other
+    /// CPU, so that on a machine with enough cores the relay's ceiling,
+    /// not the generators', is found.
+    pin_relay: bool,
     /// Which phases: setup, memory, cpu, rate.
     phases: Vec<String>,
     /// Each phase this many times (min / median / max reported).
@@ -275,6 +279,7 @@ impl Options {
             rtpengine: true,
             relaybox: exe.with_file_name("relaybox"),
             subjects: "abcd".into(),
+            pin_relay: false,
             phases: ["setup", "memory", "cpu", "rate"].map(String::from).to_vec(),
             rounds: 3,
             conns: 16,
@@ -299,6 +304,7 @@ impl Options {
                 "--cpu-rate" => o.cpu_rate = value()?.parse()?,
                 "--relaybox" => o.relaybox = value()?.into(),
                 "--no-rtpengine" => o.rtpengine = false,
+                "--pin-relay" => o.pin_relay = true,
                 "--only" => o.subjects = value()?.replace(',', ""),
                 other => bail!("unknown option {other}"),
             }
@@ -478,6 +484,9 @@ struct Setup {
     /// The process whose CPU is the relay's (none for nftables).
     relay_pid: Option<u32>,
     relay_log: Option<PathBuf>,
+    /// With `--pin-relay`: the CPUs the packet generators run on (a
+    /// `taskset -c` list; the relay has CPU 1).
+    gen_cpus: Option<String>,
 }
 
 struct Relaybox {
@@ -614,7 +623,7 @@ impl Relaybox {
             ports.push((reply_port(&answer)?, reply_port(&offer)?));
         }
         let (relay_pid, relay_log) = (Some(r.pid()), Some(r.log.clone()));
-        Ok(Setup { procs: vec![d, r], ports, relay_pid, relay_log })
+        Ok(Setup { procs: vec![d, r], ports, relay_pid, relay_log, gen_cpus: None })
     }
 }
 
@@ -655,7 +664,7 @@ fn start_rtpengine(rig: &Rig, exe: &Path, streams: usize) -> anyhow::Result<Setu
         })
         .collect();
     let pid = p.pid();
-    Ok(Setup { procs: vec![p], ports, relay_pid: Some(pid), relay_log: None })
+    Ok(Setup { procs: vec![p], ports, relay_pid: Some(pid), relay_log: None, gen_cpus: None })
 }
 
 /// One DNAT + SNAT per direction per stream in a static rule set: the
@@ -679,7 +688,7 @@ fn start_nft(rig: &Rig, streams: usize) -> anyhow::Result<Setup> {
     let file = rig.dir.join("static.nft");
     std::fs::write(&file, rules)?;
     sh(&["ip", "netns", "exec", &rig.relay, "nft", "-f", &file.to_string_lossy()])?;
-    Ok(Setup { procs: Vec::new(), ports, relay_pid: None, relay_log: None })
+    Ok(Setup { procs: Vec::new(), ports, relay_pid: None, relay_log: None, gen_cpus: None })
 }
 
 // ---------------------------------------------------------------- load
@@ -746,9 +755,15 @@ fn load(rig: &Rig, exe: &Path, setup: &Setup, pps: u64, seconds: u64) -> anyhow:
     let latch_time = setup.ports.len() as u64 * 500 + 300_000;
     let data_at = latch_at + latch_time + 1_000_000;
     let exe = exe.to_string_lossy().to_string();
+    let pin: Vec<String> = match &setup.gen_cpus {
+        Some(cpus) => vec!["taskset".into(), "-c".into(), cpus.clone()],
+        None => Vec::new(),
+    };
     let spawn = |ns: &str, bind: String, targets: &Path| -> anyhow::Result<Child> {
         Ok(Command::new("ip")
-            .args(["netns", "exec", ns, &exe, "gen", &bind])
+            .args(["netns", "exec", ns])
+            .args(&pin)
+            .args([exe.as_str(), "gen", &bind])
             .arg(targets)
             .args([latch_at.to_string(), data_at.to_string(), pps.to_string(), seconds.to_string()])
             .stdout(Stdio::piped())
@@ -925,7 +940,7 @@ fn rate_phase(rig: &Rig, opts: &Options, exe: &Path, rb: &mut Relaybox) -> anyho
             }
             Subject::Rtpengine => start_rtpengine(rig, exe, opts.streams),
         };
-        let setup = match setup {
+        let mut setup = match setup {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{}: cannot set up: {e:#}", subject.label());
@@ -933,6 +948,9 @@ fn rate_phase(rig: &Rig, opts: &Options, exe: &Path, rb: &mut Relaybox) -> anyho
                 continue;
             }
         };
+        if opts.pin_relay {
+            pin_relay(&mut setup)?;
+        }
         let row = measure(rig, opts, exe, subject, &setup, &mut latencies)?;
         rows.push(row);
         if subject == Subject::Nft {
@@ -951,6 +969,19 @@ fn rate_phase(rig: &Rig, opts: &Options, exe: &Path, rb: &mut Relaybox) -> anyho
         let _ = sh(&["ip", "netns", "exec", &rig.relay, "conntrack", "-F"]);
     }
     report(opts, &rows, &latencies);
+    Ok(())
+}
+
+/// `--pin-relay`: every thread of the relay process on CPU 1, the
+/// generators on the others (the kernel's forwarding, softirq work, runs
+/// where the packets are sent from, for every datapath alike).
+fn pin_relay(setup: &mut Setup) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    anyhow::ensure!(cpus >= 2, "--pin-relay needs 2 CPUs, this machine has {cpus}");
+    if let Some(pid) = setup.relay_pid {
+        sh(&["taskset", "-a", "-p", "-c", "1", &pid.to_string()])?;
+    }
+    setup.gen_cpus = Some(if cpus > 2 { format!("0,2-{}", cpus - 1) } else { "0".into() });
     Ok(())
 }
 

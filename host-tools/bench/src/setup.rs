@@ -108,13 +108,18 @@ struct NgClient {
     socket: UdpSocket,
     to: SocketAddr,
     buf: Vec<u8>,
+    /// Unique to this connection: rtpengine keeps recent answers by cookie
+    /// and sends the kept answer again for a cookie it has seen, so
+    /// connections counting from the same start would get each other's
+    /// answers without any work done.
+    prefix: String,
     cookie: u64,
 }
 
 impl Client for NgClient {
     fn ask(&mut self, request: &str) -> bool {
         self.cookie += 1;
-        let cookie = format!("{:x}", self.cookie);
+        let cookie = format!("{}{:x}", self.prefix, self.cookie);
         let message = format!("{cookie} {request}");
         if self.socket.send_to(message.as_bytes(), self.to).is_err() {
             return false;
@@ -126,7 +131,7 @@ impl Client for NgClient {
                     let reply = &self.buf[..n];
                     if reply.starts_with(cookie.as_bytes()) && reply.get(cookie.len()) == Some(&b' ') {
                         let body = &reply[cookie.len() + 1..];
-                        return body.windows(12).any(|w| w == b"6:result2:ok");
+                        return body.windows(12).any(|w| w == b"6:result2:ok") && ng_sdp_ok(request, body);
                     }
                 }
                 Err(_) => return false,
@@ -136,13 +141,26 @@ impl Client for NgClient {
     }
 }
 
+/// An `offer` or `answer` must come back with an SDP whose audio port is the
+/// server's, not the one sent: proof that it set the call up.
+fn ng_sdp_ok(request: &str, body: &[u8]) -> bool {
+    let Some(sent) = sdp_audio_port(request.as_bytes()) else { return true };
+    sdp_audio_port(body).is_some_and(|port| port != sent && port != 0)
+}
+
+fn sdp_audio_port(text: &[u8]) -> Option<u16> {
+    let at = text.windows(8).position(|w| w == b"m=audio ")? + 8;
+    let digits: Vec<u8> = text[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Protocol {
     Module,
     Ng,
 }
 
-fn connect(protocol: Protocol, target: &str) -> anyhow::Result<Box<dyn Client>> {
+fn connect(protocol: Protocol, target: &str, conn: usize) -> anyhow::Result<Box<dyn Client>> {
     Ok(match protocol {
         Protocol::Module => {
             let stream = UnixStream::connect(target).with_context(|| format!("connecting {target}"))?;
@@ -152,7 +170,8 @@ fn connect(protocol: Protocol, target: &str) -> anyhow::Result<Box<dyn Client>> 
         Protocol::Ng => {
             let socket = UdpSocket::bind("127.0.0.1:0")?;
             socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-            Box::new(NgClient { socket, to: target.parse()?, buf: vec![0u8; 65536], cookie: 0 })
+            let prefix = format!("{:x}.{conn}.", std::process::id());
+            Box::new(NgClient { socket, to: target.parse()?, buf: vec![0u8; 65536], prefix, cookie: 0 })
         }
     })
 }
@@ -188,7 +207,7 @@ pub fn setupgen(args: &[String]) -> anyhow::Result<()> {
             .map(|c| {
                 let (target, tag) = (target.clone(), tag.clone());
                 std::thread::spawn(move || -> anyhow::Result<u64> {
-                    let mut client = connect(protocol, &target)?;
+                    let mut client = connect(protocol, &target, c)?;
                     let mut ok = 0;
                     for i in 0..per {
                         let n = c as u64 * per + i;
@@ -218,7 +237,7 @@ pub fn setupgen(args: &[String]) -> anyhow::Result<()> {
         .map(|c| {
             let (target, tag) = (target.clone(), tag.clone());
             std::thread::spawn(move || -> anyhow::Result<(u64, u64, Vec<u32>)> {
-                let mut client = connect(protocol, &target)?;
+                let mut client = connect(protocol, &target, c)?;
                 let (mut cycles, mut errors) = (0u64, 0u64);
                 let mut latencies = Vec::with_capacity(1 << 16);
                 while Instant::now() < deadline && cycles < MAX_CYCLES_PER_CONN {
@@ -374,4 +393,21 @@ pub fn run_generator(ns: &str, exe: &Path, args: &[&str]) -> anyhow::Result<Stri
         bail!("setupgen {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ng_answer_counts_only_with_the_servers_own_media_port() {
+        let offer = ng_offer("c1");
+        let set_up = format!("d{}{}{}{}e", b("result"), b("ok"), b("sdp"), b(&sdp("10.88.0.1", 40000)));
+        let echoed = format!("d{}{}{}{}e", b("result"), b("ok"), b("sdp"), b(&sdp(CALLER, 4000)));
+        let bare = format!("d{}{}e", b("result"), b("ok"));
+        assert!(ng_sdp_ok(&offer, set_up.as_bytes()));
+        assert!(!ng_sdp_ok(&offer, echoed.as_bytes()), "the port sent, not a relay port");
+        assert!(!ng_sdp_ok(&offer, bare.as_bytes()), "no SDP at all");
+        assert!(ng_sdp_ok(&ng_delete("c1"), bare.as_bytes()), "a delete has no SDP");
+    }
 }

@@ -273,10 +273,16 @@ impl UserspaceDatapath {
         self
     }
 
+    /// A non-blocking UDP socket bound to `port`: made non-blocking (and
+    /// close-on-exec) by `socket(2)` itself, two system calls in all, on
+    /// the path every call's setup waits on.
     fn bind(&self, port: u16) -> io::Result<UdpSocket> {
-        let socket = UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let family = if self.bind_ip.is_ipv6() { AddressFamily::INET6 } else { AddressFamily::INET };
+        let fd =
+            rustix::net::socket_with(family, SocketType::DGRAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?;
+        rustix::net::bind(&fd, &SocketAddr::new(self.bind_ip, port))?;
+        Ok(UdpSocket::from(fd))
     }
 
     /// Puts `socket` in its slot and in its thread's epoll set.
