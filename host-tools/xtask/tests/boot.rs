@@ -17,9 +17,9 @@
 //! than their inputs (ci/test.sh runs `cargo xtask image` before).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,15 +27,14 @@ use relaybox_ca::{CertificateAuthority, Subject};
 use xtask::image::Image;
 use xtask::qemu::{Vm, VmConfig, HOST_FROM_GUEST};
 
+mod common;
+use common::{free_tcp_port, Dispatcher, WebPage};
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// The box's watchdog settings (`[Watchdog]`, provisioned): short, so that
 /// the reset comes soon after the relay stops for good.
 const WATCHDOG_TIMEOUT: u32 = 15;
 const WATCHDOG_GRACE: u32 = 6;
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// An even start with `count` free UDP ports on 127.0.0.1 (per-board
 /// offsets keep the two VMs apart).
@@ -48,81 +47,6 @@ fn free_udp_range(count: u16, salt: u16) -> (u16, u16) {
         }
     }
     panic!("no free UDP port range");
-}
-
-struct Dispatcher {
-    child: Child,
-    log: PathBuf,
-    socket: PathBuf,
-    mgmt: u16,
-    link: u16,
-}
-
-impl Dispatcher {
-    fn start(bin: &Path, dir: &Path, certs: &Path) -> Dispatcher {
-        let (link, mgmt) = (free_tcp_port(), free_tcp_port());
-        let socket = dir.join("dispatcher.sock");
-        let cfg = dir.join("dispatcher.ini");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[Dispatcher]\nsocket_path = {}\nlisten = 127.0.0.1:{link}\nlisten_management = 127.0.0.1:{mgmt}\n\
-                 management_use_tls = no\nrelay_timeout = 3\nmodule_timeout = 3\nlog_level = DEBUG\n[TLS]\ncerts_path = {}\n",
-                socket.display(),
-                certs.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("dispatcher.log");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("dispatcher")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Dispatcher { child, log, socket, mgmt, link };
-        d.wait_log("dispatcher ready", 1, Duration::from_secs(20));
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `needle` occurs at least `count` times in the log.
-    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        while self.log_text().matches(needle).count() < count {
-            assert!(Instant::now() < until, "{needle:?} x{count} not in the dispatcher log:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn management(&self, command: &str) -> String {
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.mgmt)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut reader = BufReader::new(stream);
-        reader.get_mut().write_all(format!("{command}\r\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn relays(&self) -> usize {
-        let v: serde_json::Value = serde_json::from_str(&self.management("summary")).unwrap();
-        v.as_array().unwrap().len()
-    }
-}
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Debian's chronyd on 127.0.0.1 as the box's NTP server (reached from the
@@ -247,59 +171,7 @@ fn call_through_the_box(d: &Dispatcher, call_id: &str, range: (u16, u16)) -> (u3
     (at_callee, at_caller)
 }
 
-/// The box's web page through QEMU's forward of its HTTPS port, driven
-/// with curl as an operator's browser would: login, forms with the page's
-/// CSRF token, cookies in a jar.
-struct WebPage {
-    port: u16,
-    jar: PathBuf,
-}
-
 const WEB_PASSWORD: &str = "boot-test-password";
-
-impl WebPage {
-    /// One request; (status, body). The box's self-signed certificate is
-    /// not checked (`-k`): this is about the forms, not the TLS setup.
-    fn request(&self, method: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sk", "--max-time", "60", "-X", method, "-w", "\n%{http_code}", "-c"])
-            .arg(&self.jar)
-            .arg("-b")
-            .arg(&self.jar);
-        for (k, v) in form {
-            cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
-        }
-        let out = cmd.arg(format!("https://127.0.0.1:{}{path}", self.port)).output().expect("running curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    /// Logs in (the web service may still be starting: retried for a while)
-    /// and returns the session's CSRF token.
-    fn login(&self) -> String {
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, _) = self.request("GET", "/login", &[]);
-            let jar = std::fs::read_to_string(&self.jar).unwrap_or_default();
-            let token = jar.lines().find_map(|l| l.split('\t').skip_while(|f| *f != "relaybox_login").nth(1));
-            if status == 200 {
-                let token = token.expect("login page sets its token cookie").to_string();
-                let (status, body) = self.request("POST", "/login", &[("csrf", &token), ("password", WEB_PASSWORD)]);
-                assert_eq!(status, 303, "login: {body}");
-                let (_, page) = self.request("GET", "/system", &[]);
-                let csrf = page
-                    .split(r#"name="csrf" value=""#)
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or_else(|| panic!("no CSRF field on /system: {page}"));
-                return csrf.to_string();
-            }
-            assert!(Instant::now() < until, "the box's web page never answered (last status {status})");
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-}
 
 /// The output of a one-line shell command on the console (daemons' log
 /// lines may reach the console in between: the value is marked).
@@ -358,7 +230,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
         ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher").with_org("Example Ltd"), 30).unwrap();
     let certs = dir.join("certs");
     relaybox_ca::write_certs_dir(&ca, &certs, &relay, &disp).unwrap();
-    let d = Dispatcher::start(host_relaybox, dir, &certs);
+    let d = Dispatcher::start(host_relaybox, dir, &certs, "DEBUG", "relay_timeout = 3\nmodule_timeout = 3\n");
     let ntp = NtpServer::start(dir);
 
     // The operator's box file, provisioned onto a copy of the board's disk
@@ -451,7 +323,7 @@ fn boot_scenario(board: &str, salt: u16, host_relaybox: &Path) -> Report {
 
     // The web page: from the LAN (the box's default 192.168.88.1) it answers
     // and takes the provisioned password; from the WAN it is not reachable.
-    let web = WebPage { port: vm_cfg.lan_web_host_port, jar: dir.join("cookies") };
+    let web = WebPage { port: vm_cfg.lan_web_host_port, jar: dir.join("cookies"), password: WEB_PASSWORD };
     let csrf = web.login();
     let wan = Command::new("curl")
         .args(["-sk", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}"])

@@ -22,7 +22,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,79 +31,11 @@ use relaybox_ca::{CertificateAuthority, Subject};
 use xtask::image::Image;
 use xtask::qemu::{Vm, VmConfig, HOST_FROM_GUEST};
 
+mod common;
+use common::{free_tcp_port, Dispatcher, WebPage};
+
 const BOOT: Duration = Duration::from_secs(300);
 const WEB_PASSWORD: &str = "update-test-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A dispatcher on the host for the box's relay (the health check wants
-/// the relay connected when dispatchers are set).
-struct Dispatcher {
-    child: Child,
-    log: PathBuf,
-    link: u16,
-}
-
-impl Dispatcher {
-    fn start(bin: &Path, dir: &Path, certs: &Path) -> Dispatcher {
-        let (link, mgmt) = (free_port(), free_port());
-        let cfg = dir.join("dispatcher.ini");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[Dispatcher]\nsocket_path = {}\nlisten = 127.0.0.1:{link}\nlisten_management = 127.0.0.1:{mgmt}\n\
-                 management_use_tls = no\nlog_level = INFO\n[TLS]\ncerts_path = {}\n",
-                dir.join("dispatcher.sock").display(),
-                certs.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("dispatcher.log");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .arg("dispatcher")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Dispatcher { child, log, link };
-        d.wait_connected(0, Duration::from_secs(1));
-        d
-    }
-
-    fn connections(&self) -> usize {
-        std::fs::read_to_string(&self.log).unwrap_or_default().matches("relay connected").count()
-    }
-
-    /// Waits until the relay connected more than `before` times.
-    fn wait_connected(&self, before: usize, timeout: Duration) {
-        let until = Instant::now() + timeout;
-        while self.connections() <= before && before > 0 || before == 0 && !self.ready() {
-            assert!(
-                Instant::now() < until,
-                "dispatcher log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn ready(&self) -> bool {
-        std::fs::read_to_string(&self.log).unwrap_or_default().contains("dispatcher ready")
-    }
-}
-
-impl Drop for Dispatcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Serves the files of a directory over HTTP to the guest (10.0.2.2 is the
 /// host's loopback under QEMU's user network); stops when dropped.
@@ -208,57 +140,6 @@ fn firmware(
     out
 }
 
-/// The box's web page through QEMU's forward of its port (curl, as the
-/// boot test drives it).
-struct WebPage {
-    port: u16,
-    jar: PathBuf,
-}
-
-impl WebPage {
-    fn curl(&self, args: &[&str], path: &str) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-sk", "--max-time", "300", "-w", "\n%{http_code}", "-c"])
-            .arg(&self.jar)
-            .arg("-b")
-            .arg(&self.jar)
-            .args(args)
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    /// Logs in (retrying while the page starts); returns the CSRF token.
-    fn login(&self) -> String {
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, _) = self.curl(&[], "/login");
-            if status == 200 {
-                let jar = std::fs::read_to_string(&self.jar).unwrap();
-                let token =
-                    jar.lines().find_map(|l| l.split('\t').skip_while(|f| *f != "relaybox_login").nth(1)).unwrap();
-                let (status, body) = self.curl(
-                    &[
-                        "--data-urlencode",
-                        &format!("csrf={token}"),
-                        "--data-urlencode",
-                        &format!("password={WEB_PASSWORD}"),
-                    ],
-                    "/login",
-                );
-                assert_eq!(status, 303, "login: {body}");
-                let (_, page) = self.curl(&[], "/update");
-                return page.split(r#"data-csrf=""#).nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
-            }
-            assert!(Instant::now() < until, "the web page never answered");
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-}
-
 /// A provisioned box: its relay certificate, a dispatcher on the host, a
 /// web password, short update timeouts, and a marker file on /config.
 struct Rig {
@@ -279,7 +160,7 @@ fn rig(name: &str) -> Rig {
     let disp = ca.issue(relaybox_ca::Role::Dispatcher, &Subject::new("dispatcher"), 30).unwrap();
     let certs = dir.join("certs");
     relaybox_ca::write_certs_dir(&ca, &certs, &relay, &disp).unwrap();
-    let dispatcher = Dispatcher::start(&img.relaybox, &dir, &certs);
+    let dispatcher = Dispatcher::start(&img.relaybox, &dir, &certs, "INFO", "");
     let cfg = dir.join("cfg");
     std::fs::create_dir_all(cfg.join("tls")).unwrap();
     for f in ["ca.pem", "crl.pem", "relay.crt", "relay.key"] {
@@ -309,7 +190,7 @@ fn rig(name: &str) -> Rig {
     xtask::disk::config_image(&cfg_img, "ext4", 16, Some(&cfg)).unwrap();
     let disk = dir.join("disk.img");
     img.provisioned_disk(&cfg_img, &disk).unwrap();
-    Rig { _tmp: tmp, dir, img, dispatcher, disk, web_port: free_port() }
+    Rig { _tmp: tmp, dir, img, dispatcher, disk, web_port: free_tcp_port() }
 }
 
 impl Rig {
@@ -391,7 +272,7 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     let mut vm = rig.vm("updates", None);
     assert_eq!(booted(&mut vm), ("a".to_string(), false));
     vm.wait_for(&format!("relaybox-update: slot a ({v0}) is the good slot"), BOOT).unwrap();
-    rig.dispatcher.wait_connected(0, Duration::from_secs(120));
+    rig.dispatcher.wait_log("relay connected", 1, Duration::from_secs(120));
     let first_boot = vm.started.elapsed().as_secs_f64();
     let before = sh(&mut vm, "ls /boot/loader/entries /boot/slot-b");
 
@@ -411,7 +292,7 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     }
 
     // 3. The good one, uploaded on the web page: installed into slot b.
-    let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies") };
+    let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies"), password: WEB_PASSWORD };
     let csrf = web.login();
     let (status, body) = web.curl(
         &[
@@ -448,7 +329,7 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     vm.send("reboot").unwrap();
     assert_eq!(booted(&mut vm), ("b".to_string(), true));
     vm.wait_for(&format!("relaybox-update: slot b ({v1}) is healthy: marked good"), BOOT).unwrap();
-    rig.dispatcher.wait_connected(connections, Duration::from_secs(10));
+    rig.dispatcher.wait_log("relay connected", connections + 1, Duration::from_secs(10));
     assert!(sh(&mut vm, "cat /etc/relaybox/release").contains(&format!("VERSION=\"{v1}\"")));
     // ... and it sticks.
     vm.send("reboot").unwrap();
@@ -471,7 +352,7 @@ fn bad_bundles_are_refused_a_good_update_sticks_and_a_broken_one_rolls_back() {
     let status = sh(&mut vm, "relaybox update status");
     assert!(status.contains(&format!("update to {v2} failed, rolled back")), "{status}");
     // The status page says so too.
-    let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies2") };
+    let web = WebPage { port: rig.web_port, jar: rig.dir.join("cookies2"), password: WEB_PASSWORD };
     web.login();
     let (_, page) = web.curl(&[], "/status");
     assert!(
