@@ -285,6 +285,15 @@ impl Updater {
         }
     }
 
+    /// How many boots a new slot gets: `[Update] boot_tries`, or the one
+    /// try of the Raspberry Pi firmware's tryboot.
+    pub fn tries(&self) -> u32 {
+        match self.release.scheme {
+            Scheme::Rpi(PiTry::Tryboot) => 1,
+            _ => self.config.boot_tries,
+        }
+    }
+
     /// One install at a time, whoever starts it (the CLI, the web page).
     pub fn lock(&self) -> Result<Lock, SystemError> {
         let dir = &self.config.work_dir;
@@ -440,6 +449,7 @@ mod tests {
         let u = pi.boot(false);
         assert_eq!(u.running.clone().unwrap(), Running::Rpi(Booted { slot: Slot::A, tryboot: false }));
         assert_eq!(u.release.scheme, Scheme::Rpi(PiTry::Counted));
+        assert_eq!(u.tries(), 3);
         assert_eq!(u.boot_check().unwrap().step, BootStep::Nothing);
         assert!(!u.on_trial().unwrap());
         let steps = pi.install(&u, "1.1");
@@ -545,6 +555,7 @@ mod tests {
         let mut pi = PiBox::new("tryboot");
         let u = pi.boot(false);
         assert_eq!(u.release.scheme, Scheme::Rpi(PiTry::Tryboot));
+        assert_eq!(u.tries(), 1);
         let steps = pi.install(&u, "1.1");
         assert!(matches!(steps.last(), Some(Progress::Armed { how, .. }) if how.contains("tryboot")), "{steps:?}");
         assert_eq!(pi.autoboot(), crate::pi::Autoboot { boot: 2, tryboot: 3 });

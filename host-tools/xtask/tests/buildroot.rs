@@ -380,7 +380,9 @@ fn each_board_gets_a_kernel_a_boot_loader_and_hashes() {
             errors.push(e(format!("a mainline kernel ({site}) has no {defconfig}")));
         }
         // The Raspberry Pi kernel as upstream Buildroot's raspberrypi4_64_defconfig has it.
-        if b.rpi_kernel() && (!site.starts_with("https://github.com/raspberrypi/linux/") || defconfig != "bcm2711") {
+        if b.rpi_kernel()
+            && (!site.starts_with("https://github.com/raspberrypi/linux/") || defconfig != "bcm2711_defconfig")
+        {
             errors.push(e(format!(
                 "the Raspberry Pi kernel should be raspberrypi/linux with bcm2711: {site} {defconfig}"
             )));
