@@ -19,6 +19,20 @@ install -D -m 0644 "$BOARD_DIR/board.conf" "$TARGET_DIR/etc/relaybox/board.conf"
 # shellcheck source=/dev/null
 . "$BOARD_DIR/board.conf"
 
+config=${BR2_CONFIG:?BR2_CONFIG is not set (run by Buildroot)}
+setting() { sed -n "s/^$1=\"\(.*\)\"\$/\1/p" "$config"; }
+# The Raspberry Pi kernel (raspberrypi/linux, as a tarball or a git tree;
+# relaybox_rpi4_arm64_defconfig) passes the firmware's tryboot flag on, and
+# names the Pi's console UART its own way (board.conf's RPI_KERNEL_*); any
+# other kernel is counted (board/README.md, "Raspberry Pi: tryboot").
+rpi_kernel=no
+case "$(setting BR2_LINUX_KERNEL_CUSTOM_TARBALL_LOCATION) $(setting BR2_LINUX_KERNEL_CUSTOM_REPO_URL)" in
+*raspberrypi,linux,* | *raspberrypi/linux*) rpi_kernel=yes ;;
+esac
+if [ "$DISK_LAYOUT" = rpi-mbr ] && [ "$rpi_kernel" = yes ]; then
+    CONSOLE=${RPI_KERNEL_CONSOLE:?board.conf has no RPI_KERNEL_CONSOLE}
+fi
+
 # inittab comes from rootfs-overlay/ (the relaybox package); the console
 # line from board.conf, below a marker so that a rebuild replaces it.
 inittab=$TARGET_DIR/etc/inittab
@@ -39,8 +53,6 @@ ln -sfn ../run/resolv.conf "$TARGET_DIR/etc/resolv.conf"
 # What the box's `relaybox update` reads (board/README.md, "Updates and
 # rollback"): the release file, as the xtask writes it, and the update key
 # the relaybox package installed (BR2_PACKAGE_RELAYBOX_UPDATE_KEY).
-config=${BR2_CONFIG:?BR2_CONFIG is not set (run by Buildroot)}
-setting() { sed -n "s/^$1=\"\(.*\)\"\$/\1/p" "$config"; }
 [ -f "$TARGET_DIR/etc/relaybox/update.pub" ] ||
     fail "$TARGET_DIR/etc/relaybox/update.pub missing (BR2_PACKAGE_RELAYBOX_UPDATE_KEY, buildroot/README.md)"
 version=$(setting BR2_PACKAGE_RELAYBOX_FIRMWARE_VERSION)
@@ -58,8 +70,17 @@ gpt-efi)
 rpi-mbr) scheme=rpi ;;
 *) fail "DISK_LAYOUT $DISK_LAYOUT: gpt-efi or rpi-mbr" ;;
 esac
-printf 'BOARD="%s"\nVERSION="%s"\nBOOT_SCHEME="%s"\n' "$BOARD" "$version" "$scheme" > "$TARGET_DIR/etc/relaybox/release"
-echo "post-build.sh: firmware $version for $BOARD, boot scheme $scheme"
+# The Pi: how a new slot is tried. The firmware's tryboot needs the
+# Raspberry Pi kernel; with any other kernel init counts the boots.
+pi_try=
+if [ "$scheme" = rpi ]; then
+    if [ "$rpi_kernel" = yes ]; then pi_try=tryboot; else pi_try=counted; fi
+fi
+{
+    printf 'BOARD="%s"\nVERSION="%s"\nBOOT_SCHEME="%s"\n' "$BOARD" "$version" "$scheme"
+    [ -z "$pi_try" ] || printf 'PI_TRY="%s"\n' "$pi_try"
+} > "$TARGET_DIR/etc/relaybox/release"
+echo "post-build.sh: firmware $version for $BOARD, boot scheme $scheme${pi_try:+, PI_TRY $pi_try}"
 
 # The modules rcS loads, in dependency order, as paths under
 # /lib/modules/<version>: board/common/modules.list and the board's MODULES,

@@ -7,8 +7,9 @@
 # loader's files (systemd-boot's loader/ on EFI boards, autoboot.txt on the
 # Pi) boot slot a. The partitions come from genimage-<DISK_LAYOUT>.cfg.in
 # next to this script, their sizes, file systems and the kernel command
-# line from board/<board>/board.conf, the version from the release file
-# post-build.sh wrote into the root file system (TARGET_DIR).
+# line from board/<board>/board.conf (the Raspberry Pi kernel's own
+# RPI_KERNEL_* on the Pi), the version from the release file post-build.sh
+# wrote into the root file system (TARGET_DIR).
 set -eu
 
 BINARIES_DIR=${1:?usage: post-image.sh BINARIES_DIR BOARD}
@@ -24,7 +25,15 @@ release=${TARGET_DIR:?TARGET_DIR is not set (run by Buildroot)}/etc/relaybox/rel
 [ -f "$release" ] || fail "$release missing (post-build.sh writes it)"
 VERSION=$(sed -n 's/^VERSION="\(.*\)"$/\1/p' "$release")
 BOOT_SCHEME=$(sed -n 's/^BOOT_SCHEME="\(.*\)"$/\1/p' "$release")
+PI_TRY=$(sed -n 's/^PI_TRY="\(.*\)"$/\1/p' "$release")
 [ -n "$VERSION" ] || fail "$release has no VERSION"
+# The Raspberry Pi kernel (post-build.sh wrote PI_TRY="tryboot" for it) has
+# its own console name and config.txt (board.conf's RPI_KERNEL_*).
+config_txt=config.txt
+if [ "$PI_TRY" = tryboot ]; then
+    KERNEL_CMDLINE=${RPI_KERNEL_CMDLINE:?board.conf has no RPI_KERNEL_CMDLINE}
+    config_txt=${RPI_KERNEL_CONFIG_TXT:?board.conf has no RPI_KERNEL_CONFIG_TXT}
+fi
 
 # What goes on the partitions, staged under BINARIES_DIR: relaybox-boot
 # (the EFI system partition, or the Pi's autoboot.txt partition) and
@@ -89,7 +98,7 @@ rpi-mbr)
     # first partition, then config.txt and cmdline.txt of the slot's and
     # loads the kernel, the initramfs and the device tree from there.
     [ "$BOOT_SCHEME" = rpi ] || fail "$release: BOOT_SCHEME $BOOT_SCHEME on the Pi: rpi"
-    put "$BOARD_DIR/config.txt" config.txt
+    put "$BOARD_DIR/$config_txt" config.txt
     put Image.gz vmlinuz
     put rootfs.cpio.xz initrd.img
     for dtb in ${DTBS:-}; do

@@ -965,7 +965,8 @@ pub struct WebConfig {
     /// page edits (`network.conf` next to the configuration file).
     pub network_conf: PathBuf,
     /// Program run, without arguments, by the System page's Reboot button
-    /// (`/sbin/reboot`).
+    /// (`/usr/sbin/relaybox-reboot`: busybox's reboot, with the Raspberry
+    /// Pi firmware's tryboot flag when a slot waits for it).
     pub reboot_command: PathBuf,
     /// Program the System page runs with the new host name as its one
     /// argument, to set the running host name (`/bin/hostname`).
@@ -1020,7 +1021,7 @@ impl WebConfig {
             system_conf: base.join("system.conf"),
             clock_pid_file: PathBuf::from("/run/relaybox/clock.pid"),
             network_conf: base.join("network.conf"),
-            reboot_command: PathBuf::from("/sbin/reboot"),
+            reboot_command: PathBuf::from(DEFAULT_REBOOT_COMMAND),
             hostname_command: PathBuf::from("/bin/hostname"),
             max_connections: 64,
             max_connections_per_ip: 8,
@@ -1138,7 +1139,9 @@ pub struct UpdateConfig {
     /// system partition, or the Raspberry Pi's `autoboot.txt` partition.
     pub boot_dir: PathBuf,
     /// Boots a new slot gets before the box goes back to the old one (3;
-    /// 1 to 9). The Raspberry Pi's firmware always gives one.
+    /// 1 to 9): systemd-boot's counter, or on a Raspberry Pi with
+    /// `PI_TRY=counted` the boots init counts. The Pi firmware's tryboot
+    /// always gives one.
     pub boot_tries: u32,
     /// How long a new slot has after init starts the services to become
     /// healthy (the relay answers its control socket, is connected to a
@@ -1154,9 +1157,15 @@ pub struct UpdateConfig {
     /// (`/run/relaybox/update`, RAM).
     pub work_dir: PathBuf,
     /// Program run, without arguments, when a new slot is not healthy in
-    /// time (`/sbin/reboot`).
+    /// time, and by `relaybox update install --reboot`
+    /// (`/usr/sbin/relaybox-reboot`, as `[Web] reboot_command`).
     pub reboot_command: PathBuf,
 }
+
+/// The box's reboot (rootfs-overlay/usr/sbin/relaybox-reboot): busybox's
+/// `reboot`, which a Raspberry Pi whose new slot waits for the firmware's
+/// tryboot ends with the tryboot flag.
+pub const DEFAULT_REBOOT_COMMAND: &str = "/usr/sbin/relaybox-reboot";
 
 impl Default for UpdateConfig {
     fn default() -> Self {
@@ -1169,7 +1178,7 @@ impl Default for UpdateConfig {
             max_bundle_size: 128 * MIB,
             download_timeout: Duration::from_secs(600),
             work_dir: PathBuf::from("/run/relaybox/update"),
-            reboot_command: PathBuf::from("/sbin/reboot"),
+            reboot_command: PathBuf::from(DEFAULT_REBOOT_COMMAND),
         }
     }
 }

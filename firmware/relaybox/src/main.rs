@@ -79,7 +79,8 @@ enum Command {
     #[command(hide = true)]
     ManPages { dir: PathBuf },
     /// Firmware updates of the box: install a signed bundle into the other
-    /// slot, show the slots, mark the running slot good, check its health.
+    /// slot, show the slots, mark the running slot good, check its health,
+    /// count a try at boot.
     Update {
         #[command(subcommand)]
         action: update::UpdateAction,
@@ -261,9 +262,14 @@ fn main() -> anyhow::Result<()> {
     }
     if let Command::Update { action } = cli.command {
         // An update must stay possible when the settings do not load (the
-        // new firmware may be the fix): the defaults serve then.
+        // new firmware may be the fix): the defaults serve then. The boot
+        // check runs before the config partition is mounted and rcK's
+        // tryboot reboot after it is unmounted: the defaults are theirs.
+        let quiet = matches!(action, update::UpdateAction::BootCheck { .. } | update::UpdateAction::TrybootReboot);
         let config = load(&cli.config).unwrap_or_else(|e| {
-            eprintln!("relaybox update: {e:#}; using the default settings");
+            if !quiet {
+                eprintln!("relaybox update: {e:#}; using the default settings");
+            }
             Config::default()
         });
         return update::run(&config, action);

@@ -1,10 +1,13 @@
 //! `relaybox update ...` on the box: installs a signed bundle (a file, or an
 //! `http://` URL downloaded first) into the slot that is not running,
-//! reports the slots, marks the running slot good, and the health check
-//! init runs after every boot of a slot on trial. The slot work itself
-//! (checks, writing, boot entries) is `relaybox-update`'s; this module adds
-//! the download, the health probes and the reboot. Progress goes to
-//! standard output as `relaybox-update: ...` lines (the box's console).
+//! reports the slots, marks the running slot good, the boot check init runs
+//! first at every boot (a Raspberry Pi counts a try of a slot on trial, or
+//! goes back), the health check it runs after every boot of a slot on
+//! trial, and the Raspberry Pi's reboot with the firmware's tryboot flag.
+//! The slot work itself (checks, writing, boot entries, the decisions) is
+//! `relaybox-update`'s; this module adds the download, the health probes
+//! and the reboots. Progress goes to standard output as
+//! `relaybox-update: ...` lines (the box's console).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -44,6 +47,27 @@ pub enum UpdateAction {
     },
     /// Mark the running slot good: the box keeps booting it.
     MarkGood,
+    /// At every boot, init's first step once the boot partition is mounted
+    /// (before the services): on a Raspberry Pi whose new slot is counted
+    /// (PI_TRY=counted), a boot of it takes one of its tries, and a boot of
+    /// it with none left points autoboot.txt back at the other slot and
+    /// reboots at once; a tryboot counts its one try. Elsewhere nothing.
+    BootCheck {
+        /// Report what a boot would do without rebooting (the record and
+        /// autoboot.txt are written all the same).
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Run by the box's reboot command (/usr/sbin/relaybox-reboot) before
+    /// `reboot`: on a Raspberry Pi with PI_TRY=tryboot whose other slot is
+    /// installed and not tried yet, asks the shutdown (rcK) to end with the
+    /// firmware's tryboot flag, which boots that slot once. Otherwise nothing.
+    PrepareReboot,
+    /// rcK's last step: when prepare-reboot asked for it, reboot at once with
+    /// the tryboot flag (reboot(2) with "0 tryboot", which the Raspberry Pi
+    /// kernel passes to the firmware) instead of init's plain reboot.
+    /// Otherwise nothing.
+    TrybootReboot,
     /// On a slot on trial: wait until the box is healthy (the relay answers
     /// on its control socket, is connected to a dispatcher when dispatchers
     /// are set, the web page accepts connections with --web), then mark it
@@ -150,6 +174,7 @@ fn state_words(state: &SlotState) -> String {
         SlotState::Good => "good".into(),
         SlotState::Trial { left, done: 0 } => format!("installed, boots next ({left} tries)"),
         SlotState::Trial { left, done } => format!("on trial (tried {done}, {left} left)"),
+        SlotState::Failed { tries: 0 } => "not tried (installed, then the box booted this slot again)".into(),
         SlotState::Failed { tries } => format!("failed (tried {tries} times, never healthy)"),
         SlotState::Empty => "empty".into(),
     }
@@ -226,7 +251,105 @@ pub fn run(config: &Config, action: UpdateAction) -> anyhow::Result<()> {
             Ok(())
         }
         UpdateAction::Health { web, no_reboot } => health(config, web, no_reboot),
+        UpdateAction::BootCheck { no_reboot } => boot_check(config, no_reboot),
+        UpdateAction::PrepareReboot => {
+            let marker = Path::new(TRYBOOT_MARKER);
+            let _ = std::fs::remove_file(marker);
+            let Some(slot) = updater(config).ok().and_then(|u| u.tryboot_waiting()) else {
+                return Ok(());
+            };
+            std::fs::write(marker, slot.letter()).with_context(|| format!("writing {TRYBOOT_MARKER}"))?;
+            say(format!("slot {slot} waits for a try: this reboot sets the firmware's tryboot flag"));
+            Ok(())
+        }
+        UpdateAction::TrybootReboot => {
+            if !Path::new(TRYBOOT_MARKER).exists() {
+                return Ok(());
+            }
+            say("rebooting with the firmware's tryboot flag (\"0 tryboot\")");
+            rustix::fs::sync();
+            reboot_with_argument(TRYBOOT_ARGUMENT)
+                .with_context(|| "reboot(2) with \"0 tryboot\" (init reboots without the flag)".to_string())
+        }
     }
+}
+
+/// What `reboot "0 tryboot"` passes: the partition (0, the default) and the
+/// flag the Raspberry Pi kernel's firmware driver hands to the firmware
+/// (RPI_FIRMWARE_SET_REBOOT_FLAGS). A mainline kernel ignores it.
+const TRYBOOT_ARGUMENT: &str = "0 tryboot";
+
+/// Left (in RAM) by prepare-reboot for rcK's tryboot-reboot: a reboot (not a
+/// power-off) of a box whose other slot waits for a tryboot. A fixed path:
+/// rcK runs once /config, and with it the settings, is unmounted.
+const TRYBOOT_MARKER: &str = "/run/relaybox/tryboot";
+
+/// reboot(2) with LINUX_REBOOT_CMD_RESTART2 and an argument, which
+/// rustix's safe `reboot` does not offer. Returns only on failure.
+fn reboot_with_argument(argument: &str) -> std::io::Result<()> {
+    let arg = std::ffi::CString::new(argument).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: reboot(2) reads the NUL-terminated string `arg` points to, which
+    // lives until the call returns; the other arguments are plain integers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_reboot,
+            libc::LINUX_REBOOT_MAGIC1,
+            libc::LINUX_REBOOT_MAGIC2,
+            libc::LINUX_REBOOT_CMD_RESTART2,
+            arg.as_ptr(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// At every boot, before the services: count a try of a slot on trial, or
+/// go back to the other slot and reboot at once. Never fatal for the boot:
+/// anything that goes wrong is reported and the boot goes on.
+fn boot_check(config: &Config, no_reboot: bool) -> anyhow::Result<()> {
+    use relaybox_update::BootStep;
+    let u = updater(config)?;
+    let slot = match &u.running {
+        Ok(r) => r.slot(),
+        Err(_) => return Ok(()),
+    };
+    let check = u.boot_check()?;
+    match &check.step {
+        BootStep::Nothing => {}
+        BootStep::Count(t) => match t.counted {
+            Some(c) => say(format!(
+                "slot {slot} ({}) is on trial: boot {} of it, {} more allowed before the box goes back to slot {}",
+                u.release.version, t.tried, c.left, c.fallback
+            )),
+            None => say(format!("slot {slot} ({}) is on trial: its one try (tryboot)", u.release.version)),
+        },
+        BootStep::RollBack { to, why, .. } => {
+            say(format!("{why}: autoboot.txt now boots slot {to} again"));
+        }
+        BootStep::TrialOver(t) => say(format!(
+            "slot {slot} runs and autoboot.txt boots it: the trial of slot {} ({}) is over, it is not tried again",
+            t.slot, t.version
+        )),
+        BootStep::Keep { why } => say(format!("WARNING: {why}: slot {slot} is kept")),
+        BootStep::SetAside { why } => say(format!(
+            "WARNING: the trial record cannot be read ({why}); moved aside ({}), slot {slot} goes on",
+            relaybox_update::pi::TRIAL_SET_ASIDE
+        )),
+    }
+    if check.reboot {
+        if no_reboot {
+            say("not rebooting (--no-reboot)");
+            return Ok(());
+        }
+        say("rebooting now");
+        rustix::fs::sync();
+        // Init has started nothing yet: a reboot without its shutdown.
+        rustix::system::reboot(rustix::system::RebootCommand::Restart).context("reboot(2)")?;
+    }
+    Ok(())
 }
 
 fn reboot_now(config: &Config) -> anyhow::Result<()> {
@@ -289,7 +412,6 @@ fn health(config: &Config, web: bool, no_reboot: bool) -> anyhow::Result<()> {
         say(format!("slot {slot} ({version}) is the good slot"));
         return Ok(());
     }
-    u.count_boot()?;
     let timeout = config.update.health_timeout;
     say(format!("slot {slot} ({version}) is on trial: checking the box's health for up to {} s", timeout.as_secs()));
     let until = Instant::now() + timeout;

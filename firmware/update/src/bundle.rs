@@ -353,6 +353,21 @@ pub(crate) mod tests {
             Fixture { dir, key: SigningKey::generate().unwrap().0, files }
         }
 
+        /// With the files a Raspberry Pi slot also needs.
+        pub fn pi() -> Fixture {
+            let mut fx = Fixture::new();
+            for (name, data) in [
+                ("config.txt", &b"arm_64bit=1\nkernel_watchdog_timeout=120\n"[..]),
+                ("start4.elf", &[0x7fu8; 5000][..]),
+                ("fixup4.dat", &[0x11u8; 700][..]),
+            ] {
+                let p = fx.dir.path().join(name);
+                std::fs::write(&p, data).unwrap();
+                fx.files.push((name.to_string(), p));
+            }
+            fx
+        }
+
         pub fn bundle(&self, board: &str, version: &str) -> PathBuf {
             let m = describe(board, version, &self.files).unwrap();
             let out = self.dir.path().join(format!("{board}-{version}.bundle"));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::{self, BundleError, Checked, Expect, FileEvent};
 use crate::efi::{Entries, MarkGood};
-use crate::pi::{self, Autoboot, AutobootError, Booted, Trial};
+use crate::pi::{self, Autoboot, AutobootError, BootStep, Booted, PiTry, Trial};
 use crate::slot::{Slot, SlotError, SlotReport, SlotState, Status};
 
 /// The signed manifest a slot keeps of what it holds.
@@ -371,10 +371,12 @@ pub enum PiSlots {
 }
 
 /// A Raspberry Pi box: `autoboot.txt` and the trial record on the first
-/// partition, mounted at `boot`; the slots on partitions 2 and 3.
+/// partition, mounted at `boot`; the slots on partitions 2 and 3; how this
+/// slot arms an install (`PI_TRY`).
 pub struct Pi {
     pub boot: PathBuf,
     pub slots: PiSlots,
+    pub mode: PiTry,
 }
 
 struct Mounted(PathBuf);
@@ -383,6 +385,15 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::empty());
     }
+}
+
+/// What `boot-check` did ([`Pi::boot_check`]), for init's console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootCheck {
+    pub step: BootStep,
+    /// The record, `autoboot.txt` and any slot it names were written and
+    /// synced: reboot now (the box goes back to the other slot).
+    pub reboot: bool,
 }
 
 impl Pi {
@@ -409,84 +420,213 @@ impl Pi {
         }
     }
 
-    fn trial(&self) -> Option<Trial> {
-        serde_json::from_slice(&std::fs::read(self.boot.join(pi::TRIAL)).ok()?).ok()
+    /// A slot's version, from its manifest (None: empty, unreadable, or the
+    /// partition does not mount).
+    fn version_of(&self, slot: Slot) -> Option<String> {
+        self.with_slot(slot, false, |dir| Ok(slot_version(dir))).unwrap_or(None)
     }
 
-    fn write_trial(&self, trial: &Trial) -> Result<(), InstallError> {
-        write_replace(&self.boot.join(pi::TRIAL), &serde_json::to_vec(trial).expect("serialises"))
+    /// The trial record: None when there is none, Err with the reason when
+    /// it cannot be read. A record whose rename was cut short (the old one
+    /// gone, the new one complete under its temporary name: [`write_replace`]
+    /// syncs it before the rename) is read from the temporary name.
+    pub fn record(&self) -> Result<Option<Trial>, String> {
+        let path = self.boot.join(pi::TRIAL);
+        match std::fs::read(&path) {
+            Ok(bytes) => Trial::parse(&bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::read(path.with_extension("tmp")).ok().map(|b| Trial::parse(&b)) {
+                    Some(Ok(t)) => Ok(Some(t)),
+                    _ => Ok(None),
+                }
+            }
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
     }
 
+    /// The record when it reads (an unreadable one counts as none here:
+    /// boot-check deals with it).
+    fn readable_record(&self) -> Option<Trial> {
+        self.record().ok().flatten()
+    }
+
+    fn write_record(&self, trial: &Trial) -> Result<(), InstallError> {
+        write_replace(&self.boot.join(pi::TRIAL), &trial.to_json())
+    }
+
+    fn remove_record(&self) -> Result<(), InstallError> {
+        let path = self.boot.join(pi::TRIAL);
+        for p in [path.clone(), path.with_extension("tmp")] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(InstallError::Io { what: format!("removing {}", p.display()), source: e }),
+            }
+        }
+        sync_dir(&self.boot)
+    }
+
+    /// autoboot.txt (None: missing or unreadable).
+    pub fn autoboot(&self) -> Option<Autoboot> {
+        Autoboot::parse(&std::fs::read_to_string(self.boot.join(pi::AUTOBOOT)).ok()?).ok()
+    }
+
+    fn write_autoboot(&self, a: Autoboot) -> Result<(), InstallError> {
+        write_replace(&self.boot.join(pi::AUTOBOOT), a.render().as_bytes())
+    }
+
+    /// Whether the running slot still has to prove itself.
+    pub fn on_trial(&self, booted: Booted) -> bool {
+        pi::on_trial(booted, self.readable_record().as_ref())
+    }
+
+    /// Checks `bundle_path`, then writes it into the slot that is not
+    /// running and arms it: tryboot, `[tryboot]` names it (one try, after a
+    /// reboot with the tryboot flag); counted, `[all]` names it for `tries`
+    /// boots, counted by [`Pi::boot_check`].
     pub fn install(
         &self,
         booted: Booted,
+        tries: u32,
         bundle_path: &Path,
         expect: &Expect,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Checked, InstallError> {
-        let target = booted.plan_install()?;
+        let target = booted.plan_install(self.readable_record().as_ref())?;
         let checked = check(bundle_path, expect)?;
         progress(Progress::Checked {
             version: checked.manifest.version.clone(),
             board: checked.manifest.board.clone(),
             bytes: checked.manifest.total_size(),
         });
+        let version = checked.manifest.version.clone();
         let _rw = Writable::new(&self.boot)?;
-        let trial_path = self.boot.join(pi::TRIAL);
-        if trial_path.exists() {
-            std::fs::remove_file(&trial_path).map_err(io(format!("removing {}", trial_path.display())))?;
+        // [all] on the running slot, and no record of the target that the
+        // firmware or boot-check would act on, before a byte of the target
+        // changes: a cut from here on boots the running slot. Counted, the
+        // record says so meanwhile (no tries: "not tried" on the status
+        // page, and boot-check leaves it alone).
+        match self.mode {
+            PiTry::Tryboot => self.remove_record()?,
+            PiTry::Counted => self.write_record(&Trial::counted(target, &version, 0))?,
         }
-        // [tryboot] must name the target and [all] the running slot.
-        write_replace(&self.boot.join(pi::AUTOBOOT), Autoboot::for_good(booted.slot).render().as_bytes())?;
+        self.write_autoboot(Autoboot::for_good(booted.slot))?;
         progress(Progress::Cleared { slot: target });
         self.with_slot(target, true, |dir| write_slot(bundle_path, expect, &checked, target, dir, progress))?;
-        self.write_trial(&Trial { slot: target, version: checked.manifest.version.clone(), tried: 0 })?;
-        progress(Progress::Armed {
-            slot: target,
-            version: checked.manifest.version.clone(),
-            how: "it boots once after a reboot with the tryboot flag (`reboot '0 tryboot'`, which needs the Raspberry Pi kernel: board/README.md)".into(),
-        });
+        let how = match self.mode {
+            PiTry::Tryboot => {
+                self.write_record(&Trial { slot: target, version: version.clone(), tried: 0, counted: None })?;
+                "it boots once after a reboot with the firmware's tryboot flag (relaybox-reboot, the web page's \
+                 Reboot button or `install --reboot`; the Raspberry Pi kernel passes the flag on: board/README.md)"
+                    .to_string()
+            }
+            PiTry::Counted => {
+                // The record first: with it and [all] still on the running
+                // slot, a cut before the next write ends the trial untried.
+                self.write_record(&Trial::counted(target, &version, tries.max(1)))?;
+                self.write_autoboot(Autoboot::boots(target))?;
+                format!("it boots next ({tries} tr{}; reboot to try it)", if tries == 1 { "y" } else { "ies" })
+            }
+        };
+        progress(Progress::Armed { slot: target, version, how });
         Ok(checked)
     }
 
-    /// At every boot: a tryboot of the trial's slot counts its try.
-    pub fn count_boot(&self, booted: Booted) -> Result<(), InstallError> {
-        let trial = self.trial();
-        let counted = booted.count_try(trial.clone());
-        if counted != trial {
-            let _rw = Writable::new(&self.boot)?;
-            self.write_trial(counted.as_ref().expect("counted from Some"))?;
+    /// At every boot, before anything else: counts a try of the slot on
+    /// trial, or goes back to the other slot ([`pi::boot_step`] decides).
+    /// With `reboot` set in the answer everything is written and synced and
+    /// the caller reboots at once.
+    pub fn boot_check(&self, booted: Booted, running_version: &str) -> Result<BootCheck, InstallError> {
+        let record = self.record();
+        if matches!(record, Ok(None)) {
+            return Ok(BootCheck { step: BootStep::Nothing, reboot: false });
         }
-        Ok(())
+        let unreadable = record.is_err();
+        let other = booted.slot.other();
+        let other_has_firmware = self.version_of(other).is_some();
+        let autoboot = self.autoboot();
+        let step = pi::boot_step(booted, record, autoboot, other_has_firmware, running_version);
+        let mut reboot = false;
+        match &step {
+            BootStep::Nothing => {}
+            BootStep::Count(t) => {
+                let _rw = Writable::new(&self.boot)?;
+                self.write_record(t)?;
+            }
+            BootStep::RollBack { record, to, .. } => {
+                let _rw = Writable::new(&self.boot)?;
+                if unreadable {
+                    // Kept to look at; a readable record replaces it.
+                    let _ = std::fs::copy(self.boot.join(pi::TRIAL), self.boot.join(pi::TRIAL_SET_ASIDE));
+                }
+                // The record (no tries left) before autoboot.txt: a cut in
+                // between boots the slot on trial again, which decides again.
+                self.write_record(record)?;
+                self.write_autoboot(Autoboot::boots(*to))?;
+                reboot = true;
+            }
+            BootStep::TrialOver(t) => {
+                let _rw = Writable::new(&self.boot)?;
+                self.write_record(t)?;
+                if autoboot != Some(Autoboot::for_good(booted.slot)) {
+                    self.write_autoboot(Autoboot::for_good(booted.slot))?;
+                }
+            }
+            BootStep::Keep { .. } => {
+                let _rw = Writable::new(&self.boot)?;
+                if autoboot != Some(Autoboot::for_good(booted.slot)) {
+                    self.write_autoboot(Autoboot::for_good(booted.slot))?;
+                }
+                self.remove_record()?;
+            }
+            BootStep::SetAside { .. } => {
+                let _rw = Writable::new(&self.boot)?;
+                let path = self.boot.join(pi::TRIAL);
+                let aside = self.boot.join(pi::TRIAL_SET_ASIDE);
+                std::fs::rename(&path, &aside).map_err(io(format!(
+                    "moving {} to {}",
+                    path.display(),
+                    aside.display()
+                )))?;
+                sync_dir(&self.boot)?;
+            }
+        }
+        Ok(BootCheck { step, reboot })
+    }
+
+    /// Tryboot: the slot a reboot with the tryboot flag tries now.
+    pub fn tryboot_waiting(&self, booted: Booted) -> Option<Slot> {
+        booted.tryboot_waiting(self.readable_record().as_ref(), self.autoboot())
     }
 
     pub fn mark_good(&self, booted: Booted) -> Result<MarkGood, InstallError> {
         let path = self.boot.join(pi::AUTOBOOT);
-        let current =
-            Autoboot::parse(&std::fs::read_to_string(&path).map_err(io(format!("reading {}", path.display())))?)?;
+        let current = self.autoboot();
         let wanted = Autoboot::for_good(booted.slot);
-        if current == wanted && !booted.tryboot {
+        let record = self.record();
+        let names_running = matches!(&record, Ok(Some(t)) if t.slot == booted.slot);
+        if current == Some(wanted) && !booted.tryboot && !names_running {
             return Ok(MarkGood::AlreadyGood);
         }
         let _rw = Writable::new(&self.boot)?;
-        write_replace(&path, wanted.render().as_bytes())?;
-        let trial = self.boot.join(pi::TRIAL);
-        if trial.exists() {
-            std::fs::remove_file(&trial).map_err(io(format!("removing {}", trial.display())))?;
-            sync_dir(&self.boot)?;
+        if current != Some(wanted) {
+            write_replace(&path, wanted.render().as_bytes())?;
         }
-        Ok(MarkGood::Rename { from: current.render(), to: wanted.render() })
+        if !matches!(record, Ok(None)) {
+            self.remove_record()?;
+        }
+        let from = current.map_or_else(|| "(no readable autoboot.txt)".to_string(), |c| c.render());
+        Ok(MarkGood::Rename { from, to: wanted.render() })
     }
 
     pub fn status(&self, booted: Booted, board: &str, running_version: &str) -> Result<Status, InstallError> {
-        let trial = self.trial();
+        let trial = self.readable_record();
         let other = booted.slot.other();
-        let other_version = self.with_slot(other, false, |dir| Ok(slot_version(dir))).unwrap_or(None);
-        let (running_state, other_state) = booted.states(trial.as_ref(), other_version.is_some());
-        let running_dir_version = self.with_slot(booted.slot, false, |dir| Ok(slot_version(dir))).unwrap_or(None);
+        let other_version = self.version_of(other);
+        let (running_state, other_state) = booted.states(trial.as_ref(), self.autoboot(), other_version.is_some());
         Ok(Status {
             board: board.to_string(),
-            running: SlotReport { slot: booted.slot, version: running_dir_version, state: running_state },
+            running: SlotReport { slot: booted.slot, version: self.version_of(booted.slot), state: running_state },
             other: SlotReport {
                 slot: other,
                 version: other_version.or(trial.filter(|t| t.slot == other).map(|t| t.version)),
@@ -630,35 +770,173 @@ mod tests {
         assert_eq!(std::fs::read(efi.slot_dir(Slot::B).join("vmlinuz")).unwrap(), b"previous b");
     }
 
-    #[test]
-    fn a_pi_install_arms_tryboot_and_commits_on_mark_good() {
-        let fx = Fixture::new();
-        let boot = fx.dir.path().join("p1");
-        let (a, b) = (fx.dir.path().join("p2"), fx.dir.path().join("p3"));
+    /// Partitions 1 to 3 of a Pi as directories; slot a holds firmware.
+    fn pi_box(fx: &Fixture, mode: PiTry) -> (Pi, PathBuf) {
+        let boot = fx.dir.path().join(format!("p1-{}", mode.as_str()));
+        let (a, b) = (boot.with_extension("a"), boot.with_extension("b"));
         for d in [&boot, &a, &b] {
+            let _ = std::fs::remove_dir_all(d);
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(boot.join(pi::AUTOBOOT), Autoboot::for_good(Slot::A).render()).unwrap();
-        let box_ = Pi { boot: boot.clone(), slots: PiSlots::Dirs([a, b.clone()]) };
+        let manifest = crate::bundle::describe("qemu-x86_64", "1.0", &fx.files).unwrap();
+        std::fs::write(a.join(SLOT_MANIFEST), manifest.to_json()).unwrap();
+        (Pi { boot: boot.clone(), slots: PiSlots::Dirs([a, b]), mode }, boot)
+    }
+
+    fn autoboot_of(boot: &Path) -> Autoboot {
+        Autoboot::parse(&std::fs::read_to_string(boot.join(pi::AUTOBOOT)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_pi_install_arms_tryboot_and_commits_on_mark_good() {
+        let fx = Fixture::new();
+        let (box_, boot) = pi_box(&fx, PiTry::Tryboot);
         let key = fx.key.public_key();
         let running: Version = "1.0".parse().unwrap();
         let normal = Booted { slot: Slot::A, tryboot: false };
-        box_.install(normal, &fx.bundle("qemu-x86_64", "1.1"), &expect(&key, &running), &mut |_| {}).unwrap();
+        let mut steps = Vec::new();
+        box_.install(normal, 3, &fx.bundle("qemu-x86_64", "1.1"), &expect(&key, &running), &mut |p| steps.push(p))
+            .unwrap();
+        assert!(
+            matches!(&steps.last(), Some(Progress::Armed { how, .. }) if how.contains("tryboot flag")),
+            "{steps:?}"
+        );
+        let PiSlots::Dirs([_, b]) = &box_.slots else { unreachable!() };
         assert!(b.join("initrd.img").exists());
-        let autoboot = Autoboot::parse(&std::fs::read_to_string(boot.join(pi::AUTOBOOT)).unwrap()).unwrap();
-        assert_eq!(autoboot, Autoboot { boot: 2, tryboot: 3 });
+        assert_eq!(autoboot_of(&boot), Autoboot { boot: 2, tryboot: 3 });
+        assert_eq!(box_.tryboot_waiting(normal), Some(Slot::B));
         // the tryboot of b counts one try; b fails: a reports it
         let trying = Booted { slot: Slot::B, tryboot: true };
-        box_.count_boot(trying).unwrap();
+        assert!(box_.on_trial(trying));
+        let counted = box_.boot_check(trying, "1.1").unwrap();
+        assert!(matches!(counted.step, BootStep::Count(Trial { tried: 1, .. })) && !counted.reboot, "{counted:?}");
         let status = box_.status(normal, "qemu-x86_64", "1.0").unwrap();
         assert_eq!(status.other.state, SlotState::Failed { tries: 1 });
+        assert_eq!(box_.tryboot_waiting(normal), None);
         // or b is healthy: autoboot.txt now boots b
         assert!(matches!(box_.mark_good(trying).unwrap(), MarkGood::Rename { .. }));
-        let autoboot = Autoboot::parse(&std::fs::read_to_string(boot.join(pi::AUTOBOOT)).unwrap()).unwrap();
-        assert_eq!(autoboot, Autoboot { boot: 3, tryboot: 2 });
+        assert_eq!(autoboot_of(&boot), Autoboot { boot: 3, tryboot: 2 });
         assert!(!boot.join(pi::TRIAL).exists());
         let b_normal = Booted { slot: Slot::B, tryboot: false };
         assert_eq!(box_.mark_good(b_normal).unwrap(), MarkGood::AlreadyGood);
         assert_eq!(box_.status(b_normal, "qemu-x86_64", "1.1").unwrap().last_update(), None);
+    }
+
+    /// Counted: the install commits [all] to the new slot (keeping
+    /// [tryboot] on the old one) and writes the record last but one;
+    /// marking good removes the record and keeps [all].
+    #[test]
+    fn a_counted_pi_install_commits_all_and_mark_good_clears_the_record() {
+        let fx = Fixture::new();
+        let (box_, boot) = pi_box(&fx, PiTry::Counted);
+        let key = fx.key.public_key();
+        let running: Version = "1.0".parse().unwrap();
+        let a = Booted { slot: Slot::A, tryboot: false };
+        let mut steps = Vec::new();
+        box_.install(a, 2, &fx.bundle("qemu-x86_64", "1.1"), &expect(&key, &running), &mut |p| steps.push(p)).unwrap();
+        assert!(matches!(&steps.last(), Some(Progress::Armed { how, .. }) if how.contains("2 tries")), "{steps:?}");
+        assert_eq!(autoboot_of(&boot), Autoboot { boot: 3, tryboot: 2 });
+        let record = Trial::parse(&std::fs::read(boot.join(pi::TRIAL)).unwrap()).unwrap();
+        assert_eq!(record, Trial::counted(Slot::B, "1.1", 2));
+        assert_eq!(box_.tryboot_waiting(a), None);
+        let status = box_.status(a, "qemu-x86_64", "1.0").unwrap();
+        assert_eq!(status.other.state, SlotState::Trial { left: 2, done: 0 });
+        assert_eq!(status.other.version.as_deref(), Some("1.1"));
+        // the first boot of b counts a try; b is healthy
+        let b = Booted { slot: Slot::B, tryboot: false };
+        let check = box_.boot_check(b, "1.1").unwrap();
+        assert!(matches!(check.step, BootStep::Count(Trial { tried: 1, .. })) && !check.reboot, "{check:?}");
+        assert!(box_.on_trial(b));
+        let err = box_.install(b, 2, &fx.bundle("qemu-x86_64", "1.2"), &expect(&key, &running), &mut |_| {});
+        assert!(matches!(err, Err(InstallError::Slot(SlotError::RunningOnTrial(Slot::B)))), "{err:?}");
+        assert!(matches!(box_.mark_good(b).unwrap(), MarkGood::Rename { .. }));
+        assert!(!boot.join(pi::TRIAL).exists());
+        assert_eq!(autoboot_of(&boot), Autoboot { boot: 3, tryboot: 2 });
+        assert!(!box_.on_trial(b));
+        assert_eq!(box_.mark_good(b).unwrap(), MarkGood::AlreadyGood);
+        assert_eq!(box_.boot_check(b, "1.1").unwrap().step, BootStep::Nothing);
+        let status = box_.status(b, "qemu-x86_64", "1.1").unwrap();
+        assert_eq!((status.running.state, status.other.state.clone()), (SlotState::Good, SlotState::Good));
+    }
+
+    /// A cut at each step of a counted install: the next boot is the running
+    /// slot's, boot-check leaves it alone, and the status says the update was
+    /// not tried.
+    #[test]
+    fn a_cut_counted_pi_install_leaves_the_running_slot_booting() {
+        let fx = Fixture::new();
+        let key = fx.key.public_key();
+        let running: Version = "1.0".parse().unwrap();
+        let bundle = fx.bundle("qemu-x86_64", "1.1");
+        let a = Booted { slot: Slot::A, tryboot: false };
+        for step in ["cleared", "written", "verifying", "verified"] {
+            let (box_, boot) = pi_box(&fx, PiTry::Counted);
+            let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                box_.install(a, 3, &bundle, &expect(&key, &running), &mut |p| {
+                    let at = match p {
+                        Progress::Cleared { .. } => "cleared",
+                        Progress::Written { .. } => "written",
+                        Progress::Verifying { .. } => "verifying",
+                        Progress::Verified { .. } => "verified",
+                        _ => "",
+                    };
+                    if at == step {
+                        panic!("power cut at {step}");
+                    }
+                })
+            }));
+            assert!(cut.is_err(), "{step}");
+            assert_eq!(autoboot_of(&boot).normal_slot(), Some(Slot::A), "cut at {step}");
+            assert_eq!(box_.boot_check(a, "1.0").unwrap().step, BootStep::Nothing, "cut at {step}");
+            let status = box_.status(a, "qemu-x86_64", "1.0").unwrap();
+            assert_eq!(status.other.state, SlotState::Failed { tries: 0 }, "cut at {step}");
+            assert!(status.last_update().unwrap().contains("was not tried"), "cut at {step}");
+        }
+    }
+
+    /// A record whose rename was cut short (only the complete temporary
+    /// file is there) is read from there; an unreadable record is treated
+    /// as exhausted (back to the other slot, a readable record in its place,
+    /// the bad one kept aside), or moved aside when there is nothing to go
+    /// back to.
+    #[test]
+    fn torn_and_unreadable_pi_records() {
+        let fx = Fixture::new();
+        let (box_, boot) = pi_box(&fx, PiTry::Counted);
+        let PiSlots::Dirs([_, slot_b]) = &box_.slots else { unreachable!() };
+        std::fs::write(
+            slot_b.join(SLOT_MANIFEST),
+            std::fs::read(slot_b.with_extension("a").join(SLOT_MANIFEST)).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(boot.join(pi::AUTOBOOT), Autoboot::boots(Slot::B).render()).unwrap();
+        let b = Booted { slot: Slot::B, tryboot: false };
+        std::fs::write(boot.join("relaybox-update.tmp"), Trial::counted(Slot::B, "1.1", 3).to_json()).unwrap();
+        assert_eq!(box_.record(), Ok(Some(Trial::counted(Slot::B, "1.1", 3))));
+        assert!(box_.on_trial(b));
+        std::fs::write(boot.join("relaybox-update.tmp"), b"{\"slot\":\"b\",\"ver").unwrap();
+        assert_eq!(box_.record(), Ok(None), "a half-written temporary file is no record");
+        std::fs::remove_file(boot.join("relaybox-update.tmp")).unwrap();
+
+        std::fs::write(boot.join(pi::TRIAL), b"\x00\x00garbage").unwrap();
+        assert!(box_.record().is_err());
+        assert!(!box_.on_trial(b), "an unreadable record puts nothing on trial by itself");
+        let check = box_.boot_check(b, "1.1").unwrap();
+        assert!(matches!(check.step, BootStep::RollBack { to: Slot::A, .. }) && check.reboot, "{check:?}");
+        assert_eq!(autoboot_of(&boot), Autoboot::boots(Slot::A));
+        assert_eq!(std::fs::read(boot.join(pi::TRIAL_SET_ASIDE)).unwrap(), b"\x00\x00garbage");
+        let a = Booted { slot: Slot::A, tryboot: false };
+        assert_eq!(box_.boot_check(a, "1.0").unwrap().step, BootStep::Nothing);
+        assert_eq!(box_.status(a, "qemu-x86_64", "1.0").unwrap().other.state, SlotState::Failed { tries: 0 });
+
+        // nothing to go back to: the record is moved aside, no reboot
+        let (box_, boot) = pi_box(&fx, PiTry::Counted);
+        std::fs::write(boot.join(pi::TRIAL), b"not json").unwrap();
+        let check = box_.boot_check(a, "1.0").unwrap();
+        assert!(matches!(check.step, BootStep::SetAside { .. }) && !check.reboot, "{check:?}");
+        assert!(!boot.join(pi::TRIAL).exists());
+        assert_eq!(std::fs::read(boot.join(pi::TRIAL_SET_ASIDE)).unwrap(), b"not json");
+        assert_eq!(box_.boot_check(a, "1.0").unwrap().step, BootStep::Nothing);
     }
 }

@@ -2,11 +2,13 @@
 //! newc cpio of a JSON manifest, its Ed25519 signature and the slot files),
 //! the signing key formats, firmware versions, the A/B slot state machines
 //! of the two boot schemes — systemd-boot's boot counting on EFI boxes
-//! (`efi`) and the Raspberry Pi firmware's `autoboot.txt`/tryboot (`pi`) —
-//! which are pure functions of file names and file contents, and the
-//! file-system side (`install`): checking a bundle whole before a byte is
-//! written, writing and reading back the inactive slot, arming it, marking
-//! the running slot good, reporting both slots; and the box as an update
+//! (`efi`) and the Raspberry Pi firmware's `autoboot.txt`, a new slot tried
+//! with the firmware's tryboot or counted at each boot (`pi`) — which are
+//! pure functions of file names and file contents, and the file-system
+//! side (`install`): checking a bundle whole before a byte is written,
+//! writing and reading back the inactive slot, arming it, counting a try
+//! or going back at boot, marking the running slot good, reporting both
+//! slots; and the box as an update
 //! sees it (`system`: the release file, the trusted key, the running slot,
 //! one install at a time). It does not download,
 //! reboot, parse the settings file or serve the web page: `relaybox update`
@@ -25,9 +27,10 @@ pub mod system;
 pub mod version;
 
 pub use bundle::{BundleError, Checked, Expect};
-pub use install::{Efi, InstallError, Pi, PiSlots, Progress};
+pub use install::{BootCheck, Efi, InstallError, Pi, PiSlots, Progress};
 pub use key::{KeyError, PublicKey, SigningKey};
 pub use manifest::{Manifest, ManifestError};
+pub use pi::{BootStep, PiTry};
 pub use slot::{Slot, SlotError, SlotReport, SlotState, Status};
 pub use system::{Release, Running, Scheme, SystemError, Updater};
 pub use version::{BadVersion, Version};

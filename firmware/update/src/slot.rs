@@ -93,6 +93,10 @@ impl Status {
     pub fn last_update(&self) -> Option<String> {
         let version = self.other.version.as_deref().unwrap_or("?");
         match (&self.running.state, &self.other.state) {
+            (_, SlotState::Failed { tries: 0 }) => Some(format!(
+                "update to {version} was not tried: slot {} was not booted to the end of a try (an install cut short, or the boot order changed by hand); slot {} ({}) runs",
+                self.other.slot, self.running.slot, self.running_version,
+            )),
             (_, SlotState::Failed { tries }) => Some(format!(
                 "update to {version} failed, rolled back: slot {} was tried {tries} time{} and never became healthy; slot {} ({}) runs",
                 self.other.slot,
@@ -130,6 +134,8 @@ mod tests {
         };
         let failed = status(SlotState::Good, SlotState::Failed { tries: 3 }).last_update().unwrap();
         assert!(failed.starts_with("update to 1.1 failed, rolled back"), "{failed}");
+        let untried = status(SlotState::Good, SlotState::Failed { tries: 0 }).last_update().unwrap();
+        assert!(untried.starts_with("update to 1.1 was not tried"), "{untried}");
         let pending = status(SlotState::Good, SlotState::Trial { left: 3, done: 0 }).last_update().unwrap();
         assert!(pending.contains("boots at the next reboot"), "{pending}");
         assert_eq!(status(SlotState::Good, SlotState::Good).last_update(), None);

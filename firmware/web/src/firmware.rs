@@ -25,6 +25,7 @@ fn state_html(state: &SlotState) -> String {
         SlotState::Trial { left, done } => {
             format!(r#"<span class="pill">on trial: tried {done}, {left} left; marked good once healthy</span>"#)
         }
+        SlotState::Failed { tries: 0 } => r#"<span class="pill down">not tried</span>"#.into(),
         SlotState::Failed { tries } => format!(r#"<span class="pill down">failed after {tries} tries</span>"#),
         SlotState::Empty => r#"<span class="pill">empty</span>"#.into(),
     }

@@ -295,7 +295,9 @@ pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
     let layout = board.get("DISK_LAYOUT")?;
     let scheme = match layout {
         "gpt-efi" => relaybox_update::Scheme::Efi,
-        "rpi-mbr" => relaybox_update::Scheme::Rpi,
+        // Debian's mainline kernel does not pass the firmware's tryboot flag
+        // on: init counts a new slot's boots (board/README.md).
+        "rpi-mbr" => relaybox_update::Scheme::Rpi(relaybox_update::PiTry::Counted),
         other => bail!("DISK_LAYOUT {other}: gpt-efi or rpi-mbr"),
     };
     let version = options.version.clone().unwrap_or_else(default_version);
@@ -365,7 +367,7 @@ pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
             std::fs::write(&entry, first.text(&version, cmdline))?;
             boot.push((format!("loader/entries/{}", first.file_name()), entry));
         }
-        relaybox_update::Scheme::Rpi => {
+        relaybox_update::Scheme::Rpi(_) => {
             put("config.txt", &board.dir.join("config.txt"))?;
             put("vmlinuz", &kernel.vmlinuz)?;
             put("initrd.img", &initrd_path)?;
@@ -424,7 +426,7 @@ pub fn build_with(board_name: &str, options: &Options) -> Result<Image> {
             disk::disk_image(&disk_path, &[esp_part, cfg_part], true)?;
             std::fs::remove_file(&esp)?;
         }
-        relaybox_update::Scheme::Rpi => {
+        relaybox_update::Scheme::Rpi(_) => {
             // autoboot.txt alone on the first partition; a boot partition per slot.
             let slot_part_mib = disk::pi_slot_mib(board.mib("ESP_SIZE_MIB", 64)?, slot_bytes);
             let autoboot = tmp.join("autoboot.txt");

@@ -555,4 +555,6 @@ fn the_pi_image_carries_the_gpu_firmware_and_its_boot_files() {
     assert!(size("fixup4.dat") > 1_000);
     let config = xtask::disk::fat_cat(&std::path::PathBuf::from(&part), "/config.txt").unwrap();
     assert!(config.contains("arm_64bit=1") && config.contains("initramfs initrd.img followkernel"), "{config}");
+    // The firmware starts the watchdog for the kernel: a hang resets the board.
+    assert!(config.lines().any(|l| l.starts_with("kernel_watchdog_timeout=")), "{config}");
 }

@@ -32,6 +32,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 const BOARDS: &[&str] = &["qemu-x86_64", "qemu-aarch64", "pc-x86_64-efi", "rpi4-arm64"];
+/// Defconfigs beside a board's own `relaybox_<board>_defconfig`: the Pi with
+/// the mainline kernel (its own defconfig has the Raspberry Pi kernel).
+const VARIANTS: &[(&str, &str)] = &[("rpi4-arm64", "mainline")];
 const TARBALL: &str = "buildroot-2026.02.3.tar.xz";
 /// What the tests ask `make printvars` for, once per board.
 const VARS: &[&str] = &[
@@ -104,8 +107,9 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn defconfig_name(board: &str) -> String {
-    format!("relaybox_{}_defconfig", board.replace('-', "_"))
+fn defconfig_name(board: &str, variant: Option<&str>) -> String {
+    let variant = variant.map(|v| format!("_{v}")).unwrap_or_default();
+    format!("relaybox_{}{variant}_defconfig", board.replace('-', "_"))
 }
 
 fn board_conf(board: &str) -> BTreeMap<String, String> {
@@ -145,7 +149,10 @@ fn extract_buildroot() -> PathBuf {
 
 /// One board's Buildroot output directory, configured from its defconfig.
 struct Board {
+    /// The board (board/<name>/).
     name: &'static str,
+    /// The board and its defconfig's variant, for messages.
+    label: String,
     out: PathBuf,
     /// The defconfig's lines as written (symbols and "is not set").
     defconfig: BTreeSet<String>,
@@ -208,19 +215,26 @@ fn printvars(buildroot: &Path, out: &Path, vars: &[&str], extra: &[String]) -> B
 fn prepare() -> Prepared {
     let t0 = Instant::now();
     let buildroot = extract_buildroot();
+    let buildroot = &buildroot;
     // One make per board at a time, the boards side by side (each printvars
     // parses the whole Buildroot tree: seconds of CPU each).
     let boards = std::thread::scope(|s| {
-        let handles: Vec<_> = BOARDS.iter().map(|&name| s.spawn(|| configure(&buildroot, name, t0))).collect();
+        let configs = BOARDS.iter().map(|&b| (b, None)).chain(VARIANTS.iter().map(|&(b, v)| (b, Some(v))));
+        let handles: Vec<_> =
+            configs.map(|(name, variant)| s.spawn(move || configure(buildroot, name, variant, t0))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     });
-    Prepared { buildroot, boards }
+    Prepared { buildroot: buildroot.clone(), boards }
 }
 
-fn configure(buildroot: &Path, name: &'static str, t0: Instant) -> Board {
-    let out = work().join("out").join(name);
+fn configure(buildroot: &Path, name: &'static str, variant: Option<&'static str>, t0: Instant) -> Board {
+    let label = match variant {
+        Some(v) => format!("{name} ({v})"),
+        None => name.to_string(),
+    };
+    let out = work().join("out").join(label.replace(' ', "-").replace(['(', ')'], ""));
     std::fs::create_dir_all(&out).unwrap();
-    let defconfig = defconfig_name(name);
+    let defconfig = defconfig_name(name, variant);
     ok(make(buildroot, &out).arg(format!("BR2_EXTERNAL={}", tree().display())).arg(&defconfig));
     let saved_path = out.join("saved_defconfig");
     ok(make(buildroot, &out).arg("savedefconfig").arg(format!("BR2_DEFCONFIG={}", saved_path.display())));
@@ -235,9 +249,10 @@ fn configure(buildroot: &Path, name: &'static str, t0: Instant) -> Board {
     // The update key as an operator sets it (the defconfigs leave it empty).
     let key = format!("BR2_PACKAGE_RELAYBOX_UPDATE_KEY={}", test_update_key().display());
     let vars = printvars(buildroot, &out, VARS, &[key]);
-    eprintln!("buildroot: {name} configured ({:.0} s)", t0.elapsed().as_secs_f64());
+    eprintln!("buildroot: {label} configured ({:.0} s)", t0.elapsed().as_secs_f64());
     Board {
         name,
+        label,
         defconfig: settings(&read(&tree().join("configs").join(&defconfig))),
         saved: settings(&read(&saved_path)),
         config,
@@ -253,7 +268,7 @@ fn prepared() -> &'static Prepared {
 
 impl Board {
     fn var(&self, name: &str) -> &str {
-        self.vars.get(name).map(|s| s.trim()).unwrap_or_else(|| panic!("{}: printvars has no {name}", self.name))
+        self.vars.get(name).map(|s| s.trim()).unwrap_or_else(|| panic!("{}: printvars has no {name}", self.label))
     }
     /// A variable that make leaves undefined when its package is off.
     fn var_or_empty(&self, name: &str) -> &str {
@@ -261,6 +276,13 @@ impl Board {
     }
     fn set(&self, symbol: &str) -> bool {
         self.config.get(symbol).is_some_and(|v| v == "y")
+    }
+    /// Configured with the Raspberry Pi kernel (raspberrypi/linux), which
+    /// post-build.sh recognises the same way.
+    fn rpi_kernel(&self) -> bool {
+        ["BR2_LINUX_KERNEL_CUSTOM_TARBALL_LOCATION", "BR2_LINUX_KERNEL_CUSTOM_REPO_URL"].iter().any(|k| {
+            self.config.get(*k).is_some_and(|v| v.contains("raspberrypi,linux,") || v.contains("raspberrypi/linux"))
+        })
     }
 }
 
@@ -271,7 +293,7 @@ fn every_defconfig_keeps_its_symbols_and_the_relaybox_package() {
     let mut errors = Vec::new();
     for b in &p.boards {
         if !b.set("BR2_PACKAGE_RELAYBOX") {
-            errors.push(format!("{}: BR2_PACKAGE_RELAYBOX=y was dropped by `make defconfig`", b.name));
+            errors.push(format!("{}: BR2_PACKAGE_RELAYBOX=y was dropped by `make defconfig`", b.label));
         }
         for line in &b.defconfig {
             let (sym, value) = match line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
@@ -280,14 +302,14 @@ fn every_defconfig_keeps_its_symbols_and_the_relaybox_package() {
             };
             let got = b.config.get(sym).map(String::as_str).unwrap_or("n");
             if got != value {
-                errors.push(format!("{}: {sym}={value} in the defconfig, {sym}={got} after `make defconfig`", b.name));
+                errors.push(format!("{}: {sym}={value} in the defconfig, {sym}={got} after `make defconfig`", b.label));
             }
         }
         for line in b.defconfig.difference(&b.saved) {
-            errors.push(format!("{}: `{line}` is not in savedefconfig (dropped, or a default)", b.name));
+            errors.push(format!("{}: `{line}` is not in savedefconfig (dropped, or a default)", b.label));
         }
         for line in b.saved.difference(&b.defconfig) {
-            errors.push(format!("{}: savedefconfig has `{line}`, the defconfig does not", b.name));
+            errors.push(format!("{}: savedefconfig has `{line}`, the defconfig does not", b.label));
         }
     }
     assert!(errors.is_empty(), "{errors:#?}");
@@ -349,7 +371,7 @@ fn each_board_gets_a_kernel_a_boot_loader_and_hashes() {
     let mut errors = Vec::new();
     for b in &p.boards {
         let conf = board_conf(b.name);
-        let e = |msg: String| format!("{}: {msg}", b.name);
+        let e = |msg: String| format!("{}: {msg}", b.label);
         let packages: BTreeSet<&str> = b.var("PACKAGES").split_whitespace().collect();
         // A kernel.org kernel only has the mainline defconfigs.
         let site = b.var("LINUX_SITE");
@@ -357,10 +379,19 @@ fn each_board_gets_a_kernel_a_boot_loader_and_hashes() {
         if site.contains("kernel.org") && !MAINLINE_DEFCONFIGS.contains(&defconfig) {
             errors.push(e(format!("a mainline kernel ({site}) has no {defconfig}")));
         }
-        // The toolchain's headers must not be newer than the kernel.
+        // The Raspberry Pi kernel as upstream Buildroot's raspberrypi4_64_defconfig has it.
+        if b.rpi_kernel()
+            && (!site.starts_with("https://github.com/raspberrypi/linux/") || defconfig != "bcm2711_defconfig")
+        {
+            errors.push(e(format!(
+                "the Raspberry Pi kernel should be raspberrypi/linux with bcm2711: {site} {defconfig}"
+            )));
+        }
+        // The toolchain's headers must not be newer than the kernel (the
+        // version of a tarball, "custom", is not known before it is unpacked).
         let headers = b.config.get("BR2_DEFAULT_KERNEL_HEADERS").cloned().unwrap_or_default();
         let kernel = b.var("LINUX_VERSION");
-        if version_tuple(&headers)[..2] > version_tuple(kernel)[..2] {
+        if kernel != "custom" && version_tuple(&headers)[..2] > version_tuple(kernel)[..2] {
             errors.push(e(format!("kernel headers {headers} are newer than the kernel {kernel}")));
         }
         // BR2_DOWNLOAD_FORCE_CHECK_HASHES: the kernel's tarball has a hash.
@@ -479,7 +510,7 @@ fn busybox_has_every_applet_the_init_scripts_run() {
                 [format!("CONFIG_{name}"), format!("CONFIG_BB_{name}")].into_iter().find(|s| config.contains_key(s));
             if let Some(s) = symbol {
                 if !config[&s] {
-                    errors.push(format!("{}: the init scripts run `{cmd}`, but busybox has {s} off", b.name));
+                    errors.push(format!("{}: the init scripts run `{cmd}`, but busybox has {s} off", b.label));
                 }
             }
         }
@@ -491,7 +522,7 @@ fn busybox_has_every_applet_the_init_scripts_run() {
         assert!(syslogd.contains(flag), "relaybox-syslogd no longer runs syslogd {flag}: update this test");
         for b in &p.boards {
             if busybox_config(p, b).get(symbol) != Some(&true) {
-                errors.push(format!("{}: relaybox-syslogd runs syslogd {flag}, but busybox has {symbol} off", b.name));
+                errors.push(format!("{}: relaybox-syslogd runs syslogd {flag}, but busybox has {symbol} off", b.label));
             }
         }
     }
@@ -745,8 +776,8 @@ fn post_build_and_post_image_lay_out_the_xtask_disk_with_genimage() {
 fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader: Option<Loader>) -> Vec<String> {
     let mut errors = Vec::new();
     let label = match loader {
-        Some(Loader::SystemdBoot) => format!("{} (systemd-boot)", b.name),
-        _ => b.name.to_string(),
+        Some(Loader::SystemdBoot) => format!("{} (systemd-boot)", b.label),
+        _ => b.label.clone(),
     };
     let scratch = work().join("scripts").join(label.replace(' ', "-").replace(['(', ')'], ""));
     let _ = std::fs::remove_dir_all(&scratch);
@@ -799,10 +830,12 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
     let installed = read(&target.join("etc/relaybox/board.conf"));
     assert_eq!(installed, read(&root().join("board").join(b.name).join("board.conf")), "{}: board.conf", b.name);
     let inittab = read(&target.join("etc/inittab"));
+    // The Raspberry Pi kernel names the Pi's console UART its own way.
+    let console_tty = if b.rpi_kernel() { &conf["RPI_KERNEL_CONSOLE"] } else { &conf["CONSOLE"] };
     let console = if conf.get("CONSOLE_SHELL").is_some_and(|v| v == "yes") {
         "::respawn:-/bin/sh".to_string()
     } else {
-        format!("{0}::respawn:/sbin/getty -L {1} {0} vt100", conf["CONSOLE"], conf["CONSOLE_BAUD"])
+        format!("{0}::respawn:/sbin/getty -L {1} {0} vt100", console_tty, conf["CONSOLE_BAUD"])
     };
     let n = inittab.lines().filter(|l| *l == console).count();
     if n != 1 || !inittab.contains("::sysinit:/etc/init.d/rcS") {
@@ -816,7 +849,8 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
 
     // The release file as the xtask writes it (relaybox-update's own
     // rendering), which `relaybox update` reads; with GRUB a scheme it
-    // refuses.
+    // refuses. The Pi's says how a new slot is tried: the firmware's
+    // tryboot with the Raspberry Pi kernel, counted by init with another.
     let release_text = read(&target.join("etc/relaybox/release"));
     let version = release_text
         .lines()
@@ -826,7 +860,8 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
     let scheme = match loader {
         Some(Loader::Grub) => None,
         Some(Loader::SystemdBoot) => Some(relaybox_update::Scheme::Efi),
-        None => Some(relaybox_update::Scheme::Rpi),
+        None if b.rpi_kernel() => Some(relaybox_update::Scheme::Rpi(relaybox_update::PiTry::Tryboot)),
+        None => Some(relaybox_update::Scheme::Rpi(relaybox_update::PiTry::Counted)),
     };
     match (scheme, relaybox_update::Release::parse(&release_text)) {
         (Some(scheme), Ok(release)) => {
@@ -893,7 +928,16 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
         ));
         return errors;
     }
-    let want = Want { board: b.name, conf, version: &version, kernel: &kernel, initrd: &initrd, efi, loader };
+    let want = Want {
+        board: b.name,
+        conf,
+        version: &version,
+        kernel: &kernel,
+        initrd: &initrd,
+        efi,
+        loader,
+        rpi_kernel: b.rpi_kernel(),
+    };
     let mut e = |m: String| errors.push(format!("{label}: {m}"));
     check_disk(&mut e, &images, &want);
     // An update of this box: `cargo xtask bundle --slot` of the slot
@@ -902,7 +946,7 @@ fn post_scripts(p: &Prepared, b: &Board, conf: &BTreeMap<String, String>, loader
     if let Some(scheme) = scheme {
         let slot = match scheme {
             relaybox_update::Scheme::Efi => images.join("relaybox-boot/slot-a"),
-            relaybox_update::Scheme::Rpi => images.join("relaybox-slot"),
+            relaybox_update::Scheme::Rpi(_) => images.join("relaybox-slot"),
         };
         let signing = work().join("update-key.key");
         std::fs::write(&signing, TEST_SIGNING_KEY).unwrap();
@@ -951,6 +995,15 @@ struct Want<'a> {
     /// The EFI boot loader's bytes.
     efi: Option<Vec<u8>>,
     loader: Option<Loader>,
+    /// The Raspberry Pi kernel: its own command line and config.txt
+    /// (board.conf's RPI_KERNEL_*).
+    rpi_kernel: bool,
+}
+
+impl Want<'_> {
+    fn cmdline(&self) -> &str {
+        &self.conf[if self.rpi_kernel { "RPI_KERNEL_CMDLINE" } else { "KERNEL_CMDLINE" }]
+    }
 }
 
 /// The FAT volume label and type (FAT16 or FAT32) of a FAT image.
@@ -995,7 +1048,7 @@ fn check_slot(e: &mut dyn FnMut(String), image: &Path, dir: &str, names: &[&str]
         e(format!("slot a ({dir}) holds {found:?}, the xtask's {listed:?}"));
         return;
     }
-    let cmdline = format!("{}\n", want.conf["KERNEL_CMDLINE"]);
+    let cmdline = format!("{}\n", want.cmdline());
     for (name, data) in [("vmlinuz", want.kernel), ("initrd.img", want.initrd), ("cmdline.txt", cmdline.as_bytes())] {
         if fat_file(image, &format!("{dir}/{name}")).as_deref() != Some(data) {
             e(format!("slot a's {name} is not the build's"));
@@ -1162,9 +1215,14 @@ fn check_disk(e: &mut dyn FnMut(String), images: &Path, want: &Want) {
         names.extend(["start4.elf", "fixup4.dat", "LICENCE.broadcom"]);
         let slot_a = part_image(1);
         check_slot(e, &slot_a, "/", &names, want);
-        let config_txt = read(&root().join("board").join(want.board).join("config.txt"));
+        let config_name = if want.rpi_kernel { conf["RPI_KERNEL_CONFIG_TXT"].as_str() } else { "config.txt" };
+        let config_txt = read(&root().join("board").join(want.board).join(config_name));
         if fat_file(&slot_a, "/config.txt").as_deref() != Some(config_txt.as_bytes()) {
-            e("config.txt is not board/<board>/config.txt".into());
+            e(format!("config.txt is not board/<board>/{config_name}"));
+        }
+        // The firmware's watchdog, for a kernel or an init that hangs.
+        if !config_txt.lines().any(|l| l.starts_with("kernel_watchdog_timeout=")) {
+            e(format!("board/<board>/{config_name} sets no kernel_watchdog_timeout"));
         }
         if !fat_names(&part_image(2), "/").is_empty() {
             e("slot b should be empty".into());
@@ -1331,7 +1389,7 @@ fn the_package_downloads_builds_and_installs_with_cargo_offline() {
     // What every board's package says.
     let mut lines = BTreeSet::new();
     for b in &p.boards {
-        let e = |m: String| format!("{}: {m}", b.name);
+        let e = |m: String| format!("{}: {m}", b.label);
         if b.var("RELAYBOX_SITE_METHOD") != "git" {
             errors.push(e(format!(
                 "RELAYBOX_SITE_METHOD is {}: only a download gets Buildroot's cargo vendoring",
@@ -1401,6 +1459,7 @@ fn the_package_downloads_builds_and_installs_with_cargo_offline() {
     let vars = if overrides.is_empty() { b.vars.clone() } else { printvars(&p.buildroot, &b.out, VARS, &overrides) };
     let b = Board {
         name: b.name,
+        label: b.label.clone(),
         out: b.out.clone(),
         defconfig: BTreeSet::new(),
         saved: BTreeSet::new(),

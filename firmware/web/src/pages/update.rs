@@ -49,7 +49,9 @@ fn live(state: &State) -> (String, Job) {
 
 pub async fn page(AxState(state): AxState<State>, auth: Authed) -> Response {
     let u = &state.startup.update;
-    let key = Updater::load(u).map(|up| up.key.fingerprint()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let updater = Updater::load(u);
+    let key = updater.as_ref().map(|up| up.key.fingerprint()).unwrap_or_else(|e| format!("unknown ({e})"));
+    let tries = updater.as_ref().map(|up| up.tries()).unwrap_or(u.boot_tries);
     let (live, _) = live(&state);
     let body = format!(
         r#"<section><h2>Firmware slots</h2><div id="update-live">{live}</div></section>
@@ -64,7 +66,7 @@ pub async fn page(AxState(state): AxState<State>, auth: Authed) -> Response {
 {reboot}"#,
         key = esc(&key),
         health = u.health_timeout.as_secs(),
-        tries = u.boot_tries,
+        tries = tries,
         max = u.max_bundle_size / (1024 * 1024),
         csrf = esc(&auth.csrf),
         header = CSRF_HEADER,
