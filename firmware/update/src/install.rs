@@ -641,6 +641,23 @@ impl Pi {
 mod tests {
     use super::*;
     use crate::bundle::tests::{expect, Fixture};
+
+    /// An install's progress callback that cuts the power (panics) when
+    /// the install reaches `step`.
+    fn power_cut_at(step: &'static str) -> impl FnMut(Progress) {
+        move |p| {
+            let at = match p {
+                Progress::Cleared { .. } => "cleared",
+                Progress::Written { .. } => "written",
+                Progress::Verifying { .. } => "verifying",
+                Progress::Verified { .. } => "verified",
+                _ => "",
+            };
+            if at == step {
+                panic!("power cut at {step}");
+            }
+        }
+    }
     use crate::version::Version;
 
     fn efi_box(fx: &Fixture) -> Efi {
@@ -725,18 +742,7 @@ mod tests {
                 }
             }
             let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                efi.install(Slot::A, 3, &bundle, &expect(&key, &running), &mut |p| {
-                    let at = match p {
-                        Progress::Cleared { .. } => "cleared",
-                        Progress::Written { .. } => "written",
-                        Progress::Verifying { .. } => "verifying",
-                        Progress::Verified { .. } => "verified",
-                        _ => "",
-                    };
-                    if at == step {
-                        panic!("power cut at {step}");
-                    }
-                })
+                efi.install(Slot::A, 3, &bundle, &expect(&key, &running), &mut power_cut_at(step))
             }));
             assert!(cut.is_err(), "{step}");
             assert_eq!(listing(&efi.entries_dir()), ["relaybox-1-a.conf"], "cut at {step}");
@@ -873,18 +879,7 @@ mod tests {
         for step in ["cleared", "written", "verifying", "verified"] {
             let (box_, boot) = pi_box(&fx, PiTry::Counted);
             let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                box_.install(a, 3, &bundle, &expect(&key, &running), &mut |p| {
-                    let at = match p {
-                        Progress::Cleared { .. } => "cleared",
-                        Progress::Written { .. } => "written",
-                        Progress::Verifying { .. } => "verifying",
-                        Progress::Verified { .. } => "verified",
-                        _ => "",
-                    };
-                    if at == step {
-                        panic!("power cut at {step}");
-                    }
-                })
+                box_.install(a, 3, &bundle, &expect(&key, &running), &mut power_cut_at(step))
             }));
             assert!(cut.is_err(), "{step}");
             assert_eq!(autoboot_of(&boot).normal_slot(), Some(Slot::A), "cut at {step}");
