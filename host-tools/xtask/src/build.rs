@@ -16,26 +16,43 @@ pub fn cross_config() -> PathBuf {
 /// returns the binary.
 /// With XTASK_NO_BUILD=1 the binary already in target/ is used as it is.
 pub fn relaybox(target: &str) -> Result<PathBuf> {
-    let bin = crate::target_dir().join(target).join("release/relaybox");
-    if std::env::var_os("XTASK_NO_BUILD").is_some_and(|v| v == "1") && bin.exists() {
-        crate::step(format!("XTASK_NO_BUILD=1: using {} as it is", bin.display()));
+    Ok(relaybox_for(&[target])?.remove(0))
+}
+
+/// The static `relaybox` for each of `targets`, built by one cargo run: the
+/// build scripts and proc-macros are compiled once for all, and each
+/// target's final (single-unit, LTO) compile runs beside the other's
+/// instead of after it.
+pub fn relaybox_for(targets: &[&str]) -> Result<Vec<PathBuf>> {
+    let bins: Vec<PathBuf> = targets.iter().map(|t| crate::target_dir().join(t).join("release/relaybox")).collect();
+    if std::env::var_os("XTASK_NO_BUILD").is_some_and(|v| v == "1") && bins.iter().all(|b| b.exists()) {
+        for bin in &bins {
+            crate::step(format!("XTASK_NO_BUILD=1: using {} as it is", bin.display()));
+        }
     } else {
-        crate::step(format!("building relaybox for {target} (release, static)"));
+        let list = targets.join(", ");
+        crate::step(format!("building relaybox for {list} (release, static)"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(crate::workspace_root())
-            .arg("--config")
-            .arg(cross_config())
-            .args(["build", "-p", "relaybox", "--release", "--target", target])
-            .status()?;
-        if !status.success() {
-            bail!("cargo build -p relaybox --target {target} failed");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(crate::workspace_root()).arg("--config").arg(cross_config()).args([
+            "build",
+            "-p",
+            "relaybox",
+            "--release",
+        ]);
+        for target in targets {
+            cmd.args(["--target", target]);
+        }
+        if !cmd.status()?.success() {
+            bail!("cargo build -p relaybox for {list} failed");
         }
     }
-    check_static(&bin)?;
-    let size = std::fs::metadata(&bin)?.len();
-    crate::step(format!("relaybox for {target}: {} ({size} bytes), static, stripped", crate::mib(size)));
-    Ok(bin)
+    for (target, bin) in targets.iter().zip(&bins) {
+        check_static(bin)?;
+        let size = std::fs::metadata(bin)?.len();
+        crate::step(format!("relaybox for {target}: {} ({size} bytes), static, stripped", crate::mib(size)));
+    }
+    Ok(bins)
 }
 
 /// Fails unless the ELF file has no interpreter and no dynamic libraries

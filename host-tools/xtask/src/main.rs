@@ -127,9 +127,7 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Binaries => {
-            for arch in [Arch::X86_64, Arch::Aarch64] {
-                xtask::build::relaybox(arch.rust_target())?;
-            }
+            xtask::build::relaybox_for(&[Arch::X86_64.rust_target(), Arch::Aarch64.rust_target()])?;
         }
         Cmd::Deb => {
             let deb = xtask::deb::build()?;

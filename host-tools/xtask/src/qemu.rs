@@ -234,7 +234,7 @@ impl Vm {
         // drop everything up to the end of the echoed command line
         let echo_end = out.rfind("'-'\"END\"").map(|i| i + "'-'\"END\"".len()).unwrap_or(0);
         let out = out[echo_end..].split_once('\n').map(|(_, rest)| rest).unwrap_or("");
-        Ok(out.trim_end_matches(&format!("@@{tag}-END")).to_string())
+        Ok(without_console_messages(out.trim_end_matches(&format!("@@{tag}-END"))))
     }
 
     /// Waits for QEMU to exit by itself (the guest rebooted: -no-reboot).
@@ -250,9 +250,49 @@ impl Vm {
     }
 }
 
+/// What the box's services write to the console themselves (inittab runs
+/// `relaybox-supervise ROLE`, which says `relaybox-supervise: ...` and
+/// passes its daemon's log through `logger -s -t relaybox-ROLE`).
+const CONSOLE_TAGS: &[&str] = &["supervise", "clock", "relay", "dispatcher", "web", "watchdog"];
+
+/// `output` without the lines that the box's services and kernel wrote to
+/// the same console meanwhile: a service's log line (written whole, as
+/// `relaybox-ROLE: ...`) or a kernel message (`[   12.345678] ...`) can
+/// land between a command's lines.
+fn without_console_messages(output: &str) -> String {
+    let service = |l: &str| {
+        l.strip_prefix("relaybox-")
+            .and_then(|rest| rest.split_once(": "))
+            .is_some_and(|(tag, _)| CONSOLE_TAGS.contains(&tag))
+    };
+    let kernel = |l: &str| {
+        l.strip_prefix('[')
+            .and_then(|rest| rest.split_once("] "))
+            .is_some_and(|(stamp, _)| stamp.trim().parse::<f64>().is_ok())
+    };
+    output.split_inclusive('\n').filter(|l| !service(l.trim_start()) && !kernel(l.trim_start())).collect()
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_console_messages;
+
+    #[test]
+    fn service_and_kernel_lines_on_the_console_are_not_command_output() {
+        // As seen in a CI trial: the watchdog's first log line arrived in
+        // the middle of a command's output.
+        let console = "1\n1\nrelaybox-watchdog: 2026-12-02T18:16:04.520632Z  INFO watchdog: the relay answers\n4\n\
+                       [   12.345678] virtio_net virtio0 eth0: link up\nrelaybox-supervise: relay exited\nROOT-RO\n";
+        assert_eq!(without_console_messages(console), "1\n1\n4\nROOT-RO\n");
+        // A command's own output that only looks alike stays.
+        let own = "relaybox-ca: 0.1.0\n[Relay]\n[ok] done\nrelaybox-relay:no space\n";
+        assert_eq!(without_console_messages(own), own);
     }
 }
