@@ -16,13 +16,15 @@
 //! Every loop is bounded by time and by count. The generator prints one
 //! line: `RESULT cycles seconds errors p50_us p99_us max_us requests`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 
 /// Most cycles one connection makes in one run.
 const MAX_CYCLES_PER_CONN: u64 = 2_000_000;
@@ -92,15 +94,50 @@ trait Client {
     fn ask(&mut self, request: &str) -> bool;
 }
 
-struct ModuleClient(BufReader<UnixStream>, String);
+/// Longest a request waits for its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until `fd` has something to read, at most `timeout`, with poll(2),
+/// as the proxies' modules wait for an answer (OpenSIPS's mediaproxy module
+/// select()s, its rtpengine module poll()s, then each reads). A read that
+/// blocks instead is woken as well by the socket's write-space wakeup when
+/// the server takes the request off the socket, which costs the server's
+/// side one more wakeup per request than a real proxy does.
+fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
+    let timeout = Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+struct ModuleClient {
+    stream: UnixStream,
+    answer: Vec<u8>,
+}
 
 impl Client for ModuleClient {
     fn ask(&mut self, request: &str) -> bool {
-        if self.0.get_mut().write_all(request.as_bytes()).is_err() {
+        if self.stream.write_all(request.as_bytes()).is_err() {
             return false;
         }
-        self.1.clear();
-        matches!(self.0.read_line(&mut self.1), Ok(n) if n > 0) && !self.1.starts_with("error")
+        self.answer.clear();
+        let mut chunk = [0u8; 4096];
+        // An answer is one line.
+        while !self.answer.contains(&b'\n') {
+            if self.answer.len() > 65536 || !wait_readable(&self.stream, ANSWER_TIMEOUT) {
+                return false;
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => self.answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        !self.answer.starts_with(b"error")
     }
 }
 
@@ -126,6 +163,9 @@ impl Client for NgClient {
         }
         // Stale answers (a timed-out request's) are skipped.
         for _ in 0..4 {
+            if !wait_readable(&self.socket, ANSWER_TIMEOUT) {
+                return false;
+            }
             match self.socket.recv(&mut self.buf) {
                 Ok(n) => {
                     let reply = &self.buf[..n];
@@ -164,12 +204,12 @@ fn connect(protocol: Protocol, target: &str, conn: usize) -> anyhow::Result<Box<
     Ok(match protocol {
         Protocol::Module => {
             let stream = UnixStream::connect(target).with_context(|| format!("connecting {target}"))?;
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            Box::new(ModuleClient(BufReader::new(stream), String::new()))
+            stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+            Box::new(ModuleClient { stream, answer: Vec::new() })
         }
         Protocol::Ng => {
             let socket = UdpSocket::bind("127.0.0.1:0")?;
-            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
             let prefix = format!("{:x}.{conn}.", std::process::id());
             Box::new(NgClient { socket, to: target.parse()?, buf: vec![0u8; 65536], prefix, cookie: 0 })
         }
